@@ -1,0 +1,42 @@
+"""trainlens: a training-diagnostics debugger for PyTorch.
+
+    with trainlens.watch(model, optimizer) as lens:
+        ...your own training loop...
+    print(lens.findings)
+
+Leaving the block writes a failure drill (`drill.json`, `drill.md`) and the records into
+the run directory. See the README for the whole tour.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._errors import CatalogueError, RunDirError, TargetError, TrainlensError, UsageError
+from ._finding import Cause, Finding
+from ._hookspecs import hookimpl
+from ._records import Records
+from ._run import Run, load_run
+from ._watch import Lens, watch
+
+try:
+    __version__ = version("trainlens")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "CatalogueError",
+    "Cause",
+    "Finding",
+    "Lens",
+    "Records",
+    "Run",
+    "RunDirError",
+    "TargetError",
+    "TrainlensError",
+    "UsageError",
+    "__version__",
+    "hookimpl",
+    "load_run",
+    "watch",
+]

@@ -1,0 +1,138 @@
+"""The drill: findings and run facts as `drill.json` (machine) and `drill.md` (human)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import RunDirError
+from ._finding import Finding
+from ._io import atomic_write_text
+
+SCHEMA_VERSION = 1
+
+#: the six fields of a failure drill, in the order a course asks for them
+DRILL_FIELDS = (
+    "run_id",
+    "symptom",
+    "first_check",
+    "likely_cause",
+    "fix_attempt",
+    "result_after_fix",
+)
+
+
+def build_drill(
+    run_id: str,
+    findings: Sequence[Finding],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    exc = meta.get("exception")
+    crashed = exc is not None and exc.get("type") != "KeyboardInterrupt"
+    failed = crashed or any(f.severity == "error" for f in findings)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "failed" if failed else "healthy",
+        "steps": int(meta.get("steps", 0)),
+        "findings": [f.to_dict() for f in findings],
+        "exception": None
+        if exc is None
+        else {k: exc.get(k) for k in ("type", "message", "phase", "module", "step")},
+        "duration_s": meta.get("duration_s"),
+        "created": meta.get("started_at"),
+        "trainlens_version": meta.get("trainlens_version"),
+    }
+
+
+def read_drill(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "drill.json"
+    if not Path(run_dir).is_dir():
+        raise RunDirError(f"{run_dir} does not exist or is not a folder; give a run directory")
+    try:
+        drill = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(
+            f"{run_dir} has no drill.json: not a finished trainlens run directory"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path} is unreadable or corrupt ({exc}); rerun the training") from None
+    if not isinstance(drill, dict) or not {"run_id", "status", "findings"} <= drill.keys():
+        raise RunDirError(f"{path} is not a trainlens drill (missing run_id/status/findings)")
+    version = drill.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise RunDirError(
+            f"{path} uses drill schema version {version}, newer than this trainlens "
+            f"understands ({SCHEMA_VERSION}); upgrade trainlens"
+        )
+    return drill
+
+
+def write_drill(run_dir: Path, drill: dict[str, Any], sections: Sequence[tuple[str, str]]) -> None:
+    atomic_write_text(run_dir / "drill.json", json.dumps(drill, indent=2) + "\n")
+    atomic_write_text(run_dir / "drill.md", render_markdown(drill, sections))
+
+
+def render_markdown(drill: dict[str, Any], sections: Sequence[tuple[str, str]] = ()) -> str:
+    """drill.md: plain CommonMark, readable on any viewer and in a text editor."""
+    lines = [
+        f"# Failure drill — run `{drill['run_id']}`",
+        "",
+        f"**Status:** {drill['status']} · **Steps:** {drill['steps']}"
+        + (f" · **Duration:** {drill['duration_s']:.1f} s" if drill.get("duration_s") else ""),
+        "",
+    ]
+    exc = drill.get("exception")
+    if exc:
+        where = f" in `{exc['module'] or '(model)'}`" if exc.get("module") is not None else ""
+        lines += [
+            f"The run stopped with `{exc['type']}`{where} during {exc.get('phase') or 'the run'}:",
+            "",
+            "```",
+            str(exc.get("message", ""))[:2000],
+            "```",
+            "",
+        ]
+    findings = drill["findings"]
+    lines += ["## Findings", ""]
+    if not findings:
+        lines += [
+            "No problems found: the recorded shapes, gradients, updates and losses match "
+            "none of the failure patterns trainlens knows.",
+            "",
+        ]
+    for i, f in enumerate(findings, 1):
+        lines += _finding_markdown(i, drill["run_id"], f)
+    for title, body in sections:
+        lines += [f"## {title}", "", body.rstrip(), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _finding_markdown(i: int, run_id: str, f: dict[str, Any]) -> list[str]:
+    where = f" in `{f['module'] or '(model)'}`" if f["module"] is not None else ""
+    when = f" at step {f['step']}" if f["step"] is not None else ""
+    result = f["result_after_fix"]
+    if isinstance(result, dict):
+        result = result.get("summary") or json.dumps(result)
+    values = {
+        "run_id": f"`{run_id}`",
+        "symptom": f"`{f['symptom']}`",
+        "first_check": f["first_check"],
+        "likely_cause": f"`{f['likely_cause']}`",
+        "fix_attempt": f["fix_attempt"],
+        "result_after_fix": result
+        or "_not yet: rerun with the fix, then `trainlens compare THIS_RUN_DIR FIXED_RUN_DIR`_",
+    }
+    out = [f"### {i}. {f['symptom']} ({f['severity']}){where}{when}", ""]
+    out += [f"- **{k}:** {_one_paragraph(values[k])}" for k in DRILL_FIELDS]
+    out += ["", "Likely causes, most likely first:", ""]
+    for n, c in enumerate(f["likely_causes"], 1):
+        out.append(f"{n}. `{c['id']}` (confidence {c['confidence']:.2f}): {c['evidence']}")
+    out.append("")
+    return out
+
+
+def _one_paragraph(text: str) -> str:
+    return " ".join(str(text).split())

@@ -1,0 +1,112 @@
+"""Run metadata: what the model, its parameters and the optimizer are, as plain JSON."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+#: layer settings worth knowing when a shape, an init or a step goes wrong
+_ATTRS = (
+    "in_features",
+    "out_features",
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "groups",
+    "num_embeddings",
+    "embedding_dim",
+    "padding_idx",
+    "normalized_shape",
+    "num_features",
+    "num_channels",
+    "num_groups",
+    "embed_dim",
+    "num_heads",
+    "batch_first",
+    "input_size",
+    "hidden_size",
+    "num_layers",
+    "bidirectional",
+    "p",
+    "inplace",
+    "dim",
+    "negative_slope",
+    "reduction",
+    "ignore_index",
+    "label_smoothing",
+)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (tuple, list, torch.Size)):
+        items = [_plain(v) for v in value]
+        return items if all(i is not _SKIP for i in items) else _SKIP
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def module_attrs(module: nn.Module) -> dict[str, Any]:
+    out = {}
+    for name in _ATTRS:
+        value = _plain(getattr(module, name, _SKIP)) if hasattr(module, name) else _SKIP
+        if value is not _SKIP:
+            out[name] = value
+    return out
+
+
+def describe_modules(model: nn.Module) -> dict[str, dict[str, Any]]:
+    return {
+        name: {
+            "type": type(m).__name__,
+            "leaf": next(m.children(), None) is None,
+            "params": sum(p.numel() for p in m.parameters(recurse=False) if not is_lazy(p)),
+            "attrs": module_attrs(m),
+        }
+        for name, m in model.named_modules()
+    }
+
+
+def describe_params(model: nn.Module, optimizer: Any) -> dict[str, dict[str, Any]]:
+    in_opt = optimizer_param_ids(optimizer)
+    return {
+        name: {
+            "shape": None if is_lazy(p) else list(p.shape),
+            "numel": 0 if is_lazy(p) else p.numel(),
+            "dtype": str(p.dtype).removeprefix("torch."),
+            "device": str(p.device),
+            "requires_grad": p.requires_grad,
+            "in_optimizer": None if optimizer is None else id(p) in in_opt,
+            "module": name.rpartition(".")[0],
+        }
+        for name, p in model.named_parameters()
+    }
+
+
+def optimizer_param_ids(optimizer: Any) -> set[int]:
+    if optimizer is None:
+        return set()
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def describe_optimizer(optimizer: Any) -> dict[str, Any] | None:
+    if optimizer is None:
+        return None
+    groups = []
+    for group in optimizer.param_groups:
+        settings = {k: _plain(v) for k, v in group.items() if k != "params"}
+        settings = {k: v for k, v in settings.items() if v is not _SKIP}
+        settings["num_params"] = sum(p.numel() for p in group["params"] if not is_lazy(p))
+        groups.append(settings)
+    return {"class": type(optimizer).__name__, "param_groups": groups}

@@ -1,0 +1,18 @@
+"""Probes: hooks that record numbers into the run's tables. A probe never decides what is wrong.
+
+A probe is built from the run's `WatchState`, registers its hooks in `install()` and keeps
+every `RemovableHandle` in `probe.handles` (also hooks it adds later, e.g. once lazy
+parameters exist); `watch` removes them all in a `finally`, so no hook outlives its block.
+"""
+
+from __future__ import annotations
+
+from ._loss import LossProbe
+from ._modules import ModuleProbe
+from ._state import WatchState, suspended
+from ._steps import StepProbe
+
+#: the probes every watched run installs, in order
+DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe)
+
+__all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]

@@ -1,0 +1,123 @@
+"""Loss capture: every `torch.nn` loss module called inside the block, with no extra line.
+
+A global forward hook sees loss modules that are not part of the model (the usual
+`loss_fn = nn.CrossEntropyLoss()`), user subclasses of `_Loss` included. It also checks
+that elementwise losses get input and target of the same shape: `MSELoss` on `[N, 1]`
+against `[N]` silently broadcasts to `[N, N]` and only warns.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.loss import _Loss
+from torch.utils.hooks import RemovableHandle
+
+from ._state import _SUSPENDED, Failure, WatchState
+from ._tensors import dtype_names, shapes, tensor_leaves
+
+#: losses that compare input and target element by element: their shapes must match
+ELEMENTWISE_LOSSES = (
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+    nn.SoftMarginLoss,
+    nn.PoissonNLLLoss,
+    nn.KLDivLoss,
+)
+
+
+def loss_name(state: WatchState, module: nn.Module) -> str:
+    """A loss inside the model goes by its dotted name, one outside by its class."""
+    return state.module_names.get(id(module), type(module).__name__)
+
+
+class LossProbe:
+    def __init__(self, state: WatchState):
+        self.state = state
+        self._checked: set[tuple[int, Any, Any]] = set()
+        self.handles: list[RemovableHandle] = []
+
+    def install(self) -> None:
+        self.handles = [
+            nn.modules.module.register_module_forward_hook(self._on_forward, always_call=True)
+        ]
+
+    def log(self, loss: torch.Tensor | float, split: str | None, source: str) -> None:
+        state = self.state
+        split = split or state.split()
+        if isinstance(loss, torch.Tensor):
+            value = loss.detach()
+            if value.numel() != 1:
+                value = value.float().mean()
+        else:
+            value = torch.tensor(float(loss))
+        # always deferred, so rows stay in the order the losses were seen
+        state.deferred.add(
+            state.tables["losses"], [(state.step, split, source)], value.reshape(1, 1)
+        )
+
+    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if _SUSPENDED[0] or not isinstance(module, _Loss):
+            return
+        state = self.state
+        name = loss_name(state, module)
+        if output is None:
+            exc = state.exception_in_flight()
+            if exc is not None:
+                self._record_failure(exc, name, module, args)
+                return
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            self.log(output, None, name)
+        if isinstance(module, ELEMENTWISE_LOSSES) and len(args) >= 2:
+            self._check_shapes(name, module, args[0], args[1])
+
+    def _check_shapes(self, name: str, module: nn.Module, pred: Any, target: Any) -> None:
+        if not (isinstance(pred, torch.Tensor) and isinstance(target, torch.Tensor)):
+            return
+        if pred.shape == target.shape:
+            return
+        key = (id(module), pred.shape, target.shape)
+        if key in self._checked:
+            return
+        self._checked.add(key)
+        try:
+            broadcast = list(torch.broadcast_shapes(pred.shape, target.shape))
+        except RuntimeError:
+            return  # does not broadcast: the loss raises, and the failure is recorded
+        self.state.event(
+            "loss_broadcast",
+            name,
+            f"{type(module).__name__} got input {list(pred.shape)} and target "
+            f"{list(target.shape)}, broadcast to {broadcast}",
+            loss=type(module).__name__,
+            input=list(pred.shape),
+            target=list(target.shape),
+            broadcast=broadcast,
+            inflation=math.prod(broadcast) / max(1, max(pred.numel(), target.numel())),
+            split=self.state.split(),
+        )
+
+    def _record_failure(
+        self, exc: BaseException, name: str, module: nn.Module, args: tuple[Any, ...]
+    ) -> None:
+        state = self.state
+        if state.failure is not None and state.failure.exc_id == id(exc):
+            return
+        ins = tensor_leaves(args)
+        state.failure = Failure(
+            exc_id=id(exc),
+            phase="loss",
+            module=name,
+            module_type=type(module).__name__,
+            inputs=shapes(ins),
+            dtypes=dtype_names(ins),
+            path=[name],
+            call=None,
+        )

@@ -1,0 +1,181 @@
+"""Forward hooks on every module of the watched model.
+
+They keep the stack of forwards in flight (so a crash names the innermost module), the
+shape trace (each distinct input/output signature once), activation statistics of leaf
+modules on sampled training steps, and statistics of the model's input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ._state import _SUSPENDED, Failure, WatchState
+from ._tensors import dtype_names, first_float, nbytes, shapes, signature, tensor_leaves
+
+#: distinct shape signatures recorded per module; past it shapes "vary" and are not traced
+MAX_SIGNATURES = 8
+
+
+class ModuleProbe:
+    def __init__(self, state: WatchState):
+        self.state = state
+        self._signatures: dict[str, set[tuple[Any, ...]]] = {}
+        self.handles: list[RemovableHandle] = []
+
+    def install(self) -> None:
+        handles = self.handles
+        for name, module in self.state.model.named_modules():
+            leaf = next(module.children(), None) is None
+            handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+            handles.append(
+                module.register_forward_hook(self._post_hook(name, leaf), always_call=True)
+            )
+
+    def _pre_hook(self, name: str):
+        state = self.state
+        is_root = name == ""
+
+        def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if _SUSPENDED[0]:
+                return
+            if is_root:
+                state.call_index = 0
+                state.call_stack.clear()  # a forward that raised earlier and was caught
+                if state.sampled:
+                    self._record_input(args)
+            state.call_index += 1
+            state.call_stack.append((name, state.call_index))
+
+        return pre
+
+    def _post_hook(self, name: str, leaf: bool):
+        state = self.state
+        type_name = None
+
+        def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            nonlocal type_name
+            if _SUSPENDED[0]:
+                return
+            stack = state.call_stack
+            call = stack.pop()[1] if stack and stack[-1][0] == name else None
+            if type_name is None:
+                type_name = type(module).__name__
+            if output is None:
+                exc = state.exception_in_flight()
+                if exc is not None:
+                    self._record_failure(exc, name, module, args, call, stack)
+                    return
+            ins = tensor_leaves(args)
+            outs = tensor_leaves(output)
+            sig = (signature(ins), signature(outs))
+            seen = self._signatures.setdefault(name, set())
+            if sig not in seen and len(seen) < MAX_SIGNATURES:
+                seen.add(sig)
+                self._record_shapes(name, type_name, call, ins, outs)
+            if leaf and state.sampled and state.split() == "train":
+                self._record_activation(name, type_name, outs)
+
+        return post
+
+    def _record_shapes(
+        self,
+        name: str,
+        type_name: str,
+        call: int | None,
+        ins: list[torch.Tensor],
+        outs: list[torch.Tensor],
+    ) -> None:
+        state = self.state
+        state.tables["shapes"].append(
+            state.step,
+            call,
+            name,
+            type_name,
+            state.split(),
+            json.dumps(shapes(ins)),
+            json.dumps(shapes(outs)),
+            json.dumps([dtype_names(ins), dtype_names(outs)]),
+            nbytes(outs),
+            int(ins[0].shape[0]) if ins and ins[0].dim() > 0 else None,
+        )
+
+    def _record_activation(self, name: str, type_name: str, outs: list[torch.Tensor]) -> None:
+        out = first_float(outs)
+        if out is None:
+            return
+        with torch.no_grad():
+            o = out.detach()
+            n = o.numel()
+            stats = torch.stack(
+                [
+                    1.0 - torch.count_nonzero(o).to(torch.float32) / n,
+                    torch.linalg.vector_norm(o, 1, dtype=torch.float32) / n,
+                    torch.linalg.vector_norm(o, math.inf, dtype=torch.float32),
+                ]
+            )
+        state = self.state
+        state.deferred.add(
+            state.tables["activations"], [(state.step, name, type_name)], stats.unsqueeze(0)
+        )
+
+    def _record_input(self, args: tuple[Any, ...]) -> None:
+        x = first_float(tensor_leaves(args))
+        if x is None:
+            return
+        state = self.state
+        with torch.no_grad():
+            x = x.detach()
+            finite = torch.isfinite(x)
+            n_bad = x.numel() - torch.count_nonzero(finite)
+            xf = torch.where(finite, x, 0).to(torch.float32)
+            stats = torch.stack(
+                [
+                    xf.mean(),
+                    xf.std() if x.numel() > 1 else torch.zeros((), device=x.device),
+                    xf.min(),
+                    xf.max(),
+                    n_bad.to(torch.float32) / x.numel(),
+                ]
+            )
+        state.deferred.add(state.tables["inputs"], [(state.step, state.split())], stats[None])
+
+    def _record_failure(
+        self,
+        exc: BaseException,
+        name: str,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        call: int | None,
+        stack: list[tuple[str, int]],
+    ) -> None:
+        """The innermost module sees the exception first; outer modules keep its record."""
+        state = self.state
+        if state.failure is not None and state.failure.exc_id == id(exc):
+            return
+        ins = tensor_leaves(args)
+        state.failure = Failure(
+            exc_id=id(exc),
+            phase="forward",
+            module=name,
+            module_type=type(module).__name__,
+            inputs=shapes(ins),
+            dtypes=dtype_names(ins),
+            path=[n for n, _ in stack] + [name],
+            call=call,
+            int_range=_int_range(ins),
+        )
+
+
+def _int_range(ins: list[torch.Tensor]) -> list[int] | None:
+    """Min and max of an integer input (token ids): an embedding's crash needs them."""
+    for t in ins:
+        if not t.is_floating_point() and not t.is_complex() and t.numel() > 0:
+            with torch.no_grad():
+                return [int(t.min()), int(t.max())]
+    return None

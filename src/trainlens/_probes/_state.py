@@ -1,0 +1,119 @@
+"""The state a watched run shares between its probes: step counter, tables, sampling."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._records import TABLES, Deferred, Table
+
+# Set while trainlens itself runs the model (e.g. a probe's own forward): every probe of
+# every active lens ignores those calls. A list so hooks read it without a global lookup.
+_SUSPENDED = [0]
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Run model code that probes must not record (trainlens's own extra passes)."""
+    _SUSPENDED[0] += 1
+    try:
+        yield
+    finally:
+        _SUSPENDED[0] -= 1
+
+
+def is_suspended() -> bool:
+    return _SUSPENDED[0] > 0
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which steps get the expensive statistics.
+
+    Every step of the first `dense_steps` is sampled (short runs, where most bugs show,
+    are seen in full), then one step in `every`.
+    """
+
+    every: int = 10
+    dense_steps: int = 100
+    flush_every: int = 50
+
+    def __call__(self, step: int) -> bool:
+        return step < self.dense_steps or step % self.every == 0
+
+
+@dataclass
+class Failure:
+    """Where an exception was first seen while it unwound through hooked code."""
+
+    exc_id: int
+    phase: str
+    module: str | None
+    module_type: str | None
+    inputs: list[list[int]]
+    dtypes: list[str]
+    path: list[str]
+    call: int | None
+    int_range: list[int] | None = None
+
+
+class WatchState:
+    """Counters and tables of one watched run, shared by its probes."""
+
+    def __init__(self, model: nn.Module, optimizer: Any, sampling: Sampling):
+        self.model = model
+        self.optimizer = optimizer
+        self.sampling = sampling
+        self.module_names: dict[int, str] = {id(m): n for n, m in model.named_modules()}
+        self.tables = {name: Table(cols) for name, cols in TABLES.items()}
+        self.deferred = Deferred()
+        self.t0 = time.perf_counter()
+        self.step = 0
+        self.sampled = sampling(0)
+        self.backward_passes = 0
+        self.backward_in_step = 0
+        self.phase = "other"  # "forward" | "backward" | "step" | "other"
+        # (name, call index) of module forwards in flight, innermost last
+        self.call_stack: list[tuple[str, int]] = []
+        self.call_index = 0
+        self.failure: Failure | None = None
+        self._events_seen: set[tuple[str, str | None, str]] = set()
+
+    def split(self) -> str:
+        """SPEC: "train" when grad is enabled and the watched model is training, else "val"."""
+        return "train" if torch.is_grad_enabled() and self.model.training else "val"
+
+    def end_step(self, lr: float) -> None:
+        self.tables["steps"].append(
+            self.step,
+            time.perf_counter() - self.t0,
+            lr,
+            self.backward_in_step,
+            self.sampled,
+        )
+        self.step += 1
+        self.backward_in_step = 0
+        self.sampled = self.sampling(self.step)
+        if self.step % self.sampling.flush_every == 0:
+            self.deferred.flush()
+
+    def event(self, kind: str, module: str | None, message: str, **data: Any) -> None:
+        """Record a one-off observation; the same (kind, module, message) only once."""
+        key = (kind, module, message)
+        if key in self._events_seen:
+            return
+        self._events_seen.add(key)
+        self.tables["events"].append(
+            self.step, kind, module, message, json.dumps(data, default=str)
+        )
+
+    def exception_in_flight(self) -> BaseException | None:
+        return sys.exc_info()[1]

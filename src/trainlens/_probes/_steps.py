@@ -1,0 +1,183 @@
+"""Steps, backward passes and per-parameter statistics.
+
+A step is one `optimizer.step()` when an optimizer is watched, else one backward pass.
+On sampled steps, gradient, parameter and update norms of every trainable parameter are
+computed in bulk with `torch._foreach_norm` and read back later, never one by one.
+
+Update norms compare each parameter before and after the step. Copying every parameter
+would double parameter memory; instead a fixed strided sample of at most
+`UPDATE_SAMPLE` elements per parameter is copied and its norm scaled to the full size.
+That is exact for small tensors and an unbiased-enough estimate for large ones, whose
+update/param ratio is what the rules read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.nn.parameter import is_lazy
+from torch.utils.hooks import RemovableHandle
+
+from ._state import _SUSPENDED, WatchState
+
+UPDATE_SAMPLE = 4096
+
+
+def _sample_view(p: torch.Tensor) -> torch.Tensor:
+    flat = p.detach().reshape(-1)
+    stride = max(1, flat.numel() // UPDATE_SAMPLE)
+    return flat[::stride]
+
+
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    return g.coalesce().values() if g.is_sparse else g
+
+
+class StepProbe:
+    def __init__(self, state: WatchState):
+        self.state = state
+        self.handles: list[RemovableHandle] = []
+        self.names: list[str] = []
+        self.params: list[torch.Tensor] = []
+        self.prefix_modules: list[str] = []
+        self._scales: list[float] = []
+        self._graph_task = -1
+        self._views: list[torch.Tensor] | None = None
+        self._before: list[torch.Tensor] | None = None
+        self._grad_norms: list[torch.Tensor] | None = None
+        self._has_grad: list[bool] = []
+
+    def install(self) -> None:
+        opt = self.state.optimizer
+        if opt is not None:
+            self.handles.append(opt.register_step_pre_hook(self._pre_step))
+            self.handles.append(opt.register_step_post_hook(self._post_step))
+        if any(is_lazy(p) for p in self.state.model.parameters()):
+            # lazy layers get their parameters in the first forward: track them after it
+            def after_first_forward(module: Any, args: Any, output: Any) -> None:
+                once.remove()
+                self._track_params()
+
+            once = self.state.model.register_forward_hook(after_first_forward)
+            self.handles.append(once)
+        else:
+            self._track_params()
+
+    def _track_params(self) -> None:
+        named = [
+            (n, p)
+            for n, p in self.state.model.named_parameters()
+            if p.requires_grad and not is_lazy(p)
+        ]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.prefix_modules = [n.rpartition(".")[0] for n in self.names]
+        self._scales = [math.sqrt(p.numel() / max(1, _sample_view(p).numel())) for p in self.params]
+        self.handles.extend(p.register_hook(self._on_grad) for p in self.params)
+
+    # --- backward ----------------------------------------------------------------------
+    def _on_grad(self, grad: torch.Tensor) -> None:
+        """Runs per parameter gradient; only the first one of each backward pass counts."""
+        if _SUSPENDED[0]:
+            return
+        task = torch._C._current_graph_task_id()
+        if task == self._graph_task:
+            return
+        self._graph_task = task
+        state = self.state
+        state.backward_passes += 1
+        state.backward_in_step += 1
+        state.phase = "backward"
+        torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
+
+    def _on_backward_end(self) -> None:
+        state = self.state
+        state.phase = "other"
+        if state.optimizer is not None:
+            return
+        # without an optimizer a step is a backward pass; the update is whatever the
+        # user's own code did to the parameters since the previous backward pass
+        if state.sampled:
+            self._snapshot_grads()
+            self._record(update=self._update_norms() if self._before is not None else None)
+        if state.sampling(state.step + 1):
+            self._snapshot_params()  # the next step's update is measured from here
+        else:
+            self._before = None
+        state.end_step(lr=math.nan)
+
+    # --- optimizer step ----------------------------------------------------------------
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if _SUSPENDED[0]:
+            return
+        self.state.phase = "step"
+        if self.state.sampled:
+            self._snapshot_grads()
+            self._snapshot_params()
+
+    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if _SUSPENDED[0]:
+            return
+        state = self.state
+        if state.sampled and self._before is not None:
+            self._record(update=self._update_norms())
+        self._before = None
+        state.phase = "other"
+        lr = optimizer.param_groups[0].get("lr", math.nan)
+        state.end_step(lr=lr if isinstance(lr, (int, float)) else math.nan)
+
+    # --- statistics --------------------------------------------------------------------
+    def _snapshot_grads(self) -> None:
+        grads = [p.grad for p in self.params]
+        self._has_grad = [g is not None for g in grads]
+        present = [_dense(g) for g in grads if g is not None]
+        norms = torch._foreach_norm(present, 2, dtype=torch.float32) if present else []
+        it = iter(norms)
+        nan = None
+        full = []
+        for has, p in zip(self._has_grad, self.params, strict=True):
+            if has:
+                full.append(next(it))
+            else:
+                if nan is None or nan.device != p.device:
+                    nan = torch.full((), math.nan, device=p.device)
+                full.append(nan)
+        self._grad_norms = full
+
+    def _snapshot_params(self) -> None:
+        with torch.no_grad():
+            self._views = [_sample_view(p) for p in self.params]
+            self._before = [v.clone() for v in self._views]
+
+    def _update_norms(self) -> list[torch.Tensor]:
+        with torch.no_grad():
+            diffs = torch._foreach_sub(self._views, self._before)
+            norms = torch._foreach_norm(diffs, 2, dtype=torch.float32)
+            return torch._foreach_mul(norms, self._scales)
+
+    def _record(self, update: list[torch.Tensor] | None) -> None:
+        if not self.params or self._grad_norms is None:
+            return
+        state = self.state
+        with torch.no_grad():
+            pnorms = torch._foreach_norm([p.detach() for p in self.params], 2, dtype=torch.float32)
+            if update is None:
+                update = [torch.full_like(n, math.nan) for n in pnorms]
+            device = pnorms[0].device
+            values = torch.stack(
+                [
+                    torch.stack([g.to(device) for g in self._grad_norms]),
+                    torch.stack([n.to(device) for n in pnorms]),
+                    torch.stack([u.to(device) for u in update]),
+                ],
+                dim=1,
+            )
+        step = state.step
+        prefixes = [
+            (step, n, m, h)
+            for n, m, h in zip(self.names, self.prefix_modules, self._has_grad, strict=True)
+        ]
+        state.deferred.add(state.tables["params"], prefixes, values)
+        self._grad_norms = None

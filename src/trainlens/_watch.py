@@ -1,0 +1,304 @@
+"""`trainlens.watch`: the context manager around the user's own, unchanged training loop."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import secrets
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parameter import is_lazy
+
+from ._drill import build_drill, write_drill
+from ._errors import RunDirError, UsageError
+from ._finding import Finding
+from ._meta import describe_modules, describe_optimizer, describe_params
+from ._plugins import catalogue_for, diagnose, get_plugin_manager, report_sections
+from ._probes import DEFAULT_PROBES, LossProbe, WatchState
+from ._probes._state import Sampling
+from ._records import Records
+
+# run dirs of the blocks active right now: two nested blocks must not write one folder
+_ACTIVE_RUN_DIRS: set[Path] = set()
+
+
+def new_run_id() -> str:
+    """Sortable timestamp plus a short random suffix: `20261123-101500-3fa2`."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+    run_id: str | None = None,
+    sample_every: int = 10,
+    plugins: Iterable[Any] = (),
+    quiet: bool = False,
+) -> Lens:
+    """Watch `model` (and `optimizer`) while your own loop trains it.
+
+    Use as a context manager. Leaving the block runs the rules and writes the drill to
+    `run_dir` (default `./trainlens-runs/<run_id>`); an exception raised in the block is
+    re-raised unchanged after that. `sample_every` sets how often, after the first 100
+    steps, the costlier statistics are taken. `plugins` adds rule or report plugins
+    without entry points. `quiet` silences the one-line summary printed on exit.
+    """
+    return Lens(
+        model,
+        optimizer,
+        run_dir=run_dir,
+        run_id=run_id,
+        sample_every=sample_every,
+        plugins=plugins,
+        quiet=quiet,
+    )
+
+
+class Lens:
+    """A watched run. After the block: `findings`, `drill`, `records`, `run_dir`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        run_dir: str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+        sample_every: int = 10,
+        plugins: Iterable[Any] = (),
+        quiet: bool = False,
+    ):
+        _check_args(model, optimizer, sample_every, run_id)
+        self.model = model
+        self.optimizer = optimizer
+        self.run_id = run_id or new_run_id()
+        self.run_dir = (
+            Path(run_dir) if run_dir is not None else Path("trainlens-runs") / self.run_id
+        )
+        self.findings: list[Finding] = []
+        self.drill: dict[str, Any] | None = None
+        self.records: Records | None = None
+        self._sampling = Sampling(every=sample_every)
+        self._plugins = list(plugins)
+        self._quiet = quiet
+        self._state: WatchState | None = None
+        self._probes: list[Any] = []
+        self._loss_probe: LossProbe | None = None
+        self._entered = False
+        self._started_at = ""
+
+    # --- the block -------------------------------------------------------------------
+    def __enter__(self) -> Lens:
+        if self._entered:
+            raise UsageError("a Lens can be entered once; call trainlens.watch(...) again")
+        self._entered = True
+        self.run_dir = _prepare_run_dir(self.run_dir)
+        self._started_at = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        state = WatchState(self.model, self.optimizer, self._sampling)
+        self._state = state
+        _ACTIVE_RUN_DIRS.add(self.run_dir)
+        try:
+            for probe_cls in DEFAULT_PROBES:
+                probe = probe_cls(state)
+                self._probes.append(probe)
+                probe.install()
+                if isinstance(probe, LossProbe):
+                    self._loss_probe = probe
+        except BaseException:
+            self._uninstall()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            self._uninstall()
+        finally:
+            try:
+                self._conclude(exc)
+            except Exception as err:
+                if exc is None:
+                    raise
+                # never let our own trouble replace the user's exception
+                warnings.warn(
+                    f"trainlens could not write the drill for run {self.run_id}: "
+                    f"{type(err).__name__}: {err}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return False  # the user's exception, if any, goes on unchanged
+
+    def log_loss(self, loss: torch.Tensor | float, split: str | None = None) -> None:
+        """Record a loss computed without an `nn` loss module (e.g. `F.cross_entropy`).
+
+        `split` is "train" or "val"; by default "train" when grad is enabled and the
+        model is in training mode, else "val".
+        """
+        if self._loss_probe is None or not self._probes:
+            raise UsageError("lens.log_loss(...) works only inside its `with watch(...)` block")
+        if split not in (None, "train", "val"):
+            raise UsageError(f'split must be "train", "val" or None, not {split!r}')
+        self._loss_probe.log(loss, split, source="log_loss")
+
+    # --- leaving ---------------------------------------------------------------------
+    def _uninstall(self) -> None:
+        probes, self._probes = self._probes, []
+        handles = [h for probe in probes for h in probe.handles]
+        for handle in reversed(handles):
+            try:
+                handle.remove()
+            except Exception as err:  # pragma: no cover - torch handles do not raise
+                warnings.warn(
+                    f"trainlens could not remove a hook: {err}", RuntimeWarning, stacklevel=3
+                )
+        _ACTIVE_RUN_DIRS.discard(self.run_dir)
+
+    def _conclude(self, exc: BaseException | None) -> None:
+        state = self._state
+        assert state is not None
+        state.deferred.flush()
+        meta = self._meta(state, exc)
+        self.records = Records({n: t.frame() for n, t in state.tables.items()}, meta)
+        pm = get_plugin_manager(self._plugins)
+        catalogue = catalogue_for(pm)
+        self.findings = diagnose(pm, self.records, catalogue)
+        self.drill = build_drill(self.run_id, self.findings, meta)
+        self.records.save(self.run_dir)
+        write_drill(self.run_dir, self.drill, report_sections(pm, self.drill, self.records))
+        if not self._quiet:
+            _print_summary(self)
+
+    def _meta(self, state: WatchState, exc: BaseException | None) -> dict[str, Any]:
+        from . import __version__
+
+        model, opt = self.model, self.optimizer
+        params = [p for p in model.parameters() if not is_lazy(p)]
+        return {
+            "run_id": self.run_id,
+            "started_at": self._started_at,
+            "duration_s": round(time.perf_counter() - state.t0, 3),
+            "steps": state.step,
+            "backward_passes": state.backward_passes,
+            "optimizer_given": opt is not None,
+            "sampling": {
+                "every": state.sampling.every,
+                "dense_steps": state.sampling.dense_steps,
+            },
+            "trainlens_version": __version__,
+            "torch_version": torch.__version__,
+            "model": {
+                "class": type(model).__name__,
+                "num_params": sum(p.numel() for p in params),
+                "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+                "training": model.training,
+            },
+            "modules": describe_modules(model),
+            "params": describe_params(model, opt),
+            "optimizer": describe_optimizer(opt),
+            "exception": _exception_meta(state, exc),
+        }
+
+
+def _exception_meta(state: WatchState, exc: BaseException | None) -> dict[str, Any] | None:
+    if exc is None:
+        return None
+    info: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc)[:4000],
+        "phase": state.phase if state.phase != "other" else None,
+        "module": None,
+        "step": state.step,
+    }
+    failure = state.failure
+    if failure is not None and failure.exc_id == id(exc):
+        info.update(
+            phase=failure.phase,
+            module=failure.module,
+            module_type=failure.module_type,
+            inputs=failure.inputs,
+            dtypes=failure.dtypes,
+            path=failure.path,
+            call=failure.call,
+            int_range=failure.int_range,
+        )
+    elif state.call_stack:
+        # KeyboardInterrupt (not an Exception) skips always-call hooks: the stack still
+        # holds the forwards in flight, innermost last
+        info.update(
+            phase="forward", module=state.call_stack[-1][0], path=[n for n, _ in state.call_stack]
+        )
+    return info
+
+
+def _check_args(model: Any, optimizer: Any, sample_every: Any, run_id: Any) -> None:
+    if not isinstance(model, nn.Module):
+        hint = ""
+        if isinstance(model, torch.optim.Optimizer):
+            hint = " (the optimizer goes second: watch(model, optimizer))"
+        elif callable(model):
+            hint = " (wrap plain functions in an nn.Module)"
+        raise UsageError(
+            f"trainlens.watch needs a torch.nn.Module as its first argument, got "
+            f"{type(model).__name__}{hint}"
+        )
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise UsageError(
+            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
+            " (one optimizer per watch; pass the one that steps this model)"
+        )
+    if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 1:
+        raise UsageError(f"sample_every must be a positive integer, got {sample_every!r}")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id or "/" in run_id):
+        raise UsageError(f"run_id must be a non-empty string without '/', got {run_id!r}")
+
+
+def _prepare_run_dir(run_dir: Path) -> Path:
+    """Create `run_dir` and prove it is writable now, before any training."""
+    run_dir = run_dir.expanduser().resolve()
+    if run_dir in _ACTIVE_RUN_DIRS:
+        raise UsageError(
+            f"run_dir {run_dir} is already used by an enclosing trainlens.watch block; "
+            "give the inner block its own run_dir"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(
+            f"cannot write to run_dir {run_dir} ({err.strerror or err}); pass "
+            "run_dir= a folder you can write to"
+        ) from None
+    return run_dir
+
+
+def _print_summary(lens: Lens) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    drill = lens.drill or {}
+    status = drill.get("status")
+    color = "green" if status == "healthy" else "red"
+    where = _relative(lens.run_dir / "drill.md")
+    console.print(
+        f"[bold]trainlens[/]: run {lens.run_id} [{color}]{status}[/], "
+        f"{drill.get('steps', 0)} steps; drill: {where}",
+        soft_wrap=True,
+    )
+    for f in lens.findings:
+        console.print(f"  - {f.summary()}", markup=False, soft_wrap=True)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,34 @@
+"""Shared fixtures. Every drill.json a test writes is validated against the shipped schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+
+from trainlens._resources import schema_path
+
+_VALIDATOR = jsonschema.Draft202012Validator(json.loads(schema_path().read_text()))
+
+
+@pytest.fixture(autouse=True)
+def _validate_every_drill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run each test in its own folder, then validate every drill trainlens wrote there.
+
+    A run directory has a run.json beside its drill; drills a test wrote by hand (to
+    check what happens to broken ones) have none and are left alone.
+    """
+    monkeypatch.chdir(tmp_path)  # default run dirs land in tmp_path, not the checkout
+    torch.manual_seed(0)
+    yield
+    for path in tmp_path.rglob("drill.json"):
+        if (path.parent / "run.json").exists():
+            _VALIDATOR.validate(json.loads(path.read_text()))
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"

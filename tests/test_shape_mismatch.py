@@ -1,0 +1,187 @@
+"""shape_mismatch: a crash names the layer, what it expects and what it got; a silent
+broadcast in the loss is an error even though training ran on."""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import trainlens
+from trainlens._demo import load_example
+
+PACKAGE_DIR = Path(trainlens.__file__).parent
+
+
+def crash(model, x, y, loss_fn, run_dir, steps=2):
+    """Train under watch until the model raises; return (lens, the exception seen)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1) if list(model.parameters()) else None
+    lens = trainlens.watch(model, opt, run_dir=run_dir, quiet=True)
+    with pytest.raises(BaseException) as info:
+        with lens:
+            for _ in range(steps):
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                if opt:
+                    opt.step()
+                    opt.zero_grad()
+    return lens, info.value
+
+
+def only(lens, symptom="shape_mismatch"):
+    found = [f for f in lens.findings if f.symptom == symptom]
+    assert len(found) == 1, lens.drill["findings"]
+    return found[0]
+
+
+def test_wrong_in_features_names_the_linear_and_both_sizes(run_dir):
+    lens = load_example("shape_mismatch.py").main(run_dir=run_dir)
+    f = only(lens)
+    assert (f.severity, f.likely_cause, f.module, f.step) == (
+        "error", "layer_input_mismatch", "classifier.1", 0,
+    )  # fmt: skip
+    assert "in_features=1024" in f.top.evidence and "[32, 784]" in f.top.evidence
+    assert "nn.Linear(784, 10)" in f.fix_attempt
+    assert f.evidence["path"] == ["(model)", "classifier", "classifier.1"]
+    assert f.evidence["trail"][-1]["module"] == "classifier.0"  # the Flatten that fed it
+    assert f.evidence["trail"][-1]["outputs"] == [[32, 784]]
+    assert lens.drill["status"] == "failed"
+    assert lens.drill["exception"]["type"] == "RuntimeError"
+
+
+def test_the_original_exception_reaches_the_user_unchanged(run_dir):
+    boom = ValueError("my own bug")
+
+    class Faulty(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(2, 2)
+
+        def forward(self, x):
+            self.inner(x)
+            raise boom
+
+    model = Faulty()
+    try:
+        with trainlens.watch(model, run_dir=run_dir, quiet=True):
+            model(torch.randn(3, 2))
+    except ValueError as err:
+        seen = err
+    assert seen is boom
+    frames = traceback.extract_tb(seen.__traceback__)
+    assert frames[-1].name == "forward" and frames[-1].line == "raise boom"
+    assert not any(Path(fr.filename).is_relative_to(PACKAGE_DIR) for fr in frames)
+    # not a shape problem: no shape finding, but the drill records the crash
+    drill = trainlens.load_run(run_dir).drill
+    assert drill["findings"] == []
+    assert drill["status"] == "failed"
+    assert drill["exception"]["module"] == "" and drill["exception"]["type"] == "ValueError"
+
+
+def test_channels_last_images_are_named_at_the_conv(run_dir):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(4, 16, 16, 3)  # NHWC, as images come from PIL/numpy
+    lens, err = crash(model, x, torch.zeros(4, dtype=torch.long), nn.CrossEntropyLoss(), run_dir)
+    assert isinstance(err, RuntimeError)
+    f = only(lens)
+    assert f.module == "0" and f.likely_cause == "layer_input_mismatch"
+    assert "in_channels=3" in f.top.evidence and "[4, 16, 16, 3]" in f.top.evidence
+    assert "permute(0, 3, 1, 2)" in f.fix_attempt
+
+
+def test_token_id_beyond_the_vocabulary_is_named_at_the_embedding(run_dir):
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
+    ids = torch.tensor([[1, 2, 3], [4, 5, 12]])
+    lens, err = crash(model, ids, torch.zeros(2, dtype=torch.long), nn.CrossEntropyLoss(), run_dir)
+    assert isinstance(err, IndexError)
+    f = only(lens)
+    assert f.module == "0"
+    assert "num_embeddings=10" in f.top.evidence and "[1, 12]" in f.top.evidence
+    assert "num_embeddings >= 13" in f.fix_attempt
+
+
+@pytest.mark.parametrize(
+    ("layer", "x", "expected"),
+    [
+        (nn.LayerNorm(16), torch.randn(4, 8), "normalized_shape=[16]"),
+        (nn.LSTM(10, 8, batch_first=True), torch.randn(4, 5, 6), "input_size=10"),
+        (nn.BatchNorm1d(6), torch.randn(4, 8), "num_features=6"),
+    ],
+    ids=["layernorm", "lstm", "batchnorm"],
+)
+def test_other_layers_say_what_they_expect(layer, x, expected, run_dir):
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = layer
+
+        def forward(self, x):
+            out = self.body(x)
+            return (out[0] if isinstance(out, tuple) else out).mean(dim=-1)
+
+    lens, _ = crash(Wrap(), x, torch.zeros(4), nn.MSELoss(), run_dir)
+    f = only(lens)
+    assert f.module == "body" and expected in f.top.evidence
+
+
+def test_reshape_error_in_the_models_own_forward_is_attributed_to_the_model(run_dir):
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 2)
+
+        def forward(self, x):
+            return self.fc(x.view(-1, 12))
+
+    lens, _ = crash(Flat(), torch.randn(5, 5), torch.zeros(5, 2), nn.MSELoss(), run_dir)
+    f = only(lens)
+    assert f.module == "" and f.likely_cause == "layer_input_mismatch"
+    assert "[5, 5]" in f.top.evidence and "is invalid for input of size 25" in f.top.evidence
+
+
+def test_loss_that_raises_on_target_shape_is_named(run_dir):
+    model = nn.Linear(4, 3)
+    target = torch.zeros(8, 1, dtype=torch.long)  # [N, 1] instead of [N]
+    lens, _ = crash(model, torch.randn(8, 4), target, nn.CrossEntropyLoss(), run_dir)
+    f = only(lens)
+    assert f.likely_cause == "loss_target_shape_mismatch"
+    assert f.module is None  # the loss is not a module of the model
+    assert "[8, 3]" in f.top.evidence and "[8, 1]" in f.top.evidence
+    assert "squeeze(1)" in f.fix_attempt
+    assert f.evidence["loss"] == "CrossEntropyLoss"
+
+
+def test_silent_broadcast_is_an_error_finding(run_dir):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(64, 3)
+    y = x @ torch.tensor([1.0, -2.0, 0.5])  # [64]: the model outputs [64, 1]
+    with pytest.warns(UserWarning, match="target size"):  # torch only warns
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+            for _ in range(20):
+                loss = nn.MSELoss()(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    f = only(lens)
+    assert (f.severity, f.likely_cause, f.step) == ("error", "loss_target_shape_mismatch", 0)
+    assert "[64, 1]" in f.top.evidence and "[64]" in f.top.evidence and "[64, 64]" in f.top.evidence
+    assert "squeeze(-1)" in f.fix_attempt
+    assert lens.drill["status"] == "failed" and lens.drill["steps"] == 20
+
+
+def test_matching_loss_shapes_stay_clean(run_dir):
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(64, 3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(10):
+            loss = nn.MSELoss()(model(x), (x @ torch.tensor([1.0, -2.0, 0.5])).unsqueeze(1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert lens.findings == [] and lens.drill["status"] == "healthy"

@@ -1,0 +1,211 @@
+"""watch() around a user's own loop: what is recorded, where it goes, how it reads back."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import trainlens
+from models import (
+    SmallCNN,
+    TinyTransformer,
+    classification_data,
+    image_data,
+    mlp,
+    token_data,
+    train,
+)
+from trainlens._demo import load_example
+
+
+def test_first_course_loop_is_healthy_and_learns_two(run_dir):
+    lens = load_example("linear_regression.py").main(run_dir=run_dir)
+    assert lens.drill["status"] == "healthy"
+    assert lens.findings == []
+    assert lens.drill["steps"] == 200  # 20 epochs x 10 batches
+    assert lens.model.weight.item() == pytest.approx(2.0, abs=1e-3)
+    assert (run_dir / "drill.json").is_file() and (run_dir / "drill.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("make_model", "data", "lr"),
+    [
+        (lambda: mlp(), classification_data(), 1e-2),
+        (lambda: SmallCNN(), image_data(), 1e-2),
+        (lambda: TinyTransformer(), token_data(), 1e-3),
+    ],
+    ids=["mlp", "cnn", "transformer"],
+)
+def test_healthy_models_give_a_clean_drill(make_model, data, lr, run_dir):
+    lens = train(make_model(), data, steps=30, lr=lr, val=data, run_dir=run_dir)
+    assert lens.drill["status"] == "healthy", lens.drill["findings"]
+    assert lens.findings == []
+    losses = lens.records.train_loss()
+    assert losses.iloc[-5:].mean() < losses.iloc[:5].mean()  # it really trained
+
+
+def test_losses_are_captured_with_their_split(run_dir):
+    x, y = classification_data()
+    lens = train(mlp(), (x, y), steps=30, val=(x, y), run_dir=run_dir)
+    losses = lens.records.losses
+    assert (losses["split"] == "train").sum() == 30
+    val = losses[losses["split"] == "val"]
+    assert list(val["step"]) == [10, 20, 30]  # evaluated after steps 10, 20, 30
+    assert set(losses["source"]) == {"CrossEntropyLoss"}
+    assert math.isfinite(losses["value"].iloc[0])
+
+
+def test_functional_loss_logged_by_hand_and_explicit_split_wins(run_dir):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = classification_data()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(5):
+            loss = F.cross_entropy(model(x), y)
+            lens.log_loss(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        lens.log_loss(0.25, split="val")
+    df = lens.records.losses
+    assert list(df["split"]) == ["train"] * 5 + ["val"]
+    assert df["value"].iloc[-1] == 0.25
+    assert (df["source"] == "log_loss").all()
+
+
+def test_log_loss_outside_the_block_says_what_to_do(run_dir):
+    lens = trainlens.watch(mlp(), run_dir=run_dir, quiet=True)
+    with pytest.raises(trainlens.UsageError, match="inside its `with watch"):
+        lens.log_loss(1.0)
+
+
+def test_user_defined_loss_subclass_is_captured(run_dir):
+    class MyLoss(nn.modules.loss._Loss):
+        def forward(self, pred, target):
+            return ((pred - target) ** 2).mean()
+
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(3):
+            loss = MyLoss()(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert list(lens.records.losses["source"]) == ["MyLoss"] * 3
+
+
+def test_without_an_optimizer_a_step_is_a_backward_pass(run_dir):
+    model = nn.Linear(4, 1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with trainlens.watch(model, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(4):
+            loss = nn.MSELoss()(model(x), y)
+            model.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+    assert lens.drill["steps"] == 4
+    params = lens.records.params
+    weight = params[params["param"] == "weight"].set_index("step")
+    assert weight["grad_norm"].gt(0).all()
+    # the manual update of step k shows as the change measured at step k + 1
+    assert weight["update_norm"].iloc[1:].gt(0).all()
+
+
+def test_update_norm_is_learning_rate_times_gradient_for_plain_sgd(run_dir):
+    model = nn.Sequential(nn.Linear(300, 400), nn.Tanh(), nn.Linear(400, 2))
+    x, y = torch.randn(32, 300), torch.randint(0, 2, (32,))
+    lens = train(model, (x, y), steps=5, lr=0.05, optimizer=torch.optim.SGD, run_dir=run_dir)
+    p = lens.records.params
+    # 120 000 weights: the update is estimated from a strided sample of 4096 of them
+    big = p[p["param"] == "0.weight"]
+    ratio = big["update_norm"] / (0.05 * big["grad_norm"])
+    assert ratio.between(0.9, 1.1).all(), ratio.tolist()
+    small = p[p["param"] == "2.bias"]  # two numbers: measured exactly
+    assert (small["update_norm"] / (0.05 * small["grad_norm"])).sub(1).abs().max() < 1e-4
+
+
+def test_records_round_trip_through_load_run(run_dir):
+    lens = train(mlp(), classification_data(), steps=12, run_dir=run_dir)
+    run = trainlens.load_run(run_dir)
+    assert run.drill == json.loads((run_dir / "drill.json").read_text()) == lens.drill
+    for name, frame in lens.records.frames.items():
+        pd.testing.assert_frame_equal(run.records.table(name), frame, check_dtype=False)
+    assert run.records.meta["steps"] == 12
+    assert run.records.meta["optimizer"]["class"] == "Adam"
+    assert sorted(run.records.meta["params"]) == sorted(n for n, _ in lens.model.named_parameters())
+
+
+def test_shape_trace_keeps_each_new_signature_once(run_dir):
+    x, y = classification_data(n=40)
+    # batches of 16, 16, 8, 16, ...: the last batch of the epoch has a new shape
+    lens = train(mlp(), (x, y), steps=9, batch=16, run_dir=run_dir)
+    shapes = lens.records.shapes
+    first = shapes[shapes["module"] == "0"]
+    assert [json.loads(s)[0][0] for s in first["inputs"]] == [16, 8]
+    md = (run_dir / "drill.md").read_text()
+    assert "## Shape trace" in md and "[16, 8]" in md and "[16, 32]" in md
+
+
+def test_dataclass_dict_and_tuple_outputs_are_traced(run_dir):
+    @dataclass
+    class Out:
+        logits: torch.Tensor
+        hidden: torch.Tensor
+
+    class Multi(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(4, 8)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.body(x)
+            return Out(self.head(h), h), {"h": h}, (h, h.sum())
+
+    model = Multi()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(3):
+            out, _, _ = model(torch.randn(5, 4))
+            loss = nn.CrossEntropyLoss()(out.logits, torch.zeros(5, dtype=torch.long))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    root = lens.records.shapes.query("module == ''").iloc[0]
+    assert json.loads(root["outputs"]) == [[5, 2], [5, 8], [5, 8], [5, 8], []]
+    assert lens.drill["status"] == "healthy"
+
+
+def test_activation_statistics_are_sampled_for_leaf_modules(run_dir):
+    lens = train(mlp(), classification_data(), steps=3, run_dir=run_dir)
+    acts = lens.records.activations
+    relu = acts[acts["module"] == "1"]
+    assert list(relu["step"]) == [0, 1, 2]
+    assert relu["zero_frac"].between(0.05, 0.95).all()  # a live ReLU: some zeros, not all
+    assert "" not in set(acts["module"])  # containers are not leaves
+
+
+def test_sampling_thins_out_costly_statistics_after_the_dense_steps(run_dir):
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(4, 2), torch.randn(4, 1)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True, sample_every=25) as lens:
+        for _ in range(160):
+            loss = nn.MSELoss()(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    steps = sorted(set(lens.records.params["step"]))
+    assert steps == [*range(100), 100, 125, 150]
+    assert len(lens.records.losses) == 160  # the loss is cheap: every step
