@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(BIN)/trainlens demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
