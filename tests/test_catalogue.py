@@ -143,3 +143,15 @@ def test_recipes_folder_is_the_one_in_the_repository_for_an_editable_install():
         ROOT / "recipes",
         Path(trainlens.__file__).parent / "recipes",
     )
+
+
+def test_a_report_plugin_writes_its_own_file_before_drill_md(run_dir):
+    class Picture:
+        @trainlens.hookimpl
+        def trainlens_artifacts(self, run_dir, records):
+            assert not (run_dir / "drill.md").exists()  # sections can still link the file
+            (run_dir / "losses.txt").write_text(str(len(records.losses)))
+            return ["losses.txt"]
+
+    train(mlp(), classification_data(), steps=4, run_dir=run_dir, plugins=[Picture()])
+    assert (run_dir / "losses.txt").read_text() == "4"

@@ -58,6 +58,16 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding] 
 
 
 @hookspec
+def trainlens_artifacts(run_dir: Path, drill: dict[str, Any], records: Records) -> list[str]:
+    """Write extra files into the run directory (pictures, checkpoints); return their names.
+
+    Called after the records are saved and before `drill.md` is written, so report
+    sections can link the files. Write atomically (`trainlens._io`), and write nothing
+    when there is nothing to show.
+    """
+
+
+@hookspec
 def trainlens_report_sections(drill: dict[str, Any], records: Records) -> list[tuple[str, str]]:
     """Extra sections for `drill.md` and `trainlens report`: `(title, markdown)` pairs.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -18,7 +19,7 @@ from ._resources import data_dir
 #: trainlens's own plugins, registered like any third-party one (datasette's habit)
 DEFAULT_PLUGINS = (
     "trainlens._rules.shape_mismatch",
-    "trainlens._sections",
+    "trainlens._report.sections",
 )
 
 
@@ -65,6 +66,27 @@ def diagnose(pm: pluggy.PluginManager, records: Records, catalogue: Catalogue) -
             continue
         findings.extend(found or [])
     return merge_findings(findings)
+
+
+def write_artifacts(
+    pm: pluggy.PluginManager, run_dir: Path, drill: dict[str, Any], records: Records
+) -> list[str]:
+    """Let report plugins write their files; a plugin that fails is reported and skipped."""
+    written: list[str] = []
+    for impl in pm.hook.trainlens_artifacts.get_hookimpls():
+        offered = {"run_dir": run_dir, "drill": drill, "records": records}
+        try:
+            names = impl.function(**{k: offered[k] for k in impl.argnames})
+        except Exception as exc:
+            warnings.warn(
+                f"trainlens report plugin {impl.plugin_name!r} could not write its files: "
+                f"{type(exc).__name__}: {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        written.extend(names or [])
+    return written
 
 
 def report_sections(

@@ -19,7 +19,13 @@ from ._drill import build_drill, write_drill
 from ._errors import RunDirError, UsageError
 from ._finding import Finding
 from ._meta import describe_modules, describe_optimizer, describe_params
-from ._plugins import catalogue_for, diagnose, get_plugin_manager, report_sections
+from ._plugins import (
+    catalogue_for,
+    diagnose,
+    get_plugin_manager,
+    report_sections,
+    write_artifacts,
+)
 from ._probes import DEFAULT_PROBES, LossProbe, WatchState
 from ._probes._state import Sampling
 from ._records import Records
@@ -171,6 +177,7 @@ class Lens:
         self.findings = diagnose(pm, self.records, catalogue)
         self.drill = build_drill(self.run_id, self.findings, meta)
         self.records.save(self.run_dir)
+        write_artifacts(pm, self.run_dir, self.drill, self.records)
         write_drill(self.run_dir, self.drill, report_sections(pm, self.drill, self.records))
         if not self._quiet:
             _print_summary(self)

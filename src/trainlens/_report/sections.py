@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from ._format import human_bytes, markdown_table, num
-from ._hookspecs import hookimpl
-from ._records import Records
+from .._format import human_bytes, markdown_table, num
+from .._hookspecs import hookimpl
+from .._records import Records
 
 #: a shape trace longer than this keeps its first rows (and the failing module)
 MAX_ROWS = 200
