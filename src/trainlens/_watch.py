@@ -97,6 +97,7 @@ class Lens:
         self._quiet = quiet
         self._state: WatchState | None = None
         self._probes: list[Any] = []
+        self._removed_probes: list[Any] = []
         self._loss_probe: LossProbe | None = None
         self._entered = False
         self._started_at = ""
@@ -156,6 +157,7 @@ class Lens:
     # --- leaving ---------------------------------------------------------------------
     def _uninstall(self) -> None:
         probes, self._probes = self._probes, []
+        self._removed_probes.extend(probes)
         handles = [h for probe in probes for h in probe.handles]
         for handle in reversed(handles):
             try:
@@ -169,6 +171,11 @@ class Lens:
     def _conclude(self, exc: BaseException | None) -> None:
         state = self._state
         assert state is not None
+        for probe in self._removed_probes:
+            # a probe may read what only the end of the run knows (the exception, memory)
+            finish = getattr(probe, "finish", None)
+            if finish is not None:
+                finish(exc)
         state.deferred.flush()
         meta = self._meta(state, exc)
         self.records = Records({n: t.frame() for n, t in state.tables.items()}, meta)
@@ -210,6 +217,7 @@ class Lens:
             "params": describe_params(model, opt),
             "optimizer": describe_optimizer(opt),
             "exception": _exception_meta(state, exc),
+            **state.extra_meta,
         }
 
 

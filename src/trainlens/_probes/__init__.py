@@ -3,6 +3,9 @@
 A probe is built from the run's `WatchState`, registers its hooks in `install()` and keeps
 every `RemovableHandle` in `probe.handles` (also hooks it adds later, e.g. once lazy
 parameters exist); `watch` removes them all in a `finally`, so no hook outlives its block.
+After removal, an optional `probe.finish(exc)` runs (exc is the block's exception or None)
+for what only the end of the run knows; run-level facts go into `state.extra_meta`, which
+becomes part of `records.meta`.
 """
 
 from __future__ import annotations

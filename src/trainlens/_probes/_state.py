@@ -85,6 +85,8 @@ class WatchState:
         self.call_stack: list[tuple[str, int]] = []
         self.call_index = 0
         self.failure: Failure | None = None
+        # run-level facts probes add for the rules (merged into records.meta / run.json)
+        self.extra_meta: dict[str, Any] = {}
         self._events_seen: set[tuple[str, str | None, str]] = set()
 
     def split(self) -> str:
