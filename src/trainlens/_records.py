@@ -46,6 +46,26 @@ TABLES: dict[str, tuple[str, ...]] = {
     "inputs": ("step", "split", "mean", "std", "min", "max", "nonfinite_frac"),
     # one-off observations a probe made (a loss broadcasting its target, an exception, ...)
     "events": ("step", "kind", "module", "message", "data"),
+    # per attention layer and head, on sampled training steps: mean row entropy divided by
+    # log(keys the query may see), rows with one allowed key left out; mean max weight
+    "attention": ("step", "module", "source", "head", "entropy_norm", "max_weight", "rows"),
+    # per attention layer, once: Q/K/V/output shapes (JSON) and how it was called
+    "attention_layers": (
+        "step",
+        "module",
+        "source",
+        "q_shape",
+        "k_shape",
+        "v_shape",
+        "out_shape",
+        "heads",
+        "head_dim",
+        "scale",
+        "mask",
+    ),
+    # per attention layer: one head's weights for one sample (JSON, at most 64x64), at the
+    # first and the latest observation
+    "attention_maps": ("step", "module", "head", "sample", "weights"),
 }
 
 

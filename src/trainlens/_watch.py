@@ -154,6 +154,47 @@ class Lens:
             raise UsageError(f'split must be "train", "val" or None, not {split!r}')
         self._loss_probe.log(loss, split, source="log_loss")
 
+    def log_attention(
+        self,
+        name: str,
+        weights: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> None:
+        """Record attention weights `[..., queries, keys]` computed your own way.
+
+        `name` is the module the weights belong to (its dotted name, so findings point at
+        it). `mask` (bool, True where a query may attend, broadcastable to `weights`) or
+        `causal=True` tells how many keys each query may see. Recorded like the built-in
+        sources: on sampled training steps, as summaries.
+        """
+        from ._probes import AttentionProbe
+
+        probe = next((p for p in self._probes if isinstance(p, AttentionProbe)), None)
+        if probe is None:
+            raise UsageError(
+                "lens.log_attention(...) works only inside its `with watch(...)` block"
+            )
+        if not isinstance(name, str):
+            raise UsageError(f"name must be a string (the module's dotted name), got {name!r}")
+        if not isinstance(weights, torch.Tensor) or weights.dim() < 2:
+            got = list(weights.shape) if isinstance(weights, torch.Tensor) else type(weights)
+            raise UsageError(f"weights must be a tensor [..., queries, keys], got {got}")
+        if causal:
+            q, k = weights.shape[-2:]
+            tril = torch.ones(q, k, dtype=torch.bool, device=weights.device).tril()
+            mask = tril if mask is None else (mask.bool() & tril)
+        if mask is not None:
+            try:
+                torch.broadcast_shapes(mask.shape, weights.shape)
+            except RuntimeError:
+                raise UsageError(
+                    f"mask of shape {list(mask.shape)} does not broadcast to weights "
+                    f"{list(weights.shape)}"
+                ) from None
+        probe.log(name, weights, mask)
+
     # --- leaving ---------------------------------------------------------------------
     def _uninstall(self) -> None:
         probes, self._probes = self._probes, []

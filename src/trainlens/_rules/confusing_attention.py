@@ -1,0 +1,215 @@
+"""confusing_attention: attention saturated from the start, or still uniform after training.
+
+Evidence is the `attention` table: per layer, head and sampled step, the mean row entropy
+normalised by log(number of keys the query may see) and the mean max weight. Rows with a
+single allowed key (the first rows of a causal mask) are left out by the probe, so causal
+attention is not mistaken for saturated attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from .._catalogue import Catalogue
+from .._finding import Finding
+from .._hookspecs import hookimpl
+from .._records import Records
+from ._common import num
+
+SYMPTOM = "confusing_attention"
+
+
+@hookimpl
+def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
+    att = records.attention
+    if att.empty:
+        return []
+    att = att[att["rows"] > 0]
+    order = list(dict.fromkeys(records.attention_layers["module"].tolist()))
+    order += [m for m in dict.fromkeys(att["module"]) if m not in order]
+    saturated, uniform = [], []
+    for module in order:
+        df = att[att["module"] == module]
+        if df.empty:
+            continue
+        sat = _saturated(df, catalogue)
+        if sat is not None:
+            saturated.append((module, sat))
+            continue
+        uni = _uniform(df, records, catalogue)
+        if uni is not None:
+            uniform.append((module, uni))
+    findings = []
+    if saturated:
+        findings.append(_saturated_finding(records, catalogue, saturated))
+    if uniform:
+        findings.append(_uniform_finding(records, catalogue, uniform))
+    return findings
+
+
+def _per_head(df: pd.DataFrame) -> pd.DataFrame:
+    return df.groupby("head")[["entropy_norm", "max_weight"]].mean()
+
+
+# --- saturated ----------------------------------------------------------------------------
+def _saturated(df: pd.DataFrame, catalogue: Catalogue) -> dict[str, Any] | None:
+    cause = "attention_saturated"
+    first_step = int(df["step"].min())
+    heads = _per_head(df[df["step"] == first_step])
+    sharp = (heads["entropy_norm"] < catalogue.threshold(SYMPTOM, "saturated_entropy", cause)) & (
+        heads["max_weight"] > catalogue.threshold(SYMPTOM, "saturated_max_weight", cause)
+    )
+    if sharp.mean() < catalogue.threshold(SYMPTOM, "saturated_head_frac", cause):
+        return None
+    last_step = int(df["step"].max())
+    last = _per_head(df[df["step"] == last_step])
+    return {
+        "step": first_step,
+        "heads": len(heads),
+        "sharp_heads": int(sharp.sum()),
+        "entropy": float(heads.loc[sharp, "entropy_norm"].mean()),
+        "max_weight": float(heads.loc[sharp, "max_weight"].mean()),
+        "last_step": last_step,
+        "last_entropy": float(last["entropy_norm"].mean()),
+    }
+
+
+def _saturated_finding(
+    records: Records, catalogue: Catalogue, layers: list[tuple[str, dict[str, Any]]]
+) -> Finding:
+    module, s = layers[0]
+    which = "all" if s["sharp_heads"] == s["heads"] else f"{s['sharp_heads']} of"
+    evidence = (
+        f"`{module}`: mean normalised row entropy {num(s['entropy'])} at step {s['step']} "
+        f"in {which} {s['heads']} heads (healthy at init ~0.9), mean max weight "
+        f"{num(s['max_weight'])}: rows are near one-hot from the first observation"
+    )
+    if s["last_step"] != s["step"]:
+        evidence += f"; still {num(s['last_entropy'])} at step {s['last_step']}"
+    if len(layers) > 1:
+        evidence += f"; also in {_names([m for m, _ in layers[1:]])}"
+    scale = _layer(records, module).get("scale")
+    cause = catalogue.cause(
+        SYMPTOM,
+        "attention_saturated",
+        confidence=0.85 if s["sharp_heads"] == s["heads"] else 0.7,
+        evidence=evidence,
+        module=_model_module(records, module),
+        step=s["step"],
+        evidence_short=(
+            f"the mean normalised row entropy is {num(s['entropy'])} at step {s['step']} "
+            "(healthy ~0.9)"
+        ),
+        scale=num(float(scale)) if scale is not None and scale == scale else "unknown",
+    )
+    return catalogue.finding(
+        SYMPTOM,
+        "error",
+        [cause],
+        evidence={"saturated_layers": {m: v for m, v in layers}, "observed_name": module},
+    )
+
+
+# --- uniform --------------------------------------------------------------------------------
+def _uniform(df: pd.DataFrame, records: Records, catalogue: Catalogue) -> dict[str, Any] | None:
+    cause = "attention_uniform"
+    steps = sorted(df["step"].unique())
+    run_steps = int(records.meta.get("steps") or 0)
+    if run_steps < catalogue.threshold(SYMPTOM, "uniform_min_steps", cause):
+        return None
+    if len(steps) < catalogue.threshold(SYMPTOM, "uniform_min_observations", cause):
+        return None
+    drop = _loss_drop(records)
+    if (
+        drop is None
+        or drop[1] > catalogue.threshold(SYMPTOM, "trained_loss_ratio", cause) * drop[0]
+    ):
+        return None  # the model did not train: a flat run is another rule's business
+    end = _per_head(df[df["step"].isin(steps[-3:])])
+    limit = catalogue.threshold(SYMPTOM, "uniform_entropy", cause)
+    if end["entropy_norm"].min() < limit:
+        return None
+    start = _per_head(df[df["step"] == steps[0]])
+    return {
+        "step": int(steps[-1]),
+        "first_step": int(steps[0]),
+        "heads": len(end),
+        "entropy": float(end["entropy_norm"].mean()),
+        "min_entropy": float(end["entropy_norm"].min()),
+        "first_entropy": float(start["entropy_norm"].mean()),
+        "loss_first": drop[0],
+        "loss_last": drop[1],
+        "limit": float(limit),
+    }
+
+
+def _uniform_finding(
+    records: Records, catalogue: Catalogue, layers: list[tuple[str, dict[str, Any]]]
+) -> Finding:
+    module, u = layers[0]
+    loss_drop = f"fell from {num(u['loss_first'])} to {num(u['loss_last'])}"
+    evidence = (
+        f"`{module}`: mean normalised row entropy still {num(u['entropy'])} at step "
+        f"{u['step']} in all {u['heads']} heads (lowest head {num(u['min_entropy'])}; "
+        f"{num(u['first_entropy'])} at step {u['first_step']}; learning attention falls "
+        f"below ~0.9) while the train loss {loss_drop}"
+    )
+    if len(layers) > 1:
+        evidence += f"; also in {_names([m for m, _ in layers[1:]])}"
+    layer = _layer(records, module)
+    if layer.get("source") == "MultiheadAttention":
+        dim = int(layer.get("heads") or 0) * int(layer.get("head_dim") or 0)
+        qk = f"{module}.in_proj_weight.grad[:{2 * dim}].norm()"
+    else:
+        params = [
+            n for n, p in records.meta.get("params", {}).items() if p.get("module") == module
+        ] or [n for n in records.meta.get("params", {}) if n.startswith(f"{module}.")]
+        qk = ", ".join(f"{n}.grad.norm()" for n in params[:3]) or "q.grad / k.grad"
+    cause = catalogue.cause(
+        SYMPTOM,
+        "attention_uniform",
+        confidence=0.75,
+        evidence=evidence,
+        module=_model_module(records, module),
+        step=u["step"],
+        evidence_short=(
+            f"Its mean normalised row entropy is {num(u['entropy'])} at step {u['step']} "
+            "(1 is uniform)"
+        ),
+        qk_params=qk,
+        loss_drop=loss_drop,
+        uniform_entropy=num(u["limit"]),
+    )
+    return catalogue.finding(
+        SYMPTOM,
+        "warning",
+        [cause],
+        evidence={"uniform_layers": {m: v for m, v in layers}, "observed_name": module},
+    )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def _loss_drop(records: Records) -> tuple[float, float] | None:
+    loss = records.train_loss().dropna()
+    if len(loss) < 10:
+        return None
+    k = max(1, len(loss) // 10)
+    return float(loss.iloc[:k].mean()), float(loss.iloc[-k:].mean())
+
+
+def _layer(records: Records, module: str) -> dict[str, Any]:
+    layers = records.attention_layers
+    rows = layers[layers["module"] == module]
+    return rows.iloc[0].to_dict() if not rows.empty else {}
+
+
+def _model_module(records: Records, name: str) -> str | None:
+    """SPEC: `module` is a dotted name of the model; a log_attention name may be none."""
+    return name if name in records.meta.get("modules", {}) else None
+
+
+def _names(modules: list[str]) -> str:
+    shown = ", ".join(f"`{m}`" for m in modules[:4])
+    return shown + (f" and {len(modules) - 4} more" if len(modules) > 4 else "")
