@@ -101,8 +101,10 @@ class AttentionProbe:
                 allowed = _as_bhls(torch.broadcast_to(mask.detach().bool(), w.shape))[:keep]
             w4, allowed = _thin(w4, allowed)
             self._summarise(name, "log_attention", w4, allowed)
-        shape = [int(d) for d in w.shape]
-        self._layer_once(name, "log_attention", None, None, None, shape, w4.shape[1], None, None)
+        kind = "mask" if mask is not None else None
+        self._layer_once(
+            name, "log_attention", None, None, None, None, w4.shape[1], None, None, kind
+        )
 
     def _guarded(self, fn: Any, *args: Any) -> None:
         # a recording problem must never break the user's training; say so once

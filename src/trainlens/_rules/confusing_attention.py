@@ -82,12 +82,12 @@ def _saturated_finding(
     module, s = layers[0]
     which = "all" if s["sharp_heads"] == s["heads"] else f"{s['sharp_heads']} of"
     evidence = (
-        f"`{module}`: mean normalised row entropy {num(s['entropy'])} at step {s['step']} "
+        f"`{module}`: mean normalised row entropy {_ent(s['entropy'])} at step {s['step']} "
         f"in {which} {s['heads']} heads (healthy at init ~0.9), mean max weight "
         f"{num(s['max_weight'])}: rows are near one-hot from the first observation"
     )
     if s["last_step"] != s["step"]:
-        evidence += f"; still {num(s['last_entropy'])} at step {s['last_step']}"
+        evidence += f"; still {_ent(s['last_entropy'])} at step {s['last_step']}"
     if len(layers) > 1:
         evidence += f"; also in {_names([m for m, _ in layers[1:]])}"
     scale = _layer(records, module).get("scale")
@@ -99,7 +99,7 @@ def _saturated_finding(
         module=_model_module(records, module),
         step=s["step"],
         evidence_short=(
-            f"the mean normalised row entropy is {num(s['entropy'])} at step {s['step']} "
+            f"the mean normalised row entropy is {_ent(s['entropy'])} at step {s['step']} "
             "(healthy ~0.9)"
         ),
         scale=num(float(scale)) if scale is not None and scale == scale else "unknown",
@@ -151,9 +151,9 @@ def _uniform_finding(
     module, u = layers[0]
     loss_drop = f"fell from {num(u['loss_first'])} to {num(u['loss_last'])}"
     evidence = (
-        f"`{module}`: mean normalised row entropy still {num(u['entropy'])} at step "
-        f"{u['step']} in all {u['heads']} heads (lowest head {num(u['min_entropy'])}; "
-        f"{num(u['first_entropy'])} at step {u['first_step']}; learning attention falls "
+        f"`{module}`: mean normalised row entropy still {_ent(u['entropy'])} at step "
+        f"{u['step']} in all {u['heads']} heads (lowest head {_ent(u['min_entropy'])}; "
+        f"{_ent(u['first_entropy'])} at step {u['first_step']}; learning attention falls "
         f"below ~0.9) while the train loss {loss_drop}"
     )
     if len(layers) > 1:
@@ -175,7 +175,7 @@ def _uniform_finding(
         module=_model_module(records, module),
         step=u["step"],
         evidence_short=(
-            f"Its mean normalised row entropy is {num(u['entropy'])} at step {u['step']} "
+            f"Its mean normalised row entropy is {_ent(u['entropy'])} at step {u['step']} "
             "(1 is uniform)"
         ),
         qk_params=qk,
@@ -208,6 +208,11 @@ def _layer(records: Records, module: str) -> dict[str, Any]:
 def _model_module(records: Records, name: str) -> str | None:
     """SPEC: `module` is a dotted name of the model; a log_attention name may be none."""
     return name if name in records.meta.get("modules", {}) else None
+
+
+def _ent(x: float) -> str:
+    """Entropies live in [0, 1]: three decimals, so 0.9996 does not read as 1."""
+    return num(x) if x < 0.01 else f"{x:.3f}"
 
 
 def _names(modules: list[str]) -> str:
