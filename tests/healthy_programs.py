@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import trainlens
+from attention_models import EncoderClassifier, TinyGPT, train_encoder, train_gpt
 from models import SmallCNN, classification_data, image_data
 from trainlens._demo import load_example
 
@@ -210,6 +211,20 @@ def long_plateau_at_zero(run_dir: Path) -> trainlens.Lens:
     return _loop(model, opt, [(x, 3 * x - 1)], nn.MSELoss(), run_dir, epochs=400)
 
 
+def nanogpt_sdpa_copy(run_dir: Path) -> trainlens.Lens:
+    """Hand-written causal SDPA with dropout learns to copy the previous token.
+
+    Its attention starts near uniform (normal at init) and sharpens; the first causal
+    rows see one or two keys and are peaked by construction.
+    """
+    return train_gpt(TinyGPT(), run_dir, steps=80)
+
+
+def encoder_with_padding_mask(run_dir: Path) -> trainlens.Lens:
+    """nn.TransformerEncoder over padded sequences (src_key_padding_mask), 2 layers."""
+    return train_encoder(EncoderClassifier(), run_dir, steps=60)
+
+
 PROGRAMS: dict[str, Program] = {
     f.__name__: f
     for f in (
@@ -225,5 +240,7 @@ PROGRAMS: dict[str, Program] = {
         gradient_accumulation,
         label_smoothing_floor,
         long_plateau_at_zero,
+        nanogpt_sdpa_copy,
+        encoder_with_padding_mask,
     )
 }
