@@ -239,6 +239,8 @@ def test_a_huge_temperature_in_sdpa_is_uniform_attention(run_dir):
     assert finding is lens.findings[0]
     assert finding.likely_cause == "attention_uniform" and finding.module == "attn"
     assert "attn.c_attn.weight.grad.norm()" in finding.first_check
+    # the recorded logit scale shows the temperature
+    assert "the logits are scaled by 3.54e-04, 1/sqrt(head_dim) is 0.354" in finding.top.evidence
 
 
 def test_healthy_attention_learns_and_stays_clean(run_dir):
@@ -272,3 +274,25 @@ def test_no_attention_png_for_a_model_without_attention(run_dir):
     assert lens.records.attention.empty
     assert not (run_dir / "attention.png").exists()
     assert "## Attention" not in (run_dir / "drill.md").read_text()
+
+
+def test_decoder_self_and_cross_attention_and_unbatched_calls_are_recorded(run_dir):
+    torch.manual_seed(0)
+    dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 2, 32, dropout=0.1), 1)
+    tgt, mem = torch.randn(5, 3, 16), torch.randn(7, 3, 16)  # sequence first
+    mask = nn.Transformer.generate_square_subsequent_mask(5)
+    with trainlens.watch(dec, run_dir=run_dir, quiet=True) as lens:
+        dec(tgt, mem, tgt_mask=mask, tgt_is_causal=True).sum().backward()
+    layers = lens.records.attention_layers.set_index("module")
+    assert json.loads(layers.loc["layers.0.self_attn", "k_shape"]) == [3, 2, 5, 8]
+    assert json.loads(layers.loc["layers.0.multihead_attn", "k_shape"]) == [3, 2, 7, 8]
+    rows = lens.records.attention.groupby("module")["rows"].first()
+    assert rows["layers.0.self_attn"] == 3 * 4  # causal: the first of 5 queries sees 1 key
+    assert rows["layers.0.multihead_attn"] == 3 * 5
+
+    mha = nn.MultiheadAttention(8, 2)
+    x = torch.randn(4, 8)  # unbatched [L, E]
+    with trainlens.watch(mha, run_dir=run_dir / "unbatched", quiet=True) as lens:
+        mha(x, x, x)[0].sum().backward()
+    assert lens.records.attention["rows"].tolist() == [4, 4]
+    assert lens.records.events.empty

@@ -66,8 +66,7 @@ def layer_summary(records: Records) -> pd.DataFrame:
                 "output": _shape(info, "out_shape"),
                 "heads": int(df["head"].nunique()),
                 "mask": (info["mask"] if info is not None else None) or "-",
-                "entropy first → last": f"{num(first['entropy_norm'])} → "
-                f"{num(last['entropy_norm'])}",
+                "entropy first → last": f"{first['entropy_norm']:.3f} → {last['entropy_norm']:.3f}",
                 "max weight last": num(last["max_weight"]),
             }
         )

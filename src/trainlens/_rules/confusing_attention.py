@@ -88,9 +88,9 @@ def _saturated_finding(
     )
     if s["last_step"] != s["step"]:
         evidence += f"; still {_ent(s['last_entropy'])} at step {s['last_step']}"
+    evidence += _scale_note(_layer(records, module), too="large")
     if len(layers) > 1:
         evidence += f"; also in {_names([m for m, _ in layers[1:]])}"
-    scale = _layer(records, module).get("scale")
     cause = catalogue.cause(
         SYMPTOM,
         "attention_saturated",
@@ -102,7 +102,7 @@ def _saturated_finding(
             f"the mean normalised row entropy is {_ent(s['entropy'])} at step {s['step']} "
             "(healthy ~0.9)"
         ),
-        scale=num(float(scale)) if scale is not None and scale == scale else "unknown",
+        scale=_scale_text(_layer(records, module)),
     )
     return catalogue.finding(
         SYMPTOM,
@@ -156,9 +156,10 @@ def _uniform_finding(
         f"{_ent(u['first_entropy'])} at step {u['first_step']}; learning attention falls "
         f"below ~0.9) while the train loss {loss_drop}"
     )
+    layer = _layer(records, module)
+    evidence += _scale_note(layer, too="small")
     if len(layers) > 1:
         evidence += f"; also in {_names([m for m, _ in layers[1:]])}"
-    layer = _layer(records, module)
     if layer.get("source") == "MultiheadAttention":
         dim = int(layer.get("heads") or 0) * int(layer.get("head_dim") or 0)
         qk = f"{module}.in_proj_weight.grad[:{2 * dim}].norm()"
@@ -166,7 +167,7 @@ def _uniform_finding(
         params = [
             n for n, p in records.meta.get("params", {}).items() if p.get("module") == module
         ] or [n for n in records.meta.get("params", {}) if n.startswith(f"{module}.")]
-        qk = ", ".join(f"{n}.grad.norm()" for n in params[:3]) or "q.grad / k.grad"
+        qk = ", ".join(f"{n}.grad.norm()" for n in params[:2]) or "q.grad / k.grad"
     cause = catalogue.cause(
         SYMPTOM,
         "attention_uniform",
@@ -179,6 +180,7 @@ def _uniform_finding(
             "(1 is uniform)"
         ),
         qk_params=qk,
+        scale=_scale_text(layer),
         loss_drop=loss_drop,
         uniform_entropy=num(u["limit"]),
     )
@@ -208,6 +210,23 @@ def _layer(records: Records, module: str) -> dict[str, Any]:
 def _model_module(records: Records, name: str) -> str | None:
     """SPEC: `module` is a dotted name of the model; a log_attention name may be none."""
     return name if name in records.meta.get("modules", {}) else None
+
+
+def _scale_text(layer: dict[str, Any]) -> str:
+    scale = layer.get("scale")
+    return num(float(scale)) if scale is not None and scale == scale else "not recorded"
+
+
+def _scale_note(layer: dict[str, Any], too: str) -> str:
+    """The logit scale against 1/sqrt(head_dim) when it is off by more than 4x."""
+    scale, dim = layer.get("scale"), layer.get("head_dim")
+    if scale is None or dim is None or scale != scale or dim != dim or dim <= 0:
+        return ""
+    usual = float(dim) ** -0.5
+    off = float(scale) / usual
+    if (too == "large" and off > 4) or (too == "small" and off < 0.25):
+        return f"; the logits are scaled by {num(float(scale))}, 1/sqrt(head_dim) is {num(usual)}"
+    return ""
 
 
 def _ent(x: float) -> str:
