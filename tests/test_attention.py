@@ -140,8 +140,13 @@ def test_log_attention_records_weights_computed_by_hand(run_dir):
         lens.log_attention("", model.last)
         with pytest.raises(trainlens.UsageError, match="queries, keys"):
             lens.log_attention("", torch.ones(3))
+        with pytest.raises(trainlens.UsageError, match="does not broadcast"):
+            lens.log_attention("", model.last, mask=torch.ones(4, 4, dtype=torch.bool))
+        model(x).sum().backward()  # the next step (no optimizer: a backward pass)
+        lens.log_attention("", model.last, causal=True)
     att = lens.records.attention
-    assert att["source"].tolist() == ["log_attention"] and att["rows"].tolist() == [15]
+    assert att["source"].tolist() == ["log_attention"] * 2
+    assert att["rows"].tolist() == [15, 12]  # causal: the first of 5 rows sees one key
     with pytest.raises(trainlens.UsageError, match="inside its `with watch"):
         lens.log_attention("", model.last)
 
@@ -162,15 +167,24 @@ def test_watching_attention_changes_no_parameter_and_no_random_stream(run_dir):
     assert torch.equal(rng_plain, rng_watched)  # no random number was drawn on the side
 
 
-def test_eval_inference_takes_the_fast_path_again_after_the_block(run_dir):
+def test_eval_inference_takes_the_fast_path_again_after_the_block(run_dir, monkeypatch):
     torch.manual_seed(0)
     model = EncoderClassifier().eval()
     ids, pad, _ = first_token_data(n=8)
+    fused, calls = torch._transformer_encoder_layer_fwd, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_transformer_encoder_layer_fwd", counting)
     with torch.no_grad():
         before = model(ids, pad)
         with trainlens.watch(model, run_dir=run_dir, quiet=True) as lens:
             inside = model(ids, pad)  # eval without grad: not a training step, not recorded
+        fast_before = len(calls)
         after = model(ids, pad)
+    assert fast_before == 2 and len(calls) == 4  # 2 layers, fused path before and after
     torch.testing.assert_close(inside, before, atol=1e-5, rtol=1e-5)
     assert torch.equal(after, before)
     assert lens.records.attention.empty

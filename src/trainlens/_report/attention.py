@@ -24,8 +24,9 @@ FILENAME = "attention.png"
 
 @hookimpl
 def trainlens_artifacts(run_dir: Path, drill: dict[str, Any], records: Records) -> list[str]:
-    if records.attention.empty:
-        return []
+    att = records.attention
+    if att.empty or not (att["rows"] > 0).any():
+        return []  # nothing was observed (or only rows with a single allowed key)
     atomic_write_bytes(Path(run_dir) / FILENAME, render_png(records, focus_layer(drill, records)))
     return [FILENAME]
 
@@ -74,7 +75,8 @@ def layer_summary(records: Records) -> pd.DataFrame:
 
 
 def focus_layer(drill: dict[str, Any], records: Records) -> str:
-    observed = list(dict.fromkeys(records.attention["module"]))
+    att = records.attention
+    observed = list(dict.fromkeys(att.loc[att["rows"] > 0, "module"]))
     for f in drill.get("findings", []):
         if f.get("symptom") == "confusing_attention":
             name = (f.get("evidence") or {}).get("observed_name")
