@@ -169,7 +169,7 @@ class Lens:
         `causal=True` tells how many keys each query may see. Recorded like the built-in
         sources: on sampled training steps, as summaries.
         """
-        from ._probes import AttentionProbe
+        from ._probes._attention import AttentionProbe
 
         probe = next((p for p in self._probes if isinstance(p, AttentionProbe)), None)
         if probe is None:

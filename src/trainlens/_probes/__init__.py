@@ -19,12 +19,4 @@ from ._steps import StepProbe
 #: the probes every watched run installs, in order
 DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, AttentionProbe)
 
-__all__ = [
-    "DEFAULT_PROBES",
-    "AttentionProbe",
-    "LossProbe",
-    "ModuleProbe",
-    "StepProbe",
-    "WatchState",
-    "suspended",
-]
+__all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]
