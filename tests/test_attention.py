@@ -253,6 +253,7 @@ def test_a_huge_temperature_in_sdpa_is_uniform_attention(run_dir):
     assert finding is lens.findings[0]
     assert finding.likely_cause == "attention_uniform" and finding.module == "attn"
     assert "attn.c_attn.weight.grad.norm()" in finding.first_check
+    assert "(recorded: 3.54e-04)" in finding.first_check
     # the recorded logit scale shows the temperature
     assert "the logits are scaled by 3.54e-04, 1/sqrt(head_dim) is 0.354" in finding.top.evidence
 

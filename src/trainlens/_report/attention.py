@@ -27,7 +27,9 @@ def trainlens_artifacts(run_dir: Path, drill: dict[str, Any], records: Records) 
     att = records.attention
     if att.empty or not (att["rows"] > 0).any():
         return []  # nothing was observed (or only rows with a single allowed key)
-    atomic_write_bytes(Path(run_dir) / FILENAME, render_png(records, focus_layer(drill, records)))
+    layer = focus_layer(drill, records)
+    png = render_png(records, layer, _finding_note(drill, layer))
+    atomic_write_bytes(Path(run_dir) / FILENAME, png)
     return [FILENAME]
 
 
@@ -85,7 +87,15 @@ def focus_layer(drill: dict[str, Any], records: Records) -> str:
     return observed[0]
 
 
-def render_png(records: Records, layer: str) -> bytes:
+def _finding_note(drill: dict[str, Any], layer: str) -> str:
+    for f in drill.get("findings", []):
+        observed = (f.get("evidence") or {}).get("observed_name")
+        if f.get("symptom") == "confusing_attention" and observed == layer:
+            return f" — {f['severity']}: {f['likely_cause']}"
+    return ""
+
+
+def render_png(records: Records, layer: str, note: str = "") -> bytes:
     # the object API with an Agg canvas: no global backend switch in the user's process
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -99,7 +109,7 @@ def render_png(records: Records, layer: str) -> bytes:
     _diagram(ax_diag, info, layer)
     _heat_map(fig, ax_map, records, layer)
     _entropy(ax_ent, records, layer)
-    fig.suptitle(f"attention of {layer or '(model)'}", fontsize=12)
+    fig.suptitle(f"attention of {layer or '(model)'}{note}", fontsize=12)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     return buf.getvalue()
@@ -165,7 +175,7 @@ def _entropy(ax: Any, records: Records, layer: str) -> None:
     ax.set_ylabel("row entropy / log(allowed keys)")
     ax.set_title("normalised entropy per head (1 = uniform, 0 = one-hot)", fontsize=10)
     if len(per.columns) <= 8:
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=8, loc="best")
 
 
 def _shape(info: Any, column: str) -> str:
