@@ -46,6 +46,24 @@ TABLES: dict[str, tuple[str, ...]] = {
     "inputs": ("step", "split", "mean", "std", "min", "max", "nonfinite_frac"),
     # one-off observations a probe made (a loss broadcasting its target, an exception, ...)
     "events": ("step", "kind", "module", "message", "data"),
+    # CrossEntropy/NLL/MSE input and target on sampled steps: are the inputs already
+    # probabilities (prob_dev = mean |row sum - 1|) or log-probabilities (logprob_dev =
+    # mean |logsumexp(row)|); baseline = loss of the best constant prediction
+    "loss_inputs": (
+        "step",
+        "split",
+        "loss",
+        "type",
+        "classes",
+        "min",
+        "max",
+        "prob_dev",
+        "logprob_dev",
+        "baseline",
+    ),
+    # before the first backward pass of a sampled optimizer step: the gradient norm
+    # still held in `.grad` from earlier steps (carried) against the new one
+    "grad_carry": ("step", "carried_norm", "new_norm", "carried_frac"),
 }
 
 
