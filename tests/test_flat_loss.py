@@ -253,7 +253,7 @@ def test_a_crash_is_left_to_the_crash_rules(run_dir):
     x, y = classification_data(**DATA)
     with pytest.raises(RuntimeError, match="boom"):
         with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-            for s in range(60):
+            for _ in range(60):
                 loss = nn.functional.cross_entropy(model(x[:16]), y[:16])
                 lens.log_loss(loss)
                 opt.zero_grad()

@@ -442,8 +442,14 @@ def _no_gradient_flow(ctx: _Context) -> Cause | None:
         if len(flowing)
         else ""
     )
-    specific = bool(none or frozen)
-    confidence = (0.6 + 0.3 * share) if specific else (0.45 + 0.2 * share)
+    # None gradients are a cut graph for sure; requires_grad=False in the optimizer is
+    # often a deliberate freeze; zero gradients also follow from dead units downstream
+    if none:
+        confidence = 0.6 + 0.3 * share
+    elif frozen:
+        confidence = 0.5 + 0.3 * share
+    else:
+        confidence = 0.45 + 0.2 * share
     return ctx.cause(
         "no_gradient_flow",
         confidence,
