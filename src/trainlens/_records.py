@@ -61,9 +61,9 @@ TABLES: dict[str, tuple[str, ...]] = {
         "logprob_dev",
         "baseline",
     ),
-    # before the first backward pass of a sampled optimizer step: the gradient norm
-    # still held in `.grad` from earlier steps (carried) against the new one
-    "grad_carry": ("step", "carried_norm", "new_norm", "carried_frac"),
+    # sampled optimizer steps: the norm of the optimizer's `.grad`s before the step's first
+    # backward pass adds to them (carried, 0 after zero_grad) and at `optimizer.step()`
+    "grad_carry": ("step", "carried_norm", "step_norm", "carried_frac"),
 }
 
 

@@ -5,9 +5,11 @@
 log-probabilities (rows summing to 1, or whose exp sums to 1), and the loss of the best
 constant prediction for the batch's targets (class-prior entropy, target variance).
 
-`GradCarryProbe` looks at each parameter's `.grad` right before the first backward pass
-of a sampled optimizer step adds to it: a gradient still there was not reset after the
-previous step. Gradient accumulation zeroes after each step, so it carries nothing.
+`GradCarryProbe` looks at the optimizer's parameters' `.grad` when the first backward
+pass of a sampled optimizer step is about to add to them (its first parameter hook, before
+any accumulation), and again at `optimizer.step()`: a gradient still there at the start was
+not reset after the previous step. Gradient accumulation zeroes after each step, so it
+carries nothing.
 
 Both keep their statistics on the device and hand them to `state.deferred`.
 """
@@ -28,6 +30,9 @@ from ._state import _SUSPENDED, WatchState
 #: losses whose input and target reveal a bug of the input pipeline or the head
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
 REGRESSION_LOSSES = (nn.MSELoss,)
+#: rows of a classification loss's input whose statistics are taken (a large-vocabulary
+#: LM's logits are [batch * seq, vocab]: a slice tells probabilities from logits as well)
+MAX_ROWS = 1024
 
 
 class LossInputProbe:
@@ -57,7 +62,9 @@ class LossInputProbe:
         self._seen[key] = state.step
         with torch.no_grad():
             if isinstance(module, CLASSIFICATION_LOSSES):
-                classes, stats = _classification_stats(module, x.detach(), t.detach())
+                # the row statistics of a slice suffice; all targets count for the prior
+                xs = x.detach()[:MAX_ROWS] if x.dim() >= 2 else x.detach()
+                classes, stats = _classification_stats(module, xs, t.detach())
             else:
                 classes, stats = 0, _regression_stats(module, x.detach(), t.detach())
         if stats is None:
@@ -114,10 +121,10 @@ class GradCarryProbe:
     def __init__(self, state: WatchState):
         self.state = state
         self.handles: list[RemovableHandle] = []
+        self.params: list[torch.Tensor] = []
         self._task: int | None = None
         self._step = -1
-        self._carried: list[torch.Tensor] = []
-        self._new: list[torch.Tensor] = []
+        self._carried: torch.Tensor | None = None
 
     def install(self) -> None:
         state = self.state
@@ -138,50 +145,42 @@ class GradCarryProbe:
     def _track(self) -> None:
         # `optimizer.zero_grad()` resets only its own parameters: look at those alone
         in_opt = {id(p) for group in self.state.optimizer.param_groups for p in group["params"]}
-        for p in self.state.model.parameters():
-            if p.requires_grad and not is_lazy(p) and id(p) in in_opt:
-                self.handles.append(p.register_hook(self._hook(p)))
+        self.params = [
+            p
+            for p in self.state.model.parameters()
+            if p.requires_grad and not is_lazy(p) and id(p) in in_opt
+        ]
+        self.handles.extend(p.register_hook(self._on_grad) for p in self.params)
 
-    def _hook(self, p: torch.Tensor):
-        def hook(grad: torch.Tensor) -> None:
-            state = self.state
-            if _SUSPENDED[0] or not state.sampled:
-                return
-            task = torch._C._current_graph_task_id()
-            if self._task is None:
-                self._task, self._step = task, state.step
-            elif task != self._task:
-                return  # a later backward pass of this step: accumulating on purpose
-            with torch.no_grad():
-                old = p.grad
-                # norm now: autograd adds the new gradient into `.grad` in place afterwards
-                if old is None:
-                    self._carried.append(torch.zeros((), device=grad.device))
-                else:
-                    self._carried.append(_norm(old).to(grad.device))
-                self._new.append(_norm(grad))
-
-        return hook
+    def _on_grad(self, grad: torch.Tensor) -> None:
+        """The first parameter hook of a step's first backward pass: nothing added yet."""
+        state = self.state
+        if _SUSPENDED[0] or not state.sampled or self._task is not None:
+            return  # later hooks, and later (accumulating) backward passes of the step
+        self._task, self._step = torch._C._current_graph_task_id(), state.step
+        with torch.no_grad():
+            self._carried = _total_norm(self.params, grad.device)
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _SUSPENDED[0]:
             return
-        if self._new:
+        carried = self._carried
+        if carried is not None:
             with torch.no_grad():
-                device = self._new[0].device
-                carried = torch.stack([c.to(device) for c in self._carried])
-                new = torch.stack([n.to(device) for n in self._new])
-                stats = torch.stack(
-                    [
-                        carried.square().sum().sqrt(),
-                        new.square().sum().sqrt(),
-                        (carried > 0).float().mean(),
-                    ]
-                )
+                now = _total_norm(self.params, carried.device)
+                stats = torch.stack([carried[0], now[0], carried[1]])
             self.state.deferred.add(self.state.tables["grad_carry"], [(self._step,)], stats[None])
-        self._task, self._carried, self._new = None, [], []
+        self._task, self._carried = None, None
 
 
-def _norm(g: torch.Tensor) -> torch.Tensor:
-    g = g.coalesce().values() if g.is_sparse else g
-    return torch.linalg.vector_norm(g.detach(), dtype=torch.float32)
+def _total_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """[norm of all `.grad`s together, share of parameters holding a non-zero one]."""
+    grads = [_dense(p.grad) for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(2, device=device)
+    norms = torch.stack([n.to(device) for n in torch._foreach_norm(grads, 2)]).float()
+    return torch.stack([norms.square().sum().sqrt(), (norms > 0).sum() / len(params)])
+
+
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    return g.coalesce().values() if g.is_sparse else g.detach()

@@ -30,7 +30,7 @@ from ._common import exception_info, num
 SYMPTOM = "flat_loss"
 
 #: activations that output exact zeros for negative inputs
-RELU_FAMILY = ("ReLU", "ReLU6", "Threshold", "Hardsigmoid", "Hardtanh")
+RELU_FAMILY = ("ReLU", "ReLU6", "Threshold", "Hardsigmoid")
 #: modules that normalise a model's output into (log-)probabilities
 SOFTMAX_MODULES = ("Softmax", "LogSoftmax", "Softmax2d", "Softmin")
 
@@ -332,7 +332,7 @@ def _zero_grad_missing(ctx: _Context) -> Cause | None:
     if len(gc) < 3:
         return None
     ratio = ctx.t("carry_ratio", "zero_grad_missing")
-    stale = gc[(gc["carried_frac"] >= 0.5) & (gc["carried_norm"] >= ratio * gc["new_norm"])]
+    stale = gc[(gc["carried_frac"] >= 0.5) & (gc["carried_norm"] >= ratio * gc["step_norm"])]
     if len(stale) < ctx.t("steps_share", "zero_grad_missing") * len(gc):
         return None
     bps = ctx.records.steps["backward_passes"]
@@ -350,9 +350,9 @@ def _zero_grad_missing(ctx: _Context) -> Cause | None:
         "zero_grad_missing",
         0.93,
         f"on {len(stale)} of {len(gc)} sampled steps the first backward pass found the "
-        f"gradients of the previous steps still in `.grad` (median carried norm "
-        f"{num(float(stale['carried_norm'].median()))} vs new "
-        f"{num(float(stale['new_norm'].median()))}), with {bps_note}{growth}",
+        f"gradients of earlier steps still in `.grad` (median norm "
+        f"{num(float(stale['carried_norm'].median()))}, of "
+        f"{num(float(stale['step_norm'].median()))} at the step), with {bps_note}{growth}",
     )
 
 
