@@ -222,6 +222,17 @@ def test_labels_shuffled_apart_from_inputs_are_label_mismatch(run_dir):
     assert "gradients and updates look healthy" in ev
 
 
+def test_label_mismatch_over_20_classes_uses_the_prior_of_all_batches_seen(run_dir):
+    # a batch of 16 holds at most 16 of the 20 classes: its own prior would read too low
+    x, y = classification_data(n=512, classes=20)
+    y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
+    lens = train(mlp(d_out=20), (x, y), steps=40, lr=3e-3, run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "label_mismatch"
+    assert "over 20 classes" in f["likely_causes"][0]["evidence"]
+    assert f["evidence"]["baseline"] > 2.5  # ln 20 = 3.0; one batch's prior is at most ln 16
+
+
 def test_a_regression_target_from_the_wrong_column_is_label_mismatch(run_dir):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 4, generator=g)

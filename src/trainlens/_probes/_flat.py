@@ -3,7 +3,7 @@
 `LossInputProbe` looks at the input and target of `CrossEntropyLoss`, `NLLLoss` and
 `MSELoss` on sampled steps: whether the input rows are already probabilities or
 log-probabilities (rows summing to 1, or whose exp sums to 1), and the loss of the best
-constant prediction for the batch's targets (class-prior entropy, target variance).
+constant prediction for the targets seen so far (class-prior entropy, target variance).
 
 `GradCarryProbe` looks at the optimizer's parameters' `.grad` when the first backward
 pass of a sampled optimizer step is about to add to them (its first parameter hook, before
@@ -40,6 +40,9 @@ class LossInputProbe:
         self.state = state
         self.handles: list[RemovableHandle] = []
         self._seen: dict[tuple[int, str], int] = {}  # (loss id, split) -> last step recorded
+        # (loss id, split) -> running target statistics over the sampled steps, on device:
+        # the prior of one batch underestimates the entropy of many classes
+        self._running: dict[tuple[int, str], dict[str, Any]] = {}
 
     def install(self) -> None:
         self.handles.append(nn.modules.module.register_module_forward_hook(self._on_forward))
@@ -60,13 +63,13 @@ class LossInputProbe:
         if self._seen.get(key) == state.step:
             return  # one look per loss and step: a per-token loop stays cheap
         self._seen[key] = state.step
+        running = self._running.setdefault(key, {})
         with torch.no_grad():
             if isinstance(module, CLASSIFICATION_LOSSES):
-                # the row statistics of a slice suffice; all targets count for the prior
-                xs = x.detach()[:MAX_ROWS] if x.dim() >= 2 else x.detach()
-                classes, stats = _classification_stats(module, xs, t.detach())
+                classes, stats = _classification_stats(module, x.detach(), t.detach(), running)
             else:
-                classes, stats = 0, _regression_stats(module, x.detach(), t.detach())
+                classes = 0
+                stats = _regression_stats(module, x.detach(), t.detach(), running)
         if stats is None:
             return
         state.deferred.add(
@@ -77,28 +80,30 @@ class LossInputProbe:
 
 
 def _classification_stats(
-    module: nn.Module, x: torch.Tensor, t: torch.Tensor
+    module: nn.Module, x: torch.Tensor, t: torch.Tensor, running: dict[str, Any]
 ) -> tuple[int, torch.Tensor | None]:
     cdim = 1 if x.dim() >= 2 else 0
     classes = x.shape[cdim]
-    xf = x.float()
+    # the row statistics of a slice suffice; every target counts for the prior
+    xf = (x[:MAX_ROWS] if x.dim() >= 2 else x).float()
     prob_dev = (xf.sum(cdim) - 1).abs().mean()
     logprob_dev = torch.logsumexp(xf, cdim).abs().mean()
-    nan = torch.full((), math.nan, device=x.device)
-    baseline = nan
+    baseline = torch.full((), math.nan, device=x.device)
     if getattr(module, "reduction", "mean") == "mean" and getattr(module, "weight", None) is None:
+        mass = None
         if not t.is_floating_point():
             # class indices: count them without boolean indexing (no host sync)
             ignore = getattr(module, "ignore_index", -100)
             valid = ((t >= 0) & (t < classes) & (t != ignore)).reshape(-1).float()
             idx = t.reshape(-1).clamp(0, classes - 1).long()
-            counts = torch.zeros(classes, device=x.device).scatter_add_(0, idx, valid)
-            prior = counts / counts.sum().clamp_min(1)
+            mass = torch.zeros(classes, device=x.device).scatter_add_(0, idx, valid)
         elif t.shape == x.shape:
-            prior = t.float().movedim(cdim, -1).reshape(-1, classes).mean(0)
-        else:
-            prior = None
-        if prior is not None:
+            mass = t.float().movedim(cdim, -1).reshape(-1, classes).sum(0)
+        if mass is not None:
+            total = running.get("mass")
+            total = mass if total is None or total.shape != mass.shape else total + mass
+            running["mass"] = total
+            prior = total / total.sum().clamp_min(1e-12)
             eps = float(getattr(module, "label_smoothing", 0.0) or 0.0)
             q = (1 - eps) * prior + eps / classes
             # the loss of the best constant prediction (predict the prior) is its entropy
@@ -107,13 +112,25 @@ def _classification_stats(
     return classes, stats
 
 
-def _regression_stats(module: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
+def _regression_stats(
+    module: nn.Module, x: torch.Tensor, t: torch.Tensor, running: dict[str, Any]
+) -> torch.Tensor | None:
     if t.shape != x.shape or t.dim() == 0 or t.shape[0] < 2 or not t.is_floating_point():
         return None
     xf, tf = x.float(), t.float()
     nan = torch.full((), math.nan, device=x.device)
+    if module.reduction != "mean":
+        return torch.stack([xf.min(), xf.max(), nan, nan, nan])
+    if running.get("shape") != tf.shape[1:]:
+        # shifted by the first batch's mean so float32 sums do not cancel
+        running.update(shape=tf.shape[1:], shift=tf.mean(0), n=0, sum=0.0, sq=0.0)
+    d = tf - running["shift"]
+    running["n"] += tf.shape[0]
+    running["sum"] = running["sum"] + d.sum(0)
+    running["sq"] = running["sq"] + d.square().sum(0)
+    mean = running["sum"] / running["n"]
     # predicting the mean target for every sample scores the target variance under MSE
-    baseline = tf.var(0, unbiased=False).mean() if module.reduction == "mean" else nan
+    baseline = (running["sq"] / running["n"] - mean.square()).clamp_min(0).mean()
     return torch.stack([xf.min(), xf.max(), nan, nan, baseline])
 
 

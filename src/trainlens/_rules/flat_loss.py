@@ -453,11 +453,9 @@ def _no_gradient_flow(ctx: _Context) -> Cause | None:
     return ctx.cause(
         "no_gradient_flow",
         confidence,
-        f"over {ctx.sampled_steps} sampled steps, of the parameters the forward uses "
-        f"({share:.0%} of their elements cut off) "
+        f"over {ctx.sampled_steps} sampled steps, of the parameters the forward uses, "
         + "; ".join(parts)
-        + others
-        + f"; the flow stops at `{module}` ({mtype})",
+        + f" ({share:.0%} of their elements){others}; the flow stops at `{module}` ({mtype})",
         module=module or None,
     )
 
