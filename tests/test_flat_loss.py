@@ -291,3 +291,13 @@ def test_accumulating_gradients_over_micro_batches_is_not_zero_grad_missing(run_
     f = flat_finding(lens, run_dir)
     assert f["likely_cause"] == "lr_too_low"
     assert "zero_grad_missing" not in ranked(f)
+
+
+def test_the_flat_loss_example_names_the_softmax_module(run_dir):
+    from trainlens._demo import load_example
+
+    lens = load_example("flat_loss.py").main(run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "softmax_before_loss" and f["module"] == "3"
+    md = (run_dir / "drill.md").read_text()
+    assert "Remove the final `Softmax` from the model" in md
