@@ -1,8 +1,9 @@
 """flat_loss: the training loss does not move, and why.
 
 "Flat" compares the median training loss of the run's first and last windows: less than a
-10% drop (and no rise past the diverging limit), or an end at the loss of the best constant
-prediction. Runs too short for a trend, losses that reached ~0, crashed runs and non-finite
+10% drop (and no rise past the diverging limit), or a second half that no longer falls and
+ends at the loss of the best constant prediction. Medians over windows of a fifth of the
+run keep one noisy batch from faking progress or its lack. Runs too short for a trend, losses that reached ~0, crashed runs and non-finite
 losses are left alone (the latter two belong to other rules).
 
 Each cause is then decided by its own evidence from the records (parameter, gradient and
@@ -123,7 +124,11 @@ def _flatness(records: Records, catalogue: Catalogue) -> Flatness | None:
     baseline, what = _baseline(records)
     by_progress = drop < float(t("max_drop"))
     tol = catalogue.threshold(SYMPTOM, "baseline_tolerance", "label_mismatch")
-    at_baseline = baseline is not None and abs(end - baseline) <= tol * baseline
+    # at the constant-prediction level only counts once the loss has stopped there: the
+    # second half of the run no longer falls (a run still descending may pass it later)
+    mid = float(pd.Series(values[n // 2 : n // 2 + w]).median())
+    stalled = (mid - end) / abs(mid) < float(t("plateau_max_drop"))
+    at_baseline = baseline is not None and abs(end - baseline) <= tol * baseline and stalled
     if not (by_progress or at_baseline):
         return None
     return Flatness(n, start, end, drop, by_progress, baseline, what, by)
