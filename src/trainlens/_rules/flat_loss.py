@@ -3,8 +3,9 @@
 "Flat" compares the median training loss of the run's first and last windows: less than a
 10% drop (and no rise past the diverging limit), or a second half that no longer falls and
 ends at the loss of the best constant prediction. Medians over windows of a fifth of the
-run keep one noisy batch from faking progress or its lack. Runs too short for a trend, losses that reached ~0, crashed runs and non-finite
-losses are left alone (the latter two belong to other rules).
+run keep one noisy batch from faking progress or its lack. Runs too short for a trend,
+losses that reached ~0, crashed runs and non-finite losses are left alone (the latter two
+belong to other rules).
 
 Each cause is then decided by its own evidence from the records (parameter, gradient and
 update norms, activation zero fractions, the loss's input and target statistics, stale
