@@ -66,6 +66,24 @@ TABLES: dict[str, tuple[str, ...]] = {
     # per attention layer: one head's weights for one sample (JSON, at most 64x64), at the
     # first and the latest observation
     "attention_maps": ("step", "module", "head", "sample", "weights"),
+    # CrossEntropy/NLL/MSE input and target on sampled steps: are the inputs already
+    # probabilities (prob_dev = mean |row sum - 1|) or log-probabilities (logprob_dev =
+    # mean |logsumexp(row)|); baseline = loss of the best constant prediction
+    "loss_inputs": (
+        "step",
+        "split",
+        "loss",
+        "type",
+        "classes",
+        "min",
+        "max",
+        "prob_dev",
+        "logprob_dev",
+        "baseline",
+    ),
+    # sampled optimizer steps: the norm of the optimizer's `.grad`s before the step's first
+    # backward pass adds to them (carried, 0 after zero_grad) and at `optimizer.step()`
+    "grad_carry": ("step", "carried_norm", "step_norm", "carried_frac"),
 }
 
 
