@@ -11,11 +11,12 @@ becomes part of `records.meta`.
 from __future__ import annotations
 
 from ._loss import LossProbe
+from ._memory import MemoryProbe as MemoryProbe
 from ._modules import ModuleProbe
 from ._state import WatchState, suspended
 from ._steps import StepProbe
 
 #: the probes every watched run installs, in order
-DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe)
+DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, MemoryProbe)
 
 __all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]
