@@ -46,8 +46,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "inputs": ("step", "split", "mean", "std", "min", "max", "nonfinite_frac"),
     # one-off observations a probe made (a loss broadcasting its target, an exception, ...)
     "events": ("step", "kind", "module", "message", "data"),
-    # once per step, at its first training forward: process memory (CUDA allocated bytes
-    # or CPU RSS, no sync) and how many earlier steps' autograd graphs are still alive
+    # once per step, at its first training forward: process memory (CUDA allocated bytes,
+    # CPU heap in use or RSS; no sync) and how many earlier steps' autograd graphs are still alive
     "memory": ("step", "memory_bytes", "kind", "retained_graphs", "oldest_retained_step"),
 }
 

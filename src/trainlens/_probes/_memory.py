@@ -2,7 +2,8 @@
 
 Per step (at the first training forward of the step) one row of the `memory` table: the
 process's memory (CUDA: `torch.cuda.memory_allocated`, a host-side counter that needs no
-synchronisation; CPU: resident set size from /proc/self/statm) and how many autograd
+synchronisation; CPU: the C heap's bytes in use from glibc's `mallinfo2`, else the
+resident set size from /proc/self/statm) and how many autograd
 graphs of earlier steps are still alive.
 
 Graph liveness: the model's outputs of each step carry a tiny sentinel object in their
@@ -22,6 +23,7 @@ the failing module estimated on the meta device (shapes only, no memory).
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import re
@@ -60,6 +62,34 @@ def cpu_rss() -> int | None:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
+
+
+_MALLINFO_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO_FIELDS.split()]
+
+
+def _load_mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        fn = ctypes.CDLL(None).mallinfo2  # glibc >= 2.33
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+_MALLINFO2 = _load_mallinfo2()
+
+
+def cpu_heap() -> int | None:
+    """Bytes the C heap has handed out and not got back (glibc `mallinfo2`, ~10 us).
+
+    Unlike RSS it is exact: freed memory the heap keeps for reuse does not hide growth.
+    """
+    info = _MALLINFO2()  # type: ignore[misc]
+    return int(info.uordblks + info.hblkhd)
 
 
 def cpu_snapshot() -> dict[str, Any]:
@@ -120,6 +150,8 @@ def step_reader(device: torch.device) -> tuple[str, Callable[[], int | None]]:
     """The cheap per-step reading for a device: (kind, reader)."""
     if device.type == "cuda":
         return "cuda_allocated", lambda: torch.cuda.memory_allocated(device)
+    if _MALLINFO2 is not None:
+        return "cpu_heap", cpu_heap
     return "cpu_rss", cpu_rss
 
 

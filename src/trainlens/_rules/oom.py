@@ -29,9 +29,10 @@ import pandas as pd
 
 from .._catalogue import Catalogue
 from .._finding import Cause, Finding
+from .._format import human_bytes
 from .._hookspecs import hookimpl
 from .._records import Records
-from ._common import exception_info, is_oom, shape_str
+from ._common import exception_info, is_oom, module_attrs, shape_str
 
 SYMPTOM = "oom"
 
@@ -99,6 +100,8 @@ def _batch_cause(
     elif not seen.empty:
         mod_batch_bytes = float(seen["output_bytes"].iloc[-1])
         mod_shape = json.loads(seen["outputs"].iloc[-1])[0] if seen["outputs"].iloc[-1] else None
+    elif (rule := shape_rule(module_type, module_attrs(records, module), exc)) is not None:
+        mod_shape, mod_batch_bytes = rule
     else:
         mod_batch_bytes = float(requested or 0)
         mod_shape = None
@@ -264,8 +267,37 @@ def backward_module(
         if not match.empty:
             return str(match["module"].iloc[-1])
     if with_params and not all(arrived):
-        return order[lo]
+        # no size to match: the parameter-free module backward reached first, else the
+        # parameter module itself (an estimate either way: both ran in this window)
+        return order[hi - 1] if hi - 1 > lo and order[hi - 1] not in grad_arrived else order[lo]
     return None
+
+
+#: layers whose output has the shape of their input
+_SAME_SHAPE = {
+    "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Dropout", "LayerNorm", "Softmax",
+    "LogSoftmax", "LeakyReLU", "BatchNorm1d", "BatchNorm2d", "GroupNorm", "Identity",
+}  # fmt: skip
+
+
+def shape_rule(
+    module_type: str, attrs: dict[str, Any], exc: dict[str, Any]
+) -> tuple[list[int], float] | None:
+    """The failing layer's output from its input and configuration: (shape, bytes)."""
+    inputs, dtypes = exc.get("inputs") or [], exc.get("dtypes") or []
+    if not inputs or not inputs[0]:
+        return None
+    x = list(inputs[0])
+    dtype = dtypes[0] if dtypes else "float32"
+    if module_type == "Linear" and isinstance(attrs.get("out_features"), int):
+        out, dtype = [*x[:-1], attrs["out_features"]], dtype
+    elif module_type == "Embedding" and isinstance(attrs.get("embedding_dim"), int):
+        out, dtype = [*x, attrs["embedding_dim"]], "float32"
+    elif module_type in _SAME_SHAPE:
+        out = x
+    else:
+        return None
+    return out, float(math.prod(out) * _DTYPE_BYTES.get(dtype, 4))
 
 
 def _batch_size(
@@ -379,7 +411,9 @@ def _retained_cause(
     if ok.sum() >= 3:
         growth = float(np.polyfit(curve["step"][ok].astype(float), values[ok].astype(float), 1)[0])
     kind = str(last["kind"])
-    label = "CUDA allocated" if kind == "cuda_allocated" else "process RSS"
+    label = {"cuda_allocated": "CUDA allocated memory", "cpu_heap": "CPU heap in use"}.get(
+        kind, "process RSS"
+    )
     n_alive = int(count.iloc[-1])
     alive = f"at least {n_alive}" if n_alive >= 64 else str(n_alive)
     retained = (
@@ -395,6 +429,12 @@ def _retained_cause(
             f"{human(v1)} at step {int(curve['step'][ok].iloc[-1])}, "
             f"{human(growth) if growth == growth else '?'} per step"
         )
+        per_forward = float(activations(records)["output_bytes"].sum())
+        if climbs and per_forward > 0 and growth >= 0.5 * per_forward:
+            retained += (
+                f"; that is about one forward's activations ({human(per_forward)}) per step: "
+                "the saved tensors stay too, as with `backward(retain_graph=True)`"
+            )
         if not climbs:
             retained += (
                 " (flat so far: backward freed the saved tensors, but the graph nodes "
@@ -431,14 +471,7 @@ def parse_bytes(pattern: re.Pattern[str], message: str) -> float | None:
 
 
 def human(n: float | None) -> str:
-    """Bytes in binary units up to PB (a refused CPU allocation can ask for petabytes)."""
-    if n is None or n != n:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PB"
+    return "?" if n is None or n != n else human_bytes(n)
 
 
 def _json_bytes(inputs: str, dtypes: str) -> float:
