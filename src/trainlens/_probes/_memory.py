@@ -7,7 +7,7 @@ resident set size from /proc/self/statm) and how many autograd
 graphs of earlier steps are still alive.
 
 Graph liveness: the model's outputs of each step carry a tiny sentinel object in their
-`grad_fn.metadata` dict (owned by the autograd node, never read by autograd) and the
+nodes' `grad_fn.metadata` dict (owned by the autograd node, never read by autograd) and the
 probe keeps only a weak reference to it. The sentinel dies with the node. In a healthy
 loop the node dies once the step's tensors are dropped; when a loop keeps the graph
 (`total_loss += loss`, a list of losses, a hidden state carried into the next step) the
@@ -39,7 +39,7 @@ from ._tensors import tensor_leaves
 
 #: sentinels of older steps tracked at once; past it the count saturates (a leak is a leak)
 MAX_TRACKED = 64
-#: outputs of one forward that get a sentinel (a model returning many tensors: the first)
+#: outputs of one forward that get the step's sentinel (a model returning many: the first)
 MAX_OUTPUTS = 4
 
 _OOM = re.compile(r"out of memory|can't allocate memory|cannot allocate memory", re.I)
@@ -205,17 +205,21 @@ class MemoryProbe:
         if state.split() != "train" or len(self._tracked) >= MAX_TRACKED:
             return
         self._marked_step = state.step
+        # one sentinel shared by the step's outputs: it lives while any of their graphs
+        # does (a loss's, or a hidden state's carried into the next step)
+        sentinel = _Sentinel(state.step)
+        marked = False
         for t in tensor_leaves(output)[:MAX_OUTPUTS]:
             node = t.grad_fn
             if node is None:
                 continue
             try:
-                sentinel = _Sentinel(state.step)
                 node.metadata["trainlens"] = sentinel
             except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - old torch
                 return
+            marked = True
+        if marked:
             self._tracked.append((state.step, weakref.ref(sentinel)))
-            return  # one live node per step is enough evidence
 
     # --- the end of the run ------------------------------------------------------------
     def finish(self, exc: BaseException | None) -> None:

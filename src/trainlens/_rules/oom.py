@@ -378,7 +378,7 @@ def _memory_source(mem: dict[str, Any]) -> str:
             f"{human(mem.get('total_bytes'))}, plus cached blocks"
         )
     if mem.get("kind") == "cpu":
-        return f"CPU memory available of {human(mem.get('total_bytes'))}"
+        return f"the CPU's MemAvailable, of {human(mem.get('total_bytes'))} in all"
     return "from the error message"
 
 
