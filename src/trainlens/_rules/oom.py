@@ -58,7 +58,8 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     causes: list[Cause] = []
     evidence: dict[str, Any] = {}
     retained = _retained_cause(records, catalogue, evidence, oom)
-    if oom:
+    # an OOM in optimizer.step (its state for huge parameters) is not about the batch
+    if oom and exc.get("phase") != "step":
         causes.append(_batch_cause(records, catalogue, exc, evidence, retained is not None))
     if retained is not None:
         causes.append(retained)
@@ -90,7 +91,10 @@ def _batch_cause(
     else:
         module = exc.get("module")
     in_model = module in records.meta.get("modules", {})
-    module_type = (records.meta.get("modules", {}).get(module) or {}).get("type") or "?"
+    module_type = (records.meta.get("modules", {}).get(module) or {}).get("type") or (
+        exc.get("module_type") if module == exc.get("module") else None
+    )
+    module_type = module_type or "?"
 
     # the failing module's own activation: a meta-device estimate, else the allocation
     seen = acts[acts["module"] == module] if module is not None else acts.iloc[0:0]
@@ -434,6 +438,12 @@ def _retained_cause(
             retained += (
                 f"; that is about one forward's activations ({human(per_forward)}) per step: "
                 "the saved tensors stay too, as with `backward(retain_graph=True)`"
+            )
+        room = (records.meta.get("memory") or {}).get("available_bytes")
+        if climbs and room and not oom:
+            retained += (
+                f"; at this rate the {human(room)} still available last about "
+                f"{int(room // growth)} more steps"
             )
         if not climbs:
             retained += (
