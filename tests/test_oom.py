@@ -177,6 +177,8 @@ def test_total_loss_plus_equals_loss_is_a_warning_naming_start_growth_and_patter
     mem = lens.records.memory
     assert len(mem) == 30 and mem["kind"].isin(["cpu_heap", "cpu_rss"]).all()
     assert mem["retained_graphs"].iloc[-1] >= 25
+    md = (run_dir / "drill.md").read_text()
+    assert "## Memory" in md and "Autograd graphs of earlier steps still alive at step 29" in md
 
 
 def test_retain_graph_with_kept_losses_shows_memory_climbing_by_the_activations(run_dir):
@@ -315,3 +317,38 @@ def test_healthy_loop_records_one_memory_row_per_step_and_keeps_no_graphs(run_di
     assert (mem["memory_bytes"] > 0).all()
     assert mem["retained_graphs"].max() <= 1  # at most the previous step's, until reassigned
     assert lens.findings == []
+
+
+def test_recorded_cuda_readings_flow_from_the_probe_to_the_drill(run_dir, monkeypatch):
+    """The CUDA readers cannot run without a GPU: inject what they return on one."""
+    from trainlens._probes import _memory
+
+    gib = 2**30
+    recorded = {
+        "kind": "cuda",
+        "device": "cuda:0",
+        "total_bytes": 80 * gib,
+        "free_bytes": 6 * gib,
+        "allocated_bytes": 70 * gib,
+        "reserved_bytes": 72 * gib,
+        "available_bytes": 8 * gib,
+    }
+    counter = iter(range(0, 10**12, 2**20))  # memory_allocated(): +1 MiB per step
+    monkeypatch.setattr(_memory, "snapshot", lambda device: dict(recorded))
+    monkeypatch.setattr(
+        _memory, "step_reader", lambda device: ("cuda_allocated", lambda: next(counter))
+    )
+    model = upsampler()
+    lens, _, _ = run_until_raise(model, torch.randn(2**20, 1, 4), torch.zeros(1), run_dir)
+    f = only_oom(lens)
+    assert f.evidence["available_bytes"] == 8 * gib
+    assert f.evidence["memory"]["kind"] == "cuda" and "cuda:0" in f.first_check
+    assert f.evidence["batch_fit"] == int(8 * gib * 0.8 // f.evidence["training_bytes_per_sample"])
+
+    lens = leaky_loop(Path("leak"), 12, "total")
+    f = only_oom(lens)
+    assert f.likely_cause == "graph_retained_across_steps"
+    assert f.evidence["memory_kind"] == "cuda_allocated"
+    assert f.evidence["memory_growth_per_step"] == 2**20
+    assert "CUDA allocated memory went from" in f.top.evidence
+    assert "1.0 MB per step" in f.top.evidence

@@ -21,6 +21,7 @@ DEFAULT_PLUGINS = (
     "trainlens._rules.shape_mismatch",
     "trainlens._rules.oom",
     "trainlens._report.sections",
+    "trainlens._report.memory",
 )
 
 
