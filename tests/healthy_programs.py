@@ -256,6 +256,61 @@ def regression_at_its_noise_floor(run_dir: Path) -> trainlens.Lens:
     return _loop(model, opt, _batches(x, y, 32), nn.MSELoss(), run_dir, epochs=15)
 
 
+def loss_items_logged_in_a_list(run_dir: Path) -> trainlens.Lens:
+    """Keeps every loss as a number (`loss.item()`) and a running total: no graph kept."""
+    x, y = classification_data(n=256, classes=4)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.CrossEntropyLoss()
+    history, running = [], 0.0
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(8):
+            for xb, yb in _batches(x, y, 64):
+                loss = loss_fn(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                history.append(loss.item())
+                running += loss.item()
+    assert len(history) == 32 and running > 0
+    return lens
+
+
+def truncated_bptt_with_detached_cache(run_dir: Path) -> trainlens.Lens:
+    """An RNN over one long signal in chunks: the hidden state goes on detached, and the
+    loop caches detached losses and outputs (tensors, but without their graphs)."""
+    t = torch.linspace(0, 40, 401)
+    wave = torch.sin(t).view(1, -1, 1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.RNN(1, 16, batch_first=True)
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, seq, h):
+            out, h = self.rnn(seq, h)
+            return self.head(out), h
+
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.MSELoss()
+    losses, outputs = [], []
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(3):
+            h = torch.zeros(1, 1, 16)
+            for i in range(0, 400, 10):
+                pred, h = model(wave[:, i : i + 10], h)
+                h = h.detach()  # truncated backpropagation through time
+                loss = loss_fn(pred, wave[:, i + 1 : i + 11])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+                outputs.append(pred.detach())
+    return lens
+
+
 PROGRAMS: dict[str, Program] = {
     f.__name__: f
     for f in (
@@ -276,5 +331,7 @@ PROGRAMS: dict[str, Program] = {
         slow_sgd_still_learning,
         sparse_activations_relu6_leaky_gelu,
         regression_at_its_noise_floor,
+        loss_items_logged_in_a_list,
+        truncated_bptt_with_detached_cache,
     )
 }

@@ -20,9 +20,11 @@ from ._resources import data_dir
 DEFAULT_PLUGINS = (
     "trainlens._rules.shape_mismatch",
     "trainlens._rules.flat_loss",
-    "trainlens._report.sections",
     "trainlens._rules.confusing_attention",
+    "trainlens._rules.oom",
+    "trainlens._report.sections",
     "trainlens._report.attention",
+    "trainlens._report.memory",
 )
 
 

@@ -13,11 +13,20 @@ from __future__ import annotations
 from ._attention import AttentionProbe
 from ._flat import GradCarryProbe, LossInputProbe
 from ._loss import LossProbe
+from ._memory import MemoryProbe
 from ._modules import ModuleProbe
 from ._state import WatchState, suspended
 from ._steps import StepProbe
 
 #: the probes every watched run installs, in order
-DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, AttentionProbe, LossInputProbe, GradCarryProbe)
+DEFAULT_PROBES = (
+    ModuleProbe,
+    LossProbe,
+    StepProbe,
+    AttentionProbe,
+    LossInputProbe,
+    GradCarryProbe,
+    MemoryProbe,
+)
 
 __all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]

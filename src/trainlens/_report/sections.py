@@ -52,19 +52,26 @@ def shape_trace(records: Records) -> pd.DataFrame:
                 "type": r["type"],
                 "input": _shapes(ins, in_dt),
                 "output": _shapes(outs, out_dt) + (f" (+{more} other shapes)" if more else ""),
-                "activation": human_bytes(size)
-                + (f" ({human_bytes(per_sample)}/sample)" if per_sample else ""),
+                "activation (batch)": human_bytes(size),
+                "per sample": human_bytes(per_sample) if per_sample else "-",
             }
         )
     exc = records.meta.get("exception") or {}
     if exc.get("phase") == "forward" and exc.get("inputs") is not None:
+        # an out-of-memory crash: the memory probe estimated the outputs on the meta device
+        est = ((records.meta.get("memory") or {}).get("oom") or {}).get("estimate") or {}
+        est_bytes, est_batch = est.get("output_bytes"), est.get("batch")
         rows.append(
             {
                 "module": exc.get("module") or "(model)",
                 "type": exc.get("module_type") or "?",
                 "input": _shapes(exc["inputs"], exc.get("dtypes") or []),
-                "output": f"raised {exc.get('type')}",
-                "activation": "-",
+                "output": (f"{_shapes(est['outputs'], [])} (would be) " if est else "")
+                + f"raised {exc.get('type')}",
+                "activation (batch)": human_bytes(est_bytes) if est_bytes else "-",
+                "per sample": human_bytes(est_bytes / est_batch)
+                if est_bytes and est_batch
+                else "-",
             }
         )
     return pd.DataFrame(rows)

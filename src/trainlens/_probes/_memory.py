@@ -1,0 +1,298 @@
+"""Memory: a per-step memory curve, graphs kept alive across steps, the state at an OOM.
+
+Per step (at the first training forward of the step) one row of the `memory` table: the
+process's memory (CUDA: `torch.cuda.memory_allocated`, a host-side counter that needs no
+synchronisation; CPU: the C heap's bytes in use from glibc's `mallinfo2`, else the
+resident set size from /proc/self/statm) and how many autograd
+graphs of earlier steps are still alive.
+
+Graph liveness: the model's outputs of each step carry a tiny sentinel object in their
+nodes' `grad_fn.metadata` dict (owned by the autograd node, never read by autograd) and the
+probe keeps only a weak reference to it. The sentinel dies with the node. In a healthy
+loop the node dies once the step's tensors are dropped; when a loop keeps the graph
+(`total_loss += loss`, a list of losses, a hidden state carried into the next step) the
+sentinels of old steps stay alive. No hook runs in backward; at most `MAX_TRACKED`
+sentinels are tracked at a time. The inert sentinels stay on the nodes the user's loop
+keeps alive after the block (a few bytes each, no behaviour).
+
+At the end (`finish`) the probe reads what memory was available and, when the block
+raised an out-of-memory error, what is needed to explain it: whether it struck in the
+backward pass (and which modules had received gradients by then), and the outputs of
+the failing module estimated on the meta device (shapes only, no memory).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import re
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from ._state import _SUSPENDED, WatchState, suspended
+from ._tensors import tensor_leaves
+
+#: sentinels of older steps tracked at once; past it the count saturates (a leak is a leak)
+MAX_TRACKED = 64
+#: outputs of one forward that get the step's sentinel (a model returning many: the first)
+MAX_OUTPUTS = 4
+
+_OOM = re.compile(r"out of memory|can't allocate memory|cannot allocate memory", re.I)
+_ENGINE_CALLS = ("backward", "grad", "_engine_run_backward")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class _Sentinel:
+    __slots__ = ("__weakref__", "step")
+
+    def __init__(self, step: int):
+        self.step = step
+
+
+# --- memory readers (module level so a test can inject recorded numbers) ----------------
+def cpu_rss() -> int | None:
+    """Resident set size of this process, in bytes: one small read of /proc/self/statm."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_MALLINFO_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO_FIELDS.split()]
+
+
+def _load_mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        fn = ctypes.CDLL(None).mallinfo2  # glibc >= 2.33
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+_MALLINFO2 = _load_mallinfo2()
+
+
+def cpu_heap() -> int | None:
+    """Bytes the C heap has handed out and not got back (glibc `mallinfo2`, ~10 us).
+
+    Unlike RSS it is exact: freed memory the heap keeps for reuse does not hide growth.
+    """
+    info = _MALLINFO2()  # type: ignore[misc]
+    return int(info.uordblks + info.hblkhd)
+
+
+def cpu_snapshot() -> dict[str, Any]:
+    """What a CPU process may still allocate: MemAvailable, capped by a cgroup limit."""
+    info: dict[str, Any] = {"kind": "cpu", "process_rss_bytes": cpu_rss()}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = {line.split(":")[0]: line.split()[1] for line in f if ":" in line}
+        info["total_bytes"] = int(fields["MemTotal"]) * 1024
+        info["available_bytes"] = int(fields["MemAvailable"]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    limit = _cgroup_room()
+    if limit is not None:
+        info["cgroup_room_bytes"] = limit
+        if info.get("available_bytes") is None or limit < info["available_bytes"]:
+            info["available_bytes"] = limit
+    return info
+
+
+def _cgroup_room() -> int | None:
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            raw = f.read().strip()
+        if raw == "max":
+            return None
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+            return max(0, int(raw) - int(f.read().strip()))
+    except (OSError, ValueError):
+        return None
+
+
+def cuda_snapshot(device: torch.device) -> dict[str, Any]:
+    """Free and total device memory and the caching allocator's own counters."""
+    free, total = torch.cuda.mem_get_info(device)
+    stats = torch.cuda.memory_stats(device)
+    allocated = int(stats.get("allocated_bytes.all.current", 0))
+    reserved = int(stats.get("reserved_bytes.all.current", 0))
+    return {
+        "kind": "cuda",
+        "device": str(device),
+        "total_bytes": int(total),
+        "free_bytes": int(free),
+        "allocated_bytes": allocated,
+        "reserved_bytes": reserved,
+        "peak_allocated_bytes": int(stats.get("allocated_bytes.all.peak", 0)),
+        # cached blocks the allocator can hand out again count as available
+        "available_bytes": int(free) + max(0, reserved - allocated),
+        "process_rss_bytes": cpu_rss(),
+    }
+
+
+def snapshot(device: torch.device) -> dict[str, Any]:
+    return cuda_snapshot(device) if device.type == "cuda" else cpu_snapshot()
+
+
+def step_reader(device: torch.device) -> tuple[str, Callable[[], int | None]]:
+    """The cheap per-step reading for a device: (kind, reader)."""
+    if device.type == "cuda":
+        return "cuda_allocated", lambda: torch.cuda.memory_allocated(device)
+    if _MALLINFO2 is not None:
+        return "cpu_heap", cpu_heap
+    return "cpu_rss", cpu_rss
+
+
+class MemoryProbe:
+    def __init__(self, state: WatchState):
+        self.state = state
+        self.handles: list[RemovableHandle] = []
+        self.device = torch.device("cpu")
+        self._kind, self._read = step_reader(self.device)
+        self._tracked: list[tuple[int, weakref.ref[_Sentinel]]] = []
+        self._row_step = -1
+        self._marked_step = -1
+        self._model_input: dict[str, Any] | None = None
+
+    def install(self) -> None:
+        model = self.state.model
+        param = next((p for p in model.parameters() if p.device.type != "meta"), None)
+        if param is not None:
+            self.device = param.device
+        self._kind, self._read = step_reader(self.device)
+        self.handles.append(model.register_forward_pre_hook(self._pre))
+        self.handles.append(model.register_forward_hook(self._post))
+
+    # --- per step ----------------------------------------------------------------------
+    def _pre(self, module: Any, args: tuple[Any, ...]) -> None:
+        state = self.state
+        if _SUSPENDED[0] or state.step == self._row_step or state.split() != "train":
+            return
+        self._row_step = state.step
+        if self._model_input is None or state.sampled:
+            ins = tensor_leaves(args)
+            if ins:
+                self._model_input = {
+                    "shape": list(ins[0].shape),
+                    "dtype": str(ins[0].dtype).removeprefix("torch."),
+                }
+        alive = [(s, r) for s, r in self._tracked if r() is not None]
+        self._tracked = alive
+        state.tables["memory"].append(
+            state.step,
+            self._read(),
+            self._kind,
+            len(alive),
+            alive[0][0] if alive else None,
+        )
+
+    def _post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
+        state = self.state
+        if _SUSPENDED[0] or state.step == self._marked_step or output is None:
+            return
+        if state.split() != "train" or len(self._tracked) >= MAX_TRACKED:
+            return
+        self._marked_step = state.step
+        # one sentinel shared by the step's outputs: it lives while any of their graphs
+        # does (a loss's, or a hidden state's carried into the next step)
+        sentinel = _Sentinel(state.step)
+        marked = False
+        for t in tensor_leaves(output)[:MAX_OUTPUTS]:
+            node = t.grad_fn
+            if node is None:
+                continue
+            try:
+                node.metadata["trainlens"] = sentinel
+            except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - old torch
+                return
+            marked = True
+        if marked:
+            self._tracked.append((state.step, weakref.ref(sentinel)))
+
+    # --- the end of the run ------------------------------------------------------------
+    def finish(self, exc: BaseException | None) -> None:
+        try:
+            info = snapshot(self.device)
+        except Exception as err:  # a broken driver must not cost the user the drill
+            info = {"kind": self.device.type, "error": f"{type(err).__name__}: {err}"}
+        info["model_input"] = self._model_input
+        if exc is not None and _is_oom(exc):
+            info["oom"] = self._oom_facts(exc)
+        self.state.extra_meta["memory"] = info
+
+    def _oom_facts(self, exc: BaseException) -> dict[str, Any]:
+        state = self.state
+        facts: dict[str, Any] = {"in_backward": _raised_in_backward(exc)}
+        if facts["in_backward"]:
+            # which modules' parameters had a gradient when backward stopped: backward runs
+            # in reverse forward order, so the failing module sits just before them
+            has: dict[str, bool] = {}
+            for name, p in state.model.named_parameters():
+                if p.requires_grad:
+                    mod = name.rpartition(".")[0]
+                    has[mod] = has.get(mod, True) and p.grad is not None
+            facts["grad_arrived"] = has
+        failure = state.failure
+        if failure is not None and failure.exc_id == id(exc) and failure.phase == "forward":
+            facts["estimate"] = _meta_outputs(state, failure.module, failure.inputs, failure.dtypes)
+        return facts
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or bool(_OOM.search(str(exc)))
+
+
+def _raised_in_backward(exc: BaseException) -> bool:
+    """The traceback passes through torch.autograd's engine call (`loss.backward()`)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        path = code.co_filename.replace("\\", "/")
+        if "/torch/autograd/" in path and code.co_name in _ENGINE_CALLS:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _meta_outputs(
+    state: WatchState, name: str | None, inputs: list[list[int]], dtypes: list[str]
+) -> dict[str, Any] | None:
+    """Run the failing module on meta tensors: its output shapes at no memory cost."""
+    if name is None or not inputs:
+        return None
+    try:
+        module = state.model.get_submodule(name)
+        args = [
+            torch.empty(shape, dtype=getattr(torch, dt), device="meta")
+            for shape, dt in zip(inputs, dtypes, strict=True)
+        ]
+        fake = {
+            n: torch.empty_like(t, device="meta")
+            for n, t in [*module.named_parameters(), *module.named_buffers()]
+        }
+        with suspended(), torch.random.fork_rng(devices=[]), torch.no_grad():
+            out = torch.func.functional_call(module, fake, tuple(args))
+        outs = tensor_leaves(out)
+    except Exception:  # a module that needs real values or other arguments: no estimate
+        return None
+    if not outs:
+        return None
+    return {
+        "module": name,
+        "outputs": [list(t.shape) for t in outs],
+        "output_bytes": sum(math.prod(t.shape) * t.element_size() for t in outs),
+        "batch": inputs[0][0] if inputs[0] else None,
+    }
