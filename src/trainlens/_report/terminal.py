@@ -346,7 +346,10 @@ def loss_line(name: str, s: pd.Series) -> str:
     """`train: first 2.31 (step 0), last 0.05 (step 199), best 0.04 (step 190)`."""
     s = s.astype(float)
     finite = s[s.map(math.isfinite)]
-    text = f"{name}: first {num(s.iloc[0])} (step {s.index[0]}), last {num(s.iloc[-1])} (step {s.index[-1]})"
+    text = (
+        f"{name}: first {num(s.iloc[0])} (step {s.index[0]}), "
+        f"last {num(s.iloc[-1])} (step {s.index[-1]})"
+    )
     if len(finite):
         text += f", best {num(finite.min())} (step {finite.idxmin()})"
     bad = s[~s.map(math.isfinite)]
