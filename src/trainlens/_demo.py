@@ -91,7 +91,7 @@ def run_demo(out: str | Path, console: Console | None = None) -> int:
     out = Path(out)
     console = console or Console(highlight=False)
     table = Table(title="trainlens demo", title_justify="left", box=box.SIMPLE_HEAD)
-    for col in ("example", "status", "symptom", "likely cause", "drill"):
+    for col in ("example", "status", "symptom", "likely cause"):
         table.add_column(col, overflow="fold")
     missed = []
     t_all = time.perf_counter()
@@ -102,26 +102,25 @@ def run_demo(out: str | Path, console: Console | None = None) -> int:
         console.print(Text.assemble(("ran ", "bold"), f"{stem} ({seconds:.1f} s): {example.what}"))
         top = next((f for f in drill["findings"] if f["symptom"] == example.symptom), None)
         top = top or (drill["findings"][0] if drill["findings"] else None)
-        ok = shows_expected(example, drill)
         symptom = Text(top["symptom"] if top else "-")
         cause = Text(top["likely_cause"] if top else "-")
-        if not ok:
+        if not shows_expected(example, drill):
             missed.append(example)
-            expected = f"{example.symptom}/{example.cause}" if example.symptom else "healthy"
-            symptom = Text(f"! expected {expected}", style="yellow")
+            symptom.append(f" (expected {example.symptom or 'none'})", style="yellow")
+            cause.append(f" (expected {example.cause or 'none'})", style="yellow")
         status = drill["status"]
         table.add_row(
             Text(stem),
             Text(status, style="green" if status == "healthy" else "red"),
             symptom,
             cause,
-            Text(str(Path(stem) / "drill.md")),
         )
     console.print(table)
     console.print(
         Text(
-            f"{len(examples())} runs in {time.perf_counter() - t_all:.1f} s; each run "
-            f"directory under {out}/ holds drill.md, drill.json, curves.png and a README.md."
+            f"{len(examples())} runs in {time.perf_counter() - t_all:.1f} s. Each has its run "
+            f"directory {out}/<example>/ with drill.md (open it in any Markdown viewer), "
+            "drill.json, curves.png and a README.md saying what each file is."
         )
     )
     if missed:
