@@ -1,11 +1,12 @@
 """`watch(..., checkpoint=True)`: keep the last good weights as `checkpoint.pt`.
 
 "Good" is the best validation loss when the loop evaluates, else the last weights whose
-training loss was still finite. The cost is bounded: a CPU copy of the `state_dict` only
-when an evaluation improves the validation loss (one host read per evaluation, not per
-step); without validation losses, a finiteness flag kept on the device (no sync) and read
-every `flush_every` (50) steps, with one copy each time while every loss is finite. So the
-checkpoint before a NaN is at most 50 steps old. Off by default.
+training loss (as captured: an `nn` loss module or `lens.log_loss`) was still finite.
+The cost is bounded: a CPU copy of the `state_dict` only when an evaluation improves the
+validation loss (one host read per evaluation, not per step); without validation losses,
+a finiteness flag kept on the device (no sync) and read every `flush_every` (50) steps,
+with one copy each time while every loss is finite, so the checkpoint before a NaN is at
+most 50 steps old. Off by default.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .._io import atomic_write_bytes
-from ._state import WatchState
+from ._state import WatchState, is_suspended
 
 FILENAME = "checkpoint.pt"
 
@@ -51,6 +52,13 @@ class CheckpointProbe:
         handle = RemovableHandle(listeners)
         listeners[handle.id] = self._on_loss
         self.handles.append(handle)
+        if self.state.optimizer is not None:
+            # decide on an evaluation before the next step changes the weights
+            self.handles.append(self.state.optimizer.register_step_pre_hook(self._pre_step))
+
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not is_suspended():
+            self._decide_val()
 
     def _on_loss(self, split: str, value: torch.Tensor) -> None:
         if split == "val":
