@@ -1,7 +1,7 @@
 """A planted bug: attention logits without the 1/sqrt(d) scaling, on large inputs.
 
 A hand-written self-attention block calls `F.scaled_dot_product_attention` with
-`scale=1.0` (as if q had been scaled already) on embeddings of scale ~3: the q·k logits
+`scale=1.0` (as if q had been scaled already) on embeddings of scale ~5: the q·k logits
 are tens of times too large and every attention row is one-hot from the first step, so
 attention cannot learn. trainlens names the attention module and the saturation.
 
@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import trainlens
+
+VOCAB = 128
 
 
 class SelfAttention(nn.Module):
@@ -33,20 +35,20 @@ class SelfAttention(nn.Module):
 
 
 class TinyTransformer(nn.Module):
-    def __init__(self, vocab: int = 32, d: int = 64, heads: int = 2) -> None:
+    def __init__(self, vocab: int = VOCAB, d: int = 64, heads: int = 2) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
         self.attn = SelfAttention(d, heads)
         self.head = nn.Linear(d, vocab)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = 3 * self.embed(tokens)  # large, unnormalised inputs (no LayerNorm)
+        x = 5 * self.embed(tokens)  # large, unnormalised inputs (no LayerNorm)
         return self.head(x + self.attn(x))
 
 
 def main(run_dir: str | None = None) -> trainlens.Lens:
     torch.manual_seed(0)
-    tokens = torch.randint(0, 32, (8, 16))
+    tokens = torch.randint(0, VOCAB, (8, 16))
     targets = tokens.flip(1)  # predict the reversed sequence: needs attention
     model = TinyTransformer()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -55,7 +57,7 @@ def main(run_dir: str | None = None) -> trainlens.Lens:
     with trainlens.watch(model, optimizer, run_dir=run_dir) as lens:
         for _ in range(20):
             logits = model(tokens)
-            loss = loss_fn(logits.reshape(-1, 32), targets.reshape(-1))
+            loss = loss_fn(logits.reshape(-1, VOCAB), targets.reshape(-1))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
