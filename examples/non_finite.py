@@ -1,7 +1,7 @@
 """A planted bug: `torch.log(torch.softmax(x))` instead of `F.log_softmax(x)`.
 
-As the classifier grows confident, a softmax probability underflows to exactly 0 in
-float32 and its log is -inf; the backward pass through it gives NaN gradients, and the
+As the classifier grows confident (around step 19), a softmax probability underflows to
+exactly 0 in float32 and its log is -inf; the backward pass through it gives NaN gradients, and the
 next step every weight is NaN. trainlens names the module and the step where the first
 non-finite value appeared.
 
@@ -25,19 +25,19 @@ class LogSoftmaxByHand(nn.Module):
 
 def main(run_dir: str | None = None) -> trainlens.Lens:
     torch.manual_seed(0)
-    x = 20 * torch.randn(128, 16)  # unnormalised features make the logits large quickly
+    x = 5 * torch.randn(128, 16)  # unnormalised features: the logits grow fast
     y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4), LogSoftmaxByHand())
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     loss_fn = nn.NLLLoss()
 
     with trainlens.watch(model, optimizer, run_dir=run_dir) as lens:
-        for _ in range(20):
+        for _ in range(30):
             loss = loss_fn(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        print(f"loss after 20 steps: {loss.item()}")
+        print(f"loss after 30 steps: {loss.item()}")
     return lens
 
 

@@ -308,7 +308,8 @@ class LossCurve:
         span = (fhi - flo) or 1.0
         label_w = 9
         width = max(20, min(options.max_width, 80) - label_w - 3)
-        steps = pd.concat([s.index.to_series() for s in series if len(s)])
+        everything = [s for s in (self.train, self.val) if len(s)]
+        steps = pd.concat([s.index.to_series() for s in everything])
         s0, s1 = int(steps.min()), int(steps.max())
         sspan = max(1, s1 - s0)
         grid = [[" "] * width for _ in range(self.HEIGHT)]
@@ -325,6 +326,10 @@ class LossCurve:
 
         place(series[0], "*", "cyan")
         place(series[1], "o", "yellow")
+        bad = [s[~s.map(math.isfinite)] for s in (self.train, self.val)]
+        for s in bad:  # non-finite losses: a red `!` along the top
+            for col in set(((s.index.to_numpy() - s0) * (width - 1) // sspan).astype(int)):
+                grid[0][col], styles[0][col] = "!", "bold red"
         for i in range(self.HEIGHT):
             label = ""
             if i == 0:
@@ -338,7 +343,8 @@ class LossCurve:
         yield Text(" " * label_w + " └" + "─" * width)
         left, right = f"step {s0}", f"step {s1}"
         yield Text(" " * (label_w + 2) + left + right.rjust(width - len(left)))
-        legend = "  * train  o val  + both" + ("  (log scale)" if log else "")
+        legend = "  * train  o val  + both" + ("  ! non-finite" if any(len(b) for b in bad) else "")
+        legend += "  (log scale)" if log else ""
         yield Text(legend, style="dim")
 
 
@@ -347,8 +353,8 @@ def loss_line(name: str, s: pd.Series) -> str:
     s = s.astype(float)
     finite = s[s.map(math.isfinite)]
     text = (
-        f"{name}: first {num(s.iloc[0])} (step {s.index[0]}), "
-        f"last {num(s.iloc[-1])} (step {s.index[-1]})"
+        f"{name}: first {_loss_num(s.iloc[0])} (step {s.index[0]}), "
+        f"last {_loss_num(s.iloc[-1])} (step {s.index[-1]})"
     )
     if len(finite):
         text += f", best {num(finite.min())} (step {finite.idxmin()})"
@@ -356,6 +362,10 @@ def loss_line(name: str, s: pd.Series) -> str:
     if len(bad):
         text += f"; first non-finite at step {bad.index[0]}"
     return text
+
+
+def _loss_num(x: float) -> str:
+    return num(x) if math.isfinite(x) else str(x)  # nan / inf, not num()'s "-"
 
 
 class RunFiles:
