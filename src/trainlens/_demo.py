@@ -34,7 +34,7 @@ EXAMPLES = (
     ("linear_regression.py", "healthy: nn.Linear(1, 1) learns y = 2x"),
     ("shape_mismatch.py", "planted: a CNN whose classifier expects the wrong size",
      "shape_mismatch", "layer_input_mismatch"),
-    ("flat_loss.py", "planted: SGD with lr 1e-6, the loss never moves",
+    ("lr_too_low.py", "planted: SGD with lr 1e-6, the loss never moves",
      "flat_loss", "lr_too_low"),
     ("diverging.py", "planted: SGD with lr too high, the loss explodes",
      "diverging", "lr_too_high"),
@@ -132,5 +132,7 @@ def run_demo(out: str | Path, console: Console | None = None) -> int:
                 style="yellow",
             )
         )
-    console.print(Text(f"Read one in the terminal: trainlens report {out / 'flat_loss'}"))
+    failed = [e for e in examples() if e.symptom] or examples()
+    example_dir = out / Path(failed[0].filename).stem
+    console.print(Text(f"Read one in the terminal: trainlens report {example_dir}"))
     return 0

@@ -4,7 +4,7 @@ A small MLP learns a 4-class problem with SGD at lr 1e-6. Every step changes the
 by about a millionth of their size (healthy is ~1e-3), so after 60 steps the loss is where
 it started, near ln(4). trainlens names the update/param ratio and the fix.
 
-    python examples/flat_loss.py
+    python examples/lr_too_low.py
 """
 
 from __future__ import annotations
