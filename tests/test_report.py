@@ -209,3 +209,11 @@ def test_report_json_on_a_corrupt_drill_is_the_same_clear_error(tmp_path):
     path = _write(tmp_path / "trunc", "{")
     result = run_cli("report", str(path), "--json")
     assert result.returncode == 2 and "corrupt" in result.stderr and result.stdout == ""
+
+
+def test_report_without_records_still_shows_the_drill_and_says_what_is_missing(run_dir):
+    lens = regression_run(run_dir, fixed=False)
+    (run_dir / "run.json").unlink()  # e.g. only drill.json was copied off a cluster
+    text = " ".join(render(load_report(run_dir)).split())
+    assert "records not shown" in text and "has no run.json" in text
+    assert lens.run_id in text and "loss_target_shape_mismatch" in text
