@@ -10,7 +10,7 @@ becomes part of `records.meta`.
 
 from __future__ import annotations
 
-from ._checkpoint import CheckpointProbe
+from ._checkpoint import CheckpointProbe as CheckpointProbe
 from ._loss import LossProbe
 from ._modules import ModuleProbe
 from ._state import WatchState, suspended
@@ -19,12 +19,4 @@ from ._steps import StepProbe
 #: the probes every watched run installs, in order
 DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, CheckpointProbe)
 
-__all__ = [
-    "DEFAULT_PROBES",
-    "CheckpointProbe",
-    "LossProbe",
-    "ModuleProbe",
-    "StepProbe",
-    "WatchState",
-    "suspended",
-]
+__all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]
