@@ -35,6 +35,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the run dirs (default: %(default)s)",
     )
     demo.set_defaults(func=_cmd_demo)
+
+    report = sub.add_parser(
+        "report",
+        help="show a run's drill in the terminal",
+        description="Render the drill of a finished run: findings with the six drill fields "
+        "and ranked causes, the loss curve, the shape trace and the per-layer table.",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by watch")
+    report.add_argument("--json", action="store_true", help="print drill.json only")
+    report.set_defaults(func=_cmd_report)
+
+    compare = sub.add_parser(
+        "compare",
+        help="fill result_after_fix of a failed run from its fixed rerun",
+        description="Compare a failed run with its rerun after the fix: is each symptom "
+        "gone, how did the loss move, which evidence changed. Writes result_after_fix into "
+        "the failed run's drill.json and drill.md.",
+    )
+    compare.add_argument("failed_run_dir", metavar="FAILED_RUN_DIR")
+    compare.add_argument("fixed_run_dir", metavar="FIXED_RUN_DIR")
+    compare.set_defaults(func=_cmd_compare)
     return parser
 
 
@@ -54,3 +75,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
     return run_demo(args.out)
+
+
+def _console():
+    """stdout console: colour on a terminal, plain text (no ANSI codes) on a pipe."""
+    import os
+
+    from rich.console import Console
+
+    terminal = sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
+    return Console(highlight=False, force_terminal=terminal)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.json:
+        from ._drill import read_drill
+
+        read_drill(Path(args.run_dir))  # the same clear error as without --json
+        sys.stdout.write((Path(args.run_dir) / "drill.json").read_text(encoding="utf-8"))
+        return 0
+    from ._report.terminal import load_report
+
+    _console().print(load_report(args.run_dir))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ._report.compare import compare_runs
+
+    comparison = compare_runs(args.failed_run_dir, args.fixed_run_dir)
+    _console().print(comparison)
+    return 0

@@ -67,7 +67,52 @@ def read_drill(run_dir: Path) -> dict[str, Any]:
             f"{path} uses drill schema version {version}, newer than this trainlens "
             f"understands ({SCHEMA_VERSION}); upgrade trainlens"
         )
+    problem = _structure_problem(drill)
+    if problem:
+        raise RunDirError(f"{path} is not a valid trainlens drill ({problem}); rerun the training")
     return drill
+
+
+#: keys every finding of a drill carries (drill.schema.json), so readers can rely on them
+_FINDING_KEYS = (
+    "symptom",
+    "severity",
+    "first_check",
+    "likely_causes",
+    "likely_cause",
+    "fix_attempt",
+)
+
+
+def _structure_problem(drill: dict[str, Any]) -> str | None:
+    """What makes a parsed drill unusable for report/compare, or None."""
+    if not isinstance(drill["run_id"], str) or not drill["run_id"]:
+        return "run_id is not a non-empty string"
+    if drill["status"] not in ("healthy", "failed"):
+        return f"status is {drill['status']!r}, not healthy/failed"
+    if not isinstance(drill.get("steps", 0), int):
+        return "steps is not an integer"
+    if not isinstance(drill["findings"], list):
+        return "findings is not a list"
+    for i, f in enumerate(drill["findings"]):
+        if not isinstance(f, dict):
+            return f"finding {i} is not an object"
+        missing = [k for k in _FINDING_KEYS if k not in f]
+        if missing:
+            return f"finding {i} lacks {', '.join(missing)}"
+        causes = f["likely_causes"]
+        if not isinstance(causes, list) or not causes:
+            return f"finding {i} has no likely_causes"
+        for c in causes:
+            if not isinstance(c, dict) or not {"id", "confidence", "evidence"} <= c.keys():
+                return f"a cause of finding {i} lacks id/confidence/evidence"
+            if not isinstance(c["confidence"], (int, float)):
+                return f"a cause of finding {i} has a non-numeric confidence"
+        f.setdefault("module", None)
+        f.setdefault("step", None)
+        f.setdefault("result_after_fix", None)
+        f.setdefault("evidence", {})
+    return None
 
 
 def write_drill(run_dir: Path, drill: dict[str, Any], sections: Sequence[tuple[str, str]]) -> None:

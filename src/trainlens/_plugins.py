@@ -25,6 +25,8 @@ DEFAULT_PLUGINS = (
     "trainlens._report.sections",
     "trainlens._report.attention",
     "trainlens._report.memory",
+    "trainlens._report.curves",
+    "trainlens._report.readme",
 )
 
 
@@ -78,7 +80,10 @@ def write_artifacts(
 ) -> list[str]:
     """Let report plugins write their files; a plugin that fails is reported and skipped."""
     written: list[str] = []
-    for impl in pm.hook.trainlens_artifacts.get_hookimpls():
+    # registration order, but `trylast` ones (the run dir's README, listing the files) at
+    # the end; a stable sort keeps the rest as they were
+    impls = sorted(pm.hook.trainlens_artifacts.get_hookimpls(), key=lambda i: i.trylast)
+    for impl in impls:
         offered = {"run_dir": run_dir, "drill": drill, "records": records}
         try:
             names = impl.function(**{k: offered[k] for k in impl.argnames})

@@ -48,6 +48,7 @@ def watch(
     sample_every: int = 10,
     plugins: Iterable[Any] = (),
     quiet: bool = False,
+    checkpoint: bool | str = False,
 ) -> Lens:
     """Watch `model` (and `optimizer`) while your own loop trains it.
 
@@ -56,6 +57,8 @@ def watch(
     re-raised unchanged after that. `sample_every` sets how often, after the first 100
     steps, the costlier statistics are taken. `plugins` adds rule or report plugins
     without entry points. `quiet` silences the one-line summary printed on exit.
+    `checkpoint=True` (or `"best"`) keeps the last good weights as `checkpoint.pt` in
+    `run_dir`: those of the best validation loss, else the last with a finite loss.
     """
     return Lens(
         model,
@@ -65,6 +68,7 @@ def watch(
         sample_every=sample_every,
         plugins=plugins,
         quiet=quiet,
+        checkpoint=checkpoint,
     )
 
 
@@ -81,8 +85,15 @@ class Lens:
         sample_every: int = 10,
         plugins: Iterable[Any] = (),
         quiet: bool = False,
+        checkpoint: bool | str = False,
     ):
         _check_args(model, optimizer, sample_every, run_id)
+        if checkpoint not in (False, None, True, "best"):
+            raise UsageError(
+                f'checkpoint must be True, "best" or False, not {checkpoint!r} (it keeps the '
+                "weights of the best validation loss, else the last finite ones)"
+            )
+        self._checkpoint = checkpoint
         self.model = model
         self.optimizer = optimizer
         self.run_id = run_id or new_run_id()
@@ -110,6 +121,7 @@ class Lens:
         self.run_dir = _prepare_run_dir(self.run_dir)
         self._started_at = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         state = WatchState(self.model, self.optimizer, self._sampling)
+        state.checkpoint, state.run_dir = self._checkpoint, self.run_dir
         self._state = state
         _ACTIVE_RUN_DIRS.add(self.run_dir)
         try:

@@ -11,6 +11,7 @@ becomes part of `records.meta`.
 from __future__ import annotations
 
 from ._attention import AttentionProbe
+from ._checkpoint import CheckpointProbe
 from ._flat import GradCarryProbe, LossInputProbe
 from ._loss import LossProbe
 from ._memory import MemoryProbe
@@ -27,6 +28,7 @@ DEFAULT_PROBES = (
     LossInputProbe,
     GradCarryProbe,
     MemoryProbe,
+    CheckpointProbe,
 )
 
 __all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]

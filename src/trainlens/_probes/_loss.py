@@ -62,6 +62,8 @@ class LossProbe:
         state.deferred.add(
             state.tables["losses"], [(state.step, split, source)], value.reshape(1, 1)
         )
+        for listener in tuple(state.loss_listeners.values()):
+            listener(split, value)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if _SUSPENDED[0] or not isinstance(module, _Loss):

@@ -6,8 +6,10 @@ import contextlib
 import json
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,6 +89,11 @@ class WatchState:
         self.failure: Failure | None = None
         # run-level facts probes add for the rules (merged into records.meta / run.json)
         self.extra_meta: dict[str, Any] = {}
+        # `watch(checkpoint=...)` and the run dir, set by the Lens before probes install
+        self.checkpoint: Any = None
+        self.run_dir: Path | None = None
+        # callables `(split, loss tensor)` told of every loss logged (handles remove them)
+        self.loss_listeners: OrderedDict[int, Any] = OrderedDict()
         self._events_seen: set[tuple[str, str | None, str]] = set()
 
     def split(self) -> str:

@@ -1,0 +1,121 @@
+"""`watch(..., checkpoint=True)`: keep the last good weights as `checkpoint.pt`.
+
+"Good" is the best validation loss when the loop evaluates, else the last weights whose
+training loss (as captured: an `nn` loss module or `lens.log_loss`) was still finite.
+The cost is bounded: a CPU copy of the `state_dict` only when an evaluation improves the
+validation loss (one host read per evaluation, not per step); without validation losses,
+a finiteness flag kept on the device (no sync) and read every `flush_every` (50) steps,
+with one copy each time while every loss is finite, so the checkpoint before a NaN is at
+most 50 steps old. Off by default.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+
+from .._io import atomic_write_bytes
+from ._state import WatchState, is_suspended
+
+FILENAME = "checkpoint.pt"
+
+#: what `watch(checkpoint=...)` accepts as "on"
+MODES = (True, "best")
+
+
+class CheckpointProbe:
+    def __init__(self, state: WatchState):
+        self.state = state
+        self.handles: list[RemovableHandle] = []
+        self.on = state.checkpoint in MODES
+        self._weights: dict[str, torch.Tensor] | None = None
+        self._saved_step: int | None = None
+        self._reason = ""
+        self._best = math.inf
+        self._val_sum: torch.Tensor | None = None
+        self._val_n = 0
+        self._val_step = 0
+        self._seen_val = False
+        self._nonfinite: torch.Tensor | None = None
+        self._checked_step = -1
+        self._frozen = False
+
+    def install(self) -> None:
+        if not self.on:
+            return
+        listeners: OrderedDict[int, Any] = self.state.loss_listeners
+        handle = RemovableHandle(listeners)
+        listeners[handle.id] = self._on_loss
+        self.handles.append(handle)
+        if self.state.optimizer is not None:
+            # decide on an evaluation before the next step changes the weights
+            self.handles.append(self.state.optimizer.register_step_pre_hook(self._pre_step))
+
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not is_suspended():
+            self._decide_val()
+
+    def _on_loss(self, split: str, value: torch.Tensor) -> None:
+        if split == "val":
+            v = value.detach().reshape(()).float()
+            self._val_sum = v if self._val_sum is None else self._val_sum + v
+            self._val_n += 1
+            self._val_step = self.state.step
+            self._seen_val = True
+            return
+        self._decide_val()  # the weights are still the evaluated ones
+        if self._seen_val or self._frozen:
+            return
+        bad = ~torch.isfinite(value.detach().reshape(()))
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        step = self.state.step
+        if step % self.state.sampling.flush_every == 0 and step != self._checked_step:
+            self._checked_step = step
+            self._check_finite(step, "last weights with every loss finite (checked every "
+                               f"{self.state.sampling.flush_every} steps)")  # fmt: skip
+
+    def _check_finite(self, step: int, reason: str) -> None:
+        if self._nonfinite is not None and bool(self._nonfinite):
+            self._frozen = True  # keep the copy from before the first non-finite loss
+            return
+        self._snapshot(step, reason)
+
+    def _decide_val(self) -> None:
+        if self._val_sum is None:
+            return
+        mean = float(self._val_sum) / self._val_n
+        self._val_sum, self._val_n = None, 0
+        if math.isfinite(mean) and mean < self._best:
+            self._best = mean
+            self._snapshot(self._val_step, f"best validation loss {mean:.4g}")
+
+    def _snapshot(self, step: int, reason: str) -> None:
+        with torch.no_grad():
+            self._weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.state.model.state_dict().items()
+            }
+        self._saved_step, self._reason = step, reason
+
+    def finish(self, exc: BaseException | None) -> None:
+        if not self.on:
+            return
+        self._decide_val()
+        if not self._seen_val and not self._frozen:
+            self._check_finite(self.state.step, "final weights: every loss was finite")
+        meta: dict[str, Any] = {"file": None, "step": self._saved_step, "reason": self._reason}
+        if self._weights is not None and self.state.run_dir is not None:
+            buf = io.BytesIO()
+            torch.save(self._weights, buf)
+            atomic_write_bytes(self.state.run_dir / FILENAME, buf.getvalue())
+            meta["file"] = FILENAME
+            if self._seen_val:
+                meta["val_loss"] = self._best
+        else:
+            meta["reason"] = "no good weights seen (the first loss was already non-finite)"
+        self.state.extra_meta["checkpoint"] = meta
+        self._weights = None
