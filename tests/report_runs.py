@@ -73,4 +73,9 @@ def normalise(text: str, run_ids: list[str]) -> str:
         text = text.replace(run_id, f"RUN-ID-{i}".ljust(len(run_id)))
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", "YYYY-MM-DDTHH:MM:SS+00:00", text)
     text = re.sub(r"  \d+\.\d s  ", "  X.X s  ", text)
+    # the Memory section reads this machine's heap and free memory
+    head, sep, memory = text.partition("\nMemory\n")
+    # and wraps by the width of those numbers: compare it as one normalised paragraph
+    memory = " ".join(re.sub(r"\d+(\.\d+)? (B|KB|MB|GB|TB|PB)\b", "N XB", memory).split())
+    text = head + sep + memory
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
