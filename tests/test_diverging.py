@@ -90,3 +90,4 @@ def test_an_lr_raised_mid_run_is_a_rebound_warning_blaming_the_learning_rate(run
     assert f["step"] >= 40
     assert "lr 5" in f["likely_causes"][0]["evidence"]
     assert "(now 5)" in f["fix_attempt"]
+    assert lens.findings[0].symptom == "diverging"

@@ -65,23 +65,26 @@ def dynamics(
     if p.empty:
         return None
     steps = sorted(p["step"].unique())
-    total = p.groupby("step")["grad_norm"].apply(lambda g: float(np.sqrt((g**2).sum())))
-    ratio = (p["update_norm"] / p["param_norm"].where(p["param_norm"] > 0)).replace(
-        [np.inf, -np.inf], np.nan
-    )
-    p = p.assign(ratio=ratio)
-    early = p[p["step"].isin(steps[:3])]
-    early_ratio = _median(early["ratio"])
+    sq = p.assign(g2=p["grad_norm"] ** 2, p2=p["param_norm"] ** 2, u2=p["update_norm"] ** 2)
+    total = sq.groupby("step")["g2"].sum(min_count=1) ** 0.5
+    # whole-model ratio |update| / |params| per step: a zero-initialised bias alone would
+    # have a huge ratio of its own and mean nothing
+    per_step = sq.groupby("step")[["u2", "p2"]].sum(min_count=1)
+    ratio = (per_step["u2"] / per_step["p2"].where(per_step["p2"] > 0)) ** 0.5
+    ratio = ratio.replace([np.inf, -np.inf], np.nan)
+    early_steps = steps[:3]
+    early_ratio = _median(ratio[ratio.index.isin(early_steps)])
     lrs = records.steps.set_index("step")["lr"].dropna() if len(records.steps) else None
     lr = float(lrs.iloc[0]) if lrs is not None and len(lrs) else math.nan
     if onset is not None:
-        near = [s for s in steps if onset - 5 <= s <= onset]
-        around = p[p["step"].isin(near[-3:])]
-        if _median(around["ratio"]) > early_ratio:
-            early, early_ratio = around, _median(around["ratio"])
+        near = [s for s in steps if onset - 5 <= s <= onset][-3:]
+        onset_ratio = _median(ratio[ratio.index.isin(near)])
+        if onset_ratio > early_ratio:
+            early_steps, early_ratio = near, onset_ratio
             if lrs is not None and onset in lrs.index:
                 lr = float(lrs.loc[onset])
-    by_module = early.groupby("module")["ratio"].median().dropna()
+    early = sq[sq["step"].isin(early_steps)].groupby("module")[["u2", "p2"]].sum(min_count=1)
+    by_module = (early["u2"] / early["p2"].where(early["p2"] > 0)).dropna()
     peak_step = int(total.idxmax())
     at_peak = p[p["step"] == peak_step]
     grad_start = float(total.iloc[0])
@@ -89,13 +92,13 @@ def dynamics(
     diffs = np.diff(np.log(np.maximum(total.to_numpy(), 1e-30)))
     return Dynamics(
         early_ratio=early_ratio,
-        median_ratio=_median(p["ratio"]),
-        ratio_module=str(by_module.idxmax()) if not by_module.empty else None,
+        median_ratio=_median(ratio),
+        ratio_module=str(by_module.idxmax()) or None if not by_module.empty else None,
         grad_start=grad_start,
         grad_max=grad_max,
         grad_max_step=peak_step,
         grad_median=float(total.median()),
-        grad_module=str(at_peak.loc[at_peak["grad_norm"].idxmax(), "module"])
+        grad_module=str(at_peak.loc[at_peak["grad_norm"].idxmax(), "module"]) or None
         if not at_peak.empty
         else None,
         growth_orders=math.log10(grad_max / grad_start) if grad_start > 0 else 0.0,
@@ -114,6 +117,8 @@ def divergence_causes(
     step: int | None,
 ) -> list[Cause]:
     """`lr_too_high` and `exploding_gradient`, each scored by its own evidence.
+
+    `loss_fields` fill the recipe texts and override the fields filled here.
 
     Large update ratios on the very first steps, before gradients grew, point at the step
     size; gradients growing by orders of magnitude step after step while early updates
@@ -144,9 +149,13 @@ def divergence_causes(
                 + (f", lr {num(dyn.lr)}" if math.isfinite(dyn.lr) else ""),
                 module=dyn.ratio_module,
                 step=step,
-                ratio=num(r0),
-                lr=num(dyn.lr) if math.isfinite(dyn.lr) else "the current value",
-                **loss_fields,
+                **{
+                    **dict(
+                        ratio=num(r0),
+                        lr=num(dyn.lr) if math.isfinite(dyn.lr) else "the current value",
+                    ),
+                    **loss_fields,
+                },
             )
         )
     grows = dyn.growth_orders >= growth_needed
@@ -172,9 +181,10 @@ def divergence_causes(
                 evidence=how,
                 module=dyn.grad_module,
                 step=dyn.grad_max_step if step is None else step,
-                grad_start=num(dyn.grad_start),
-                grad_max=num(dyn.grad_max),
-                **loss_fields,
+                **{
+                    **dict(grad_start=num(dyn.grad_start), grad_max=num(dyn.grad_max)),
+                    **loss_fields,
+                },
             )
         )
     return causes
@@ -209,7 +219,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         return []
     onset = _first_above(loss.iloc[low:], max(start, best) * t("rise_ratio"))
     dyn = dynamics(records, onset=onset)
-    loss_fields = {"loss_start": num(start), "loss_end": num(end)}
+    loss_fields = dict(loss_start=num(start), loss_end=num(end))
     if rose:
         how = f"train loss rose from {num(start)} to {num(end)} (median of the last {k} steps)"
     elif oscillates:

@@ -145,13 +145,16 @@ def _divergence(
     grew = dyn.growth_orders >= catalogue.threshold(SYMPTOM, "growth_orders")
     if not (rose or grew):
         return []
-    causes = divergence_causes(
-        catalogue,
-        SYMPTOM,
-        dyn,
-        loss_fields={"loss_start": num(start), "loss_peak": num(peak)},
-        step=first,
+    fields = dict(
+        loss_start=num(start),
+        loss_peak=num(peak),
+        ratio=num(dyn.early_ratio),
+        lr=num(dyn.lr) if np.isfinite(dyn.lr) else "the current value",
+        grad_start=num(dyn.grad_start),
+        grad_max=num(dyn.grad_max),
     )
+    # the two causes of `diverging`, under this symptom: "lr_too_high", "exploding_gradient"
+    causes = divergence_causes(catalogue, SYMPTOM, dyn, loss_fields=fields, step=first)
     lead = (
         f"before the first NaN/Inf at step {first} the loss rose from {num(start)} to {num(peak)}; "
     )
@@ -243,7 +246,7 @@ def _instability(
         )
     later = train_nf[(train_nf["kind"] == "output") & (train_nf["step"] > first)]
     seen = (
-        f"; the first module output checked non-finite was `{later.iloc[0]['name']}` at "
+        f"; the first module output checked non-finite was {_shown(later.iloc[0]['name'])} at "
         f"step {int(later.iloc[0]['step'])}"
         if len(later)
         else ""
@@ -263,7 +266,7 @@ def _instability(
 
 
 def _shown(name: str) -> str:
-    return "the model's own forward" if name == "" else f"`{name}`"
+    return "the model's own forward (`model`)" if name == "" else f"`{name}`"
 
 
 def _type(modules: dict[str, Any], name: str) -> str:
