@@ -25,10 +25,15 @@ from ._tensors import tensor_leaves
 
 #: steps of per-module checks after a non-finite loss was noticed between samples
 ALARM_STEPS = 20
-#: distinct steps whose non-finite values are written out: the first ones tell the story
+#: distinct steps written per place (input, target, module): the first ones tell the
+#: story, and a place that is always non-finite (an additive -inf mask) cannot crowd out
+#: the others
 MAX_BAD_STEPS = 5
 #: non-finite module outputs written per step: the first few in call order
 MAX_OUTPUTS_PER_STEP = 8
+#: checks held before a row is written even within one step (an eval-only loop never
+#: completes a step, and must not grow a list without bound)
+MAX_PENDING = 512
 
 
 class _NonFiniteRows:
@@ -36,17 +41,20 @@ class _NonFiniteRows:
 
     def __init__(self, table: Any):
         self.table = table
-        self.bad_steps: set[int] = set()
+        self.bad_steps: dict[tuple[str, str], set[int]] = {}
 
-    def append(self, step: int, labels: tuple[tuple[str, str, str], ...], *counts: float) -> None:
+    def append(
+        self, step: int, labels: tuple[tuple[str, str, str, int], ...], *counts: float
+    ) -> None:
         outputs = 0
-        for order, ((kind, name, split), count) in enumerate(zip(labels, counts, strict=True)):
+        for (kind, name, split, order), count in zip(labels, counts, strict=True):
             if count == 0:
                 continue
-            if step not in self.bad_steps:
-                if len(self.bad_steps) >= MAX_BAD_STEPS:
-                    return
-                self.bad_steps.add(step)
+            seen = self.bad_steps.setdefault((kind, name), set())
+            if step not in seen:
+                if len(seen) >= MAX_BAD_STEPS:
+                    continue
+                seen.add(step)
             if kind in ("output", "module_input"):
                 outputs += 1
                 if outputs > MAX_OUTPUTS_PER_STEP:
@@ -62,7 +70,8 @@ class FiniteProbe:
         self._step = -1
         self._look = False
         self._counts: list[torch.Tensor] = []
-        self._labels: list[tuple[str, str, str]] = []
+        self._labels: list[tuple[str, str, str, int]] = []
+        self._order = 0  # checks made so far in this step
         self._loss_bad: list[torch.Tensor] = []
         self._flag: torch.Tensor | None = None  # running: some loss was non-finite
         self._checked_at = 0
@@ -86,6 +95,7 @@ class FiniteProbe:
             return
         self._emit()
         self._step = state.step
+        self._order = 0
         if self._flag is not None and state.step - self._checked_at >= state.sampling.flush_every:
             self._checked_at = state.step
             if bool(self._flag):  # on the flush cadence: the host has just synced anyway
@@ -108,9 +118,12 @@ class FiniteProbe:
         self.state.deferred.add(self._rows, [(self._step, labels)], row[None])
 
     def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
+        if len(self._counts) >= MAX_PENDING:
+            self._emit()
         with torch.no_grad():
             self._counts.append(torch.count_nonzero(~torch.isfinite(t.detach())))
-        self._labels.append((kind, name, self.state.split()))
+        self._labels.append((kind, name, self.state.split(), self._order))
+        self._order += 1
 
     # --- hooks -----------------------------------------------------------------------
     def _on_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:

@@ -44,35 +44,33 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     params = records.params
     if not params.empty:
         params = params[params["has_grad"].astype(bool)]
-    bad_grad = params[~np.isfinite(params["grad_norm"].astype(float))] if len(params) else params
-    bad_param = params[~np.isfinite(params["param_norm"].astype(float))] if len(params) else params
+    # a NaN norm proves a NaN value; an Inf norm may be finite values overflowing the
+    # float32 sum of squares (a diverging run), which `diverging` reports
+    bad_grad = params[np.isnan(params["grad_norm"].astype(float))] if len(params) else params
+    bad_param = params[np.isnan(params["param_norm"].astype(float))] if len(params) else params
     first_loss = int(bad_loss["step"].min()) if len(bad_loss) else None
-    # non-finite values that never reached a loss: GradScaler's skipped steps (they are
-    # never recorded), masks holding -inf on purpose; only persistent gradients count
+    # non-finite values that never reached a loss are no finding: GradScaler's skipped
+    # steps (never recorded), additive -inf masks; only persistent NaN gradients count
     grad_steps = sorted(bad_grad["step"].unique()) if len(bad_grad) else []
-    data_rows = nf[nf["kind"].isin(["input", "target"]) & (nf["split"] == "train")]
-    if (
-        first_loss is None
-        and len(data_rows) == 0
-        and len(grad_steps) <= t("transient_steps")
-        and len(bad_param) == 0
-    ):
+    if first_loss is None and len(grad_steps) <= t("transient_steps") and len(bad_param) == 0:
         return []
     candidates = [
         s
         for s in (
             first_loss,
-            int(data_rows["step"].min()) if len(data_rows) else None,
             grad_steps[0] if grad_steps else None,
             int(bad_param["step"].min()) if len(bad_param) else None,
         )
         if s is not None
     ]
-    if not candidates:
-        return []
     first = min(candidates)
     train_nf = nf[nf["split"] == "train"]
+    # places already non-finite on earlier steps whose loss was fine did not cause it
+    earlier = train_nf[train_nf["step"] < first]
+    harmless = set(zip(earlier["kind"], earlier["name"], strict=True))
     at = train_nf[train_nf["step"] == first]
+    new = [(k, n) not in harmless for k, n in zip(at["kind"], at["name"], strict=True)]
+    at = at.loc[np.array(new, dtype=bool)]
     causes: list[Cause] = []
 
     data_at = at[at["kind"].isin(["input", "target"])]
