@@ -182,6 +182,27 @@ def test_grad_scaler_skipping_a_few_overflowing_steps_stays_clean(run_dir):
     assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
 
 
+def test_a_nan_on_a_step_that_was_not_sampled_names_the_step_and_how_to_look(run_dir):
+    model = nn.Sequential(nn.Linear(8, 16), LogOfZeroAt(112), nn.Linear(16, 3))
+    run(model, run_dir, steps=115, sample_every=1000)  # dense for 100 steps, then sparse
+    f = finding(run_dir)
+    assert (f["likely_cause"], f["step"]) == ("numerical_instability", 112)
+    assert "not a sampled step" in f["likely_causes"][0]["evidence"]
+    assert "sample_every=1" in f["first_check"]
+
+
+def test_a_custom_loss_taking_log_of_zero_blames_the_loss_computation(run_dir):
+    class LogLoss(nn.modules.loss._Loss):
+        def forward(self, probs, target):
+            return -torch.log(probs.gather(1, target[:, None]) * 0).mean()
+
+    model = nn.Sequential(nn.Linear(8, 3), nn.Softmax(dim=1))
+    run(model, run_dir, steps=3, loss_fn=LogLoss())
+    f = finding(run_dir)
+    assert (f["likely_cause"], f["step"], f["module"]) == ("numerical_instability", 0, None)
+    assert "loss computation itself" in f["likely_causes"][0]["evidence"]
+
+
 class MaskedPool(nn.Module):
     """Attention pooling with an additive float mask: -inf in the input on purpose."""
 

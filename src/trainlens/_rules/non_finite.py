@@ -206,17 +206,17 @@ def _instability(
             step=first,
             where=where,
         )
+    if first_loss == first:  # the forward was finite and the loss was not: it made it
+        return _loss_instability(catalogue, records, train_nf, first)
     grads = bad_grad[bad_grad["step"] == first]
-    loss_bad = first_loss == first
     if len(grads):
         # backward runs from the output: the last parameter (in model order) whose
         # gradient is non-finite is the nearest to where it was produced
         row = grads.iloc[-1]
         evidence = (
             f"at step {first} the gradient of `{row['param']}` was NaN "
-            f"(NaN in {len(grads)} parameter(s)) while the forward activations"
-            + ("" if loss_bad else " and the loss")
-            + " were finite: the backward pass produced it (sqrt or norm at 0, "
+            f"(NaN in {len(grads)} parameter(s)) while the forward activations and the "
+            "loss were finite: the backward pass produced it (sqrt or norm at 0, "
             "division by a value near 0, pow with a negative base)"
         )
         return catalogue.cause(
@@ -242,24 +242,46 @@ def _instability(
             step=first,
             where=f"the update of `{row['param']}` turned non-finite",
         )
-    later = train_nf[(train_nf["kind"] == "output") & (train_nf["step"] > first)]
-    seen = (
-        f"; the first module output checked non-finite was {_shown(later.iloc[0]['name'])} at "
-        f"step {int(later.iloc[0]['step'])}"
-        if len(later)
-        else ""
-    )
+    return _loss_instability(catalogue, records, train_nf, first)
+
+
+def _loss_instability(
+    catalogue: Catalogue, records: Records, train_nf: pd.DataFrame, first: int
+) -> Cause:
+    steps = records.steps
+    looked = bool(steps.loc[steps["step"] == first, "sampled"].astype(bool).any())
+    if looked:
+        evidence = (
+            f"the train loss turned non-finite at step {first} while the input, the targets "
+            "and every module output were finite: the loss computation itself produced it "
+            "(log of a zero probability, a division in a custom loss)"
+        )
+        where = "the loss function: its input is finite, so check what it computes"
+    else:
+        later = train_nf[(train_nf["kind"] == "output") & (train_nf["step"] > first)]
+        seen = (
+            f"; the first module output checked non-finite was "
+            f"{_shown(later.iloc[0]['name'])} at step {int(later.iloc[0]['step'])}"
+            if len(later)
+            else ""
+        )
+        evidence = (
+            f"the train loss turned non-finite at step {first} with finite input and "
+            f"targets; step {first} was not a sampled step, so module outputs were not "
+            f"checked there{seen}"
+        )
+        where = (
+            "the step's forward pass; rerun with `trainlens.watch(..., sample_every=1)` "
+            "so every step's module outputs are checked and the module is named"
+        )
     return catalogue.cause(
         SYMPTOM,
         "numerical_instability",
         confidence=0.5,
-        evidence=f"the train loss turned non-finite at step {first} while the input, targets"
-        " and (where checked) the module outputs were finite: the loss computation itself "
-        f"overflowed, or the step was not sampled{seen}",
+        evidence=evidence,
         module=None,
         step=first,
-        where="the loss function and the step's forward pass (rerun with "
-        "`trainlens.watch(..., sample_every=1)` to check every step)",
+        where=where,
     )
 
 
