@@ -60,6 +60,7 @@ def test_log_of_zero_names_the_module_and_the_step(run_dir):
         "error", "numerical_instability", "3", 7,
     )  # fmt: skip
     assert "LogOfZeroAt" in f["likely_causes"][0]["evidence"]
+    assert "held -Inf values" in f["likely_causes"][0]["evidence"]  # log of 0, not 0/0
     assert "set_detect_anomaly(True)" in f["first_check"] and "`3`" in f["first_check"]
     assert "clamp_min" in f["fix_attempt"]
 
@@ -111,7 +112,7 @@ def test_a_nan_in_the_input_batch_at_step_5_is_bad_input_data(run_dir):
     run(mlp(), run_dir, batch=batch)
     f = finding(run_dir)
     assert (f["likely_cause"], f["step"], f["module"]) == ("bad_input_data", 5, None)
-    assert "1 NaN/Inf" in f["likely_causes"][0]["evidence"]
+    assert "model input (input 0): NaN" in f["likely_causes"][0]["evidence"]
     assert "torch.isfinite(x).all()" in f["first_check"] and "step 5" in f["first_check"]
 
 
@@ -128,7 +129,7 @@ def test_an_inf_target_is_bad_input_data_naming_the_loss(run_dir):
     run(mlp(d_out=1), run_dir, batch=batch, loss_fn=nn.MSELoss(), opt=torch.optim.SGD)
     f = finding(run_dir)
     assert (f["likely_cause"], f["step"]) == ("bad_input_data", 4)
-    assert "target of MSELoss" in f["likely_causes"][0]["evidence"]
+    assert "target of MSELoss: +Inf" in f["likely_causes"][0]["evidence"]
 
 
 def test_a_nan_after_the_loss_blew_up_blames_the_learning_rate(run_dir):

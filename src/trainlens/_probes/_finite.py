@@ -1,17 +1,19 @@
 """Finiteness: where the first NaN/Inf of a run appears, kept cheap on the hot path.
 
 Every step, the model's floating-point inputs and the targets the loss modules get are
-counted for NaN/Inf (a couple of reductions, no host-device sync): they are small and a
-bad batch may come at any step. On sampled steps, and for `ALARM_STEPS` steps after the
-running "a loss went non-finite" device flag was found set (read back on the flush
-cadence, when the host syncs anyway), every module's input and output are checked too,
-in call order. All counts of one step are stacked into a single deferred row; only the
+summed (one reduction each, no host-device sync): a sum is NaN/Inf exactly when the
+tensor holds a NaN/Inf (short of float32 overflow, ~3e38), and it tells NaN (0/0) from
+-Inf (log of 0). A bad batch may come at any step. On sampled steps, and for
+`ALARM_STEPS` steps after the running "a loss went non-finite" device flag was found set
+(read back on the flush cadence, when the host syncs anyway), every module's input and
+output are checked too, in call order. All sums of one step are stacked into a single deferred row; only the
 non-finite ones become rows of the `nonfinite` table. Gradients need nothing here: the
 parameter statistics of `StepProbe` already hold their norms, NaN/Inf when non-finite.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -37,18 +39,18 @@ MAX_PENDING = 512
 
 
 class _NonFiniteRows:
-    """Deferred sink: turns one step's stacked counts into rows, non-finite ones only."""
+    """Deferred sink: turns one step's stacked sums into rows, non-finite ones only."""
 
     def __init__(self, table: Any):
         self.table = table
         self.bad_steps: dict[tuple[str, str], set[int]] = {}
 
     def append(
-        self, step: int, labels: tuple[tuple[str, str, str, int], ...], *counts: float
+        self, step: int, labels: tuple[tuple[str, str, str, int], ...], *sums: float
     ) -> None:
         outputs = 0
-        for (kind, name, split, order), count in zip(labels, counts, strict=True):
-            if count == 0:
+        for (kind, name, split, order), value in zip(labels, sums, strict=True):
+            if math.isfinite(value):
                 continue
             seen = self.bad_steps.setdefault((kind, name), set())
             if step not in seen:
@@ -59,7 +61,7 @@ class _NonFiniteRows:
                 outputs += 1
                 if outputs > MAX_OUTPUTS_PER_STEP:
                     continue
-            self.table.append(step, split, kind, name, order, count)
+            self.table.append(step, split, kind, name, order, value)
 
 
 class FiniteProbe:
@@ -110,18 +112,20 @@ class FiniteProbe:
         self._counts, self._labels = [], []
         with torch.no_grad():
             device = counts[0].device
-            row = torch.stack([c.to(device, torch.float32) for c in counts])
+            if any(c.device != device for c in counts):  # a model split over devices
+                counts = [c.to(device) for c in counts]
+            row = torch.stack(counts)
             if self._loss_bad:
-                bad = torch.stack([b.to(device) for b in self._loss_bad]).any()
-                self._flag = bad if self._flag is None else self._flag.to(device) | bad
-                self._loss_bad = []
+                losses, self._loss_bad = self._loss_bad, []
+                bad = losses[0] if len(losses) == 1 else torch.stack(losses).any()
+                self._flag = bad if self._flag is None else self._flag | bad.to(self._flag.device)
         self.state.deferred.add(self._rows, [(self._step, labels)], row[None])
 
     def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
         if len(self._counts) >= MAX_PENDING:
             self._emit()
         with torch.no_grad():
-            self._counts.append(torch.count_nonzero(~torch.isfinite(t.detach())))
+            self._counts.append(t.detach().sum(dtype=torch.float32))
         self._labels.append((kind, name, self.state.split(), self._order))
         self._order += 1
 

@@ -1,6 +1,6 @@
 """non_finite: the first NaN/Inf of the run, where it came from and why.
 
-Sources, all read from records: the train loss per step (`losses`), NaN/Inf counts of
+Sources, all read from records: the train loss per step (`losses`), NaN/Inf sums of
 the model input, loss targets and module outputs in call order (`nonfinite`), and
 gradient/parameter norms on sampled steps (`params`). The first step with any of them
 non-finite is the step that matters; everything later is the NaN spreading.
@@ -114,7 +114,7 @@ def _bad_input(catalogue: Catalogue, rows: pd.DataFrame, step: int) -> Cause:
         where = f"the target passed to {row['name']}"
     parts = [
         (f"model input ({r['name']})" if r["kind"] == "input" else f"target of {r['name']}")
-        + f": {int(r['count'])} NaN/Inf"
+        + f": {_kind(r['value'])}"
         for _, r in rows.iterrows()
     ]
     return catalogue.cause(
@@ -125,7 +125,7 @@ def _bad_input(catalogue: Catalogue, rows: pd.DataFrame, step: int) -> Cause:
         module=None,
         step=step,
         where=where,
-        count=int(row["count"]),
+        value=_kind(row["value"]),
     )
 
 
@@ -185,7 +185,7 @@ def _instability(
             name = name.rpartition(".")[0] if name else ""
             how = (
                 f"at step {first} `{row['name']}` received an input already holding "
-                f"{int(fed.iloc[0]['count'])} NaN/Inf values from code in the forward of "
+                f"{_kind(fed.iloc[0]['value'])} values from code in the forward of "
                 f"{_shown(name)}{_type(modules, name)} between its submodules, while the "
                 "model input and every module output before it were finite"
             )
@@ -193,7 +193,7 @@ def _instability(
         else:
             how = (
                 f"at step {first} the output of {_shown(name)}{_type(modules, name)} held "
-                f"{int(row['count'])} NaN/Inf values although its input, the model input and "
+                f"{_kind(row['value'])} values although its input, the model input and "
                 "every module output before it were finite"
             )
             where = f"its output turned non-finite at step {first}"
@@ -292,3 +292,9 @@ def _shown(name: str) -> str:
 def _type(modules: dict[str, Any], name: str) -> str:
     mtype = modules.get(name, {}).get("type")
     return f" ({mtype})" if mtype else ""
+
+
+def _kind(value: float) -> str:
+    """What the tensor's sum says it held: NaN (0/0, inf - inf) or +-Inf (log 0, x/0)."""
+    v = float(value)
+    return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
