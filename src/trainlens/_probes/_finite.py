@@ -7,8 +7,9 @@ tensor holds a NaN/Inf (short of float32 overflow, ~3e38), and it tells NaN (0/0
 `ALARM_STEPS` steps after the running "a loss went non-finite" device flag was found set
 (read back on the flush cadence, when the host syncs anyway), every module's input and
 output are checked too, in call order. All sums of one step are stacked into a single
-deferred row; only the non-finite ones become rows of the `nonfinite` table. Gradients need nothing here: the
-parameter statistics of `StepProbe` already hold their norms, NaN/Inf when non-finite.
+deferred row; only the non-finite ones become rows of the `nonfinite` table. Gradients
+need nothing here: the parameter statistics of `StepProbe` already hold their norms,
+NaN when non-finite.
 """
 
 from __future__ import annotations
