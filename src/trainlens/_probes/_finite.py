@@ -1,12 +1,12 @@
 """Finiteness: where the first NaN/Inf of a run appears, kept cheap on the hot path.
 
-Every step, the model's floating-point inputs and the targets the loss modules get are
-summed (one reduction each, no host-device sync): a sum is NaN/Inf exactly when the
+Every step costs one device op: the losses are added to a running sum, which turns
+NaN/Inf once any loss did (read back on the flush cadence, when the host syncs anyway).
+On sampled steps, and for `ALARM_STEPS` steps after that sum was found non-finite, the
+model's floating-point inputs, the targets the loss modules get and every module's input
+and output are summed (one reduction each, no sync): a sum is NaN/Inf exactly when the
 tensor holds a NaN/Inf (short of float32 overflow, ~3e38), and it tells NaN (0/0) from
--Inf (log of 0). A bad batch may come at any step. On sampled steps, and for
-`ALARM_STEPS` steps after the running "a loss went non-finite" device flag was found set
-(read back on the flush cadence, when the host syncs anyway), every module's input and
-output are checked too, in call order. All sums of one step are stacked into a single
+-Inf (log of 0). All sums of one step are stacked into a single
 deferred row; only the non-finite ones become rows of the `nonfinite` table. Gradients
 need nothing here: the parameter statistics of `StepProbe` already hold their norms,
 NaN when non-finite.
@@ -75,8 +75,7 @@ class FiniteProbe:
         self._counts: list[torch.Tensor] = []
         self._labels: list[tuple[str, str, str, int]] = []
         self._order = 0  # checks made so far in this step
-        self._loss_bad: list[torch.Tensor] = []
-        self._flag: torch.Tensor | None = None  # running: some loss was non-finite
+        self._flag: torch.Tensor | None = None  # running sum of losses: NaN/Inf once one was
         self._checked_at = 0
         self._alarm_until = -1
 
@@ -101,7 +100,8 @@ class FiniteProbe:
         self._order = 0
         if self._flag is not None and state.step - self._checked_at >= state.sampling.flush_every:
             self._checked_at = state.step
-            if bool(self._flag):  # on the flush cadence: the host has just synced anyway
+            # on the flush cadence: the host has just synced anyway
+            if not math.isfinite(float(self._flag)):
                 self._alarm_until = state.step + ALARM_STEPS
                 self._flag = None
         self._look = state.sampled or state.step < self._alarm_until
@@ -116,10 +116,6 @@ class FiniteProbe:
             if any(c.device != device for c in counts):  # a model split over devices
                 counts = [c.to(device) for c in counts]
             row = torch.stack(counts)
-            if self._loss_bad:
-                losses, self._loss_bad = self._loss_bad, []
-                bad = losses[0] if len(losses) == 1 else torch.stack(losses).any()
-                self._flag = bad if self._flag is None else self._flag | bad.to(self._flag.device)
         self.state.deferred.add(self._rows, [(self._step, labels)], row[None])
 
     def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
@@ -135,6 +131,8 @@ class FiniteProbe:
         if _SUSPENDED[0]:
             return
         self._sync_step()
+        if not self._look:
+            return
         for i, t in enumerate(tensor_leaves(args)):
             if t.is_floating_point() and t.numel() > 0:
                 self._count("input", f"input {i}", t)
@@ -159,14 +157,18 @@ class FiniteProbe:
         if _SUSPENDED[0] or not isinstance(module, _Loss):
             return
         self._sync_step()
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            with torch.no_grad():  # the one check every step: a running sum of the losses
+                loss = output.detach().sum(dtype=torch.float32)
+                flag = self._flag
+                self._flag = loss if flag is None else flag + loss.to(flag.device)
+        if not self._look:
+            return
         name = loss_name(self.state, module)
         if len(args) >= 2 and isinstance(args[1], torch.Tensor):
             target = args[1]
             if target.is_floating_point() and target.numel() > 0:
                 self._count("target", name, target)
-        if isinstance(output, torch.Tensor) and output.is_floating_point():
-            with torch.no_grad():
-                self._loss_bad.append(~torch.isfinite(output.detach()).all())
 
 
 def _first_float(value: Any) -> torch.Tensor | None:
