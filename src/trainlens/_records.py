@@ -87,6 +87,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     # once per step, at its first training forward: process memory (CUDA allocated bytes,
     # CPU heap in use or RSS; no sync) and how many earlier steps' autograd graphs are still alive
     "memory": ("step", "memory_bytes", "kind", "retained_graphs", "oldest_retained_step"),
+    # NaN/Inf where they were found (value: the tensor's sum, nan or +-inf): kind "input"
+    # (model input), "target" (a loss
+    # module's target), "output"/"module_input" (a module's output/input, `order` = order
+    # of the checks in the step: outputs in the order the modules returned)
+    "nonfinite": ("step", "split", "kind", "name", "order", "value"),
 }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._attention import AttentionProbe
 from ._checkpoint import CheckpointProbe
+from ._finite import FiniteProbe
 from ._flat import GradCarryProbe, LossInputProbe
 from ._loss import LossProbe
 from ._memory import MemoryProbe
@@ -29,6 +30,7 @@ DEFAULT_PROBES = (
     GradCarryProbe,
     MemoryProbe,
     CheckpointProbe,
+    FiniteProbe,
 )
 
 __all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]

@@ -1,0 +1,178 @@
+"""Finiteness: where the first NaN/Inf of a run appears, kept cheap on the hot path.
+
+Every step costs one device op: the losses are added to a running sum, which turns
+NaN/Inf once any loss did (read back on the flush cadence, when the host syncs anyway).
+On sampled steps, and for `ALARM_STEPS` steps after that sum was found non-finite, the
+model's floating-point inputs, the targets the loss modules get and every module's input
+and output are summed (one reduction each, no sync): a sum is NaN/Inf exactly when the
+tensor holds a NaN/Inf (short of float32 overflow, ~3e38), and it tells NaN (0/0) from
+-Inf (log of 0). All sums of one step are stacked into a single
+deferred row; only the non-finite ones become rows of the `nonfinite` table. Gradients
+need nothing here: the parameter statistics of `StepProbe` already hold their norms,
+NaN when non-finite.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.loss import _Loss
+from torch.utils.hooks import RemovableHandle
+
+from ._loss import loss_name
+from ._state import _SUSPENDED, WatchState
+from ._tensors import tensor_leaves
+
+#: steps of per-module checks after a non-finite loss was noticed between samples
+ALARM_STEPS = 20
+#: distinct steps written per place (input, target, module): the first ones tell the
+#: story, and a place that is always non-finite (an additive -inf mask) cannot crowd out
+#: the others
+MAX_BAD_STEPS = 5
+#: non-finite module outputs written per step: the first few in call order
+MAX_OUTPUTS_PER_STEP = 8
+#: checks held before a row is written even within one step (an eval-only loop never
+#: completes a step, and must not grow a list without bound)
+MAX_PENDING = 512
+
+
+class _NonFiniteRows:
+    """Deferred sink: turns one step's stacked sums into rows, non-finite ones only."""
+
+    def __init__(self, table: Any):
+        self.table = table
+        self.bad_steps: dict[tuple[str, str], set[int]] = {}
+
+    def append(
+        self, step: int, labels: tuple[tuple[str, str, str, int], ...], *sums: float
+    ) -> None:
+        outputs = 0
+        for (kind, name, split, order), value in zip(labels, sums, strict=True):
+            if math.isfinite(value):
+                continue
+            seen = self.bad_steps.setdefault((kind, name), set())
+            if step not in seen:
+                if len(seen) >= MAX_BAD_STEPS:
+                    continue
+                seen.add(step)
+            if kind in ("output", "module_input"):
+                outputs += 1
+                if outputs > MAX_OUTPUTS_PER_STEP:
+                    continue
+            self.table.append(step, split, kind, name, order, value)
+
+
+class FiniteProbe:
+    def __init__(self, state: WatchState):
+        self.state = state
+        self.handles: list[RemovableHandle] = []
+        self._rows = _NonFiniteRows(state.tables["nonfinite"])
+        self._step = -1
+        self._look = False
+        self._counts: list[torch.Tensor] = []
+        self._labels: list[tuple[str, str, str, int]] = []
+        self._order = 0  # checks made so far in this step
+        self._flag: torch.Tensor | None = None  # running sum of losses: NaN/Inf once one was
+        self._checked_at = 0
+        self._alarm_until = -1
+
+    def install(self) -> None:
+        model = self.state.model
+        self.handles.append(model.register_forward_pre_hook(self._on_input))
+        for name, module in model.named_modules():
+            self.handles.append(module.register_forward_hook(self._on_output(name)))
+        self.handles.append(nn.modules.module.register_module_forward_hook(self._on_loss))
+
+    def finish(self, exc: BaseException | None) -> None:
+        self._emit()
+
+    # --- per step --------------------------------------------------------------------
+    def _sync_step(self) -> None:
+        """First hook of a new step: write out the previous one, decide whether to look."""
+        state = self.state
+        if state.step == self._step:
+            return
+        self._emit()
+        self._step = state.step
+        self._order = 0
+        if self._flag is not None and state.step - self._checked_at >= state.sampling.flush_every:
+            self._checked_at = state.step
+            # on the flush cadence: the host has just synced anyway
+            if not math.isfinite(float(self._flag)):
+                self._alarm_until = state.step + ALARM_STEPS
+                self._flag = None
+        self._look = state.sampled or state.step < self._alarm_until
+
+    def _emit(self) -> None:
+        if not self._counts:
+            return
+        counts, labels = self._counts, tuple(self._labels)
+        self._counts, self._labels = [], []
+        with torch.no_grad():
+            device = counts[0].device
+            if any(c.device != device for c in counts):  # a model split over devices
+                counts = [c.to(device) for c in counts]
+            row = torch.stack(counts)
+        self.state.deferred.add(self._rows, [(self._step, labels)], row[None])
+
+    def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
+        if len(self._counts) >= MAX_PENDING:
+            self._emit()
+        with torch.no_grad():
+            self._counts.append(t.detach().sum(dtype=torch.float32))
+        self._labels.append((kind, name, self.state.split(), self._order))
+        self._order += 1
+
+    # --- hooks -----------------------------------------------------------------------
+    def _on_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if _SUSPENDED[0]:
+            return
+        self._sync_step()
+        if not self._look:
+            return
+        for i, t in enumerate(tensor_leaves(args)):
+            if t.is_floating_point() and t.numel() > 0:
+                self._count("input", f"input {i}", t)
+
+    def _on_output(self, name: str):
+        def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if _SUSPENDED[0] or not self._look or isinstance(module, _Loss):
+                return
+            out = _first_float(output)
+            if out is None:
+                return
+            # the input too: a NaN made between two modules (in the parent's forward)
+            # reaches the next module's input, and that module did not make it
+            x = _first_float(args)
+            if x is not None:
+                self._count("module_input", name, x)
+            self._count("output", name, out)
+
+        return post
+
+    def _on_loss(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if _SUSPENDED[0] or not isinstance(module, _Loss):
+            return
+        self._sync_step()
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            with torch.no_grad():  # the one check every step: a running sum of the losses
+                loss = output.detach().sum(dtype=torch.float32)
+                flag = self._flag
+                self._flag = loss if flag is None else flag + loss.to(flag.device)
+        if not self._look:
+            return
+        name = loss_name(self.state, module)
+        if len(args) >= 2 and isinstance(args[1], torch.Tensor):
+            target = args[1]
+            if target.is_floating_point() and target.numel() > 0:
+                self._count("target", name, target)
+
+
+def _first_float(value: Any) -> torch.Tensor | None:
+    for t in tensor_leaves(value):
+        if t.is_floating_point() and t.numel() > 0:
+            return t
+    return None
