@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, Failure, WatchState
+from ._state import _SUSPENDED, Failure, WatchState, compiling
 from ._tensors import dtype_names, shapes, tensor_leaves
 
 #: losses that compare input and target element by element: their shapes must match
@@ -64,7 +64,7 @@ class LossProbe:
         )
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if _SUSPENDED[0] or not isinstance(module, _Loss):
+        if _SUSPENDED[0] or compiling() or not isinstance(module, _Loss):
             return
         state = self.state
         name = loss_name(state, module)

@@ -34,6 +34,11 @@ def is_suspended() -> bool:
     return _SUSPENDED[0] > 0
 
 
+# True while torch.compile traces: hooks return at once, so dynamo folds them away and
+# compiled graphs get no graph break, guard or recompilation from trainlens.
+compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Which steps get the expensive statistics.
@@ -85,6 +90,10 @@ class WatchState:
         self.call_stack: list[tuple[str, int]] = []
         self.call_index = 0
         self.failure: Failure | None = None
+        # set (by dynamo's replay of a constant store) when the model ran inside torch.compile
+        self.compiled = False
+        # the module the user passed to watch (a DDP or torch.compile wrapper of `model`)
+        self.outer: nn.Module = model
         # run-level facts probes add for the rules (merged into records.meta / run.json)
         self.extra_meta: dict[str, Any] = {}
         self._events_seen: set[tuple[str, str | None, str]] = set()
