@@ -10,12 +10,21 @@ becomes part of `records.meta`.
 
 from __future__ import annotations
 
+from ._compile import CompileProbe
 from ._loss import LossProbe
 from ._modules import ModuleProbe
 from ._state import WatchState, suspended
 from ._steps import StepProbe
 
 #: the probes every watched run installs, in order
-DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe)
+DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, CompileProbe)
 
-__all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]
+__all__ = [
+    "DEFAULT_PROBES",
+    "CompileProbe",
+    "LossProbe",
+    "ModuleProbe",
+    "StepProbe",
+    "WatchState",
+    "suspended",
+]
