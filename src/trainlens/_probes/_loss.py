@@ -43,6 +43,7 @@ class LossProbe:
         self.state = state
         self._checked: set[tuple[int, Any, Any]] = set()
         self.handles: list[RemovableHandle] = []
+        self.count = 0  # losses logged so far (integrations log a loss only if none came)
 
     def install(self) -> None:
         self.handles = [
@@ -51,6 +52,7 @@ class LossProbe:
 
     def log(self, loss: torch.Tensor | float, split: str | None, source: str) -> None:
         state = self.state
+        self.count += 1
         split = split or state.split()
         if isinstance(loss, torch.Tensor):
             value = loss.detach()

@@ -94,12 +94,19 @@ class WatchState:
         self.compiled = False
         # the module the user passed to watch (a DDP or torch.compile wrapper of `model`)
         self.outer: nn.Module = model
+        self.split_override: str | None = None
         # run-level facts probes add for the rules (merged into records.meta / run.json)
         self.extra_meta: dict[str, Any] = {}
         self._events_seen: set[tuple[str, str | None, str]] = set()
 
     def split(self) -> str:
-        """SPEC: "train" when grad is enabled and the watched model is training, else "val"."""
+        """SPEC: "train" when grad is enabled and the watched model is training, else "val".
+
+        A framework integration that knows the loop it is in (Lightning's hooks) sets
+        `split_override`.
+        """
+        if self.split_override is not None:
+            return self.split_override
         return "train" if torch.is_grad_enabled() and self.model.training else "val"
 
     def end_step(self, lr: float) -> None:
