@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -30,7 +32,7 @@ def _amp_run(run_dir, dtype: torch.dtype, init_scale: float):
             scaler.step(opt)  # skips opt.step() when the scaled gradients hold inf/NaN
             scaler.update()
             scales.append(scaler.get_scale())
-    skipped = sum(b < a for a, b in zip(scales, scales[1:], strict=False))
+    skipped = sum(b < a for a, b in itertools.pairwise(scales))
     return lens, skipped
 
 
