@@ -4,11 +4,13 @@
 
 Scenarios run one after the other in the same process group, each in `OUT/<scenario>`:
 `healthy`; `bug` (rank 1 gets `[N]` targets for an `[N, 1]` MSE: silent broadcast on rank
-1 only); `raise` (rank 1 raises in step 5; must be last: it ends the program).
+1 only); `raise` (rank 1 raises in step 5) or `vanish` (rank 1 dies at once in step 5),
+each of which ends the program, so last.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,6 +42,8 @@ def main(out: Path, scenarios: list[str]) -> None:
                     yb = yb.squeeze(1)  # [N] targets for [N, 1] predictions
                 if scenario == "raise" and rank == 1 and step == 5:
                     raise RuntimeError("planted failure on rank 1")
+                if scenario == "vanish" and rank == 1 and step == 5:
+                    os._exit(3)  # a hard crash: no drill, no done marker
                 loss = loss_fn(model(xb), yb)
                 opt.zero_grad()
                 loss.backward()

@@ -136,6 +136,7 @@ class RankRun:
         self.quiet = True
         self._old_handler: Any = None
         self._held: list[int] = []
+        self._signalled = False
         self._handling = False
 
     @classmethod
@@ -169,7 +170,7 @@ class RankRun:
         """Unwind the block on SIGTERM, unless the program handles SIGTERM itself."""
         if threading.current_thread() is not threading.main_thread():
             return
-        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:  # may be a plain 0
             return
         self._old_handler = signal.SIG_DFL
         self._handling = True
@@ -189,6 +190,7 @@ class RankRun:
             os.kill(os.getpid(), self._held[0])  # what the launcher asked for, now
 
     def _raise(self, signum: int, frame: Any) -> None:
+        self._signalled = True
         raise TerminatedBySignal(signum)
 
     def _hold(self, signum: int, frame: Any) -> None:
@@ -196,7 +198,7 @@ class RankRun:
 
     @property
     def terminating(self) -> bool:
-        return bool(self._held)
+        return self._signalled or bool(self._held)
 
     # --- leaving ---------------------------------------------------------------------
     def finish(self, lens: Lens, exc: BaseException | None, failed_at: float | None) -> None:
@@ -432,7 +434,14 @@ def ranks_section(drill: dict[str, Any]) -> str:
         )
     if info["missing_ranks"]:
         lines += ["", f"**Missing ranks:** {', '.join(map(str, info['missing_ranks']))}."]
-    if info["failed_ranks"]:
+    if info["missing_ranks"]:
+        lines += [
+            "",
+            "A rank that crashed hard (killed, out of host memory, a segfault) writes no "
+            "drill, so it most likely failed first; the exceptions of the others are then "
+            "usually its consequence (a peer that left a collective).",
+        ]
+    elif info["failed_ranks"]:
         lines += [
             "",
             f"**Rank {info['failed_ranks'][0]} failed first**; the exceptions of later ranks "
