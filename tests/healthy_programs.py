@@ -246,6 +246,58 @@ def step_with_closure(run_dir: Path) -> trainlens.Lens:
                     return loss
 
                 opt.step(closure)
+
+
+def noisy_small_validation(run_dir: Path) -> trainlens.Lens:
+    """Eight validation samples evaluated every 4 steps: a jagged val curve that tracks."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 1, generator=g)
+    x = torch.randn(136, 6, generator=g)
+    y = x @ w + 0.5 * torch.randn(136, 1, generator=g)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.MSELoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for step in range(80):
+            model.train()
+            i = (step * 16) % 128
+            loss = loss_fn(model(x[i : i + 16]), y[i : i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 4 == 3:
+                model.eval()
+                with torch.no_grad():
+                    loss_fn(model(x[128:]), y[128:])
+    return lens
+
+
+def early_loss_bump(run_dir: Path) -> trainlens.Lens:
+    """High-momentum SGD overshoots on its first steps (the loss bumps up), then settles."""
+    x, y = classification_data(n=128, d_in=8, classes=3)
+    model = nn.Sequential(nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1.5, momentum=0.9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < 6 else 0.1)
+    return _loop(model, opt, _batches(x, y, 32), nn.CrossEntropyLoss(), run_dir,
+                 epochs=12, sched=sched)  # fmt: skip
+
+
+def bf16_autocast_grad_scaler(run_dir: Path) -> trainlens.Lens:
+    """Mixed precision: bf16 autocast with a GradScaler at a huge starting scale."""
+    x, y = classification_data(n=128)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+    loss_fn = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for step in range(50):
+            i = (step * 16) % 128
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = loss_fn(model(x[i : i + 16]), y[i : i + 16])
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
     return lens
 
 
@@ -266,5 +318,8 @@ PROGRAMS: dict[str, Program] = {
         long_plateau_at_zero,
         amp_gradscaler_skipping_steps,
         step_with_closure,
+        noisy_small_validation,
+        early_loss_bump,
+        bf16_autocast_grad_scaler,
     )
 }

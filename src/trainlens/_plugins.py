@@ -19,6 +19,9 @@ from ._resources import data_dir
 #: trainlens's own plugins, registered like any third-party one (datasette's habit)
 DEFAULT_PLUGINS = (
     "trainlens._rules.shape_mismatch",
+    "trainlens._rules.diverging",
+    "trainlens._rules.non_finite",
+    "trainlens._rules.overfitting",
     "trainlens._report.sections",
     "trainlens._report.runtime",
 )

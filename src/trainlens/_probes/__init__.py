@@ -11,13 +11,14 @@ becomes part of `records.meta`.
 from __future__ import annotations
 
 from ._compile import CompileProbe
+from ._finite import FiniteProbe
 from ._loss import LossProbe
 from ._modules import ModuleProbe
 from ._state import WatchState, suspended
 from ._steps import StepProbe
 
 #: the probes every watched run installs, in order
-DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, CompileProbe)
+DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, FiniteProbe, CompileProbe)
 
 __all__ = [
     "DEFAULT_PROBES",

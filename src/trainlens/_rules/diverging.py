@@ -1,0 +1,287 @@
+"""diverging: the training loss rose, or fell and came back up.
+
+The loss curve decides whether there is a finding; the parameter statistics decide why.
+`lr_too_high` rests on the update/param ratio of the first sampled steps, or of those
+where the loss began to rise (large before anything blew up: the step size itself is
+wrong); `exploding_gradient` on the total
+gradient norm growing by orders of magnitude (or spiking) while the early updates were
+moderate. Runs whose loss turns NaN/Inf are left to `non_finite`, which reuses
+`divergence_causes` for the same two causes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._catalogue import Catalogue
+from .._finding import Cause, Finding
+from .._hookspecs import hookimpl
+from .._records import Records
+from ._common import num
+
+SYMPTOM = "diverging"
+
+
+@dataclass
+class Dynamics:
+    """What the parameter statistics say about the size of steps and gradients."""
+
+    early_ratio: float  # median update/param ratio, first sampled steps or at the onset
+    median_ratio: float  # over the whole window
+    ratio_module: str | None  # the module with the largest early ratio
+    grad_start: float  # total gradient norm at the first sampled step
+    grad_max: float
+    grad_max_step: int | None
+    grad_median: float
+    grad_module: str | None  # where the gradient is largest at its peak
+    growth_orders: float  # log10(grad_max / grad_start)
+    spike: float  # grad_max / grad_median
+    monotone: float  # fraction of sampled steps where the total norm grew
+    lr: float
+
+
+def dynamics(
+    records: Records, before: int | None = None, onset: int | None = None
+) -> Dynamics | None:
+    """Update ratios and gradient growth over sampled steps (those `< before` if given).
+
+    With `onset` (the step where the loss started rising), the "early" ratio and lr are
+    also taken from the sampled steps around it, whichever ratio is larger: an lr raised
+    mid-run (a schedule bug) shows there, not on the first steps.
+    """
+    p = records.params
+    if p.empty:
+        return None
+    p = p[p["has_grad"].astype(bool)]
+    if before is not None:
+        p = p[p["step"] < before]
+    p = p[np.isfinite(p["grad_norm"]) & np.isfinite(p["param_norm"])]
+    if p.empty:
+        return None
+    steps = sorted(p["step"].unique())
+    sq = p.assign(g2=p["grad_norm"] ** 2, p2=p["param_norm"] ** 2, u2=p["update_norm"] ** 2)
+    total = sq.groupby("step")["g2"].sum(min_count=1) ** 0.5
+    # whole-model ratio |update| / |params| per step: a zero-initialised bias alone would
+    # have a huge ratio of its own and mean nothing
+    per_step = sq.groupby("step")[["u2", "p2"]].sum(min_count=1)
+    ratio = (per_step["u2"] / per_step["p2"].where(per_step["p2"] > 0)) ** 0.5
+    ratio = ratio.replace([np.inf, -np.inf], np.nan)
+    early_steps = steps[:3]
+    early_ratio = _median(ratio[ratio.index.isin(early_steps)])
+    lrs = records.steps.set_index("step")["lr"].dropna() if len(records.steps) else None
+    lr = float(lrs.iloc[0]) if lrs is not None and len(lrs) else math.nan
+    if onset is not None:
+        near = [s for s in steps if onset - 5 <= s <= onset][-3:]
+        onset_ratio = _median(ratio[ratio.index.isin(near)])
+        if onset_ratio > early_ratio:
+            early_steps, early_ratio = near, onset_ratio
+            if lrs is not None and onset in lrs.index:
+                lr = float(lrs.loc[onset])
+    early = sq[sq["step"].isin(early_steps)].groupby("module")[["u2", "p2"]].sum(min_count=1)
+    by_module = (early["u2"] / early["p2"].where(early["p2"] > 0)).dropna()
+    peak_step = int(total.idxmax())
+    at_peak = p[p["step"] == peak_step]
+    grad_start = float(total.iloc[0])
+    grad_max = float(total.max())
+    diffs = np.diff(np.log(np.maximum(total.to_numpy(), 1e-30)))
+    return Dynamics(
+        early_ratio=early_ratio,
+        median_ratio=_median(ratio),
+        ratio_module=str(by_module.idxmax()) or None if not by_module.empty else None,
+        grad_start=grad_start,
+        grad_max=grad_max,
+        grad_max_step=peak_step,
+        grad_median=float(total.median()),
+        grad_module=str(at_peak.loc[at_peak["grad_norm"].idxmax(), "module"]) or None
+        if not at_peak.empty
+        else None,
+        growth_orders=math.log10(grad_max / grad_start) if grad_start > 0 else 0.0,
+        spike=grad_max / float(total.median()) if float(total.median()) > 0 else 1.0,
+        monotone=float((diffs > 0).mean()) if len(diffs) else 0.0,
+        lr=lr,
+    )
+
+
+def divergence_causes(
+    catalogue: Catalogue,
+    symptom: str,
+    dyn: Dynamics,
+    *,
+    loss_fields: dict[str, Any],
+    step: int | None,
+) -> list[Cause]:
+    """`lr_too_high` and `exploding_gradient`, each scored by its own evidence.
+
+    `loss_fields` fill the recipe texts and override the fields filled here.
+
+    Large update ratios on the very first steps, before gradients grew, point at the step
+    size; gradients growing by orders of magnitude step after step while early updates
+    were moderate point at the gradients themselves.
+    """
+    ratio_high = catalogue.threshold(symptom, "ratio_high", "lr_too_high")
+    growth_needed = catalogue.threshold(symptom, "growth_orders", "exploding_gradient")
+    spike_needed = (
+        catalogue.threshold(symptom, "spike_ratio", "exploding_gradient")
+        if symptom == SYMPTOM
+        else math.inf
+    )
+    causes = []
+    r0 = dyn.early_ratio
+    if math.isfinite(r0):
+        # 0.5 at the threshold, +0.2 per order of magnitude above it
+        conf = 0.5 + 0.2 * math.log10(max(r0, 1e-12) / ratio_high)
+        if dyn.growth_orders >= growth_needed and r0 < 10 * ratio_high:
+            conf -= 0.2  # moderate step sizes that only grew with the gradients
+        conf = min(0.85, conf) if r0 >= ratio_high else min(0.3, conf)
+        causes.append(
+            catalogue.cause(
+                symptom,
+                "lr_too_high",
+                confidence=max(0.05, conf),
+                evidence=f"update/param ratio {num(r0)} before the loss rose "
+                f"(median {num(dyn.median_ratio)} over the run; healthy ~1e-3)"
+                + (f", lr {num(dyn.lr)}" if math.isfinite(dyn.lr) else ""),
+                module=dyn.ratio_module,
+                step=step,
+                **{
+                    **dict(
+                        ratio=num(r0),
+                        lr=num(dyn.lr) if math.isfinite(dyn.lr) else "the current value",
+                    ),
+                    **loss_fields,
+                },
+            )
+        )
+    grows = dyn.growth_orders >= growth_needed
+    spikes = dyn.spike >= spike_needed
+    if grows or spikes:
+        conf = 0.5 + 0.1 * (max(dyn.growth_orders, math.log10(max(dyn.spike, 1.0))) - 2)
+        conf = min(0.85, conf + 0.2 * dyn.monotone)  # exponential growth rises steadily
+        if math.isfinite(r0) and r0 >= 10 * ratio_high:
+            conf -= 0.25  # the updates were huge from the start: the lr came first
+        how = (
+            f"total gradient norm grew {dyn.growth_orders:.1f} orders of magnitude, "
+            f"{num(dyn.grad_start)} -> {num(dyn.grad_max)} at step {dyn.grad_max_step} "
+            f"(rising on {dyn.monotone:.0%} of sampled steps)"
+            if grows
+            else f"gradient norm spiked to {num(dyn.grad_max)} at step {dyn.grad_max_step}, "
+            f"{num(dyn.spike)}x its median {num(dyn.grad_median)}"
+        )
+        causes.append(
+            catalogue.cause(
+                symptom,
+                "exploding_gradient",
+                confidence=max(0.1, conf),
+                evidence=how,
+                module=dyn.grad_module,
+                step=dyn.grad_max_step if step is None else step,
+                **{
+                    **dict(grad_start=num(dyn.grad_start), grad_max=num(dyn.grad_max)),
+                    **loss_fields,
+                },
+            )
+        )
+    return causes
+
+
+@hookimpl
+def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
+    loss = records.train_loss()
+    t = lambda name: catalogue.threshold(SYMPTOM, name)  # noqa: E731
+    if len(loss) < t("min_steps") or not np.isfinite(loss.to_numpy()).all():
+        return []  # too short to show a trend, or non-finite: `non_finite` reports it
+    values = loss.to_numpy(dtype=float)
+    k = max(3, len(values) // 10)
+    # the loss of step 0 is the one before any update; a lr too high can blow up step 1
+    start = min(float(values[0]), float(np.median(values[:3])))
+    end = float(np.median(values[-k:]))
+    smooth = pd.Series(values).rolling(k, min_periods=k).median().dropna()
+    best = float(smooth.min())
+    low = max(0, int(smooth.idxmin()) - k + 1)  # where the lowest window starts
+    best_step = int(loss.index[low])
+    rose = end > t("rise_ratio") * start
+    rebound = (
+        best > 0
+        and end > t("rebound_ratio") * best
+        and start > best
+        and (end - best) > t("rebound_fraction") * (start - best)
+    )
+    late = values[len(values) // 2 :]
+    swings = float((late > t("rise_ratio") * start).mean())
+    oscillates = swings >= t("swing_fraction")
+    if not (rose or rebound or oscillates):
+        return []
+    onset = _first_above(loss.iloc[low:], max(start, best) * t("rise_ratio"))
+    dyn = dynamics(records, onset=onset)
+    loss_fields = dict(loss_start=num(start), loss_end=num(end))
+    if rose:
+        how = f"train loss rose from {num(start)} to {num(end)} (median of the last {k} steps)"
+    elif oscillates:
+        how = (
+            f"train loss swung above {num(t('rise_ratio') * start)} ({t('rise_ratio')}x its "
+            f"start {num(start)}) on {swings:.0%} of the second half of the run, up to "
+            f"{num(float(late.max()))}"
+        )
+    else:
+        how = (
+            f"train loss fell from {num(start)} to {num(best)} at step {best_step}, "
+            f"then climbed back to {num(end)}"
+        )
+    causes = (
+        divergence_causes(catalogue, SYMPTOM, dyn, loss_fields=loss_fields, step=None)
+        if dyn is not None
+        else []
+    )
+    if not causes:
+        causes = [
+            catalogue.cause(
+                SYMPTOM,
+                "lr_too_high",
+                confidence=0.4,
+                evidence=f"{how}; no parameter statistics were recorded",
+                ratio="unknown",
+                lr="the current value",
+                **loss_fields,
+            )
+        ]
+    # the curve itself is the first evidence every cause shares
+    causes = [dataclasses.replace(c, evidence=f"{how}; {c.evidence}") for c in causes]
+    severity = (
+        "error"
+        if end > t("error_ratio") * start or float(np.mean(late)) > t("error_ratio") * start
+        else "warning"
+    )
+    return [
+        catalogue.finding(
+            SYMPTOM,
+            severity,
+            causes,
+            step=onset,
+            evidence={
+                "loss_start": start,
+                "loss_end": end,
+                "loss_best": best,
+                "best_step": best_step,
+                "late_swing_fraction": swings,
+                "early_update_ratio": None if dyn is None else dyn.early_ratio,
+                "grad_growth_orders": None if dyn is None else dyn.growth_orders,
+            },
+        )
+    ]
+
+
+def _first_above(loss: pd.Series, level: float) -> int:
+    """The first step whose loss passed `level`: where the divergence shows."""
+    above = loss[loss > level]
+    return int(above.index[0]) if len(above) else int(loss.index[-1])
+
+
+def _median(s: pd.Series) -> float:
+    s = s.dropna()
+    return float(s.median()) if len(s) else math.nan

@@ -1,0 +1,132 @@
+"""overfitting: the validation loss does not follow the training loss.
+
+Read from the `losses` table: the "val" split (losses computed in eval mode or without
+grad) per evaluation step, against the train loss around the same steps. Runs without
+a validation loss give no finding. `overfitting`: validation rose clearly and lastingly
+after its best point while the train loss kept falling. `bad_split`: validation sat far
+above the train loss from the first evaluation and never tracked it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .._catalogue import Catalogue
+from .._finding import Cause, Finding
+from .._hookspecs import hookimpl
+from .._records import Records
+from ._common import num
+
+SYMPTOM = "overfitting"
+
+
+@hookimpl
+def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
+    val = records.val_loss()
+    train = records.train_loss()
+    if len(val) < catalogue.threshold(SYMPTOM, "min_evals") or len(train) < 2:
+        return []
+    if not (np.isfinite(val.to_numpy()).all() and np.isfinite(train.to_numpy()).all()):
+        return []  # non_finite reports it
+    # the train loss "at" an evaluation: the mean of the few steps before it (a single
+    # mini-batch is noisy)
+    smooth = train.rolling(5, min_periods=1).mean()
+    train_at = pd.Series(
+        [float(smooth[smooth.index <= s].iloc[-1]) if (smooth.index <= s).any() else np.nan
+         for s in val.index],
+        index=val.index,
+    ).bfill()  # fmt: skip
+    causes: list[Cause] = []
+    severity = "warning"
+    split = _bad_split(catalogue, val, train_at, float(train.iloc[0]))
+    if split is not None:
+        causes.append(split)
+    over = _overfitting(catalogue, val, train_at)
+    if over is not None:
+        cause, extreme = over
+        causes.append(cause)
+        severity = "error" if extreme else severity
+    if not causes:
+        return []
+    return [
+        catalogue.finding(
+            SYMPTOM,
+            severity,
+            causes,
+            evidence={
+                "val_loss": {int(k): float(v) for k, v in val.items()},
+                "train_loss_at_eval": {int(k): float(v) for k, v in train_at.items()},
+            },
+        )
+    ]
+
+
+def _overfitting(
+    catalogue: Catalogue, val: pd.Series, train_at: pd.Series
+) -> tuple[Cause, bool] | None:
+    th = lambda name: catalogue.threshold(SYMPTOM, name, "overfitting")  # noqa: E731
+    values = val.to_numpy(dtype=float)
+    b = int(np.argmin(values))
+    after = values[b + 1 :]
+    if b == 0 or len(after) < th("min_evals_after_best"):
+        return None  # validation must have improved first: it tracked, then it parted
+    best = float(values[b])
+    last = float(np.mean(values[-2:]))
+    # lasting: the last two evaluations both above the bar, and most of those after best
+    bar = best * (1 + th("rise"))
+    if not ((values[-2:] > bar).all() and (after > best * (1 + th("rise") / 2)).mean() >= 0.6):
+        return None
+    t_best = float(train_at.iloc[b])
+    t_last = float(train_at.iloc[-1])
+    if not t_last < t_best * (1 - th("train_fall")):
+        return None  # train loss did not keep falling: not memorisation
+    step = int(val.index[b])
+    ratio = last / best if best > 0 else np.inf
+    conf = min(0.9, 0.55 + 0.15 * np.log2(max(ratio, 1.0)))
+    cause = catalogue.cause(
+        SYMPTOM,
+        "overfitting",
+        confidence=conf,
+        evidence=f"validation loss was best, {num(best)}, at step {step}, then rose to "
+        f"{num(last)} ({num(ratio)}x) over {len(after)} evaluations while the train loss fell "
+        f"from {num(t_best)} to {num(t_last)}",
+        step=step,
+        best_val=num(best),
+        last_val=num(last),
+        train_at_best=num(t_best),
+        train_last=num(t_last),
+    )
+    return cause, ratio >= th("extreme_ratio")
+
+
+def _bad_split(
+    catalogue: Catalogue, val: pd.Series, train_at: pd.Series, train_first: float
+) -> Cause | None:
+    th = lambda name: catalogue.threshold(SYMPTOM, name, "bad_split")  # noqa: E731
+    v0, t0 = float(val.iloc[0]), float(train_at.iloc[0])
+    if not (t0 > 0 and v0 > th("gap_ratio") * t0):
+        return None
+    if v0 - t0 < th("gap_of_start") * train_first:
+        return None  # a gap small against the loss scale: a converged model's usual gap
+    ratios = val / train_at.where(train_at > 0)
+    if not (ratios.dropna() >= th("track_ratio")).all():
+        return None
+    # never tracking: train improved, validation much less (relative)
+    t_fall = 1 - float(train_at.min()) / max(train_first, t0)
+    v_fall = 1 - float(val.min()) / v0
+    if t_fall <= 0.2 or v_fall > th("fall_fraction") * t_fall:
+        return None
+    step = int(val.index[0])
+    return catalogue.cause(
+        SYMPTOM,
+        "bad_split",
+        confidence=0.85,
+        evidence=f"at the first evaluation (step {step}) validation loss was {num(v0)} against "
+        f"a train loss of {num(t0)} ({num(v0 / t0)}x); over {len(val)} evaluations it stayed "
+        f"at least {num(float(ratios.min()))}x above and fell {v_fall:.0%} while the train "
+        f"loss fell {t_fall:.0%}",
+        step=step,
+        first_val=num(v0),
+        first_train=num(t0),
+    )

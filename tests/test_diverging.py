@@ -1,0 +1,93 @@
+"""diverging: a loss that rises or swings is an error with the step size or the gradients
+named as its cause, ranked by which evidence came first."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import trainlens
+from models import classification_data, mlp, train
+
+
+def finding(run_dir, symptom="diverging"):
+    """The finding as a user reads it back from drill.json."""
+    drill = trainlens.load_run(run_dir).drill
+    found = [f for f in drill["findings"] if f["symptom"] == symptom]
+    assert len(found) == 1, drill["findings"]
+    return found[0]
+
+
+def test_lr_10_on_an_mlp_is_a_diverging_error_blaming_the_learning_rate(run_dir):
+    lens = train(mlp(), classification_data(n=128), steps=60, lr=10.0, run_dir=run_dir)
+    f = finding(run_dir)
+    assert f["severity"] == "error" and lens.drill["status"] == "failed"
+    assert f["likely_cause"] == "lr_too_high"
+    top = f["likely_causes"][0]
+    assert "update/param ratio" in top["evidence"] and "lr 10" in top["evidence"]
+    ratio = f["evidence"]["early_update_ratio"]
+    assert ratio > 1e-1, ratio  # Adam moves every weight by ~lr: ratios near 1
+    assert "Divide the learning rate by 10 (now 10)" in f["fix_attempt"]
+    assert "non_finite" not in {x["symptom"] for x in lens.drill["findings"]}
+
+
+def quadratic_edge_of_stability(run_dir, steps=40, lr=0.08):
+    """Linear regression started next to its solution with an lr just past 2/curvature:
+    the error, and with it the gradient, grows ~1.5x per step from a tiny start."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g) * 3
+    w = torch.randn(8, 1, generator=g)
+    y = x @ w + 0.5
+    model = nn.Linear(8, 1)
+    with torch.no_grad():
+        model.weight.copy_(w.T + 0.01 * torch.randn(1, 8, generator=g))
+        model.bias.fill_(0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    loss_fn = nn.MSELoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(steps):
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return lens
+
+
+def test_gradient_norm_growing_by_orders_is_an_exploding_gradient_first(run_dir):
+    lens = quadratic_edge_of_stability(run_dir)
+    f = finding(run_dir)
+    assert f["severity"] == "error"
+    assert [c["id"] for c in f["likely_causes"]] == ["exploding_gradient", "lr_too_high"]
+    assert f["evidence"]["grad_growth_orders"] > 4
+    assert "orders of magnitude" in f["likely_causes"][0]["evidence"]
+    assert f["evidence"]["early_update_ratio"] < 3e-2  # moderate steps before it blew up
+    assert "clip_grad_norm_" in f["fix_attempt"]
+    assert lens.findings[0].module is None or lens.findings[0].module == ""
+
+
+def test_same_regression_with_a_stable_lr_stays_silent(run_dir):
+    lens = quadratic_edge_of_stability(run_dir, lr=0.06)
+    assert lens.drill["findings"] == []
+
+
+def test_an_lr_raised_mid_run_is_a_rebound_warning_blaming_the_learning_rate(run_dir):
+    """A schedule bug: the lr jumps 100x at step 40, after the loss had fallen."""
+    x, y = classification_data(n=128)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for step in range(80):
+            if step == 40:
+                opt.param_groups[0]["lr"] = 5.0
+            i = (step * 16) % 128
+            loss = loss_fn(model(x[i : i + 16]), y[i : i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    f = finding(run_dir)
+    assert f["likely_cause"] == "lr_too_high", f["likely_causes"]
+    assert f["step"] >= 40
+    assert "lr 5" in f["likely_causes"][0]["evidence"]
+    assert "(now 5)" in f["fix_attempt"]
+    assert lens.findings[0].symptom == "diverging"

@@ -1,0 +1,206 @@
+"""non_finite: the first NaN/Inf is an error that names where it was made and when:
+a module, a parameter gradient, the data itself, or a divergence that overflowed."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import trainlens
+from models import classification_data, mlp
+
+
+def finding(run_dir, symptom="non_finite"):
+    """The finding as a user reads it back from drill.json."""
+    drill = trainlens.load_run(run_dir).drill
+    found = [f for f in drill["findings"] if f["symptom"] == symptom]
+    assert len(found) == 1, drill["findings"]
+    assert drill["status"] == "failed"
+    return found[0]
+
+
+def run(model, run_dir, *, steps=12, lr=1e-2, opt=torch.optim.Adam, loss_fn=None, batch=None,
+        **watch):  # fmt: skip
+    """A plain loop; `batch(step)` gives (x, y) for each step."""
+    x, y = classification_data(n=128)
+    batch = batch or (lambda step: (x[:16], y[:16]))
+    optimizer = opt(model.parameters(), lr=lr)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True, **watch) as lens:
+        for step in range(steps):
+            xb, yb = batch(step)
+            loss = loss_fn(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return lens
+
+
+class LogOfZeroAt(nn.Module):
+    """Planted bug: `torch.log(x - x)` on one step (a log of 0: -inf)."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.bad_step, self.calls = step, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return torch.log(x - x) if self.calls - 1 == self.bad_step else x
+
+
+def test_log_of_zero_names_the_module_and_the_step(run_dir):
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), LogOfZeroAt(7), nn.Linear(16, 3)
+    )
+    run(model, run_dir)
+    f = finding(run_dir)
+    assert (f["severity"], f["likely_cause"], f["module"], f["step"]) == (
+        "error", "numerical_instability", "3", 7,
+    )  # fmt: skip
+    assert "LogOfZeroAt" in f["likely_causes"][0]["evidence"]
+    assert "set_detect_anomaly(True)" in f["first_check"] and "`3`" in f["first_check"]
+    assert "clamp_min" in f["fix_attempt"]
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = self.inner(x)
+        return self.out(h / (h - h))  # division by zero between two submodules
+
+
+def test_division_by_zero_in_a_parents_forward_names_the_parent(run_dir):
+    model = nn.Sequential(nn.Linear(8, 16), Block(), nn.Linear(16, 3))
+    run(model, run_dir, steps=3)
+    f = finding(run_dir)
+    assert (f["likely_cause"], f["module"], f["step"]) == ("numerical_instability", "1", 0)
+    assert "between its submodules" in f["likely_causes"][0]["evidence"]
+
+
+class SqrtOfDifference(nn.Module):
+    """Forward is finite (adds sqrt(0) = 0); its backward is inf - inf = NaN."""
+
+    def forward(self, x):
+        return x + torch.sqrt(x - x)
+
+
+def test_nan_made_in_backward_names_the_parameter_gradient(run_dir):
+    model = nn.Sequential(nn.Linear(8, 16), SqrtOfDifference(), nn.Linear(16, 3))
+    run(model, run_dir, steps=4, opt=torch.optim.SGD, lr=0.1)
+    f = finding(run_dir)
+    assert (f["likely_cause"], f["step"], f["module"]) == ("numerical_instability", 0, "0")
+    assert "gradient of `0." in f["likely_causes"][0]["evidence"]
+    assert "backward" in f["likely_causes"][0]["evidence"]
+
+
+def test_a_nan_in_the_input_batch_at_step_5_is_bad_input_data(run_dir):
+    x, y = classification_data(n=128)
+
+    def batch(step):
+        xb = x[:16].clone()
+        if step == 5:
+            xb[3, 2] = float("nan")
+        return xb, y[:16]
+
+    run(mlp(), run_dir, batch=batch)
+    f = finding(run_dir)
+    assert (f["likely_cause"], f["step"], f["module"]) == ("bad_input_data", 5, None)
+    assert "1 NaN/Inf" in f["likely_causes"][0]["evidence"]
+    assert "print(torch.isfinite(x).all())" not in f["first_check"]  # it names both
+    assert "torch.isfinite(x).all()" in f["first_check"] and "step 5" in f["first_check"]
+
+
+def test_an_inf_target_is_bad_input_data_naming_the_loss(run_dir):
+    x, _ = classification_data(n=128)
+    y = torch.randn(128, 1)
+
+    def batch(step):
+        yb = y[:16].clone()
+        if step == 4:
+            yb[0] = float("inf")
+        return x[:16], yb
+
+    run(mlp(d_out=1), run_dir, batch=batch, loss_fn=nn.MSELoss(), opt=torch.optim.SGD)
+    f = finding(run_dir)
+    assert (f["likely_cause"], f["step"]) == ("bad_input_data", 4)
+    assert "target of MSELoss" in f["likely_causes"][0]["evidence"]
+
+
+def test_a_nan_after_the_loss_blew_up_blames_the_learning_rate(run_dir):
+    x, _ = classification_data(n=128)
+    x = x * 10
+
+    def batch(step):
+        return x[:32], x[:32, :1] * 3
+
+    lens = run(mlp(d_out=1), run_dir, steps=20, opt=torch.optim.SGD, lr=0.5,
+               loss_fn=nn.MSELoss(), batch=batch)  # fmt: skip
+    f = finding(run_dir)
+    ids = [c["id"] for c in f["likely_causes"]]
+    assert ids[0] == "lr_too_high" and "exploding_gradient" in ids, ids
+    assert "before the first NaN/Inf" in f["likely_causes"][0]["evidence"]
+    assert "diverging" not in {x.symptom for x in lens.findings}  # one finding, not two
+
+
+def test_a_nan_after_gradients_grew_for_many_steps_is_an_exploding_gradient(run_dir):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g) * 3
+    w = torch.randn(8, 1, generator=g)
+    model = nn.Linear(8, 1)
+    with torch.no_grad():  # start next to the solution: tiny gradients, tiny updates
+        model.weight.copy_(w.T + 0.01 * torch.randn(1, 8, generator=g))
+        model.bias.zero_()
+    run(model, run_dir, steps=260, opt=torch.optim.SGD, lr=0.08, loss_fn=nn.MSELoss(),
+        batch=lambda step: (x, x @ w))  # fmt: skip
+    f = finding(run_dir)
+    assert f["likely_cause"] == "exploding_gradient", f["likely_causes"]
+    assert "orders of magnitude" in f["likely_causes"][0]["evidence"]
+
+
+def test_grad_scaler_skipping_a_few_overflowing_steps_stays_clean(run_dir):
+    """Mixed precision: inf gradients on a few steps are what GradScaler is for."""
+    x, y = classification_data(n=128)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+    loss_fn = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for step in range(30):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = loss_fn(model(x[:16]), y[:16])
+            opt.zero_grad()
+            overflow = 1e38 if step in (3, 4, 11) else 1.0  # the scaled backward overflows
+            scaler.scale(loss * overflow).backward()
+            scaler.step(opt)  # skips opt.step() on those steps
+            scaler.update()
+    assert lens.drill["steps"] == 27
+    assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+
+
+def test_finite_checks_leave_the_training_bit_identical(run_dir):
+    def trained(watched):
+        torch.manual_seed(0)
+        model = mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        x, y = classification_data()
+        ctx = trainlens.watch(model, opt, run_dir=run_dir, quiet=True) if watched else None
+        with ctx if ctx else torch.no_grad().__class__(orig_func=None) if False else _null():
+            for _ in range(5):
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(trained(False), trained(True), strict=True):
+        assert torch.equal(a, b)
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -1,0 +1,87 @@
+"""overfitting: validation parting from a still-falling train loss is named with its best
+step; validation that never tracked the train loss is a bad split. Runs without
+validation, and noisy validation curves, stay silent."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import trainlens
+
+
+def regression(n, d, noise, g, w, shift=0.0):
+    x = torch.randn(n, d, generator=g)
+    return x, x @ w + noise * torch.randn(n, 1, generator=g) + shift
+
+
+def fit(run_dir, train, val, *, steps=120, lr=3e-3, width=64, every=10):
+    """A wide MLP trained full-batch, evaluated in eval mode under no_grad."""
+    model = nn.Sequential(
+        nn.Linear(train[0].shape[1], width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+        nn.Linear(width, 1),
+    )  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.MSELoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for step in range(steps):
+            model.train()
+            loss = loss_fn(model(train[0]), train[1])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if val is not None and step % every == every - 1:
+                model.eval()
+                with torch.no_grad():
+                    loss_fn(model(val[0]), val[1])
+    return lens
+
+
+def finding(run_dir):
+    drill = trainlens.load_run(run_dir).drill
+    found = [f for f in drill["findings"] if f["symptom"] == "overfitting"]
+    assert len(found) == 1, drill["findings"]
+    return found[0]
+
+
+def test_wide_mlp_on_16_noisy_samples_overfits_with_its_best_step(run_dir):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, generator=g)
+    lens = fit(run_dir, regression(16, 4, 2.0, g, w), regression(64, 4, 2.0, g, w))
+    f = finding(run_dir)
+    assert (f["severity"], f["likely_cause"]) == ("warning", "overfitting")
+    val = lens.records.val_loss()
+    best_step = int(val.idxmin())
+    assert f["step"] == best_step and best_step > int(val.index[0])
+    ev = f["likely_causes"][0]["evidence"]
+    assert f"at step {best_step}" in ev and "train loss fell" in ev
+    assert f"step {best_step}" in f["fix_attempt"]  # keep that checkpoint
+    assert lens.drill["status"] == "healthy"  # a warning, not a failed run
+
+
+def test_validation_from_another_distribution_is_a_bad_split(run_dir):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, generator=g)
+    train = regression(64, 4, 0.1, g, w)
+    val = regression(64, 4, 0.1, g, w, shift=3.0)  # e.g. targets in other units
+    lens = fit(run_dir, train, val, steps=80, lr=1e-2)
+    f = finding(run_dir)
+    assert f["likely_cause"] == "bad_split"
+    assert f["step"] == int(lens.records.val_loss().index[0])
+    assert "first evaluation" in f["likely_causes"][0]["evidence"]
+    assert "random_split" in f["fix_attempt"]
+
+
+def test_a_run_without_validation_is_clean(run_dir):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, generator=g)
+    lens = fit(run_dir, regression(16, 4, 2.0, g, w), None)
+    assert "overfitting" not in {f.symptom for f in lens.findings}
+
+
+def test_noisy_small_validation_set_that_tracks_training_is_clean(run_dir):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, generator=g)
+    lens = fit(run_dir, regression(128, 4, 0.3, g, w), regression(8, 4, 0.3, g, w),
+               steps=100, lr=1e-2, width=32, every=5)  # fmt: skip
+    assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
