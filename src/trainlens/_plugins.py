@@ -22,6 +22,7 @@ DEFAULT_PLUGINS = (
     "trainlens._rules.diverging",
     "trainlens._rules.non_finite",
     "trainlens._rules.overfitting",
+    "trainlens._rules.flat_loss",
     "trainlens._report.sections",
     "trainlens._report.runtime",
 )

@@ -50,6 +50,24 @@ TABLES: dict[str, tuple[str, ...]] = {
     # module's target), "output"/"module_input" (a module's output/input, `order` = order
     # of the checks in the step: outputs in the order the modules returned)
     "nonfinite": ("step", "split", "kind", "name", "order", "count"),
+    # CrossEntropy/NLL/MSE input and target on sampled steps: are the inputs already
+    # probabilities (prob_dev = mean |row sum - 1|) or log-probabilities (logprob_dev =
+    # mean |logsumexp(row)|); baseline = loss of the best constant prediction
+    "loss_inputs": (
+        "step",
+        "split",
+        "loss",
+        "type",
+        "classes",
+        "min",
+        "max",
+        "prob_dev",
+        "logprob_dev",
+        "baseline",
+    ),
+    # sampled optimizer steps: the norm of the optimizer's `.grad`s before the step's first
+    # backward pass adds to them (carried, 0 after zero_grad) and at `optimizer.step()`
+    "grad_carry": ("step", "carried_norm", "step_norm", "carried_frac"),
 }
 
 

@@ -12,13 +12,22 @@ from __future__ import annotations
 
 from ._compile import CompileProbe
 from ._finite import FiniteProbe
+from ._flat import GradCarryProbe, LossInputProbe
 from ._loss import LossProbe
 from ._modules import ModuleProbe
 from ._state import WatchState, suspended
 from ._steps import StepProbe
 
 #: the probes every watched run installs, in order
-DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, FiniteProbe, CompileProbe)
+DEFAULT_PROBES = (
+    ModuleProbe,
+    LossProbe,
+    StepProbe,
+    FiniteProbe,
+    LossInputProbe,
+    GradCarryProbe,
+    CompileProbe,
+)
 
 __all__ = [
     "DEFAULT_PROBES",
