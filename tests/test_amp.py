@@ -48,8 +48,9 @@ def test_autocast_with_gradscaler_stays_clean_and_counts_skipped_steps(run_dir, 
     assert lens.drill["status"] == "healthy"
     assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
     rec = lens.records
-    # a skipped step is still one step per iteration, not an accumulation of two
-    assert rec.meta["steps"] == STEPS
+    # a skipped step is no optimizer step, and its backward pass is not accumulation
+    assert rec.meta["steps"] == STEPS - skipped
+    assert rec.meta["backward_passes"] == STEPS
     assert rec.steps["backward_passes"].eq(1).all()
     assert rec.meta.get("skipped_steps", 0) == skipped
     assert (rec.events["kind"] == "step_skipped").sum() == skipped

@@ -130,8 +130,9 @@ class StepProbe:
         """The last iteration's `optimizer.step()` never ran, and its gradients were reset.
 
         That is a step `torch.amp.GradScaler` skipped because the scaled gradients had
-        inf/NaN (normal while the scale settles): it counts as a step, so losses stay one
-        per iteration, and it is not gradient accumulation.
+        inf/NaN (normal while the scale settles), or a missing `optimizer.step()`. Not a
+        step (SPEC: a step is an `optimizer.step()`), and not accumulation either: its
+        backward pass is not counted into the next step's `backward_passes`.
         """
         state = self.state
         skipped = state.extra_meta.get("skipped_steps", 0) + 1
@@ -140,12 +141,12 @@ class StepProbe:
             state.event(
                 "step_skipped",
                 None,
-                f"optimizer.step() did not run at step {state.step} and the gradients were "
-                "reset (a step GradScaler skipped for inf/NaN gradients)",
+                f"no optimizer.step() after backward pass {state.backward_passes} (before step "
+                f"{state.step}) and the gradients were reset: a step GradScaler skipped for "
+                "inf/NaN gradients, or a missing optimizer.step()",
+                backward_pass=state.backward_passes,
             )
-        self._before = None
-        lr = state.optimizer.param_groups[0].get("lr", math.nan)
-        state.end_step(lr=lr if isinstance(lr, (int, float)) else math.nan)
+        state.backward_in_step = 0
 
     # --- optimizer step ----------------------------------------------------------------
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
