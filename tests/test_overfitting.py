@@ -59,6 +59,19 @@ def test_wide_mlp_on_16_noisy_samples_overfits_with_its_best_step(run_dir):
     assert lens.drill["status"] == "healthy"  # a warning, not a failed run
 
 
+def test_memorising_noisy_labels_until_validation_triples_is_an_error(run_dir):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, generator=g)
+    train = regression(16, 4, 2.0, g, w)  # noisy training labels ...
+    val = regression(64, 4, 0.0, g, w)  # ... clean validation labels
+    lens = fit(run_dir, train, val)
+    f = finding(run_dir)
+    assert (f["severity"], f["likely_cause"]) == ("error", "overfitting")
+    assert lens.drill["status"] == "failed"
+    val_loss = lens.records.val_loss()
+    assert val_loss.iloc[-2:].mean() >= 3 * val_loss.min()
+
+
 def test_validation_from_another_distribution_is_a_bad_split(run_dir):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(4, 1, generator=g)

@@ -46,10 +46,11 @@ TABLES: dict[str, tuple[str, ...]] = {
     "inputs": ("step", "split", "mean", "std", "min", "max", "nonfinite_frac"),
     # one-off observations a probe made (a loss broadcasting its target, an exception, ...)
     "events": ("step", "kind", "module", "message", "data"),
-    # NaN/Inf counts where they were found: kind "input" (model input), "target" (a loss
+    # NaN/Inf where they were found (value: the tensor's sum, nan or +-inf): kind "input"
+    # (model input), "target" (a loss
     # module's target), "output"/"module_input" (a module's output/input, `order` = order
     # of the checks in the step: outputs in the order the modules returned)
-    "nonfinite": ("step", "split", "kind", "name", "order", "count"),
+    "nonfinite": ("step", "split", "kind", "name", "order", "value"),
     # CrossEntropy/NLL/MSE input and target on sampled steps: are the inputs already
     # probabilities (prob_dev = mean |row sum - 1|) or log-probabilities (logprob_dev =
     # mean |logsumexp(row)|); baseline = loss of the best constant prediction

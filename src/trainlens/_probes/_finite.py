@@ -1,17 +1,20 @@
 """Finiteness: where the first NaN/Inf of a run appears, kept cheap on the hot path.
 
-Every step, the model's floating-point inputs and the targets the loss modules get are
-counted for NaN/Inf (a couple of reductions, no host-device sync): they are small and a
-bad batch may come at any step. On sampled steps, and for `ALARM_STEPS` steps after the
-running "a loss went non-finite" device flag was found set (read back on the flush
-cadence, when the host syncs anyway), every module's input and output are checked too,
-in call order. All counts of one step are stacked into a single deferred row; only the
-non-finite ones become rows of the `nonfinite` table. Gradients need nothing here: the
-parameter statistics of `StepProbe` already hold their norms, NaN/Inf when non-finite.
+Every step costs one device op: the losses are added to a running sum, which turns
+NaN/Inf once any loss did (read back on the flush cadence, when the host syncs anyway).
+On sampled steps, and for `ALARM_STEPS` steps after that sum was found non-finite, the
+model's floating-point inputs, the targets the loss modules get and every module's input
+and output are summed (one reduction each, no sync): a sum is NaN/Inf exactly when the
+tensor holds a NaN/Inf (short of float32 overflow, ~3e38), and it tells NaN (0/0) from
+-Inf (log of 0). All sums of one step are stacked into a single
+deferred row; only the non-finite ones become rows of the `nonfinite` table. Gradients
+need nothing here: the parameter statistics of `StepProbe` already hold their norms,
+NaN when non-finite.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -25,33 +28,41 @@ from ._tensors import tensor_leaves
 
 #: steps of per-module checks after a non-finite loss was noticed between samples
 ALARM_STEPS = 20
-#: distinct steps whose non-finite values are written out: the first ones tell the story
+#: distinct steps written per place (input, target, module): the first ones tell the
+#: story, and a place that is always non-finite (an additive -inf mask) cannot crowd out
+#: the others
 MAX_BAD_STEPS = 5
 #: non-finite module outputs written per step: the first few in call order
 MAX_OUTPUTS_PER_STEP = 8
+#: checks held before a row is written even within one step (an eval-only loop never
+#: completes a step, and must not grow a list without bound)
+MAX_PENDING = 512
 
 
 class _NonFiniteRows:
-    """Deferred sink: turns one step's stacked counts into rows, non-finite ones only."""
+    """Deferred sink: turns one step's stacked sums into rows, non-finite ones only."""
 
     def __init__(self, table: Any):
         self.table = table
-        self.bad_steps: set[int] = set()
+        self.bad_steps: dict[tuple[str, str], set[int]] = {}
 
-    def append(self, step: int, labels: tuple[tuple[str, str, str], ...], *counts: float) -> None:
+    def append(
+        self, step: int, labels: tuple[tuple[str, str, str, int], ...], *sums: float
+    ) -> None:
         outputs = 0
-        for order, ((kind, name, split), count) in enumerate(zip(labels, counts, strict=True)):
-            if count == 0:
+        for (kind, name, split, order), value in zip(labels, sums, strict=True):
+            if math.isfinite(value):
                 continue
-            if step not in self.bad_steps:
-                if len(self.bad_steps) >= MAX_BAD_STEPS:
-                    return
-                self.bad_steps.add(step)
+            seen = self.bad_steps.setdefault((kind, name), set())
+            if step not in seen:
+                if len(seen) >= MAX_BAD_STEPS:
+                    continue
+                seen.add(step)
             if kind in ("output", "module_input"):
                 outputs += 1
                 if outputs > MAX_OUTPUTS_PER_STEP:
                     continue
-            self.table.append(step, split, kind, name, order, count)
+            self.table.append(step, split, kind, name, order, value)
 
 
 class FiniteProbe:
@@ -62,9 +73,9 @@ class FiniteProbe:
         self._step = -1
         self._look = False
         self._counts: list[torch.Tensor] = []
-        self._labels: list[tuple[str, str, str]] = []
-        self._loss_bad: list[torch.Tensor] = []
-        self._flag: torch.Tensor | None = None  # running: some loss was non-finite
+        self._labels: list[tuple[str, str, str, int]] = []
+        self._order = 0  # checks made so far in this step
+        self._flag: torch.Tensor | None = None  # running sum of losses: NaN/Inf once one was
         self._checked_at = 0
         self._alarm_until = -1
 
@@ -86,9 +97,11 @@ class FiniteProbe:
             return
         self._emit()
         self._step = state.step
+        self._order = 0
         if self._flag is not None and state.step - self._checked_at >= state.sampling.flush_every:
             self._checked_at = state.step
-            if bool(self._flag):  # on the flush cadence: the host has just synced anyway
+            # on the flush cadence: the host has just synced anyway
+            if not math.isfinite(float(self._flag)):
                 self._alarm_until = state.step + ALARM_STEPS
                 self._flag = None
         self._look = state.sampled or state.step < self._alarm_until
@@ -100,23 +113,26 @@ class FiniteProbe:
         self._counts, self._labels = [], []
         with torch.no_grad():
             device = counts[0].device
-            row = torch.stack([c.to(device, torch.float32) for c in counts])
-            if self._loss_bad:
-                bad = torch.stack([b.to(device) for b in self._loss_bad]).any()
-                self._flag = bad if self._flag is None else self._flag.to(device) | bad
-                self._loss_bad = []
+            if any(c.device != device for c in counts):  # a model split over devices
+                counts = [c.to(device) for c in counts]
+            row = torch.stack(counts)
         self.state.deferred.add(self._rows, [(self._step, labels)], row[None])
 
     def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
+        if len(self._counts) >= MAX_PENDING:
+            self._emit()
         with torch.no_grad():
-            self._counts.append(torch.count_nonzero(~torch.isfinite(t.detach())))
-        self._labels.append((kind, name, self.state.split()))
+            self._counts.append(t.detach().sum(dtype=torch.float32))
+        self._labels.append((kind, name, self.state.split(), self._order))
+        self._order += 1
 
     # --- hooks -----------------------------------------------------------------------
     def _on_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if compiling() or _SUSPENDED[0]:
             return
         self._sync_step()
+        if not self._look:
+            return
         for i, t in enumerate(tensor_leaves(args)):
             if t.is_floating_point() and t.numel() > 0:
                 self._count("input", f"input {i}", t)
@@ -141,14 +157,18 @@ class FiniteProbe:
         if compiling() or _SUSPENDED[0] or not isinstance(module, _Loss):
             return
         self._sync_step()
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            with torch.no_grad():  # the one check every step: a running sum of the losses
+                loss = output.detach().sum(dtype=torch.float32)
+                flag = self._flag
+                self._flag = loss if flag is None else flag + loss.to(flag.device)
+        if not self._look:
+            return
         name = loss_name(self.state, module)
         if len(args) >= 2 and isinstance(args[1], torch.Tensor):
             target = args[1]
             if target.is_floating_point() and target.numel() > 0:
                 self._count("target", name, target)
-        if isinstance(output, torch.Tensor) and output.is_floating_point():
-            with torch.no_grad():
-                self._loss_bad.append(~torch.isfinite(output.detach()).all())
 
 
 def _first_float(value: Any) -> torch.Tensor | None:

@@ -1,6 +1,6 @@
 """non_finite: the first NaN/Inf of the run, where it came from and why.
 
-Sources, all read from records: the train loss per step (`losses`), NaN/Inf counts of
+Sources, all read from records: the train loss per step (`losses`), NaN/Inf sums of
 the model input, loss targets and module outputs in call order (`nonfinite`), and
 gradient/parameter norms on sampled steps (`params`). The first step with any of them
 non-finite is the step that matters; everything later is the NaN spreading.
@@ -44,35 +44,33 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     params = records.params
     if not params.empty:
         params = params[params["has_grad"].astype(bool)]
-    bad_grad = params[~np.isfinite(params["grad_norm"].astype(float))] if len(params) else params
-    bad_param = params[~np.isfinite(params["param_norm"].astype(float))] if len(params) else params
+    # a NaN norm proves a NaN value; an Inf norm may be finite values overflowing the
+    # float32 sum of squares (a diverging run), which `diverging` reports
+    bad_grad = params[np.isnan(params["grad_norm"].astype(float))] if len(params) else params
+    bad_param = params[np.isnan(params["param_norm"].astype(float))] if len(params) else params
     first_loss = int(bad_loss["step"].min()) if len(bad_loss) else None
-    # non-finite values that never reached a loss: GradScaler's skipped steps (they are
-    # never recorded), masks holding -inf on purpose; only persistent gradients count
+    # non-finite values that never reached a loss are no finding: GradScaler's skipped
+    # steps (never recorded), additive -inf masks; only persistent NaN gradients count
     grad_steps = sorted(bad_grad["step"].unique()) if len(bad_grad) else []
-    data_rows = nf[nf["kind"].isin(["input", "target"]) & (nf["split"] == "train")]
-    if (
-        first_loss is None
-        and len(data_rows) == 0
-        and len(grad_steps) <= t("transient_steps")
-        and len(bad_param) == 0
-    ):
+    if first_loss is None and len(grad_steps) <= t("transient_steps") and len(bad_param) == 0:
         return []
     candidates = [
         s
         for s in (
             first_loss,
-            int(data_rows["step"].min()) if len(data_rows) else None,
             grad_steps[0] if grad_steps else None,
             int(bad_param["step"].min()) if len(bad_param) else None,
         )
         if s is not None
     ]
-    if not candidates:
-        return []
     first = min(candidates)
     train_nf = nf[nf["split"] == "train"]
+    # places already non-finite on earlier steps whose loss was fine did not cause it
+    earlier = train_nf[train_nf["step"] < first]
+    harmless = set(zip(earlier["kind"], earlier["name"], strict=True))
     at = train_nf[train_nf["step"] == first]
+    new = [(k, n) not in harmless for k, n in zip(at["kind"], at["name"], strict=True)]
+    at = at.loc[np.array(new, dtype=bool)]
     causes: list[Cause] = []
 
     data_at = at[at["kind"].isin(["input", "target"])]
@@ -116,7 +114,7 @@ def _bad_input(catalogue: Catalogue, rows: pd.DataFrame, step: int) -> Cause:
         where = f"the target passed to {row['name']}"
     parts = [
         (f"model input ({r['name']})" if r["kind"] == "input" else f"target of {r['name']}")
-        + f": {int(r['count'])} NaN/Inf"
+        + f": {_kind(r['value'])}"
         for _, r in rows.iterrows()
     ]
     return catalogue.cause(
@@ -127,7 +125,7 @@ def _bad_input(catalogue: Catalogue, rows: pd.DataFrame, step: int) -> Cause:
         module=None,
         step=step,
         where=where,
-        count=int(row["count"]),
+        value=_kind(row["value"]),
     )
 
 
@@ -187,7 +185,7 @@ def _instability(
             name = name.rpartition(".")[0] if name else ""
             how = (
                 f"at step {first} `{row['name']}` received an input already holding "
-                f"{int(fed.iloc[0]['count'])} NaN/Inf values from code in the forward of "
+                f"{_kind(fed.iloc[0]['value'])} values from code in the forward of "
                 f"{_shown(name)}{_type(modules, name)} between its submodules, while the "
                 "model input and every module output before it were finite"
             )
@@ -195,7 +193,7 @@ def _instability(
         else:
             how = (
                 f"at step {first} the output of {_shown(name)}{_type(modules, name)} held "
-                f"{int(row['count'])} NaN/Inf values although its input, the model input and "
+                f"{_kind(row['value'])} values although its input, the model input and "
                 "every module output before it were finite"
             )
             where = f"its output turned non-finite at step {first}"
@@ -208,17 +206,17 @@ def _instability(
             step=first,
             where=where,
         )
+    if first_loss == first:  # the forward was finite and the loss was not: it made it
+        return _loss_instability(catalogue, records, train_nf, first)
     grads = bad_grad[bad_grad["step"] == first]
-    loss_bad = first_loss == first
     if len(grads):
         # backward runs from the output: the last parameter (in model order) whose
         # gradient is non-finite is the nearest to where it was produced
         row = grads.iloc[-1]
         evidence = (
             f"at step {first} the gradient of `{row['param']}` was NaN "
-            f"(NaN in {len(grads)} parameter(s)) while the forward activations"
-            + ("" if loss_bad else " and the loss")
-            + " were finite: the backward pass produced it (sqrt or norm at 0, "
+            f"(NaN in {len(grads)} parameter(s)) while the forward activations and the "
+            "loss were finite: the backward pass produced it (sqrt or norm at 0, "
             "division by a value near 0, pow with a negative base)"
         )
         return catalogue.cause(
@@ -244,24 +242,46 @@ def _instability(
             step=first,
             where=f"the update of `{row['param']}` turned non-finite",
         )
-    later = train_nf[(train_nf["kind"] == "output") & (train_nf["step"] > first)]
-    seen = (
-        f"; the first module output checked non-finite was {_shown(later.iloc[0]['name'])} at "
-        f"step {int(later.iloc[0]['step'])}"
-        if len(later)
-        else ""
-    )
+    return _loss_instability(catalogue, records, train_nf, first)
+
+
+def _loss_instability(
+    catalogue: Catalogue, records: Records, train_nf: pd.DataFrame, first: int
+) -> Cause:
+    steps = records.steps
+    looked = bool(steps.loc[steps["step"] == first, "sampled"].astype(bool).any())
+    if looked:
+        evidence = (
+            f"the train loss turned non-finite at step {first} while the input, the targets "
+            "and every module output were finite: the loss computation itself produced it "
+            "(log of a zero probability, a division in a custom loss)"
+        )
+        where = "the loss function: its input is finite, so check what it computes"
+    else:
+        later = train_nf[(train_nf["kind"] == "output") & (train_nf["step"] > first)]
+        seen = (
+            f"; the first module output checked non-finite was "
+            f"{_shown(later.iloc[0]['name'])} at step {int(later.iloc[0]['step'])}"
+            if len(later)
+            else ""
+        )
+        evidence = (
+            f"the train loss turned non-finite at step {first} with finite input and "
+            f"targets; step {first} was not a sampled step, so module outputs were not "
+            f"checked there{seen}"
+        )
+        where = (
+            "the step's forward pass; rerun with `trainlens.watch(..., sample_every=1)` "
+            "so every step's module outputs are checked and the module is named"
+        )
     return catalogue.cause(
         SYMPTOM,
         "numerical_instability",
         confidence=0.5,
-        evidence=f"the train loss turned non-finite at step {first} while the input, targets"
-        " and (where checked) the module outputs were finite: the loss computation itself "
-        f"overflowed, or the step was not sampled{seen}",
+        evidence=evidence,
         module=None,
         step=first,
-        where="the loss function and the step's forward pass (rerun with "
-        "`trainlens.watch(..., sample_every=1)` to check every step)",
+        where=where,
     )
 
 
@@ -272,3 +292,9 @@ def _shown(name: str) -> str:
 def _type(modules: dict[str, Any], name: str) -> str:
     mtype = modules.get(name, {}).get("type")
     return f" ({mtype})" if mtype else ""
+
+
+def _kind(value: float) -> str:
+    """What the tensor's sum says it held: NaN (0/0, inf - inf) or +-Inf (log 0, x/0)."""
+    v = float(value)
+    return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
