@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip show torch | grep ^Version > $(VENV)/.torch-version
+	# the extras run the Lightning and Hugging Face tests; they must keep the torch above
+	$(BIN)/python -m pip install -q -e ".[test,lightning,transformers]"
+	$(BIN)/python -m pip show torch | grep ^Version | cmp -s - $(VENV)/.torch-version \
+		|| { echo "installing the extras replaced $(TORCH): see pip show torch"; exit 1; }
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -364,6 +364,45 @@ def bf16_autocast_grad_scaler(run_dir: Path) -> trainlens.Lens:
     return lens
 
 
+def amp_gradscaler_skipping_steps(run_dir: Path) -> trainlens.Lens:
+    """fp16 autocast with a GradScaler whose first scales overflow: it skips a few steps."""
+    x, y = classification_data(n=256)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    loss_fn = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(3):
+            for xb, yb in _batches(x, y, 16):
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = loss_fn(model(xb), yb)
+                opt.zero_grad()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+    return lens
+
+
+def step_with_closure(run_dir: Path) -> trainlens.Lens:
+    """optimizer.step(closure), as Lightning calls it: forward and backward inside the step."""
+    x, y = classification_data(n=128)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(5):
+            for xb, yb in _batches(x, y, 16):
+
+                def closure(xb=xb, yb=yb):
+                    opt.zero_grad()
+                    loss = loss_fn(model(xb), yb)
+                    loss.backward()
+                    return loss
+
+                opt.step(closure)
+    return lens
+
+
 PROGRAMS: dict[str, Program] = {
     f.__name__: f
     for f in (
@@ -389,5 +428,7 @@ PROGRAMS: dict[str, Program] = {
         noisy_small_validation,
         early_loss_bump,
         bf16_autocast_grad_scaler,
+        amp_gradscaler_skipping_steps,
+        step_with_closure,
     )
 }

@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "trainlens._rules.non_finite",
     "trainlens._rules.overfitting",
     "trainlens._report.sections",
+    "trainlens._report.runtime",
     "trainlens._report.attention",
     "trainlens._report.memory",
     "trainlens._report.curves",

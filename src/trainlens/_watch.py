@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from . import _distributed
 from ._drill import build_drill, write_drill
 from ._errors import RunDirError, UsageError
 from ._finding import Finding
@@ -94,9 +95,11 @@ class Lens:
                 "weights of the best validation loss, else the last finite ones)"
             )
         self._checkpoint = checkpoint
-        self.model = model
+        # hooks go on the module that holds the layers, names without `module.`/`_orig_mod.`
+        self.model = _distributed.unwrap_model(model)
+        self._outer_model = model
         self.optimizer = optimizer
-        self.run_id = run_id or new_run_id()
+        self.run_id = run_id or _distributed.shared_run_id_if_distributed() or new_run_id()
         self.run_dir = (
             Path(run_dir) if run_dir is not None else Path("trainlens-runs") / self.run_id
         )
@@ -112,16 +115,23 @@ class Lens:
         self._loss_probe: LossProbe | None = None
         self._entered = False
         self._started_at = ""
+        self._dist: _distributed.RankRun | None = None
 
     # --- the block -------------------------------------------------------------------
     def __enter__(self) -> Lens:
         if self._entered:
             raise UsageError("a Lens can be entered once; call trainlens.watch(...) again")
         self._entered = True
+        self._dist = _distributed.RankRun.start(self, _prepare_run_dir)  # None: one process
         self.run_dir = _prepare_run_dir(self.run_dir)
         self._started_at = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         state = WatchState(self.model, self.optimizer, self._sampling)
         state.checkpoint, state.run_dir = self._checkpoint, self.run_dir
+        state.outer = self._outer_model
+        if self._dist is not None:
+            state.extra_meta["distributed"] = self._dist.describe()
+        if self._outer_model is not self.model:
+            state.extra_meta["wrappers"] = _distributed.wrappers(self._outer_model)
         self._state = state
         _ACTIVE_RUN_DIRS.add(self.run_dir)
         try:
@@ -137,21 +147,31 @@ class Lens:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        dist = self._dist
+        failed_at = time.time() if exc is not None else None
+        if dist is not None:
+            dist.hold_sigterm()  # a launcher's SIGTERM waits until the files are written
         try:
-            self._uninstall()
-        finally:
             try:
-                self._conclude(exc)
-            except Exception as err:
-                if exc is None:
-                    raise
-                # never let our own trouble replace the user's exception
-                warnings.warn(
-                    f"trainlens could not write the drill for run {self.run_id}: "
-                    f"{type(err).__name__}: {err}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                self._uninstall()
+            finally:
+                try:
+                    self._conclude(exc)
+                    if dist is not None:
+                        dist.finish(self, exc, failed_at)  # rank 0 merges the ranks' drills
+                except Exception as err:
+                    if exc is None:
+                        raise
+                    # never let our own trouble replace the user's exception
+                    warnings.warn(
+                        f"trainlens could not write the drill for run {self.run_id}: "
+                        f"{type(err).__name__}: {err}",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+        finally:
+            if dist is not None:
+                dist.release_sigterm()
         return False  # the user's exception, if any, goes on unchanged
 
     def log_loss(self, loss: torch.Tensor | float, split: str | None = None) -> None:

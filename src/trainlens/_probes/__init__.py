@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._attention import AttentionProbe
 from ._checkpoint import CheckpointProbe
+from ._compile import CompileProbe
 from ._finite import FiniteProbe
 from ._flat import GradCarryProbe, LossInputProbe
 from ._loss import LossProbe
@@ -31,6 +32,15 @@ DEFAULT_PROBES = (
     MemoryProbe,
     CheckpointProbe,
     FiniteProbe,
+    CompileProbe,
 )
 
-__all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]
+__all__ = [
+    "DEFAULT_PROBES",
+    "CompileProbe",
+    "LossProbe",
+    "ModuleProbe",
+    "StepProbe",
+    "WatchState",
+    "suspended",
+]

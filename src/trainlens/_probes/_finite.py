@@ -23,7 +23,7 @@ from torch.nn.modules.loss import _Loss
 from torch.utils.hooks import RemovableHandle
 
 from ._loss import loss_name
-from ._state import _SUSPENDED, WatchState
+from ._state import _SUSPENDED, WatchState, compiling
 from ._tensors import tensor_leaves
 
 #: steps of per-module checks after a non-finite loss was noticed between samples
@@ -128,7 +128,7 @@ class FiniteProbe:
 
     # --- hooks -----------------------------------------------------------------------
     def _on_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if _SUSPENDED[0]:
+        if compiling() or _SUSPENDED[0]:
             return
         self._sync_step()
         if not self._look:
@@ -139,7 +139,7 @@ class FiniteProbe:
 
     def _on_output(self, name: str):
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if _SUSPENDED[0] or not self._look or isinstance(module, _Loss):
+            if compiling() or _SUSPENDED[0] or not self._look or isinstance(module, _Loss):
                 return
             out = _first_float(output)
             if out is None:
@@ -154,7 +154,7 @@ class FiniteProbe:
         return post
 
     def _on_loss(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if _SUSPENDED[0] or not isinstance(module, _Loss):
+        if compiling() or _SUSPENDED[0] or not isinstance(module, _Loss):
             return
         self._sync_step()
         if isinstance(output, torch.Tensor) and output.is_floating_point():

@@ -25,7 +25,7 @@ from torch.nn.parameter import is_lazy
 from torch.utils.hooks import RemovableHandle
 
 from ._loss import loss_name
-from ._state import _SUSPENDED, WatchState
+from ._state import _SUSPENDED, WatchState, compiling
 
 #: losses whose input and target reveal a bug of the input pipeline or the head
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
@@ -48,7 +48,7 @@ class LossInputProbe:
         self.handles.append(nn.modules.module.register_module_forward_hook(self._on_forward))
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if _SUSPENDED[0] or not self.state.sampled:
+        if compiling() or _SUSPENDED[0] or not self.state.sampled:
             return
         if not isinstance(module, CLASSIFICATION_LOSSES + REGRESSION_LOSSES) or len(args) < 2:
             return

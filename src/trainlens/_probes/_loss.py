@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, Failure, WatchState
+from ._state import _SUSPENDED, Failure, WatchState, compiling
 from ._tensors import dtype_names, shapes, tensor_leaves
 
 #: losses that compare input and target element by element: their shapes must match
@@ -43,6 +43,7 @@ class LossProbe:
         self.state = state
         self._checked: set[tuple[int, Any, Any]] = set()
         self.handles: list[RemovableHandle] = []
+        self.count = 0  # losses logged so far (integrations log a loss only if none came)
 
     def install(self) -> None:
         self.handles = [
@@ -51,6 +52,7 @@ class LossProbe:
 
     def log(self, loss: torch.Tensor | float, split: str | None, source: str) -> None:
         state = self.state
+        self.count += 1
         split = split or state.split()
         if isinstance(loss, torch.Tensor):
             value = loss.detach()
@@ -66,7 +68,7 @@ class LossProbe:
             listener(split, value)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if _SUSPENDED[0] or not isinstance(module, _Loss):
+        if _SUSPENDED[0] or compiling() or not isinstance(module, _Loss):
             return
         state = self.state
         name = loss_name(state, module)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, Failure, WatchState
+from ._state import _SUSPENDED, Failure, WatchState, compiling
 from ._tensors import dtype_names, first_float, nbytes, shapes, signature, tensor_leaves
 
 #: distinct shape signatures recorded per module; past it shapes "vary" and are not traced
@@ -42,6 +42,10 @@ class ModuleProbe:
         is_root = name == ""
 
         def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if compiling():
+                if is_root:
+                    state.compiled = True  # inside compiled code: only note that it ran
+                return
             if _SUSPENDED[0]:
                 return
             if is_root:
@@ -60,7 +64,7 @@ class ModuleProbe:
 
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             nonlocal type_name
-            if _SUSPENDED[0]:
+            if _SUSPENDED[0] or compiling():
                 return
             stack = state.call_stack
             call = stack.pop()[1] if stack and stack[-1][0] == name else None

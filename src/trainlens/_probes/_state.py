@@ -36,6 +36,11 @@ def is_suspended() -> bool:
     return _SUSPENDED[0] > 0
 
 
+# True while torch.compile traces: hooks return at once, so dynamo folds them away and
+# compiled graphs get no graph break, guard or recompilation from trainlens.
+compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Which steps get the expensive statistics.
@@ -87,6 +92,11 @@ class WatchState:
         self.call_stack: list[tuple[str, int]] = []
         self.call_index = 0
         self.failure: Failure | None = None
+        # set (by dynamo's replay of a constant store) when the model ran inside torch.compile
+        self.compiled = False
+        # the module the user passed to watch (a DDP or torch.compile wrapper of `model`)
+        self.outer: nn.Module = model
+        self.split_override: str | None = None
         # run-level facts probes add for the rules (merged into records.meta / run.json)
         self.extra_meta: dict[str, Any] = {}
         # `watch(checkpoint=...)` and the run dir, set by the Lens before probes install
@@ -97,7 +107,13 @@ class WatchState:
         self._events_seen: set[tuple[str, str | None, str]] = set()
 
     def split(self) -> str:
-        """SPEC: "train" when grad is enabled and the watched model is training, else "val"."""
+        """SPEC: "train" when grad is enabled and the watched model is training, else "val".
+
+        A framework integration that knows the loop it is in (Lightning's hooks) sets
+        `split_override`.
+        """
+        if self.split_override is not None:
+            return self.split_override
         return "train" if torch.is_grad_enabled() and self.model.training else "val"
 
     def end_step(self, lr: float) -> None:

@@ -23,6 +23,8 @@ from torch.utils.hooks import RemovableHandle
 from ._state import _SUSPENDED, WatchState
 
 UPDATE_SAMPLE = 4096
+#: skipped steps recorded one by one in the events table; past it only counted
+MAX_SKIP_EVENTS = 100
 
 
 def _sample_view(p: torch.Tensor) -> torch.Tensor:
@@ -48,6 +50,7 @@ class StepProbe:
         self._before: list[torch.Tensor] | None = None
         self._grad_norms: list[torch.Tensor] | None = None
         self._has_grad: list[bool] = []
+        self._in_step = False
 
     def install(self) -> None:
         opt = self.state.optimizer
@@ -87,6 +90,13 @@ class StepProbe:
             return
         self._graph_task = task
         state = self.state
+        if (
+            state.backward_in_step
+            and state.optimizer is not None
+            and not self._in_step  # step(closure) may reset and recompute grads (LBFGS)
+            and self._grads_reset()
+        ):
+            self._skipped_step()
         state.backward_passes += 1
         state.backward_in_step += 1
         state.phase = "backward"
@@ -108,19 +118,70 @@ class StepProbe:
             self._before = None
         state.end_step(lr=math.nan)
 
+    def _grads_reset(self) -> bool:
+        """No gradient left from the backward passes since the last step: they were reset.
+
+        Checked only when a backward pass follows another without an optimizer step in
+        between, i.e. accumulation (gradients still there) or a skipped step.
+        """
+        return all(p.grad is None for p in self.params)
+
+    def _skipped_step(self) -> None:
+        """The last iteration's `optimizer.step()` never ran, and its gradients were reset.
+
+        That is a step `torch.amp.GradScaler` skipped because the scaled gradients had
+        inf/NaN (normal while the scale settles), or a missing `optimizer.step()`. Not a
+        step (SPEC: a step is an `optimizer.step()`), and not accumulation either: its
+        backward pass is not counted into the next step's `backward_passes`.
+        """
+        state = self.state
+        skipped = state.extra_meta.get("skipped_steps", 0) + 1
+        state.extra_meta["skipped_steps"] = skipped
+        if skipped <= MAX_SKIP_EVENTS:
+            state.event(
+                "step_skipped",
+                None,
+                f"no optimizer.step() after backward pass {state.backward_passes} (before step "
+                f"{state.step}) and the gradients were reset: a step GradScaler skipped for "
+                "inf/NaN gradients, or a missing optimizer.step()",
+                backward_pass=state.backward_passes,
+            )
+        state.backward_in_step = 0
+
     # --- optimizer step ----------------------------------------------------------------
-    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
         if _SUSPENDED[0]:
-            return
+            return None
         self.state.phase = "step"
+        self._in_step = True
         if self.state.sampled:
             self._snapshot_grads()
             self._snapshot_params()
+            # args[0] is the optimizer itself
+            closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+            if callable(closure):
+                return self._after_closure(closure, args, kwargs)
+        return None
+
+    def _after_closure(self, closure: Any, args: Any, kwargs: Any) -> Any:
+        """`step(closure)` (Lightning, LBFGS) runs forward and backward inside the step:
+        the gradients to record are the ones the closure leaves, not those before it."""
+
+        def closure_then_snapshot(*a: Any, **k: Any) -> Any:
+            out = closure(*a, **k)
+            if self.state.sampled:
+                self._snapshot_grads()
+            return out
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_snapshot}
+        return (args[0], closure_then_snapshot, *args[2:]), kwargs
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _SUSPENDED[0]:
             return
         state = self.state
+        self._in_step = False
         if state.sampled and self._before is not None:
             self._record(update=self._update_norms())
         self._before = None

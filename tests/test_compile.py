@@ -1,0 +1,120 @@
+"""torch.compile: watch records what runs eagerly, says what it cannot see, and adds no graphs.
+
+backend="eager" (and one "aot_eager" run, which builds a compiled backward) keep these fast:
+the point is dynamo's behaviour with trainlens's hooks, not generated kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+from torch._dynamo.utils import counters
+
+import trainlens
+
+STEPS = 12
+
+
+class Net(nn.Module):
+    # a user's own class: `model.compile()` on a bare nn.Sequential compiles nothing
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    return model, opt, x, y
+
+
+def _train(mode: str, watched: bool, run_dir, backend: str = "eager"):
+    """mode: "wrapper" (watch the compiled model), "inside" (compile in the block), "method"."""
+    torch._dynamo.reset()
+    counters.clear()
+    model, opt, x, y = _setup()
+    net = torch.compile(model, backend=backend) if mode == "wrapper" else model
+    loss_fn = nn.CrossEntropyLoss()
+    lens = trainlens.watch(net, opt, run_dir=run_dir, quiet=True) if watched else None
+    with lens if lens is not None else contextlib.nullcontext():
+        if mode == "inside":
+            net = torch.compile(model, backend=backend)
+        elif mode == "method":
+            model.compile(backend=backend)
+        for _ in range(STEPS):
+            loss = loss_fn(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    stats = {
+        "graphs": counters["stats"]["unique_graphs"],
+        "frames": counters["frames"]["ok"],
+        "breaks": sum(counters["graph_break"].values()),
+        "recompiles": sum(counters["recompiles"].values()),
+    }
+    return lens, model, stats
+
+
+@pytest.mark.parametrize("mode", ["wrapper", "method"])
+def test_watch_adds_no_graph_break_or_recompilation(mode, tmp_path):
+    _, plain_model, plain = _train(mode, False, None)
+    lens, watched_model, watched = _train(mode, True, tmp_path / "run")
+    assert plain["graphs"] >= 1
+    assert watched["graphs"] == plain["graphs"], (watched, plain)
+    assert watched["breaks"] == plain["breaks"] == 0
+    assert watched["recompiles"] == plain["recompiles"] == 0
+    # dynamo meets the root's hooks and the global hooks as frames of their own
+    # (nn.Module.__call__ is not traced): they return at once and hold no graph
+    assert watched["frames"] >= plain["frames"]
+    # and recording changed nothing the model computed
+    for a, b in zip(plain_model.parameters(), watched_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert lens.drill["status"] == "healthy"
+
+
+def test_watch_on_compiled_model_records_what_runs_eagerly(tmp_path, capfd):
+    lens, _, _ = _train("wrapper", True, tmp_path / "run", backend="aot_eager")
+    rec = lens.records
+    assert len(rec.steps) == STEPS and len(rec.train_loss()) == STEPS
+    # gradients and updates, named without torch.compile's `_orig_mod.` prefix
+    assert set(rec.params["param"]) == {"body.0.weight", "body.0.bias", "head.weight", "head.bias"}
+    assert rec.params["grad_norm"].gt(0).all() and rec.params["update_norm"].gt(0).any()
+    # the compiled boundary: the model's input and its root shapes
+    assert len(rec.inputs) == STEPS
+    root = rec.shapes[rec.shapes["module"] == ""]
+    assert json.loads(root["outputs"].iloc[0]) == [[16, 3]]
+    assert root["type"].iloc[0] == "Net"
+    # and what it cannot see is said in run.json, drill.md and once on stderr
+    meta = json.loads((lens.run_dir / "run.json").read_text())
+    assert meta["compile"]["how"] == "watch was given the torch.compile wrapper"
+    assert meta["wrappers"] == ["OptimizedModule"]
+    md = (lens.run_dir / "drill.md").read_text()
+    assert "What trainlens could not see" in md and "activation statistics" in md
+    assert capfd.readouterr().err.count("trainlens: warning: torch.compile") == 1
+
+
+def test_model_compiled_inside_the_block_is_noticed(tmp_path):
+    lens, _, _ = _train("inside", True, tmp_path / "run")
+    rec = lens.records
+    assert rec.meta["compile"]["how"] == "the model was compiled inside the block"
+    assert len(rec.train_loss()) == STEPS and len(rec.steps) == STEPS
+    assert rec.params["grad_norm"].gt(0).all()
+    assert rec.activations.empty  # not seen inside compiled code, as the warning says
+
+
+def test_uncompiled_run_carries_no_compile_warning(tmp_path):
+    lens, _, _ = _train("none", True, tmp_path / "run")
+    assert "compile" not in lens.records.meta
+    assert not lens.records.activations.empty
