@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._records import TABLES, Deferred, Table
+from .._records import DEFAULT_THINNING, TABLES, THINNING, Deferred, Table
 
 # Set while trainlens itself runs the model (e.g. a probe's own forward): every probe of
 # every active lens ignores those calls. A list so hooks read it without a global lookup.
@@ -73,7 +73,9 @@ class WatchState:
         self.optimizer = optimizer
         self.sampling = sampling
         self.module_names: dict[int, str] = {id(m): n for n, m in model.named_modules()}
-        self.tables = {name: Table(cols) for name, cols in TABLES.items()}
+        self.tables = {
+            name: Table(cols, THINNING.get(name, DEFAULT_THINNING)) for name, cols in TABLES.items()
+        }
         self.deferred = Deferred()
         self.t0 = time.perf_counter()
         self.step = 0
