@@ -248,17 +248,19 @@ class Deferred:
         if not self._items:
             return
         items, self._items = self._items, []
-        by_device: dict[torch.device, list[int]] = {}
+        # one concatenation and one transfer per (device, row width): no per-item copies
+        groups: dict[tuple[torch.device, int], list[int]] = {}
         for i, (_, _, values) in enumerate(items):
-            by_device.setdefault(values.device, []).append(i)
+            groups.setdefault((values.device, values.shape[-1]), []).append(i)
         host: dict[int, list[list[float]]] = {}
-        for idx in by_device.values():
-            flat = torch.cat([items[i][2].reshape(-1).to(torch.float64) for i in idx]).tolist()
+        for idx in groups.values():
+            block = torch.cat([items[i][2] for i in idx]) if len(idx) > 1 else items[idx[0]][2]
+            rows = block.to(torch.float64).tolist()
             pos = 0
             for i in idx:
-                n_rows, n_cols = items[i][2].shape
-                host[i] = [flat[pos + r * n_cols : pos + (r + 1) * n_cols] for r in range(n_rows)]
-                pos += n_rows * n_cols
+                n_rows = items[i][2].shape[0]
+                host[i] = rows[pos : pos + n_rows]
+                pos += n_rows
         for i, (table, prefixes, _) in enumerate(items):
             for prefix, vals in zip(prefixes, host[i], strict=True):
                 table.append(*prefix, *vals)
