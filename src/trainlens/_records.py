@@ -60,10 +60,13 @@ class Thinning:
     are seen in full). Once the table holds `max_rows` rows, the later rows are thinned
     by step buckets: per bucket and per key (the identity columns, e.g. param, module,
     split), the first and last row and the rows holding each value column's minimum,
-    maximum and first non-finite value are kept; the bucket width doubles as the run
-    grows. So the curve shape, the extremes, every first occurrence of a key and the
-    first NaN/Inf survive, and memory stays O(max_rows). With `thin=False` the table
+    maximum, first non-finite value and largest jump (with the row before it) are kept;
+    the bucket width doubles as the run grows. So the curve shape, the extremes, the
+    change points, every first occurrence of a key and the first NaN/Inf survive, and
+    memory stays O(max_rows). The head is at most max_rows // 8 rows (a model with very
+    many parameters has a shorter full-resolution head). With `thin=False` the table
     keeps its first `max_rows` rows and counts the rest (for rare one-off rows).
+    `records.meta["thinning"]` says which tables were thinned, and how coarsely.
     """
 
     head_steps: int = 1000
@@ -81,6 +84,11 @@ THINNING: dict[str, Thinning | None] = {
     "events": Thinning(max_rows=10_000, thin=False),
 }
 DEFAULT_THINNING = Thinning()
+
+
+def policy_for(table: str) -> Thinning | None:
+    """The thinning policy of `table` (read at each run's start, so tests can tighten it)."""
+    return THINNING.get(table, DEFAULT_THINNING)
 
 
 class Table:
@@ -206,7 +214,7 @@ def _firsts(groups: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 def _thin(buckets: np.ndarray, keys: np.ndarray, values: list[np.ndarray]) -> np.ndarray:
     """Positions kept: per (bucket, key) group the first and last row, and per value column
-    the rows of its minimum, maximum and first non-finite value."""
+    the rows of its minimum, maximum, first non-finite value and largest jump."""
     n = len(buckets)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
@@ -221,6 +229,16 @@ def _thin(buckets: np.ndarray, keys: np.ndarray, values: list[np.ndarray]) -> np
         parts.append(_firsts(groups, idx[np.lexsort((-v[idx], groups[idx]))]))
         bad = np.flatnonzero(~finite)
         parts.append(_firsts(groups, bad[np.argsort(groups[bad], kind="stable")]))
+        # the change point: the largest jump between neighbouring rows of a group, both rows
+        order = np.argsort(groups, kind="stable")
+        g, vo = groups[order], v[order]
+        same = (g[1:] == g[:-1]) & np.isfinite(vo[1:]) & np.isfinite(vo[:-1])
+        pos = np.flatnonzero(same) + 1
+        if len(pos):
+            jump = np.abs(vo[pos] - vo[pos - 1])
+            best = pos[_firsts(g[pos], np.lexsort((-jump, g[pos])))]
+            parts.append(order[best])
+            parts.append(order[best - 1])
     keep = np.zeros(n, dtype=bool)
     for part in parts:
         keep[part] = True

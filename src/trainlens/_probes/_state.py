@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._records import DEFAULT_THINNING, TABLES, THINNING, Deferred, Table
+from .. import _records
+from .._records import TABLES, Deferred, Table
 
 # Set while trainlens itself runs the model (e.g. a probe's own forward): every probe of
 # every active lens ignores those calls. A list so hooks read it without a global lookup.
@@ -74,7 +75,7 @@ class WatchState:
         self.sampling = sampling
         self.module_names: dict[int, str] = {id(m): n for n, m in model.named_modules()}
         self.tables = {
-            name: Table(cols, THINNING.get(name, DEFAULT_THINNING)) for name, cols in TABLES.items()
+            name: Table(cols, _records.policy_for(name)) for name, cols in TABLES.items()
         }
         self.deferred = Deferred()
         self.t0 = time.perf_counter()
