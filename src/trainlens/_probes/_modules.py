@@ -8,7 +8,6 @@ modules on sampled training steps, and statistics of the model's input.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import torch
@@ -121,13 +120,15 @@ class ModuleProbe:
         if out is None:
             return
         with torch.no_grad():
-            o = out.detach()
-            n = o.numel()
+            # plain float reductions over one |o| buffer: on CPU count_nonzero and the inf
+            # norm are 5-20x slower than a sum (measured on 1M elements, one thread)
+            a = out.detach().abs()
+            n = a.numel()
             stats = torch.stack(
                 [
-                    1.0 - torch.count_nonzero(o).to(torch.float32) / n,
-                    torch.linalg.vector_norm(o, 1, dtype=torch.float32) / n,
-                    torch.linalg.vector_norm(o, math.inf, dtype=torch.float32),
+                    1.0 - a.sign().sum(dtype=torch.float32) / n,
+                    a.sum(dtype=torch.float32) / n,
+                    a.amax().to(torch.float32),
                 ]
             )
         state = self.state
@@ -150,7 +151,7 @@ class ModuleProbe:
             else:
                 mean, std = xf.reshape(()), torch.zeros((), device=x.device)
             lo, hi = torch.aminmax(xf)
-            bad = 1.0 - torch.count_nonzero(finite).to(torch.float32) / x.numel()
+            bad = 1.0 - finite.sum(dtype=torch.float32) / x.numel()
             stats = torch.stack([mean, std, lo, hi, bad])
         state.deferred.add(state.tables["inputs"], [(state.step, state.split())], stats[None])
 
