@@ -19,6 +19,8 @@ from ._tensors import dtype_names, first_float, nbytes, shapes, signature, tenso
 
 #: distinct shape signatures recorded per module; past it shapes "vary" and are not traced
 MAX_SIGNATURES = 8
+#: elements of a large activation that its zero fraction and mean |x| are estimated from
+ACTIVATION_SAMPLE = 65_536
 
 
 class ModuleProbe:
@@ -120,15 +122,22 @@ class ModuleProbe:
         if out is None:
             return
         with torch.no_grad():
-            # plain float reductions over one |o| buffer: on CPU count_nonzero and the inf
-            # norm are 5-20x slower than a sum (measured on 1M elements, one thread)
-            a = out.detach().abs()
-            n = a.numel()
+            # plain float reductions: on CPU count_nonzero and the inf norm are 5-20x slower
+            # than a sum (measured on 1M elements, one thread). max_abs is exact (aminmax
+            # allocates nothing); zero_frac and mean_abs of a large output come from a
+            # strided sample of about ACTIVATION_SAMPLE elements (a fraction's error ~0.4%)
+            o = out.detach()
+            lo, hi = torch.aminmax(o)
+            n = o.numel()
+            if n > 2 * ACTIVATION_SAMPLE and o.is_contiguous():
+                o = o.view(-1)[:: n // ACTIVATION_SAMPLE]
+                n = o.numel()
+            a = o.abs()
             stats = torch.stack(
                 [
                     1.0 - a.sign().sum(dtype=torch.float32) / n,
                     a.sum(dtype=torch.float32) / n,
-                    a.amax().to(torch.float32),
+                    torch.maximum(lo.abs(), hi.abs()).to(torch.float32),
                 ]
             )
         state = self.state
