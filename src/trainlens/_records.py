@@ -9,10 +9,13 @@ rule can rely on them.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -95,18 +98,66 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class Thinning:
+    """How a table stays bounded on a long run (100 000 steps and more).
+
+    Rows of the first `head_steps` steps are all kept (short runs, where most bugs show,
+    are seen in full). Once the table holds `max_rows` rows, the later rows are thinned
+    by step buckets: per bucket and per key (the identity columns, e.g. param, module,
+    split), the first and last row and the rows holding each value column's minimum,
+    maximum, first non-finite value and largest jump (with the row before it) are kept;
+    the bucket width doubles as the run grows. So the curve shape, the extremes, the
+    change points, every first occurrence of a key and the first NaN/Inf survive, and
+    memory stays O(max_rows). The head is at most max_rows // 8 rows (a model with very
+    many parameters has a shorter full-resolution head). With `thin=False` the table
+    keeps its first `max_rows` rows and counts the rest (for rare one-off rows).
+    `records.meta["thinning"]` says which tables were thinned, and how coarsely.
+    """
+
+    head_steps: int = 1000
+    max_rows: int = 40_000
+    #: identity columns; None: the columns whose first value is not a number
+    keys: tuple[str, ...] | None = None
+    thin: bool = True
+
+
+#: per-table policy; a table not named here gets DEFAULT_THINNING
+THINNING: dict[str, Thinning | None] = {
+    # bounded at the source: MAX_SIGNATURES distinct signatures per module
+    "shapes": None,
+    # one-off observations, deduplicated by state.event: a hard cap is a safety net only
+    "events": Thinning(max_rows=10_000, thin=False),
+}
+DEFAULT_THINNING = Thinning()
+
+
+def policy_for(table: str) -> Thinning | None:
+    """The thinning policy of `table` (read at each run's start, so tests can tighten it)."""
+    return THINNING.get(table, DEFAULT_THINNING)
+
+
 class Table:
-    """An append-only columnar buffer of Python values."""
+    """An append-only columnar buffer of Python values, bounded by its `Thinning` policy."""
 
-    __slots__ = ("_data", "columns")
+    __slots__ = ("_data", "_limit", "_width", "columns", "dropped", "policy", "seen")
 
-    def __init__(self, columns: Sequence[str]):
+    def __init__(self, columns: Sequence[str], policy: Thinning | None = DEFAULT_THINNING):
         self.columns = tuple(columns)
         self._data: list[list[Any]] = [[] for _ in self.columns]
+        self.policy = policy
+        # the row count that triggers the next compaction (never, without a policy)
+        self._limit = policy.max_rows if policy is not None else math.inf
+        self._width = 1  # current bucket width in steps
+        self.seen = 0  # rows appended in all
+        self.dropped = 0  # rows thinned away or refused
 
     def append(self, *row: Any) -> None:
         for col, value in zip(self._data, row, strict=True):
             col.append(value)
+        self.seen += 1
+        if len(self._data[0]) >= self._limit:
+            self._compact()
 
     def extend(self, rows: Iterable[Sequence[Any]]) -> None:
         for row in rows:
@@ -117,6 +168,127 @@ class Table:
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(dict(zip(self.columns, self._data, strict=True)))
+
+    def thinning(self) -> dict[str, Any]:
+        """What a rule should know about this table's resolution (for `records.meta`)."""
+        return {"rows_seen": self.seen, "rows_kept": len(self), "bucket_steps": self._width}
+
+    # --- bounding ----------------------------------------------------------------------
+    def _compact(self) -> None:
+        """Thin the rows to at most max_rows // 4 (vectorised: amortised well under 1 µs a row)."""
+        policy = self.policy
+        assert policy is not None
+        n = len(self)
+        if not policy.thin:
+            # keep the first max_rows rows: drop the one just appended, and all later ones
+            for col in self._data:
+                del col[policy.max_rows :]
+            self.dropped += n - len(self)
+            return
+        steps = (
+            _int_array(self._data[self.columns.index("step")]) if "step" in self.columns else None
+        )
+        if steps is None:
+            steps = np.arange(n, dtype=np.int64)
+        in_head = steps < policy.head_steps
+        in_head &= np.cumsum(in_head) <= policy.max_rows // 8
+        pool = np.flatnonzero(~in_head)
+        keys, values = self._key_and_value_arrays(pool)
+        target = max(1, policy.max_rows // 4 - int(in_head.sum()))
+        span = int(steps.max()) + 1 if n else 1
+        width = self._width
+        while True:
+            kept = _thin(steps[pool] // width, keys, values)
+            if len(kept) <= target or width > span:
+                break
+            width *= 2 ** max(1, math.ceil(math.log2(len(kept) / target)))
+        self._width = width
+        if len(kept) > target:
+            # keys too many to thin by (a key column full of distinct values): stride
+            kept = kept[:: -(-len(kept) // target)]
+        keep = np.sort(np.concatenate([np.flatnonzero(in_head), pool[kept]])).tolist()
+        self._data = [[col[i] for i in keep] for col in self._data]
+        self.dropped += n - len(keep)
+        # the next compaction after max_rows - len(keep) more rows (amortised O(1) a row)
+        self._limit = policy.max_rows
+
+    def _key_and_value_arrays(self, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One integer code per row for the identity columns; the value columns as floats."""
+        policy = self.policy
+        assert policy is not None
+        code = np.zeros(len(rows), dtype=np.int64)
+        values = []
+        for name, col in zip(self.columns, self._data, strict=True):
+            if name == "step":
+                continue
+            if policy.keys is None or name not in policy.keys:
+                first = next((v for v in col if v is not None), None)
+                if policy.keys is not None or (
+                    isinstance(first, (int, float)) and not isinstance(first, bool)
+                ):
+                    arr = _float_array(col)
+                    if arr is not None:
+                        values.append(arr[rows])
+                        continue
+            codes, uniques = pd.factorize(
+                pd.Series(col, dtype=object).iloc[rows], use_na_sentinel=False
+            )
+            code = code * (len(uniques) + 1) + codes
+            code = pd.factorize(code)[0]  # keep the combined code small
+        return code, values
+
+
+def _int_array(col: list[Any]) -> np.ndarray | None:
+    try:
+        return np.asarray(col, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _float_array(col: list[Any]) -> np.ndarray | None:
+    try:
+        return np.asarray(col, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def _firsts(groups: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """`order` sorts rows by group (then by what matters): the first row of each group."""
+    g = groups[order]
+    return order[np.r_[True, g[1:] != g[:-1]]] if len(order) else order
+
+
+def _thin(buckets: np.ndarray, keys: np.ndarray, values: list[np.ndarray]) -> np.ndarray:
+    """Positions kept: per (bucket, key) group the first and last row, and per value column
+    the rows of its minimum, maximum, first non-finite value and largest jump."""
+    n = len(buckets)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    groups = pd.factorize(buckets * (int(keys.max()) + 1) + keys)[0]
+    parts = [_firsts(groups, np.argsort(groups, kind="stable"))]
+    rev = np.arange(n - 1, -1, -1)
+    parts.append(_firsts(groups, rev[np.argsort(groups[rev], kind="stable")]))
+    for v in values:
+        finite = np.isfinite(v)
+        idx = np.flatnonzero(finite)
+        parts.append(_firsts(groups, idx[np.lexsort((v[idx], groups[idx]))]))
+        parts.append(_firsts(groups, idx[np.lexsort((-v[idx], groups[idx]))]))
+        bad = np.flatnonzero(~finite)
+        parts.append(_firsts(groups, bad[np.argsort(groups[bad], kind="stable")]))
+        # the change point: the largest jump between neighbouring rows of a group, both rows
+        order = np.argsort(groups, kind="stable")
+        g, vo = groups[order], v[order]
+        same = (g[1:] == g[:-1]) & np.isfinite(vo[1:]) & np.isfinite(vo[:-1])
+        pos = np.flatnonzero(same) + 1
+        if len(pos):
+            jump = np.abs(vo[pos] - vo[pos - 1])
+            best = pos[_firsts(g[pos], np.lexsort((-jump, g[pos])))]
+            parts.append(order[best])
+            parts.append(order[best - 1])
+    keep = np.zeros(n, dtype=bool)
+    for part in parts:
+        keep[part] = True
+    return np.flatnonzero(keep)
 
 
 class Deferred:
@@ -140,17 +312,19 @@ class Deferred:
         if not self._items:
             return
         items, self._items = self._items, []
-        by_device: dict[torch.device, list[int]] = {}
+        # one concatenation and one transfer per (device, row width): no per-item copies
+        groups: dict[tuple[torch.device, int], list[int]] = {}
         for i, (_, _, values) in enumerate(items):
-            by_device.setdefault(values.device, []).append(i)
+            groups.setdefault((values.device, values.shape[-1]), []).append(i)
         host: dict[int, list[list[float]]] = {}
-        for idx in by_device.values():
-            flat = torch.cat([items[i][2].reshape(-1).to(torch.float64) for i in idx]).tolist()
+        for idx in groups.values():
+            block = torch.cat([items[i][2] for i in idx]) if len(idx) > 1 else items[idx[0]][2]
+            rows = block.to(torch.float64).tolist()
             pos = 0
             for i in idx:
-                n_rows, n_cols = items[i][2].shape
-                host[i] = [flat[pos + r * n_cols : pos + (r + 1) * n_cols] for r in range(n_rows)]
-                pos += n_rows * n_cols
+                n_rows = items[i][2].shape[0]
+                host[i] = rows[pos : pos + n_rows]
+                pos += n_rows
         for i, (table, prefixes, _) in enumerate(items):
             for prefix, vals in zip(prefixes, host[i], strict=True):
                 table.append(*prefix, *vals)

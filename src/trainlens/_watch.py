@@ -250,6 +250,9 @@ class Lens:
             if finish is not None:
                 finish(exc)
         state.deferred.flush()
+        thinned = {n: t.thinning() for n, t in state.tables.items() if t.dropped}
+        if thinned:  # long runs: rules can see which tables lost resolution, and how much
+            state.extra_meta["thinning"] = thinned
         meta = self._meta(state, exc)
         self.records = Records({n: t.frame() for n, t in state.tables.items()}, meta)
         pm = get_plugin_manager(self._plugins)

@@ -8,11 +8,10 @@ modules on sampled training steps, and statistics of the model's input.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ._state import _SUSPENDED, Failure, WatchState, compiling
@@ -20,6 +19,8 @@ from ._tensors import dtype_names, first_float, nbytes, shapes, signature, tenso
 
 #: distinct shape signatures recorded per module; past it shapes "vary" and are not traced
 MAX_SIGNATURES = 8
+#: elements of a large activation that its zero fraction and mean |x| are estimated from
+ACTIVATION_SAMPLE = 65_536
 
 
 class ModuleProbe:
@@ -61,6 +62,7 @@ class ModuleProbe:
     def _post_hook(self, name: str, leaf: bool):
         state = self.state
         type_name = None
+        seen = self._signatures.setdefault(name, set())
 
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             nonlocal type_name
@@ -75,10 +77,20 @@ class ModuleProbe:
                 if exc is not None:
                     self._record_failure(exc, name, module, args, call, stack)
                     return
-            ins = tensor_leaves(args)
-            outs = tensor_leaves(output)
-            sig = (signature(ins), signature(outs))
-            seen = self._signatures.setdefault(name, set())
+            # hot path: one plain tensor in, one out (most layers) is keyed without walking
+            # the structures; a signature already seen costs one set lookup
+            a = args[0] if len(args) == 1 else None
+            if type(a) is Tensor and type(output) is Tensor:
+                sig = (a.shape, a.dtype, output.shape, output.dtype)
+                if sig in seen:
+                    if leaf and state.sampled and state.split() == "train":
+                        self._record_activation(name, type_name, [output])
+                    return
+                ins, outs = [a], [output]
+            else:
+                ins = tensor_leaves(args)
+                outs = tensor_leaves(output)
+                sig = (signature(ins), signature(outs))
             if sig not in seen and len(seen) < MAX_SIGNATURES:
                 seen.add(sig)
                 self._record_shapes(name, type_name, call, ins, outs)
@@ -114,13 +126,22 @@ class ModuleProbe:
         if out is None:
             return
         with torch.no_grad():
+            # plain float reductions: on CPU count_nonzero and the inf norm are 5-20x slower
+            # than a sum (measured on 1M elements, one thread). max_abs is exact (aminmax
+            # allocates nothing); zero_frac and mean_abs of a large output come from a
+            # strided sample of about ACTIVATION_SAMPLE elements (a fraction's error ~0.4%)
             o = out.detach()
+            lo, hi = torch.aminmax(o)
             n = o.numel()
+            if n > 2 * ACTIVATION_SAMPLE and o.is_contiguous():
+                o = o.view(-1)[:: n // ACTIVATION_SAMPLE]
+                n = o.numel()
+            a = o.abs()
             stats = torch.stack(
                 [
-                    1.0 - torch.count_nonzero(o).to(torch.float32) / n,
-                    torch.linalg.vector_norm(o, 1, dtype=torch.float32) / n,
-                    torch.linalg.vector_norm(o, math.inf, dtype=torch.float32),
+                    1.0 - a.sign().sum(dtype=torch.float32) / n,
+                    a.sum(dtype=torch.float32) / n,
+                    torch.maximum(lo.abs(), hi.abs()).to(torch.float32),
                 ]
             )
         state = self.state
@@ -135,18 +156,16 @@ class ModuleProbe:
         state = self.state
         with torch.no_grad():
             x = x.detach()
+            # few kernels, all on device: one pass for finiteness, two reductions
             finite = torch.isfinite(x)
-            n_bad = x.numel() - torch.count_nonzero(finite)
             xf = torch.where(finite, x, 0).to(torch.float32)
-            stats = torch.stack(
-                [
-                    xf.mean(),
-                    xf.std() if x.numel() > 1 else torch.zeros((), device=x.device),
-                    xf.min(),
-                    xf.max(),
-                    n_bad.to(torch.float32) / x.numel(),
-                ]
-            )
+            if x.numel() > 1:
+                std, mean = torch.std_mean(xf)
+            else:
+                mean, std = xf.reshape(()), torch.zeros((), device=x.device)
+            lo, hi = torch.aminmax(xf)
+            bad = 1.0 - finite.sum(dtype=torch.float32) / x.numel()
+            stats = torch.stack([mean, std, lo, hi, bad])
         state.deferred.add(state.tables["inputs"], [(state.step, state.split())], stats[None])
 
     def _record_failure(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import _records
 from .._records import TABLES, Deferred, Table
 
 # Set while trainlens itself runs the model (e.g. a probe's own forward): every probe of
@@ -80,7 +81,9 @@ class WatchState:
         self.optimizer = optimizer
         self.sampling = sampling
         self.module_names: dict[int, str] = {id(m): n for n, m in model.named_modules()}
-        self.tables = {name: Table(cols) for name, cols in TABLES.items()}
+        self.tables = {
+            name: Table(cols, _records.policy_for(name)) for name, cols in TABLES.items()
+        }
         self.deferred = Deferred()
         self.t0 = time.perf_counter()
         self.step = 0

@@ -1,0 +1,146 @@
+"""Memory and end-of-run cost of a long watched run: 100 000 steps of a small MLP.
+
+    python benchmarks/memory.py                 # 100 000 steps, prints the figures
+    python benchmarks/memory.py --steps 20000   # shorter
+
+Targets (exit status 1 when one is missed): resident memory growth after warm-up
+<= 64 MB, every record table within its bound (`_records.THINNING`), run dir <= 50 MB,
+drill written <= 5 s after the block ends. The loop is an ordinary one: cycling over a
+few fixed batches, a validation loss every 1000 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import trainlens
+from trainlens._records import DEFAULT_THINNING, THINNING
+
+WARMUP_STEPS = 2_000  # past the dense phase (100 steps) and the allocator's first growth
+TARGETS = {"rss_growth_mb": 64.0, "run_dir_mb": 50.0, "drill_s": 5.0}
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc; elsewhere the peak, which over-states)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--json", default="benchmarks/memory.json", help="where to write")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    batches = [(torch.randn(32, 32), torch.randint(0, 10, (32,))) for _ in range(16)]
+    xv, yv = torch.randn(64, 32), torch.randint(0, 10, (64,))
+    trace: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        t_start = time.perf_counter()
+        lens = trainlens.watch(model, opt, run_dir=run_dir, quiet=True)
+        with lens:
+            for step in range(args.steps):
+                x, y = batches[step % len(batches)]
+                loss = loss_fn(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if step % 1000 == 999:
+                    model.eval()
+                    with torch.no_grad():
+                        loss_fn(model(xv), yv)
+                    model.train()
+                if step + 1 == WARMUP_STEPS or (step + 1) % 10_000 == 0:
+                    trace.append((step + 1, rss_mb()))
+            t_loop_end = time.perf_counter()
+            state = lens._state
+            rows = {name: len(t) for name, t in state.tables.items()}
+            seen = {name: t.seen for name, t in state.tables.items()}
+            rss_end = rss_mb()
+        t_exit = time.perf_counter()
+        run_mb = dir_mb(run_dir)
+        drill_ok = (run_dir / "drill.json").is_file()
+        status = lens.drill["status"] if lens.drill else None
+
+    warm = next(mb for s, mb in trace if s >= min(WARMUP_STEPS, args.steps))
+    bounds = {}
+    for name in rows:
+        policy = THINNING.get(name, DEFAULT_THINNING)
+        bounds[name] = policy.max_rows if policy is not None else None
+    within = all(b is None or rows[n] <= b for n, b in bounds.items())
+    figures = {
+        "steps": args.steps,
+        "loop_s": round(t_loop_end - t_start, 2),
+        "ms_per_step": round((t_loop_end - t_start) / args.steps * 1e3, 3),
+        "rss_warm_mb": round(warm, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "rss_growth_mb": round(rss_end - warm, 1),
+        "rss_trace_mb": [(s, round(mb, 1)) for s, mb in trace],
+        "rows_kept": rows,
+        "rows_seen": seen,
+        "rows_bound": bounds,
+        "records_bounded": within,
+        "run_dir_mb": round(run_mb, 2),
+        "drill_s": round(t_exit - t_loop_end, 2),
+        "drill_written": drill_ok,
+        "status": status,
+    }
+    checks = {
+        "rss_growth_mb": figures["rss_growth_mb"] <= TARGETS["rss_growth_mb"],
+        "records_bounded": within,
+        "run_dir_mb": figures["run_dir_mb"] <= TARGETS["run_dir_mb"],
+        "drill_s": figures["drill_s"] <= TARGETS["drill_s"] and drill_ok,
+    }
+    figures["targets"] = TARGETS
+    figures["met"] = checks
+    print(
+        f"{args.steps} steps of a small MLP under trainlens.watch "
+        f"({figures['ms_per_step']} ms/step)"
+    )
+    print(
+        f"  RSS after {WARMUP_STEPS} steps {warm:.1f} MB, at the end {rss_end:.1f} MB: "
+        f"growth {figures['rss_growth_mb']} MB (target <= 64)  "
+        f"{'ok' if checks['rss_growth_mb'] else 'MISSED'}"
+    )
+    print(f"  RSS every 10k steps: {figures['rss_trace_mb']}")
+    for name in rows:
+        b = bounds[name]
+        print(f"  table {name:12s} {seen[name]:8d} rows seen, {rows[name]:6d} kept (bound {b})")
+    print(f"  run dir {run_mb:.2f} MB (target <= 50)  {'ok' if checks['run_dir_mb'] else 'MISSED'}")
+    print(
+        f"  drill written {figures['drill_s']} s after the block (target <= 5)  "
+        f"{'ok' if checks['drill_s'] else 'MISSED'}; status {status}"
+    )
+    Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
