@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._state import _SUSPENDED, WatchState
+from ._state import _SUSPENDED, WatchState, compiling
 
 #: score entries one recomputation may build (samples first, then query rows are thinned)
 MAX_ELEMENTS = 1 << 21
@@ -65,7 +65,7 @@ class AttentionProbe:
     # --- sources ---------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:
         state = self.state
-        if _SUSPENDED[0] or not state.sampled or state.split() != "train":
+        if compiling() or _SUSPENDED[0] or not state.sampled or state.split() != "train":
             return False
         return self._recorded.get(name) != state.step
 
@@ -353,7 +353,7 @@ def _patch_sdpa(probe: AttentionProbe) -> _SdpaHandle:
         @functools.wraps(original)
         def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
-            if _LISTENERS and not _SUSPENDED[0]:
+            if _LISTENERS and not _SUSPENDED[0] and not compiling():
                 for listener in tuple(_LISTENERS):
                     listener.on_sdpa(args, kwargs, out)
             return out

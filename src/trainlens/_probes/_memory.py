@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, WatchState, suspended
+from ._state import _SUSPENDED, WatchState, compiling, suspended
 from ._tensors import tensor_leaves
 
 #: sentinels of older steps tracked at once; past it the count saturates (a leak is a leak)
@@ -178,7 +178,7 @@ class MemoryProbe:
     # --- per step ----------------------------------------------------------------------
     def _pre(self, module: Any, args: tuple[Any, ...]) -> None:
         state = self.state
-        if _SUSPENDED[0] or state.step == self._row_step or state.split() != "train":
+        if compiling() or _SUSPENDED[0] or state.step == self._row_step or state.split() != "train":
             return
         self._row_step = state.step
         if self._model_input is None or state.sampled:
@@ -200,7 +200,7 @@ class MemoryProbe:
 
     def _post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         state = self.state
-        if _SUSPENDED[0] or state.step == self._marked_step or output is None:
+        if compiling() or _SUSPENDED[0] or state.step == self._marked_step or output is None:
             return
         if state.split() != "train" or len(self._tracked) >= MAX_TRACKED:
             return
