@@ -10,12 +10,23 @@ becomes part of `records.meta`.
 
 from __future__ import annotations
 
+from ._batchdep import BatchDependencyProbe
+from ._initloss import InitialLossProbe
 from ._loss import LossProbe
 from ._modules import ModuleProbe
 from ._state import WatchState, suspended
 from ._steps import StepProbe
 
 #: the probes every watched run installs, in order
-DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe)
+DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, BatchDependencyProbe, InitialLossProbe)
 
-__all__ = ["DEFAULT_PROBES", "LossProbe", "ModuleProbe", "StepProbe", "WatchState", "suspended"]
+__all__ = [
+    "DEFAULT_PROBES",
+    "BatchDependencyProbe",
+    "InitialLossProbe",
+    "LossProbe",
+    "ModuleProbe",
+    "StepProbe",
+    "WatchState",
+    "suspended",
+]
