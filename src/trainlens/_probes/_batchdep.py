@@ -356,13 +356,5 @@ class BatchDependencyProbe:
 
 
 def record(state: WatchState, result: dict[str, Any]) -> None:
-    """Put a check's numbers where rules read them: run metadata and one event."""
+    """Put a check's numbers where the rules read them: the run metadata."""
     state.extra_meta["batch_dependency"] = result
-    if result.get("mixed"):
-        state.event(
-            "batch_mixing",
-            result.get("module"),
-            f"output of sample {result['sample']} has gradient {result['grad_other']:.3g} "
-            f"w.r.t. sample {result['other']}'s input",
-            **result,
-        )
