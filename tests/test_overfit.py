@@ -121,9 +121,9 @@ def test_a_module_target_works_like_a_file_target(cli_env, tmp_path):
 def test_a_broken_model_fails_with_the_right_cause_first(
     factory, symptom, cause, module, cli_env, tmp_path
 ):
-    result = overfit_cli(
-        cli_env, f"{FACTORIES / 'broken.py'}:{factory}", "--json", "--run-dir", str(tmp_path)
-    )
+    # every one of these causes shows on the first step: 40 steps are plenty
+    target = f"{FACTORIES / 'broken.py'}:{factory}"
+    result = overfit_cli(cli_env, target, "--steps", "40", "--json", "--run-dir", str(tmp_path))
     assert result.returncode == 1, result.stderr
     data = json.loads(result.stdout)
     assert data["passed"] is False and data["verdict"].startswith("FAILED")
@@ -136,9 +136,8 @@ def test_a_broken_model_fails_with_the_right_cause_first(
 
 
 def test_a_failure_prints_the_cause_and_its_first_check(cli_env, tmp_path):
-    result = overfit_cli(
-        cli_env, f"{FACTORIES / 'broken.py'}:view_for_permute", "--run-dir", str(tmp_path)
-    )
+    target = f"{FACTORIES / 'broken.py'}:view_for_permute"
+    result = overfit_cli(cli_env, target, "--steps", "20", "--run-dir", str(tmp_path))
     assert result.returncode == 1
     out = result.stdout
     assert out.startswith("FAILED: ")

@@ -25,6 +25,7 @@ from ._errors import TrainlensError, UsageError
 from ._finding import Finding
 from ._hookspecs import hookimpl
 from ._io import atomic_write_text
+from ._probes._batchdep import batch_size_hint
 from ._probes._state import suspended
 
 DEFAULT_STEPS = 200
@@ -252,7 +253,7 @@ def overfit_one_batch(
     lens = watch(model_c, opt_c, run_dir=run_dir, quiet=True, plugins=[section])
     bar = _Progress(steps) if not quiet else None
     try:
-        with lens:
+        with batch_size_hint(_batch_size(targets)), lens:
             model_c.train()
             for step in range(steps):
                 loss = loss_fn(_call(model_c, inputs), targets)

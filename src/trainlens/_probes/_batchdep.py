@@ -22,6 +22,7 @@ names where the mixing starts.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Iterator
@@ -158,9 +159,10 @@ def _check(
     out = _first_float(output)
     if out is None or not out.requires_grad:
         raise _Skip("the output is not a floating-point tensor that depends on the input")
+    # the batch is axis 0, or axis 1 of a seq-first input; never the features of [N, F]
     axes = [
         a
-        for a in range(min(2, leaf.dim()))
+        for a in range(1 if leaf.dim() <= 2 else 2)
         if leaf.shape[a] >= 2 and (batch_size is None or leaf.shape[a] == batch_size)
     ]
     if not axes:
@@ -329,6 +331,20 @@ def _replace(value: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
     return value
 
 
+#: the batch size, when the caller knows it (overfit-one-batch: the number of targets)
+_BATCH_HINT: list[int | None] = [None]
+
+
+@contextlib.contextmanager
+def batch_size_hint(n: int | None) -> Iterator[None]:
+    """Tell the probe of the next watched run which size the batch axis has."""
+    old, _BATCH_HINT[0] = _BATCH_HINT[0], n
+    try:
+        yield
+    finally:
+        _BATCH_HINT[0] = old
+
+
 class BatchDependencyProbe:
     """Runs the check once, right after the first training forward of the watched model.
 
@@ -352,7 +368,8 @@ class BatchDependencyProbe:
         if self._done or _SUSPENDED[0] or self.state.split() != "train":
             return
         self._done = True
-        record(self.state, check_batch_dependency(module, args, kwargs))
+        hint = _BATCH_HINT[0]
+        record(self.state, check_batch_dependency(module, args, kwargs, batch_size=hint))
 
 
 def record(state: WatchState, result: dict[str, Any]) -> None:
