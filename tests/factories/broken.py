@@ -78,6 +78,41 @@ def logits_times_100() -> trainlens.Setup:
     return trainlens.Setup(model=Scaled(_mlp(), 100.0), batch=(x, y), loss_fn=nn.CrossEntropyLoss())
 
 
+def lr_too_low() -> trainlens.Setup:
+    """SGD at lr 1e-7: the parameters barely move."""
+    x, y = _data()
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-7)
+    return trainlens.Setup(model=model, batch=(x, y), loss_fn=nn.CrossEntropyLoss(), optimizer=opt)
+
+
+class DetachedFeatures(nn.Module):
+    """`.detach()` left in forward: no gradient reaches the feature layers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).detach())
+
+
+def detached_features() -> trainlens.Setup:
+    x, y = _data()
+    return trainlens.Setup(model=DetachedFeatures(), batch=(x, y), loss_fn=nn.CrossEntropyLoss())
+
+
+def dead_relu() -> trainlens.Setup:
+    """A bias of -10 before the ReLU: every unit outputs zero, for every sample."""
+    x, y = _data()
+    model = _mlp()
+    with torch.no_grad():
+        model[0].bias.fill_(-10.0)
+    return trainlens.Setup(model=model, batch=(x, y), loss_fn=nn.CrossEntropyLoss())
+
+
 # --- factories the CLI must reject with exit 2 -------------------------------------------
 def raises() -> trainlens.Setup:
     raise RuntimeError("could not open the dataset")
