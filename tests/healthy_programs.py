@@ -231,6 +231,37 @@ def seq_first_gru(run_dir: Path) -> trainlens.Lens:
     return _loop(model, opt, batches, nn.CrossEntropyLoss(), run_dir, epochs=8)
 
 
+def slow_sgd_still_learning(run_dir: Path) -> trainlens.Lens:
+    """Plain SGD, no momentum, a modest lr: slow, small updates, but the loss does fall."""
+    x, y = classification_data(n=256, d_in=8, classes=3)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    return _loop(model, opt, _batches(x, y, 16), nn.CrossEntropyLoss(), run_dir, epochs=6)
+
+
+def sparse_activations_relu6_leaky_gelu(run_dir: Path) -> trainlens.Lens:
+    """Mixed activations, many exact zeros in the ReLU6 (negative-shifted inputs): learning."""
+    x, y = classification_data(n=256, d_in=8, classes=3)
+    model = nn.Sequential(
+        nn.Linear(8, 64), nn.ReLU6(), nn.Linear(64, 64), nn.LeakyReLU(0.01),
+        nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 3),
+    )  # fmt: skip
+    with torch.no_grad():
+        model[0].bias.fill_(-0.5)  # most pre-activations negative: ~70% zeros, not dead
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    return _loop(model, opt, _batches(x, y, 32), nn.CrossEntropyLoss(), run_dir, epochs=6)
+
+
+def regression_at_its_noise_floor(run_dir: Path) -> trainlens.Lens:
+    """Noisy targets: MSE falls from the target variance to the noise variance and stays."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [1.5]]) + 0.5 * torch.randn(256, 1, generator=g)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    return _loop(model, opt, _batches(x, y, 32), nn.MSELoss(), run_dir, epochs=15)
+
+
 PROGRAMS: dict[str, Program] = {
     f.__name__: f
     for f in (
@@ -247,5 +278,8 @@ PROGRAMS: dict[str, Program] = {
         label_smoothing_floor,
         long_plateau_at_zero,
         seq_first_gru,
+        slow_sgd_still_learning,
+        sparse_activations_relu6_leaky_gelu,
+        regression_at_its_noise_floor,
     )
 }

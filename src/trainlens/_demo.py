@@ -15,6 +15,7 @@ from ._resources import data_dir
 EXAMPLES = (
     ("linear_regression.py", "healthy: nn.Linear(1, 1) learns y = 2x"),
     ("shape_mismatch.py", "planted: a CNN whose classifier expects the wrong size"),
+    ("flat_loss.py", "planted: a softmax before CrossEntropyLoss keeps the loss flat"),
 )
 
 

@@ -20,6 +20,7 @@ from ._resources import data_dir
 DEFAULT_PLUGINS = (
     "trainlens._rules.shape_mismatch",
     "trainlens._rules.initial_loss",
+    "trainlens._rules.flat_loss",
     "trainlens._report.sections",
 )
 

@@ -46,6 +46,24 @@ TABLES: dict[str, tuple[str, ...]] = {
     "inputs": ("step", "split", "mean", "std", "min", "max", "nonfinite_frac"),
     # one-off observations a probe made (a loss broadcasting its target, an exception, ...)
     "events": ("step", "kind", "module", "message", "data"),
+    # CrossEntropy/NLL/MSE input and target on sampled steps: are the inputs already
+    # probabilities (prob_dev = mean |row sum - 1|) or log-probabilities (logprob_dev =
+    # mean |logsumexp(row)|); baseline = loss of the best constant prediction
+    "loss_inputs": (
+        "step",
+        "split",
+        "loss",
+        "type",
+        "classes",
+        "min",
+        "max",
+        "prob_dev",
+        "logprob_dev",
+        "baseline",
+    ),
+    # sampled optimizer steps: the norm of the optimizer's `.grad`s before the step's first
+    # backward pass adds to them (carried, 0 after zero_grad) and at `optimizer.step()`
+    "grad_carry": ("step", "carried_norm", "step_norm", "carried_frac"),
 }
 
 

@@ -11,6 +11,7 @@ becomes part of `records.meta`.
 from __future__ import annotations
 
 from ._batchdep import BatchDependencyProbe
+from ._flat import GradCarryProbe, LossInputProbe
 from ._initloss import InitialLossProbe
 from ._loss import LossProbe
 from ._modules import ModuleProbe
@@ -18,7 +19,15 @@ from ._state import WatchState, suspended
 from ._steps import StepProbe
 
 #: the probes every watched run installs, in order
-DEFAULT_PROBES = (ModuleProbe, LossProbe, StepProbe, BatchDependencyProbe, InitialLossProbe)
+DEFAULT_PROBES = (
+    ModuleProbe,
+    LossProbe,
+    StepProbe,
+    LossInputProbe,
+    GradCarryProbe,
+    BatchDependencyProbe,
+    InitialLossProbe,
+)
 
 __all__ = [
     "DEFAULT_PROBES",

@@ -1,0 +1,661 @@
+"""flat_loss: the training loss does not move, and why.
+
+"Flat" compares the median training loss of the run's first and last windows: less than a
+10% drop (and no rise past the diverging limit), or a second half that no longer falls and
+ends at the loss of the best constant prediction. Medians over windows of a fifth of the
+run keep one noisy batch from faking progress or its lack. Runs too short for a trend,
+losses that reached ~0, crashed runs and non-finite losses are left alone (the latter two
+belong to other rules).
+
+Each cause is then decided by its own evidence from the records (parameter, gradient and
+update norms, activation zero fractions, the loss's input and target statistics, stale
+gradients, the input statistics), and its confidence reflects how specific that evidence
+is: a definite mechanism (no `optimizer.step()`, parameters outside the optimizer, stale
+gradients, probabilities fed to `CrossEntropyLoss`) ranks above its consequences (tiny
+updates, vanishing or missing gradients), so the root cause is read first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .._catalogue import Catalogue
+from .._finding import Cause, Finding
+from .._hookspecs import hookimpl
+from .._records import Records
+from ._common import exception_info, num
+
+SYMPTOM = "flat_loss"
+
+#: activations that output exact zeros for negative inputs
+RELU_FAMILY = ("ReLU", "ReLU6", "Threshold", "Hardsigmoid")
+#: modules that normalise a model's output into (log-)probabilities
+SOFTMAX_MODULES = ("Softmax", "LogSoftmax", "Softmax2d", "Softmin")
+
+
+@hookimpl
+def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
+    if SYMPTOM not in catalogue:
+        return []
+    flat = _flatness(records, catalogue)
+    if flat is None:
+        return []
+    ctx = _Context.build(records, catalogue, flat)
+    checks = (
+        _optimizer_not_stepping,
+        _params_not_in_optimizer,
+        _zero_grad_missing,
+        _softmax_before_loss,
+        _no_gradient_flow,
+        _dead_relu,
+        _vanishing_gradient,
+        _lr_too_low,
+        _unnormalized_input,
+        _label_mismatch,
+    )
+    causes = [c for check in checks if (c := check(ctx)) is not None]
+    if not causes:
+        return []  # flat, but nothing recorded explains it: stay silent, never guess
+    top = max(causes, key=lambda c: c.confidence)
+    severity = (
+        "error" if flat.by_progress and top.confidence >= ctx.t("error_confidence") else "warning"
+    )
+    return [
+        catalogue.finding(
+            SYMPTOM,
+            severity,
+            causes,
+            evidence={
+                "loss_start": flat.start,
+                "loss_end": flat.end,
+                "relative_drop": flat.drop,
+                "steps": flat.n,
+                "baseline": flat.baseline,
+                "curve_by": flat.by,
+            },
+        )
+    ]
+
+
+# --- is the loss flat? -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Flatness:
+    n: int
+    start: float
+    end: float
+    drop: float
+    by_progress: bool
+    baseline: float | None
+    baseline_what: str | None
+    by: str  # "step", or "backward pass" when no optimizer step ever ran
+
+    def describe(self) -> str:
+        return (
+            f"train loss {num(self.start)} -> {num(self.end)} (median of first/last windows) "
+            f"over {self.n} {self.by}"
+        )
+
+
+def _flatness(records: Records, catalogue: Catalogue) -> Flatness | None:
+    t = lambda name: catalogue.threshold(SYMPTOM, name)  # noqa: E731
+    exc = exception_info(records)
+    if exc is not None and exc.get("type") != "KeyboardInterrupt":
+        return None  # a crash is its own finding
+    curve, by = _curve(records, int(t("min_steps")))
+    if curve is None:
+        return None
+    values = curve.to_numpy(dtype=float)
+    if not all(math.isfinite(v) for v in values):
+        return None  # non-finite losses: the non_finite rule's job
+    n = len(values)
+    w = max(int(t("min_window")), int(n * float(t("window_share"))))
+    start = float(pd.Series(values[:w]).median())
+    end = float(pd.Series(values[-w:]).median())
+    if abs(start) < 1e-12:
+        return None
+    if end <= float(t("near_zero")) or abs(end) <= float(t("near_zero_share")) * abs(start):
+        return None  # solved: a plateau at ~0 is success
+    if end > start * float(t("rise_limit")):
+        return None  # rising: diverging, not flat
+    drop = (start - end) / abs(start)
+    baseline, what = _baseline(records)
+    by_progress = drop < float(t("max_drop"))
+    tol = catalogue.threshold(SYMPTOM, "baseline_tolerance", "label_mismatch")
+    # at the constant-prediction level only counts once the loss has stopped there: the
+    # second half of the run no longer falls (a run still descending may pass it later)
+    mid = float(pd.Series(values[n // 2 : n // 2 + w]).median())
+    stalled = (mid - end) / abs(mid) < float(t("plateau_max_drop"))
+    at_baseline = baseline is not None and abs(end - baseline) <= tol * baseline and stalled
+    if not (by_progress or at_baseline):
+        return None
+    return Flatness(n, start, end, drop, by_progress, baseline, what, by)
+
+
+def _curve(records: Records, min_steps: int) -> tuple[pd.Series | None, str]:
+    curve = records.train_loss()
+    if len(curve) >= min_steps:
+        return curve, "steps"
+    # optimizer watched but never stepped: every loss sits on step 0; read them in order
+    meta = records.meta
+    losses = records.losses
+    train = losses[losses["split"] == "train"]["value"].reset_index(drop=True)
+    if meta.get("optimizer_given") and meta.get("steps", 0) <= 1 and len(train) >= min_steps:
+        return train, "backward passes"
+    return None, "steps"
+
+
+def _baseline(records: Records) -> tuple[float | None, str | None]:
+    """The loss of the best constant prediction for the training targets, if known."""
+    li = records.loss_inputs
+    li = li[(li["split"] == "train") & li["baseline"].notna()]
+    if li.empty:
+        return None, None
+    kind = li["type"].mode().iloc[0]
+    li = li[li["type"] == kind]
+    value = float(li["baseline"].median())
+    if not math.isfinite(value) or value <= 0:
+        return None, None
+    if kind == "MSELoss":
+        return value, "the target variance, the MSE of predicting the mean target"
+    classes = int(li["classes"].median())
+    return value, (
+        f"the class-prior entropy over {classes} classes (ln {classes} = "
+        f"{num(math.log(classes))} when balanced)"
+    )
+
+
+# --- what the records say, per parameter ------------------------------------------------
+@dataclass
+class _Context:
+    records: Records
+    catalogue: Catalogue
+    flat: Flatness
+    per_param: pd.DataFrame  # one row per tracked parameter, in model order
+    sampled_steps: int
+    lr: float
+    order: dict[str, int]  # module -> forward call order (first seen)
+    called: set[str]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def t(self, name: str, cause: str | None = None) -> Any:
+        return self.catalogue.threshold(SYMPTOM, name, cause)
+
+    @classmethod
+    def build(cls, records: Records, catalogue: Catalogue, flat: Flatness) -> _Context:
+        p = records.params
+        meta_params: dict[str, dict[str, Any]] = records.meta.get("params", {})
+        if not p.empty:
+            p = p.assign(
+                grad_pos=(p["grad_norm"] > 0) & p["has_grad"].astype(bool),
+                ratio=p["update_norm"] / p["param_norm"].where(p["param_norm"] > 0),
+                rel_grad=p["grad_norm"] / p["param_norm"].where(p["param_norm"] > 0),
+            )
+            agg = p.groupby("param", sort=False).agg(
+                module=("module", "first"),
+                rows=("step", "size"),
+                has_grad=("has_grad", "mean"),
+                grad_pos=("grad_pos", "mean"),
+                grad=("grad_norm", "median"),
+                rel_grad=("rel_grad", "median"),
+                ratio=("ratio", "median"),
+                update_rows=("update_norm", "count"),
+                changed=("update_norm", lambda u: float((u.dropna() > 0).mean())),
+            )
+        else:
+            agg = pd.DataFrame(
+                columns=["module", "rows", "has_grad", "grad_pos", "grad", "rel_grad", "ratio"]
+            )
+        agg["in_optimizer"] = [
+            meta_params.get(n, {}).get("in_optimizer") is not False for n in agg.index
+        ]
+        agg["numel"] = [int(meta_params.get(n, {}).get("numel", 1)) for n in agg.index]
+        agg["ndim"] = [len(meta_params.get(n, {}).get("shape") or []) for n in agg.index]
+        order = list(meta_params)
+        agg = agg.loc[sorted(agg.index, key=lambda n: order.index(n) if n in order else 1 << 30)]
+        steps = records.steps
+        lr = float(steps["lr"].median()) if not steps.empty else math.nan
+        shapes = records.shapes
+        calls = shapes[shapes["call"].notna()].sort_values(["step", "call"])
+        module_order: dict[str, int] = {}
+        for m in calls["module"]:
+            module_order.setdefault(m, len(module_order))
+        return cls(
+            records=records,
+            catalogue=catalogue,
+            flat=flat,
+            per_param=agg,
+            sampled_steps=int(p["step"].nunique()) if not p.empty else 0,
+            lr=lr,
+            order=module_order,
+            called=set(shapes["module"]),
+        )
+
+    def cause(self, cause_id: str, confidence: float, evidence: str, **fields: Any) -> Cause:
+        return self.catalogue.cause(
+            SYMPTOM, cause_id, confidence=confidence, evidence=evidence, **fields
+        )
+
+    @property
+    def optimizer_class(self) -> str:
+        opt = self.records.meta.get("optimizer") or {}
+        return opt.get("class", "the optimizer")
+
+    def forward_pos(self, module: str) -> int:
+        """Where a module first ran in the forward; never-called ones after, in model order."""
+        if module in self.order:
+            return self.order[module]
+        names = list(self.modules)
+        return len(self.order) + (names.index(module) if module in names else len(names))
+
+    @property
+    def modules(self) -> dict[str, Any]:
+        return self.records.meta.get("modules", {})
+
+
+def _names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _common_module(modules: list[str]) -> str | None:
+    """The deepest module holding all of them; None when only the whole model does."""
+    if not modules:
+        return None
+    parts = [m.split(".") if m else [] for m in modules]
+    common: list[str] = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common) or None
+
+
+# --- the causes ---------------------------------------------------------------------------
+def _optimizer_not_stepping(ctx: _Context) -> Cause | None:
+    meta = ctx.records.meta
+    if meta.get("optimizer_given") and meta.get("steps", 0) == 0:
+        bw = int(meta.get("backward_passes", 0))
+        return ctx.cause(
+            "optimizer_not_stepping",
+            0.97,
+            f"0 optimizer steps over {bw} backward passes: `step()` never ran on the watched "
+            f"{ctx.optimizer_class}, so no parameter changed; {ctx.flat.describe()}",
+            detail=f"trainlens saw {bw} backward passes and 0 calls of `optimizer.step()`.",
+        )
+    pp = ctx.per_param
+    if pp.empty:
+        return None
+    min_rel = ctx.t("min_grad_ratio", "optimizer_not_stepping")
+    with_grad = pp[pp["in_optimizer"] & (pp["grad_pos"] >= 0.5) & (pp["rel_grad"] >= min_rel)]
+    with_grad = with_grad[with_grad["update_rows"] >= 3]
+    if with_grad.empty:
+        return None
+    still = with_grad[with_grad["changed"] == 0]
+    share = still["numel"].sum() / with_grad["numel"].sum()
+    if still.empty or share < ctx.t("share", "optimizer_not_stepping"):
+        return None
+    lr_note = f"; lr is {num(ctx.lr)}" if math.isfinite(ctx.lr) else ""
+    module = _common_module(list(still["module"]))
+    return ctx.cause(
+        "optimizer_not_stepping",
+        0.95,
+        f"{len(still)} of {len(with_grad)} parameters with gradients (median grad norm "
+        f"{num(float(still['grad'].median()))}) never changed over {ctx.sampled_steps} sampled "
+        f"steps (update norm exactly 0){lr_note}; {ctx.flat.describe()}",
+        module=module,
+        detail=f"The parameters of `{module or 'the model'}` get gradients but never move"
+        f"{lr_note} (a learning rate of 0 or a step on another optimizer does this).",
+    )
+
+
+def _params_not_in_optimizer(ctx: _Context) -> Cause | None:
+    pp = ctx.per_param
+    if pp.empty or not ctx.records.meta.get("optimizer_given"):
+        return None
+    outside = pp[~pp["in_optimizer"] & (pp["grad_pos"] >= 0.5)]
+    if outside.empty:
+        return None
+    share = outside["numel"].sum() / pp["numel"].sum()
+    names = list(outside.index)
+    return ctx.cause(
+        "params_not_in_optimizer",
+        0.96 if share >= 0.5 else 0.8,
+        f"{len(names)} of {len(pp)} trainable parameters ({share:.0%} of the elements) get "
+        f"gradients (median norm {num(float(outside['grad'].median()))}) but are in no param "
+        f"group of {ctx.optimizer_class}: {_names(names)}; they never change",
+        module=_common_module(list(outside["module"])),
+        names=_names(names),
+    )
+
+
+def _zero_grad_missing(ctx: _Context) -> Cause | None:
+    gc = ctx.records.grad_carry
+    gc = gc[gc["step"] >= 1]
+    if len(gc) < 3:
+        return None
+    ratio = ctx.t("carry_ratio", "zero_grad_missing")
+    stale = gc[(gc["carried_frac"] >= 0.5) & (gc["carried_norm"] >= ratio * gc["step_norm"])]
+    if len(stale) < ctx.t("steps_share", "zero_grad_missing") * len(gc):
+        return None
+    bps = ctx.records.steps["backward_passes"]
+    bps_note = f"{num(float(bps.median()))} backward pass(es) per step" if len(bps) else ""
+    growth = ""
+    p = ctx.records.params
+    if not p.empty:
+        total = p.groupby("step")["grad_norm"].apply(lambda g: math.sqrt((g**2).sum()))
+        growth = (
+            f"; the total gradient norm went {num(float(total.iloc[0]))} -> "
+            f"{num(float(total.iloc[-1]))} from step {int(total.index[0])} to "
+            f"{int(total.index[-1])}"
+        )
+    return ctx.cause(
+        "zero_grad_missing",
+        0.93,
+        f"on {len(stale)} of {len(gc)} sampled steps the first backward pass found the "
+        f"gradients of earlier steps still in `.grad` (median norm "
+        f"{num(float(stale['carried_norm'].median()))}, of "
+        f"{num(float(stale['step_norm'].median()))} at the step), with {bps_note}{growth}",
+    )
+
+
+def _softmax_before_loss(ctx: _Context) -> Cause | None:
+    li = ctx.records.loss_inputs
+    li = li[(li["split"] == "train") & li["type"].isin(("CrossEntropyLoss", "NLLLoss"))]
+    if li.empty:
+        return None
+    tol = ctx.t("row_tolerance", "softmax_before_loss")
+    probs = (li["min"] >= -1e-6) & (li["prob_dev"] <= tol)
+    logprobs = (li["max"] <= 1e-6) & (li["logprob_dev"] <= tol) & (li["type"] != "NLLLoss")
+    need = ctx.t("steps_share", "softmax_before_loss") * len(li)
+    loss = str(li["type"].mode().iloc[0])
+    classes = int(li["classes"].median())
+    if probs.sum() >= need:
+        rows, kind = li[probs], "probabilities (non-negative, each row sums to 1)"
+        dev = f"mean |row sum - 1| {num(float(rows['prob_dev'].median()))}"
+        floor = -math.log(math.e / (math.e + classes - 1)) if classes > 1 else 0.0
+    elif logprobs.sum() >= need:
+        rows, kind = li[logprobs], "log-probabilities (non-positive, exp of each row sums to 1)"
+        dev = f"mean |logsumexp(row)| {num(float(rows['logprob_dev'].median()))}"
+        floor = 0.0
+    else:
+        return None
+    softmaxes = [n for n, m in ctx.modules.items() if m.get("type") in SOFTMAX_MODULES]
+    module = max(softmaxes, key=ctx.forward_pos) if softmaxes else None
+    module_type = ctx.modules[module]["type"] if module else "softmax"
+    where = f" (from `{module}`, {module_type})" if module else ""
+    return ctx.cause(
+        "softmax_before_loss",
+        0.92,
+        f"the input of {loss} is already {kind} on {len(rows)} of {len(li)} sampled steps"
+        f"{where}: values in [{num(float(rows['min'].min()))}, {num(float(rows['max'].max()))}]"
+        f", {dev}; {loss} expects raw logits, so the loss cannot fall much below "
+        f"{num(floor)}",
+        module=module,
+        loss=loss,
+        kind=kind,
+        module_type=module_type,
+        floor=num(floor),
+    )
+
+
+def _no_gradient_flow(ctx: _Context) -> Cause | None:
+    pp = ctx.per_param
+    meta_params = ctx.records.meta.get("params", {})
+    # frozen but handed to the optimizer: meant to train, yet requires_grad=False
+    frozen = [
+        n
+        for n, m in meta_params.items()
+        if m.get("requires_grad") is False
+        and m.get("in_optimizer") is True
+        and m.get("module") in ctx.called
+    ]
+    if pp.empty and not frozen:
+        return None
+    cut = ctx.t("max_grad_share", "no_gradient_flow")
+    used = pp[pp["module"].isin(ctx.called) & pp["in_optimizer"]] if not pp.empty else pp
+    none = list(used.index[used["has_grad"] <= cut]) if not used.empty else []
+    zero = (
+        list(used.index[(used["has_grad"] > cut) & (used["grad_pos"] <= cut)])
+        if not used.empty
+        else []
+    )
+    stopped = none + frozen + zero
+    if not stopped:
+        return None
+    numel = {n: int(meta_params.get(n, {}).get("numel", 1)) for n in stopped}
+    total = int(used["numel"].sum() if not used.empty else 0) + sum(numel[n] for n in frozen)
+    share = sum(numel.values()) / max(1, total)
+    flowing = used[used["grad_pos"] > 0.5] if not used.empty else used
+    modules = {meta_params.get(n, {}).get("module", n.rpartition(".")[0]) for n in stopped}
+    module = max(modules, key=ctx.forward_pos)
+    mtype = ctx.modules.get(module, {}).get("type", "?")
+    parts = []
+    if none:
+        parts.append(f"{len(none)} never received a gradient (None: {_names(none)})")
+    if frozen:
+        parts.append(
+            f"{len(frozen)} are in the optimizer with requires_grad=False ({_names(frozen)})"
+        )
+    if zero:
+        parts.append(f"{len(zero)} got only zero gradients ({_names(zero)})")
+    others = (
+        f"; {len(flowing)} others do get gradients (median norm "
+        f"{num(float(flowing['grad'].median()))})"
+        if len(flowing)
+        else ""
+    )
+    # None gradients are a cut graph for sure; requires_grad=False in the optimizer is
+    # often a deliberate freeze; zero gradients also follow from dead units downstream
+    if none:
+        confidence = 0.6 + 0.3 * share
+    elif frozen:
+        confidence = 0.5 + 0.3 * share
+    else:
+        confidence = 0.45 + 0.2 * share
+    return ctx.cause(
+        "no_gradient_flow",
+        confidence,
+        f"over {ctx.sampled_steps} sampled steps, of the parameters the forward uses, "
+        + "; ".join(parts)
+        + f" ({share:.0%} of their elements){others}; the flow stops at `{module}` ({mtype})",
+        module=module or None,
+    )
+
+
+def _dead_relu(ctx: _Context) -> Cause | None:
+    act = ctx.records.activations
+    act = act[act["type"].isin(RELU_FAMILY)]
+    if act.empty:
+        return None
+    late = act[act["step"] >= act["step"].median()]
+    zf = late.groupby("module", sort=False)["zero_frac"].median()
+    limit = ctx.t("zero_frac", "dead_relu")
+    dead = zf[zf >= limit]
+    if dead.empty:
+        return None
+    worst = max(dead.index, key=lambda m: (round(float(dead[m]), 3), -ctx.forward_pos(m)))
+    frac = float(dead[worst])
+    mtype = str(act[act["module"] == worst]["type"].iloc[0])
+    confidence = 0.6 + 0.35 * min(1.0, (frac - limit) / max(1e-9, 1 - limit))
+    more = f"; {len(dead)} ReLU-family modules are above {limit:.0%}" if len(dead) > 1 else ""
+    return ctx.cause(
+        "dead_relu",
+        confidence,
+        f"`{worst}` ({mtype}) outputs exactly zero for {frac:.1%} of its elements (median "
+        f"over the last {late['step'].nunique()} sampled steps; a healthy ReLU is near 50%, "
+        f"dead from {limit:.0%}){more}: no gradient passes through it",
+        module=worst,
+        zero_pct=f"{frac:.1%}",
+        module_type=mtype,
+    )
+
+
+def _gradient_depth(ctx: _Context) -> tuple[pd.DataFrame, float] | None:
+    pp = ctx.per_param
+    if pp.empty:
+        return None
+    weights = pp[(pp["ndim"] >= 2) & (pp["grad_pos"] > 0.5) & (pp["grad"] > 0)]
+    if len(weights) < ctx.t("min_layers", "vanishing_gradient"):
+        return None
+    weights = weights.loc[sorted(weights.index, key=lambda n: ctx.forward_pos(pp.loc[n, "module"]))]
+    return weights, float(weights["grad"].iloc[0] / weights["grad"].iloc[-1])
+
+
+def _vanishing_gradient(ctx: _Context) -> Cause | None:
+    depth = _gradient_depth(ctx)
+    if depth is None:
+        return None
+    weights, ratio = depth
+    limit = ctx.t("first_last_ratio", "vanishing_gradient")
+    if ratio >= limit:
+        return None
+    first, last = weights.index[0], weights.index[-1]
+    module = weights.loc[first, "module"]
+    g0, g1 = float(weights.loc[first, "grad"]), float(weights.loc[last, "grad"])
+    return ctx.cause(
+        "vanishing_gradient",
+        0.75,
+        f"the median gradient norm falls from {num(g1)} at `{last}` (output side) to "
+        f"{num(g0)} at `{first}` (input side) across {len(weights)} weight layers: "
+        f"first/last ratio {num(ratio)} (vanishing below {num(limit)})",
+        module=module,
+        first_norm=num(g0),
+        last_norm=num(g1),
+    )
+
+
+def _update_ratio(ctx: _Context) -> float | None:
+    pp = ctx.per_param
+    if pp.empty:
+        return None
+    moving = pp[pp["in_optimizer"] & (pp["ratio"] > 0)]
+    if moving.empty:
+        return None
+    return float(moving["ratio"].median())
+
+
+def _lr_too_low(ctx: _Context) -> Cause | None:
+    ratio = _update_ratio(ctx)
+    low = ctx.t("update_ratio_low", "lr_too_low")
+    if ratio is None or ratio >= low:
+        return None
+    pp = ctx.per_param
+    rel_grad = float(pp[pp["in_optimizer"] & (pp["grad_pos"] > 0.5)]["rel_grad"].median())
+    healthy_grads = rel_grad >= ctx.t("grad_ratio_healthy", "lr_too_low")
+    factor = 10 ** max(1, round(math.log10(1e-3 / ratio)))
+    lr = ctx.lr
+    lr_text = f"lr {num(lr)} ({ctx.optimizer_class})" if math.isfinite(lr) else "the lr"
+    grads = (
+        f"while gradients are healthy (median grad/param {num(rel_grad)}): steps are too small"
+        if healthy_grads
+        else f"with small gradients too (median grad/param {num(rel_grad)})"
+    )
+    return ctx.cause(
+        "lr_too_low",
+        0.85 if healthy_grads else 0.5,
+        f"median update/param ratio {num(ratio)} (healthy ~1e-3) at {lr_text} {grads}",
+        lr=num(lr) if math.isfinite(lr) else "unknown",
+        ratio=num(ratio),
+        factor=f"{factor:g}",
+        suggested_lr=num(lr * factor) if math.isfinite(lr) else "10x the current lr",
+    )
+
+
+def _input_scale(ctx: _Context) -> dict[str, float] | None:
+    inputs = ctx.records.inputs
+    inputs = inputs[inputs["split"] == "train"]
+    if inputs.empty:
+        return None
+    med = inputs[["mean", "std"]].median()
+    return {
+        "mean": float(med["mean"]),
+        "std": float(med["std"]),
+        "min": float(inputs["min"].min()),
+        "max": float(inputs["max"].max()),
+        "scale": max(abs(float(med["mean"])), float(med["std"])),
+        "rows": len(inputs),
+    }
+
+
+def _input_off_scale(ctx: _Context, stats: dict[str, float] | None) -> bool:
+    if stats is None:
+        return False
+    big = stats["scale"] > ctx.t("scale_max", "unnormalized_input")
+    small = 0 < stats["scale"] < ctx.t("scale_min", "unnormalized_input")
+    return big or small
+
+
+def _unnormalized_input(ctx: _Context) -> Cause | None:
+    stats = _input_scale(ctx)
+    if not _input_off_scale(ctx, stats):
+        return None
+    assert stats is not None
+    first = min(
+        (m for m in ctx.order if ctx.modules.get(m, {}).get("leaf")),
+        key=ctx.forward_pos,
+        default=None,
+    )
+    far = stats["scale"] / ctx.t("scale_max", "unnormalized_input")
+    return ctx.cause(
+        "unnormalized_input",
+        0.8 if far >= 10 or stats["scale"] < ctx.t("scale_min", "unnormalized_input") else 0.65,
+        f"the model's input has mean {num(stats['mean'])} and std {num(stats['std'])} "
+        f"(range {num(stats['min'])} to {num(stats['max'])}) over {stats['rows']} sampled steps;"
+        f" unit scale is mean ~0, std ~1" + (f"; `{first}` receives it" if first else ""),
+        module=first,
+        mean=num(stats["mean"]),
+        std=num(stats["std"]),
+        min=num(stats["min"]),
+        max=num(stats["max"]),
+    )
+
+
+def _label_mismatch(ctx: _Context) -> Cause | None:
+    flat = ctx.flat
+    if flat.baseline is None:
+        return None
+    tol = ctx.t("baseline_tolerance", "label_mismatch")
+    if abs(flat.end - flat.baseline) > tol * flat.baseline:
+        return None
+    # its own evidence: the loss is at the constant-prediction level *and* the machinery
+    # is demonstrably healthy, so the model could learn if the targets allowed it
+    pp = ctx.per_param
+    trained = pp[pp["in_optimizer"]] if not pp.empty else pp
+    if trained.empty or (trained["grad_pos"] < 0.9).any():
+        return None
+    ratio = _update_ratio(ctx)
+    lo = ctx.t("update_ratio_min", "label_mismatch")
+    hi = ctx.t("update_ratio_max", "label_mismatch")
+    if ratio is None or not lo <= ratio <= hi:
+        return None
+    depth = _gradient_depth(ctx)
+    if depth is not None and depth[1] < ctx.t("first_last_ratio", "vanishing_gradient"):
+        return None
+    act = ctx.records.activations
+    act = act[act["type"].isin(RELU_FAMILY)]
+    if not act.empty and act.groupby("module")["zero_frac"].median().max() >= ctx.t(
+        "zero_frac", "dead_relu"
+    ):
+        return None
+    if _input_off_scale(ctx, _input_scale(ctx)):
+        return None
+    if any(c is not None for c in (_softmax_before_loss(ctx), _zero_grad_missing(ctx))):
+        return None
+    what = flat.baseline_what or "the best constant prediction"
+    constant = "the mean target" if what.startswith("the target variance") else "the class prior"
+    depth_note = f", first/last layer gradient ratio {num(depth[1])}" if depth else ""
+    return ctx.cause(
+        "label_mismatch",
+        0.8,
+        f"the train loss ends at {num(flat.end)}, within {tol:.0%} of {num(flat.baseline)}, "
+        f"{what}, while gradients and updates look healthy (median update/param "
+        f"{num(ratio)}, all {len(trained)} parameters get gradients{depth_note}): the "
+        f"targets carry nothing the inputs explain",
+        baseline=num(flat.baseline),
+        baseline_what=what,
+        constant=constant,
+    )

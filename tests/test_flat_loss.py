@@ -1,0 +1,303 @@
+"""flat_loss: for every cause a real planted-bug training run where it is ranked first.
+
+Each program is the bug as users write it (a forgotten `optimizer.step()`, a model rebuilt
+after its optimizer, a softmax before `CrossEntropyLoss`, labels shuffled apart from the
+inputs, ...), trained for a few dozen steps on a tiny model. The drill read back from disk
+must name the cause first, the module to blame where there is one, and real numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import trainlens
+from models import classification_data, mlp, train
+
+
+def loop(model, opt, data, run_dir, *, steps=60, batch=16, loss_fn=None, zero_grad=True,
+         step=True):  # fmt: skip
+    """The usual loop, with the two lines a planted bug may leave out."""
+    x, y = data
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for s in range(steps):
+            i = (s * batch) % len(x)
+            loss = loss_fn(model(x[i : i + batch]), y[i : i + batch])
+            if zero_grad:
+                opt.zero_grad()
+            loss.backward()
+            if step:
+                opt.step()
+    return lens
+
+
+def flat_finding(lens, run_dir):
+    """The flat_loss finding as drill.json on disk says it."""
+    drill = json.loads((run_dir / "drill.json").read_text())
+    found = [f for f in drill["findings"] if f["symptom"] == "flat_loss"]
+    assert len(found) == 1, [f.summary() for f in lens.findings]
+    finding = found[0]
+    assert finding["likely_cause"] == finding["likely_causes"][0]["id"]
+    assert re.search(r"\d", finding["likely_causes"][0]["evidence"])
+    assert not re.search(r"\{\w+\}", finding["first_check"] + finding["fix_attempt"])
+    return finding
+
+
+def ranked(finding):
+    return [c["id"] for c in finding["likely_causes"]]
+
+
+DATA = dict(n=256)
+
+
+# --- one planted bug per cause ----------------------------------------------------------
+def test_a_learning_rate_of_1e_7_is_lr_too_low_with_the_update_ratio(run_dir):
+    lens = train(mlp(), classification_data(**DATA), steps=40, lr=1e-7,
+                 optimizer=torch.optim.SGD, run_dir=run_dir)  # fmt: skip
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "lr_too_low"
+    assert f["severity"] == "error" and lens.drill["status"] == "failed"
+    assert "update/param ratio 1." in f["likely_causes"][0]["evidence"]
+    assert "e-08" in f["likely_causes"][0]["evidence"]
+    assert "1.00e-07" in f["first_check"]  # the lr the user set, to print and compare
+
+
+def test_a_forgotten_optimizer_step_is_optimizer_not_stepping(run_dir):
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    lens = loop(model, opt, classification_data(**DATA), run_dir, steps=40, step=False)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "optimizer_not_stepping"
+    assert "0 optimizer steps over 40 backward passes" in f["likely_causes"][0]["evidence"]
+
+
+def test_a_learning_rate_of_zero_is_optimizer_not_stepping_with_the_lr(run_dir):
+    lens = train(mlp(), classification_data(**DATA), steps=40, lr=0.0,
+                 optimizer=torch.optim.SGD, run_dir=run_dir)  # fmt: skip
+    f = flat_finding(lens, run_dir)
+    assert ranked(f)[0] == "optimizer_not_stepping"
+    assert "lr_too_low" not in ranked(f)  # nothing moved at all: not a small step
+    assert "never changed over 40 sampled steps" in f["likely_causes"][0]["evidence"]
+    assert "lr is 0" in f["likely_causes"][0]["evidence"]
+
+
+def test_a_model_rebuilt_after_its_optimizer_is_params_not_in_optimizer(run_dir):
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model = mlp()  # the bug: a fresh model, the optimizer still holds the old parameters
+    lens = loop(model, opt, classification_data(**DATA), run_dir)
+    f = flat_finding(lens, run_dir)
+    assert ranked(f) == ["params_not_in_optimizer"]  # not zero_grad_missing, not stepping
+    ev = f["likely_causes"][0]["evidence"]
+    assert "6 of 6 trainable parameters" in ev and "`0.weight`" in ev
+
+
+def test_a_loop_without_zero_grad_is_zero_grad_missing(run_dir):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.003)
+    lens = loop(model, opt, classification_data(**DATA), run_dir, steps=40, zero_grad=False)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "zero_grad_missing"
+    ev = f["likely_causes"][0]["evidence"]
+    assert re.search(r"on (\d+) of \1 sampled steps", ev), ev
+    assert "1 backward pass(es) per step" in ev
+
+
+class FrozenEncoder(nn.Module):
+    """The bug: the encoder runs under no_grad; only an output temperature learns."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = mlp()
+        self.log_temp = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        with torch.no_grad():
+            logits = self.encoder(x)
+        return logits / self.log_temp.exp()
+
+
+def test_no_grad_inside_forward_is_no_gradient_flow_at_the_last_cut_layer(run_dir):
+    model = FrozenEncoder()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    lens = loop(model, opt, classification_data(**DATA), run_dir)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "no_gradient_flow"
+    assert f["module"] == "encoder.4"  # where the backward pass stops
+    assert "6 never received a gradient" in f["likely_causes"][0]["evidence"]
+
+
+def test_a_detached_body_ranks_no_gradient_flow_above_vanishing_gradient(run_dir):
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh())
+            self.head = nn.Linear(32, 3, bias=False)
+            with torch.no_grad():
+                self.head.weight.mul_(1e-3)
+
+        def forward(self, x):
+            return self.head(self.body(x).detach())
+
+    model = Detached()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    lens = loop(model, opt, classification_data(**DATA), run_dir)
+    f = flat_finding(lens, run_dir)
+    assert ranked(f)[0] == "no_gradient_flow"
+    assert f["module"] == "body.2"
+
+
+def test_relus_killed_by_a_negative_bias_are_dead_relu_at_that_activation(run_dir):
+    model = mlp()
+    with torch.no_grad():
+        model[0].bias.fill_(-10.0)
+    lens = train(model, classification_data(**DATA), steps=60, lr=1e-2, run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "dead_relu"
+    assert f["module"] == "1"
+    assert "100.0% of its elements" in f["likely_causes"][0]["evidence"]
+    # the zero gradients upstream are a consequence, ranked below
+    assert ranked(f).index("no_gradient_flow") > 0
+
+
+def test_a_deep_sigmoid_stack_is_vanishing_gradient_at_the_input_layer(run_dir):
+    layers = [nn.Linear(8, 16), nn.Sigmoid()]
+    for _ in range(8):
+        layers += [nn.Linear(16, 16), nn.Sigmoid()]
+    model = nn.Sequential(*layers, nn.Linear(16, 3))
+    lens = train(model, classification_data(**DATA), steps=60, lr=0.1,
+                 optimizer=torch.optim.SGD, run_dir=run_dir)  # fmt: skip
+    f = flat_finding(lens, run_dir)
+    assert ranked(f)[0] == "vanishing_gradient"
+    assert f["module"] == "0"
+    ev = f["likely_causes"][0]["evidence"]
+    assert "across 10 weight layers" in ev and "first/last ratio" in ev
+
+
+def test_a_softmax_before_cross_entropy_is_softmax_before_loss(run_dir):
+    model = nn.Sequential(mlp(), nn.Softmax(dim=1))
+    lens = train(model, classification_data(**DATA), steps=60, lr=1e-3, run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "softmax_before_loss"
+    assert f["module"] == "1"
+    assert "each row sums to 1" in f["likely_causes"][0]["evidence"]
+
+
+def test_log_softmax_before_cross_entropy_is_softmax_before_loss(run_dir):
+    model = nn.Sequential(mlp(), nn.LogSoftmax(dim=1))
+    # SGD at a small lr: LogSoftmax + CrossEntropy still learns, but slowly
+    lens = train(model, classification_data(**DATA), steps=40, lr=1e-2,
+                 optimizer=torch.optim.SGD, run_dir=run_dir)  # fmt: skip
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "softmax_before_loss"
+    assert "log-probabilities" in f["likely_causes"][0]["evidence"]
+
+
+def test_raw_0_to_255_pixels_are_unnormalized_input(run_dir):
+    x, y = classification_data(**DATA)
+    x = ((x + 3) * 42).clamp(0, 255).round()  # what a PIL image as a float tensor looks like
+    model = nn.Sequential(
+        nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3)
+    )
+    lens = train(model, (x, y), steps=40, lr=1e-2, optimizer=torch.optim.SGD, run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "unnormalized_input"
+    assert f["module"] == "0"
+    assert "mean 128" in f["likely_causes"][0]["evidence"]
+
+
+def test_labels_shuffled_apart_from_inputs_are_label_mismatch(run_dir):
+    x, y = classification_data(n=512)
+    y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
+    lens = train(mlp(), (x, y), steps=40, lr=3e-3, run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    assert ranked(f) == ["label_mismatch"]
+    ev = f["likely_causes"][0]["evidence"]
+    assert "class-prior entropy over 3 classes" in ev
+    assert "gradients and updates look healthy" in ev
+
+
+def test_label_mismatch_over_20_classes_uses_the_prior_of_all_batches_seen(run_dir):
+    # a batch of 16 holds at most 16 of the 20 classes: its own prior would read too low
+    x, y = classification_data(n=512, classes=20)
+    y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
+    lens = train(mlp(d_out=20), (x, y), steps=40, lr=3e-3, run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "label_mismatch"
+    assert "over 20 classes" in f["likely_causes"][0]["evidence"]
+    assert f["evidence"]["baseline"] > 2.5  # ln 20 = 3.0; one batch's prior is at most ln 16
+
+
+def test_a_regression_target_from_the_wrong_column_is_label_mismatch(run_dir):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 4, generator=g)
+    y = torch.randn(512, 1, generator=g) * 2  # a column unrelated to x
+    model = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 1))
+    lens = train(model, (x, y), steps=40, lr=1e-2, loss_fn=nn.MSELoss(), run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "label_mismatch"
+    assert "target variance" in f["likely_causes"][0]["evidence"]
+
+
+# --- when flat_loss stays silent --------------------------------------------------------
+def test_a_run_too_short_for_a_trend_is_not_judged(run_dir):
+    lens = train(mlp(), classification_data(**DATA), steps=12, lr=1e-7,
+                 optimizer=torch.optim.SGD, run_dir=run_dir)  # fmt: skip
+    assert [f for f in lens.findings if f.symptom == "flat_loss"] == []
+
+
+def test_a_non_finite_loss_is_left_to_the_non_finite_rule(run_dir):
+    x, y = classification_data(**DATA)
+    x[100:] = float("nan")  # a broken batch late in the run
+    lens = train(mlp(), (x, y), steps=60, lr=1e-7, optimizer=torch.optim.SGD, run_dir=run_dir)
+    assert [f for f in lens.findings if f.symptom == "flat_loss"] == []
+
+
+def test_a_crash_is_left_to_the_crash_rules(run_dir):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-7)
+    x, y = classification_data(**DATA)
+    with pytest.raises(RuntimeError, match="boom"):
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+            for _ in range(60):
+                loss = nn.functional.cross_entropy(model(x[:16]), y[:16])
+                lens.log_loss(loss)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            raise RuntimeError("boom")
+    assert [f for f in lens.findings if f.symptom == "flat_loss"] == []
+
+
+def test_accumulating_gradients_over_micro_batches_is_not_zero_grad_missing(run_dir):
+    # a flat run (tiny lr) with accumulation: stale-gradient evidence must not appear
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-7)
+    x, y = classification_data(**DATA)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for s in range(128):
+            i = (s * 8) % len(x)
+            loss = nn.functional.cross_entropy(model(x[i : i + 8]), y[i : i + 8])
+            lens.log_loss(loss)
+            (loss / 4).backward()
+            if s % 4 == 3:
+                opt.step()
+                opt.zero_grad()
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "lr_too_low"
+    assert "zero_grad_missing" not in ranked(f)
+
+
+def test_the_flat_loss_example_names_the_softmax_module(run_dir):
+    from trainlens._demo import load_example
+
+    lens = load_example("flat_loss.py").main(run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "softmax_before_loss" and f["module"] == "3"
+    md = (run_dir / "drill.md").read_text()
+    assert "Remove the final `Softmax` from the model" in md
