@@ -20,21 +20,13 @@ sys.path.insert(0, str(FACTORIES))
 
 import broken  # noqa: E402
 import healthy  # noqa: E402
-import recipe_plugin  # noqa: E402
 
 TRAINLENS = str(Path(sys.executable).parent / "trainlens")
 
 
 @pytest.fixture(scope="module")
-def cli_env(tmp_path_factory) -> dict[str, str]:
-    """The console script's environment: the test recipe for bad_initial_loss if needed."""
-    env = dict(os.environ)
-    if recipe_plugin.needed():
-        extra = recipe_plugin.install_entry_point(tmp_path_factory.mktemp("entry-points"))
-        env["PYTHONPATH"] = os.pathsep.join(
-            [extra["PYTHONPATH"], *filter(None, [env.get("PYTHONPATH")])]
-        )
-    return env
+def cli_env() -> dict[str, str]:
+    return dict(os.environ)
 
 
 def overfit_cli(env, *args: str, cwd=None) -> subprocess.CompletedProcess[str]:
@@ -116,6 +108,9 @@ def test_a_module_target_works_like_a_file_target(cli_env, tmp_path):
         ("view_for_permute", "shape_mismatch", "batch_dim_mixing", ""),
         ("nll_on_probabilities", "flat_loss", "bad_initial_loss", None),
         ("logits_times_100", "flat_loss", "bad_initial_loss", None),
+        ("lr_too_low", "flat_loss", "lr_too_low", None),
+        ("detached_features", "flat_loss", "no_gradient_flow", "features.2"),
+        ("dead_relu", "flat_loss", "dead_relu", "1"),
     ],
 )
 def test_a_broken_model_fails_with_the_right_cause_first(
@@ -293,7 +288,7 @@ def test_the_init_loss_rule_is_an_error_for_nll_on_probabilities_under_watch(run
     setup = broken.nll_on_probabilities()
     model, (x, y) = setup.model, setup.batch
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True, plugins=[recipe_plugin]) as lens:
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
         for _ in range(3):
             loss = setup.loss_fn(model(x), y)
             opt.zero_grad()
