@@ -292,7 +292,7 @@ def overfit_one_batch(
     if error is not None:
         memorised = False
     errors = [f for f in lens.findings if f.severity == "error"]
-    init = _initial_loss_check(meta.get("initial_loss"))
+    init = _initial_loss_check(meta.get("initial_loss"), drill.get("findings", []))
     init_ok = init is None or init["ok"] is not False
     passed = memorised and init_ok and not errors and error is None
     result = OverfitResult(
@@ -423,18 +423,25 @@ def _facts(
     }
 
 
-def _initial_loss_check(info: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The init-loss check as evidence: the value, what a uniform guess gives, the verdict."""
+def _initial_loss_check(
+    info: dict[str, Any] | None, findings: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The init-loss check as evidence: the value, what a uniform guess gives, the verdict.
+
+    Far off or not is the rule's call (`bad_initial_loss`, thresholds in the recipe).
+    """
     if not info:
         return None
-    from ._rules.initial_loss import expected_initial_loss, judge_initial_loss
+    from ._rules.initial_loss import expected_initial_loss
 
+    flagged = any(
+        c["id"] == "bad_initial_loss" for f in findings for c in f.get("likely_causes", [])
+    )
     expected = expected_initial_loss(info)
-    verdict = judge_initial_loss(info, 3.0, 1.0)
     out = dict(info)
     out["expected"] = expected
-    out["ok"] = None if expected is None else verdict is None
-    out["verdict"] = verdict
+    out["ok"] = None if expected is None else not flagged
+    out["verdict"] = None if not flagged else "negative" if info["value"] < 0 else "high"
     return out
 
 
@@ -526,7 +533,7 @@ class _Section:
                 lines.append(f"Loss: {_trajectory(losses)}.")
             if facts["accuracy"] is not None:
                 lines.append(f"Batch accuracy after training: {facts['accuracy']:.0%}.")
-        init = _initial_loss_check(records.meta.get("initial_loss"))
+        init = _initial_loss_check(records.meta.get("initial_loss"), drill["findings"])
         if init is not None and init.get("expected") is not None:
             lines.append("")
             lines.append(
