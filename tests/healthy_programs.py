@@ -403,6 +403,27 @@ def step_with_closure(run_dir: Path) -> trainlens.Lens:
     return lens
 
 
+def seq_first_gru(run_dir: Path) -> trainlens.Lens:
+    """batch_first=False, fed [seq, batch, features] as it wants: the batch is axis 1."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 64, 4, generator=g)  # [seq, batch, features]
+    y = (x[:, :, 0].sum(0) > 0).long()
+
+    class SeqFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(4, 16)
+            self.out = nn.Linear(16, 2)
+
+        def forward(self, xb):
+            return self.out(self.rnn(xb)[0][-1])
+
+    model = SeqFirst()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batches = [(x[:, i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
+    return _loop(model, opt, batches, nn.CrossEntropyLoss(), run_dir, epochs=8)
+
+
 PROGRAMS: dict[str, Program] = {
     f.__name__: f
     for f in (
@@ -430,5 +451,6 @@ PROGRAMS: dict[str, Program] = {
         bf16_autocast_grad_scaler,
         amp_gradscaler_skipping_steps,
         step_with_closure,
+        seq_first_gru,
     )
 }

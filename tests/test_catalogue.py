@@ -24,6 +24,18 @@ SPEC_SYMPTOMS = {
 }  # fmt: skip
 
 
+def _rule_text(symptom: str) -> str:
+    """The symptom's own rule module, plus any other that diagnoses causes of it
+    (declares `SYMPTOM = "<symptom>"`, e.g. `initial_loss.py` for `flat_loss`)."""
+    own = RULES / f"{symptom}.py"
+    others = [
+        p.read_text()
+        for p in sorted(RULES.glob("*.py"))
+        if p != own and f'SYMPTOM = "{symptom}"' in p.read_text()
+    ]
+    return "\n".join([own.read_text(), *others])
+
+
 def _catalogue():
     return catalogue_for(get_plugin_manager(entry_points=False))
 
@@ -39,7 +51,7 @@ def test_every_recipe_is_a_spec_symptom_with_one_file_and_one_rule_module():
 def test_every_cause_has_a_rule_that_names_it_and_a_test_that_expects_it():
     tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
     for symptom, entry in _catalogue().symptoms.items():
-        rule = (RULES / f"{symptom}.py").read_text()
+        rule = _rule_text(symptom)
         for cause in entry.causes:
             assert f'"{cause}"' in rule, f"rule {symptom}.py never names cause {cause}"
             assert re.search(rf'["\']{cause}["\']', tests), f"no test expects cause {cause}"
@@ -48,7 +60,7 @@ def test_every_cause_has_a_rule_that_names_it_and_a_test_that_expects_it():
 def test_recipe_texts_only_use_fields_the_rules_fill():
     # a `{field}` left in a drill would read as a bug; the rules pass these names
     for symptom, entry in _catalogue().symptoms.items():
-        rule = (RULES / f"{symptom}.py").read_text()
+        rule = _rule_text(symptom)
         for cause in entry.causes.values():
             for name in re.findall(r"\{(\w+)\}", cause.first_check + cause.fix_attempt):
                 assert name in ("module", "step") or f"{name}=" in rule, (
@@ -105,7 +117,8 @@ def test_a_team_adds_its_own_recipe_and_rule_without_touching_trainlens(tmp_path
     plugin.recipes = recipes
     model = nn.Linear(8, 3)
     with torch.no_grad():
-        model.weight.mul_(50)  # a huge initial loss that 3 tiny steps cannot fix
+        model.weight.mul_(3)  # a loss above 1 that 3 tiny steps cannot fix (x50 would be a
+        # bad_initial_loss finding of its own, ranked above the team cause)
     lens = train(model, classification_data(), steps=3, lr=1e-6, run_dir=run_dir, plugins=[plugin])
     found = [f for f in lens.findings if f.likely_cause == "team_loss_above_one"]
     assert len(found) == 1

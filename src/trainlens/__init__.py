@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from ._errors import CatalogueError, RunDirError, TargetError, TrainlensError, UsageError
 from ._finding import Cause, Finding
 from ._hookspecs import hookimpl
+from ._overfit import OverfitResult, Setup, overfit_one_batch
 from ._records import Records
 from ._run import Run, load_run
 from ._watch import Lens, watch
@@ -29,14 +30,17 @@ __all__ = [
     "Cause",
     "Finding",
     "Lens",
+    "OverfitResult",
     "Records",
     "Run",
     "RunDirError",
+    "Setup",
     "TargetError",
     "TrainlensError",
     "UsageError",
     "__version__",
     "hookimpl",
     "load_run",
+    "overfit_one_batch",
     "watch",
 ]

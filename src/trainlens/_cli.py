@@ -6,6 +6,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from ._errors import TrainlensError
 
@@ -56,6 +57,38 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("failed_run_dir", metavar="FAILED_RUN_DIR")
     compare.add_argument("fixed_run_dir", metavar="FIXED_RUN_DIR")
     compare.set_defaults(func=_cmd_compare)
+    overfit = sub.add_parser(
+        "overfit-one-batch",
+        help="check that a model can memorise one batch; explain why not",
+        description="Train a model on one batch until it is memorised, under trainlens.watch. "
+        "TARGET is path/to/file.py:factory or package.module:factory; the factory takes no "
+        "arguments and returns trainlens.Setup(model=..., batch=(inputs, targets), "
+        "loss_fn=..., optimizer=None) or a dict with those keys. Exit 0: memorised; "
+        "1: not, and the drill says why; 2: usage or input error.",
+    )
+    overfit.add_argument(
+        "target", metavar="TARGET", help="path/to/file.py:factory or module:factory"
+    )
+    overfit.add_argument(
+        "--steps",
+        default=None,
+        help="most training steps (default: 200; stops early once memorised)",
+    )
+    overfit.add_argument(
+        "--lr",
+        default=None,
+        help="learning rate (default Adam lr 1e-3 when the factory gives no optimizer)",
+    )
+    overfit.add_argument("--run-dir", default=None, help="run directory for the drill")
+    overfit.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (verdict, losses, drill) on stdout",
+    )
+    overfit.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors"
+    )
+    overfit.set_defaults(func=_cmd_overfit)
     return parser
 
 
@@ -108,3 +141,70 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     comparison = compare_runs(args.failed_run_dir, args.fixed_run_dir)
     _console().print(comparison)
     return 0
+
+
+def _cmd_overfit(args: argparse.Namespace) -> int:
+    import json
+
+    from ._errors import UsageError
+    from ._overfit import DEFAULT_STEPS, overfit_one_batch
+    from ._target import call_factory, load_factory
+
+    steps = DEFAULT_STEPS if args.steps is None else _parse_number(args.steps, "--steps", int)
+    lr = None if args.lr is None else _parse_number(args.lr, "--lr", float)
+    if steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {args.steps!r}")
+    if lr is not None and not 0 < lr < float("inf"):
+        raise UsageError(f"--lr must be a positive number, got {args.lr!r}")
+    factory, name = load_factory(args.target)
+    setup = call_factory(factory, name)
+    result = overfit_one_batch(
+        setup.model,
+        setup.batch,
+        setup.loss_fn,
+        setup.optimizer,
+        steps=steps,
+        lr=lr,
+        run_dir=args.run_dir,
+        quiet=False,
+    )
+    if args.json:
+        from ._finding import _jsonable
+
+        print(json.dumps(_jsonable(result.to_json())))
+    else:
+        _print_overfit(result)
+    return 0 if result.passed else 1
+
+
+def _parse_number(text: str, flag: str, kind: type) -> Any:
+    from ._errors import UsageError
+
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "a positive integer" if kind is int else "a positive number"
+        raise UsageError(f"{flag} must be {what}, got {text!r}") from None
+    return value
+
+
+def _print_overfit(result: Any) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    head, *rest = result.verdict.splitlines()
+    color = "green" if result.passed else "red"
+    console.print(f"[bold {color}]{head}[/]")
+    for line in rest:
+        console.print(f"  {line}", markup=False)
+    for f in result.findings:
+        where = f" in `{f.module}`" if f.module else ""
+        color = "red" if f.severity == "error" else "yellow"
+        console.print(
+            f"[{color}]{f.severity}[/]: [bold]{f.symptom}[/]{where}: likely "
+            f"[bold]{f.likely_cause}[/]"
+        )
+        console.print(f"    evidence: {f.top.evidence}", markup=False)
+        console.print(f"    first check: {' '.join(f.first_check.split())}", markup=False)
+        console.print(f"    fix attempt: {' '.join(f.fix_attempt.split())}", markup=False)
+    console.print(f"  drill: {result.run_dir / 'drill.md'}", markup=False)

@@ -19,6 +19,7 @@ from ._resources import data_dir
 #: trainlens's own plugins, registered like any third-party one (datasette's habit)
 DEFAULT_PLUGINS = (
     "trainlens._rules.shape_mismatch",
+    "trainlens._rules.initial_loss",
     "trainlens._rules.flat_loss",
     "trainlens._rules.confusing_attention",
     "trainlens._rules.oom",

@@ -11,10 +11,12 @@ becomes part of `records.meta`.
 from __future__ import annotations
 
 from ._attention import AttentionProbe
+from ._batchdep import BatchDependencyProbe
 from ._checkpoint import CheckpointProbe
 from ._compile import CompileProbe
 from ._finite import FiniteProbe
 from ._flat import GradCarryProbe, LossInputProbe
+from ._initloss import InitialLossProbe
 from ._loss import LossProbe
 from ._memory import MemoryProbe
 from ._modules import ModuleProbe
@@ -33,11 +35,15 @@ DEFAULT_PROBES = (
     CheckpointProbe,
     FiniteProbe,
     CompileProbe,
+    BatchDependencyProbe,
+    InitialLossProbe,
 )
 
 __all__ = [
     "DEFAULT_PROBES",
+    "BatchDependencyProbe",
     "CompileProbe",
+    "InitialLossProbe",
     "LossProbe",
     "ModuleProbe",
     "StepProbe",

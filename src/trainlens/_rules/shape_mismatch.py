@@ -1,5 +1,9 @@
 """shape_mismatch: a layer or loss crashed on a shape, or a loss silently broadcast.
 
+Batch mixing comes from the batch-dependency check (`meta["batch_dependency"]`, see
+`_probes/_batchdep.py`): the gradient of one sample's output w.r.t. the other samples'
+inputs, and the first module on the way whose tensors mix samples.
+
 Evidence comes from the failure record (`meta["exception"]`: the innermost module whose
 forward raised, the shapes it received) compared with that module's own configuration
 (`in_features`, `in_channels`, ...), and from `loss_broadcast` events.
@@ -37,6 +41,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     if crash is not None:
         findings.append(crash)
     findings.extend(_broadcast_findings(records, catalogue))
+    findings.extend(_mixing_findings(records, catalogue))
     return findings
 
 
@@ -315,3 +320,65 @@ def _trail(records: Records, exc: dict[str, Any]) -> list[dict[str, Any]]:
         }
         for _, r in before.tail(6).iterrows()
     ]
+
+
+# --- samples mixing across the batch ---------------------------------------------------
+# layers that mix samples on purpose even in eval mode (BatchNorm without running stats)
+_MIXES_ON_PURPOSE = re.compile(r"^(Sync)?BatchNorm|^LazyBatchNorm")
+
+
+def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
+    dep = records.meta.get("batch_dependency") or {}
+    if not dep.get("mixed"):
+        return []
+    module = dep.get("module")
+    module_type = dep.get("module_type") or ""
+    if _MIXES_ON_PURPOSE.match(module_type):
+        return []
+    leak = float(dep["max_leak"])
+    if leak <= catalogue.threshold(SYMPTOM, "mixing_leak", "batch_dim_mixing"):
+        return []
+    i, j = dep["sample"], dep["other"]
+    leaf = dep.get("leaf", "input")
+    evidence = (
+        f"output of sample {i} has gradient {dep['grad_other']:.3g} w.r.t. sample {j}'s "
+        f"{'input' if leaf == 'input' else leaf.replace('output of', 'activation in')} "
+        f"(its own: {dep['grad_own']:.3g}); {dep['mixed_samples']} of "
+        f"{dep['batch']} samples leak into the outputs probed, in eval mode"
+    )
+    attrs = module_attrs(records, module)
+    if dep.get("starts") == "between":
+        where = (
+            f"the input of `{dep['first_mixed']}` already mixes samples, while "
+            + (f"the output of `{dep['last_clean']}`" if dep.get("last_clean") else "the input")
+            + f" does not: the reshape is in the forward of `{_display(module)}`, between them"
+        )
+        suggestion = (
+            "A `view`/`reshape` that swaps axes scrambles samples: use "
+            "`x.permute(...)` or `x.transpose(0, 1)` to reorder axes, and keep `view` for "
+            "splitting or merging neighbouring axes."
+        )
+    else:
+        where = f"`{_display(module)}` ({module_type}) gets per-sample inputs and mixes them"
+        if "batch_first" in attrs:
+            suggestion = (
+                f"`{_display(module)}` has batch_first={attrs['batch_first']} but is fed "
+                f"{'[seq, batch, ...]' if attrs['batch_first'] else '[batch, seq, ...]'}: "
+                f"build it with batch_first={not attrs['batch_first']} or transpose its input."
+            )
+        else:
+            suggestion = (
+                f"Check the axes `{_display(module)}` reduces or attends over: one of them is "
+                "the batch axis (e.g. a softmax, mean or attention over dim 0)."
+            )
+    cause = catalogue.cause(
+        SYMPTOM,
+        "batch_dim_mixing",
+        confidence=0.9,
+        evidence=evidence,
+        module=module if module in records.meta.get("modules", {}) else None,
+        step=0,
+        where=where,
+        suggestion=suggestion,
+    )
+    return [catalogue.finding(SYMPTOM, "error", [cause], evidence={"batch_dependency": dep})]

@@ -1,0 +1,377 @@
+"""Batch dependency: does sample i's output depend on sample j's input?
+
+A model must treat the samples of a batch independently (BatchNorm in training mode
+aside). A `view` where a `permute` was meant, or `batch_first` set wrong on an RNN or an
+attention layer, silently mixes samples; the loss still goes down a little, and nothing
+crashes. The check: run the model once more on the same batch, take the gradient of one
+sample's output with respect to the whole input batch (for integer inputs such as token
+ids, with respect to the first floating-point activation) and see whether it is zero for
+the other samples.
+
+The check runs once per watched run, after the first training forward, and in
+`overfit-one-batch` before training. The extra pass changes nothing the user computes:
+every module in eval mode (no running statistics updated, no dropout) and the exact
+training flags restored afterwards,
+`torch.random.fork_rng` around it, `torch.autograd.grad` with respect to the input only
+(no parameter `.grad` touched), and `suspended()` so the probes ignore it.
+
+When the output mixes samples, the tensors seen on the way (module inputs in call order,
+module outputs as they are produced) are checked the same way; the first one that mixes
+names where the mixing starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ._state import _SUSPENDED, WatchState, suspended
+from ._tensors import tensor_leaves
+
+#: a slice with gradient norm below this fraction of the own sample's counts as zero
+LEAK_TOL = 1e-5
+#: module tensors checked when looking for the place mixing starts (one backward each)
+MAX_TRACE = 96
+
+
+class _Skip(Exception):
+    """The check cannot be made on this model/batch; the reason goes into the record."""
+
+
+def check_batch_dependency(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None = None,
+    *,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Measure whether samples of `args` influence each other's outputs in `model`.
+
+    Returns plain numbers: `{"checked": bool, "mixed": bool, ...}`; `"skipped"` says why
+    when the check was not possible. Never raises for the model's sake: a model that
+    fails in the extra pass is reported as skipped. `batch_size` (e.g. the number of
+    targets) narrows which input axis is the batch.
+    """
+    kwargs = dict(kwargs or {})
+    flags = [(m, m.training) for m in model.modules()]
+    devices = _cuda_devices(args, kwargs, model)
+    try:
+        with (
+            torch.random.fork_rng(devices=devices),
+            suspended(),
+            torch.enable_grad(),
+        ):
+            model.eval()
+            return _check(model, args, kwargs, batch_size)
+    except _Skip as why:
+        return {"checked": False, "mixed": False, "skipped": str(why)}
+    except Exception as err:  # the user's model is free to dislike a second pass
+        return {
+            "checked": False,
+            "mixed": False,
+            "skipped": f"the extra pass raised {type(err).__name__}: {str(err)[:200]}",
+        }
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _cuda_devices(args: Any, kwargs: Any, model: nn.Module) -> list[int]:
+    tensors = tensor_leaves((args, kwargs)) + list(itertools.islice(model.parameters(), 4))
+    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+
+
+class _Trace:
+    """Forward hooks of the extra pass: the leaf to differentiate and tensors on the way."""
+
+    def __init__(self, model: nn.Module, float_input: bool):
+        self.names = {id(m): n for n, m in model.named_modules()}
+        self.types = {n: type(m).__name__ for n, m in model.named_modules()}
+        self.leaf: torch.Tensor | None = None
+        self.leaf_module: str | None = None
+        self.need_leaf = not float_input
+        self.stack: list[str] = []
+        # (where, module, parent, tensor), in the order they were computed
+        self.seen: list[tuple[str, str, str | None, torch.Tensor]] = []
+        self.handles: list[RemovableHandle] = []
+        for m in model.modules():
+            self.handles.append(m.register_forward_pre_hook(self._pre))
+            self.handles.append(m.register_forward_hook(self._post))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        name = self.names[id(module)]
+        parent = self.stack[-1] if self.stack else None
+        self.stack.append(name)
+        if self.leaf is not None and len(self.seen) < MAX_TRACE:
+            x = _first_float(args)
+            if x is not None and x.requires_grad:
+                self.seen.append(("input", name, parent, x))
+
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        name = self.names[id(module)]
+        if self.stack and self.stack[-1] == name:
+            self.stack.pop()
+        out = _first_float(output)
+        if out is None:
+            return None
+        if self.need_leaf and self.leaf is None:
+            # integer inputs (token ids): differentiate w.r.t. the first float activation
+            if isinstance(output, torch.Tensor) and next(module.children(), None) is None:
+                self.leaf = output.detach().clone().requires_grad_(True)
+                self.leaf_module = name
+                return self.leaf.clone()  # not the leaf itself: in-place ops stay legal
+            return None
+        if self.leaf is not None and out.requires_grad and len(self.seen) < MAX_TRACE:
+            self.seen.append(("output", name, None, out))
+        return None
+
+
+def _check(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], batch_size: int | None
+) -> dict[str, Any]:
+    inputs = tensor_leaves((args, kwargs))
+    x = next((t for t in inputs if t.is_floating_point() and t.dim() >= 1), None)
+    trace = _Trace(model, float_input=x is not None)
+    try:
+        if x is not None:
+            leaf = x.detach().clone().requires_grad_(True)
+            trace.leaf = leaf
+            args, kwargs = _replace(args, x, leaf.clone()), _replace(kwargs, x, leaf.clone())
+        elif not inputs:
+            raise _Skip("the model got no tensor input")
+        output = model(*args, **kwargs)
+    finally:
+        trace.remove()
+    leaf = trace.leaf
+    if leaf is None:
+        raise _Skip("no floating-point input or activation to differentiate")
+    out = _first_float(output)
+    if out is None or not out.requires_grad:
+        raise _Skip("the output is not a floating-point tensor that depends on the input")
+    # the batch is axis 0, or axis 1 of a seq-first input; never the features of [N, F]
+    axes = [
+        a
+        for a in range(1 if leaf.dim() <= 2 else 2)
+        if leaf.shape[a] >= 2 and (batch_size is None or leaf.shape[a] == batch_size)
+    ]
+    if not axes:
+        raise _Skip(f"the batch is too small to compare samples (input {list(leaf.shape)})")
+
+    result: dict[str, Any] = {
+        "checked": False,
+        "mixed": False,
+        "input": list(leaf.shape),
+        "leaf": "input" if x is not None else f"output of `{trace.leaf_module}`",
+        "leaf_module": trace.leaf_module,
+        "output": list(out.shape),
+    }
+    worst: dict[str, Any] | None = None
+    for a in axes:
+        dep = _dependency(out, leaf, a)
+        if dep is None:
+            continue
+        result["checked"] = True
+        if not dep["mixed"]:
+            result.update(batch_axis=a, batch=int(leaf.shape[a]), max_leak=dep["max_leak"])
+            return result
+        if worst is None:
+            worst = {**dep, "batch_axis": a}
+    if worst is None:
+        raise _Skip(
+            f"no axis of the output {list(out.shape)} lines up with the batch axis of the "
+            f"input {list(leaf.shape)}"
+        )
+    a = worst["batch_axis"]
+    result.update(
+        mixed=True,
+        batch_axis=a,
+        batch=int(leaf.shape[a]),
+        max_leak=worst["max_leak"],
+        sample=worst["sample"],
+        other=worst["other"],
+        grad_other=worst["grad_other"],
+        grad_own=worst["grad_own"],
+        mixed_samples=worst["mixed_samples"],
+    )
+    result.update(_where_mixing_starts(trace, leaf, a))
+    return result
+
+
+def _dependency(out: torch.Tensor, leaf: torch.Tensor, a: int) -> dict[str, Any] | None:
+    """Gradients of probed samples' outputs w.r.t. every input sample along axis `a`."""
+    n = leaf.shape[a]
+    best = None
+    for view, b in _batch_views(out, n):
+        probes = sorted({0, n - 1})
+        rows = []
+        for i in probes:
+            grad = _grad_of_sample(view, b, i, leaf)
+            if grad is None:
+                continue
+            norms = grad.movedim(a, 0).reshape(n, -1).norm(dim=1).double().cpu()
+            rows.append((i, norms))
+        if not rows:
+            continue
+        dep = _summarise(rows, n)
+        if dep is None:
+            continue
+        if not dep["mixed"]:
+            return dep
+        best = best or dep
+    return best
+
+
+def _summarise(rows: list[tuple[int, torch.Tensor]], n: int) -> dict[str, Any] | None:
+    total = sum(float(r.sum()) for _, r in rows)
+    if not math.isfinite(total) or total == 0.0:
+        return None  # the output does not depend on the input at all: nothing to say
+    worst = {"mixed": False, "max_leak": 0.0}
+    top = -1.0
+    mixed_samples: set[int] = set()
+    for i, norms in rows:
+        own = float(norms[i])
+        scale = max(own, float(norms.max()), 1e-30)
+        others = norms.clone()
+        others[i] = 0.0
+        j = int(others.argmax())
+        leak = float(others[j]) / scale
+        mixed_samples.update(int(k) for k in torch.nonzero(others > LEAK_TOL * scale).flatten())
+        if leak > top:
+            top = leak
+            worst = {
+                "mixed": leak > LEAK_TOL,
+                "max_leak": leak,
+                "sample": i,
+                "other": j,
+                "grad_other": float(others[j]),
+                "grad_own": own,
+            }
+    worst["mixed_samples"] = len(mixed_samples)
+    return worst
+
+
+def _batch_views(t: torch.Tensor, n: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """Ways `t` can hold `n` samples: along axis 0 or 1, or flattened into axis 0."""
+    if t.dim() == 0:
+        return
+    for b in range(min(2, t.dim())):
+        if t.shape[b] == n:
+            yield t, b
+    first = t.shape[0]
+    if first != n and first % n == 0:
+        yield t.reshape(n, first // n, *t.shape[1:]), 0  # [batch * seq, ...] batch-major
+        yield t.reshape(first // n, n, *t.shape[1:]), 1  # [seq * batch, ...] seq-major
+
+
+def _grad_of_sample(view: torch.Tensor, b: int, i: int, leaf: torch.Tensor) -> torch.Tensor | None:
+    y = view.select(b, i)
+    # fixed, non-uniform weights: a plain sum could cancel (softmax rows sum to one)
+    w = torch.linspace(1.0, 2.0, y.numel(), device=y.device, dtype=y.dtype).reshape(y.shape)
+    (grad,) = torch.autograd.grad((y * w).sum(), leaf, retain_graph=True, allow_unused=True)
+    return grad
+
+
+def _where_mixing_starts(trace: _Trace, leaf: torch.Tensor, a: int) -> dict[str, Any]:
+    """The first tensor on the way that mixes samples names the module to blame."""
+    last_clean: str | None = trace.leaf_module
+    for where, name, parent, t in trace.seen:
+        dep = _dependency(t, leaf, a)
+        if dep is None:
+            continue
+        if not dep["mixed"]:
+            if where == "output":
+                last_clean = name
+            continue
+        if where == "input":
+            # mixed before it reached `name`: the reshape is in the caller's forward code
+            return {
+                "module": parent if parent is not None else name,
+                "module_type": trace.types.get(parent if parent is not None else name),
+                "starts": "between",
+                "first_mixed": name,
+                "last_clean": last_clean,
+            }
+        return {
+            "module": name,
+            "module_type": trace.types.get(name),
+            "starts": "inside",
+            "first_mixed": name,
+            "last_clean": last_clean,
+        }
+    return {"module": None, "module_type": None, "starts": None, "last_clean": last_clean}
+
+
+def _first_float(value: Any) -> torch.Tensor | None:
+    for t in tensor_leaves(value):
+        if t.is_floating_point() and t.dim() >= 1:
+            return t
+    return None
+
+
+def _replace(value: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
+    if value is old:
+        return new
+    if isinstance(value, tuple):
+        return tuple(_replace(v, old, new) for v in value)
+    if isinstance(value, list):
+        return [_replace(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace(v, old, new) for k, v in value.items()}
+    return value
+
+
+#: the batch size, when the caller knows it (overfit-one-batch: the number of targets)
+_BATCH_HINT: list[int | None] = [None]
+
+
+@contextlib.contextmanager
+def batch_size_hint(n: int | None) -> Iterator[None]:
+    """Tell the probe of the next watched run which size the batch axis has."""
+    old, _BATCH_HINT[0] = _BATCH_HINT[0], n
+    try:
+        yield
+    finally:
+        _BATCH_HINT[0] = old
+
+
+class BatchDependencyProbe:
+    """Runs the check once, right after the first training forward of the watched model.
+
+    After, not before: when the model itself raises, the user's real forward raises
+    first and is recorded as usual; the check only runs on a model that worked.
+    """
+
+    def __init__(self, state: WatchState):
+        self.state = state
+        self.handles: list[RemovableHandle] = []
+        self._done = False
+
+    def install(self) -> None:
+        self.handles.append(
+            self.state.model.register_forward_hook(self._on_forward, with_kwargs=True)
+        )
+
+    def _on_forward(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
+        if self._done or _SUSPENDED[0] or self.state.split() != "train":
+            return
+        self._done = True
+        hint = _BATCH_HINT[0]
+        record(self.state, check_batch_dependency(module, args, kwargs, batch_size=hint))
+
+
+def record(state: WatchState, result: dict[str, Any]) -> None:
+    """Put a check's numbers where the rules read them: the run metadata."""
+    state.extra_meta["batch_dependency"] = result
