@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, WatchState, suspended
+from ._state import _SUSPENDED, WatchState, compiling, suspended
 from ._tensors import tensor_leaves
 
 #: a slice with gradient norm below this fraction of the own sample's counts as zero
@@ -365,7 +365,7 @@ class BatchDependencyProbe:
     def _on_forward(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        if self._done or _SUSPENDED[0] or self.state.split() != "train":
+        if self._done or _SUSPENDED[0] or compiling() or self.state.split() != "train":
             return
         self._done = True
         hint = _BATCH_HINT[0]

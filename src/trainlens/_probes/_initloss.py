@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, WatchState
+from ._state import _SUSPENDED, WatchState, compiling
 
 #: losses whose first value has an expected level at a uniform guess
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss, nn.BCELoss)
@@ -33,7 +33,7 @@ class InitialLossProbe:
         self.handles.append(nn.modules.module.register_module_forward_hook(self._on_forward))
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if _SUSPENDED[0] or not isinstance(module, _Loss):
+        if _SUSPENDED[0] or compiling() or not isinstance(module, _Loss):
             return
         if self._done or self.state.split() != "train" or not isinstance(output, torch.Tensor):
             return
