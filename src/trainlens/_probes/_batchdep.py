@@ -159,12 +159,16 @@ def _check(
     out = _first_float(output)
     if out is None or not out.requires_grad:
         raise _Skip("the output is not a floating-point tensor that depends on the input")
-    # the batch is axis 0, or axis 1 of a seq-first input; never the features of [N, F]
-    axes = [
-        a
-        for a in range(1 if leaf.dim() <= 2 else 2)
-        if leaf.shape[a] >= 2 and (batch_size is None or leaf.shape[a] == batch_size)
+    # the batch is axis 0, or axis 1 of a seq-first input; never the features of [N, F].
+    # Axis 1 is only a candidate beside a testable axis 0 (or a known batch size): in a
+    # batch-first [1, T, F] it is time, which RNNs and attention mix on purpose.
+    fits = [
+        leaf.shape[a] >= 2 and (batch_size is None or leaf.shape[a] == batch_size)
+        for a in range(min(2, leaf.dim()))
     ]
+    axes = [0] if fits[0] else []
+    if leaf.dim() >= 3 and fits[1] and (fits[0] or batch_size is not None):
+        axes.append(1)
     if not axes:
         raise _Skip(f"the batch is too small to compare samples (input {list(leaf.shape)})")
 

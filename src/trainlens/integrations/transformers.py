@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from .._probes._state import compiling
+from .._probes._state import compiling, is_suspended
 from ._session import Session, loss_of, missing_extra
 
 try:
@@ -65,12 +65,12 @@ class TrainlensCallback(TrainerCallback):
 
     # --- the model's own loss --------------------------------------------------------
     def _pre(self, module: Any, args: Any) -> None:
-        if compiling():
+        if compiling() or is_suspended():  # trainlens's own extra passes
             return
         self._counts.append(self._session.losses_logged())
 
     def _post(self, module: Any, args: Any, output: Any) -> None:
-        if compiling():
+        if compiling() or is_suspended():  # trainlens's own extra passes
             return
         before = self._counts.pop() if self._counts else -1
         # a loss module inside the model was captured already: do not count it twice
