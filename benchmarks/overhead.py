@@ -160,6 +160,11 @@ class _Watch:
         state = self.lens._state
         state.sampling = Sampling(every=self.every, dense_steps=0, flush_every=self.flush_every)
         state.sampled = state.sampling(0)
+        # the first-batch checks (batch dependency, initial loss) run once a run, not once
+        # a step: a chunk is a new run, so they are taken out of the steady state here
+        for probe in self.lens._probes:
+            if hasattr(probe, "_done"):
+                probe._done = True
 
     def __exit__(self, *exc) -> None:
         self.lens.__exit__(None, None, None)

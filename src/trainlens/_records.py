@@ -87,7 +87,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     # sampled optimizer steps: the norm of the optimizer's `.grad`s before the step's first
     # backward pass adds to them (carried, 0 after zero_grad) and at `optimizer.step()`
     "grad_carry": ("step", "carried_norm", "step_norm", "carried_frac"),
-    # once per step, at its first training forward: process memory (CUDA allocated bytes,
+    # per sampled step, at its first training forward: process memory (CUDA allocated bytes,
     # CPU heap in use or RSS; no sync) and how many earlier steps' autograd graphs are still alive
     "memory": ("step", "memory_bytes", "kind", "retained_graphs", "oldest_retained_step"),
     # NaN/Inf where they were found (value: the tensor's sum, nan or +-inf): kind "input"

@@ -139,7 +139,7 @@ class FiniteProbe:
 
     def _on_output(self, name: str):
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if compiling() or _SUSPENDED[0] or not self._look or isinstance(module, _Loss):
+            if not self._look or _SUSPENDED[0] or compiling() or isinstance(module, _Loss):
                 return
             out = _first_float(output)
             if out is None:
