@@ -166,6 +166,12 @@ class Table:
     def __len__(self) -> int:
         return len(self._data[0])
 
+    def tail(self, column: str, n: int) -> list[Any]:
+        """The last `n` values of `column` still kept (a probe's look at recent rows)."""
+        if n <= 0:
+            return []
+        return self._data[self.columns.index(column)][-n:]
+
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(dict(zip(self.columns, self._data, strict=True)))
 

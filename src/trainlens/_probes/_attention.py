@@ -65,7 +65,7 @@ class AttentionProbe:
     # --- sources ---------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:
         state = self.state
-        if compiling() or _SUSPENDED[0] or not state.sampled or state.split() != "train":
+        if not state.sampled or _SUSPENDED[0] or compiling() or state.split() != "train":
             return False
         return self._recorded.get(name) != state.step
 

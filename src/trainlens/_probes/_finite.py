@@ -1,8 +1,8 @@
 """Finiteness: where the first NaN/Inf of a run appears, kept cheap on the hot path.
 
-Every step costs one device op: the losses are added to a running sum, which turns
-NaN/Inf once any loss did (read back on the flush cadence, when the host syncs anyway).
-On sampled steps, and for `ALARM_STEPS` steps after that sum was found non-finite, the
+Every step costs nothing extra: the losses the loss probe records reach the host on the
+flush cadence (when it syncs anyway), and a non-finite one among them raises the alarm.
+On sampled steps, and for `ALARM_STEPS` steps after such an alarm, the
 model's floating-point inputs, the targets the loss modules get and every module's input
 and output are summed (one reduction each, no sync): a sum is NaN/Inf exactly when the
 tensor holds a NaN/Inf (short of float32 overflow, ~3e38), and it tells NaN (0/0) from
@@ -75,7 +75,7 @@ class FiniteProbe:
         self._counts: list[torch.Tensor] = []
         self._labels: list[tuple[str, str, str, int]] = []
         self._order = 0  # checks made so far in this step
-        self._flag: torch.Tensor | None = None  # running sum of losses: NaN/Inf once one was
+        self._losses_seen = 0  # rows of the losses table already checked for NaN/Inf
         self._checked_at = 0
         self._alarm_until = -1
 
@@ -98,12 +98,13 @@ class FiniteProbe:
         self._emit()
         self._step = state.step
         self._order = 0
-        if self._flag is not None and state.step - self._checked_at >= state.sampling.flush_every:
+        if state.step - self._checked_at >= state.sampling.flush_every:
             self._checked_at = state.step
-            # on the flush cadence: the host has just synced anyway
-            if not math.isfinite(float(self._flag)):
+            # on the flush cadence the recorded losses have just reached the host
+            losses = state.tables["losses"]
+            new, self._losses_seen = losses.seen - self._losses_seen, losses.seen
+            if any(not math.isfinite(v) for v in losses.tail("value", new)):
                 self._alarm_until = state.step + ALARM_STEPS
-                self._flag = None
         self._look = state.sampled or state.step < self._alarm_until
 
     def _emit(self) -> None:
@@ -154,14 +155,9 @@ class FiniteProbe:
         return post
 
     def _on_loss(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if compiling() or _SUSPENDED[0] or not isinstance(module, _Loss):
+        if not isinstance(module, _Loss) or _SUSPENDED[0] or compiling():
             return
         self._sync_step()
-        if isinstance(output, torch.Tensor) and output.is_floating_point():
-            with torch.no_grad():  # the one check every step: a running sum of the losses
-                loss = output.detach().sum(dtype=torch.float32)
-                flag = self._flag
-                self._flag = loss if flag is None else flag + loss.to(flag.device)
         if not self._look:
             return
         name = loss_name(self.state, module)
