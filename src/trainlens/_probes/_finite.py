@@ -15,6 +15,7 @@ NaN when non-finite.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -75,6 +76,9 @@ class FiniteProbe:
         self._counts: list[torch.Tensor] = []
         self._labels: list[tuple[str, str, str, int]] = []
         self._order = 0  # checks made so far in this step
+        # tensors summed this step: in a chain a module's input is the output summed just
+        # before it, and summing it twice doubles the cost for no new fact
+        self._summed: dict[int, weakref.ref[torch.Tensor]] = {}
         self._losses_seen = 0  # rows of the losses table already checked for NaN/Inf
         self._checked_at = 0
         self._alarm_until = -1
@@ -98,6 +102,7 @@ class FiniteProbe:
         self._emit()
         self._step = state.step
         self._order = 0
+        self._summed.clear()
         if state.step - self._checked_at >= state.sampling.flush_every:
             self._checked_at = state.step
             # on the flush cadence the recorded losses have just reached the host
@@ -120,6 +125,10 @@ class FiniteProbe:
         self.state.deferred.add(self._rows, [(self._step, labels)], row[None])
 
     def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
+        seen = self._summed.get(id(t))
+        if kind == "module_input" and seen is not None and seen() is t:
+            return
+        self._summed[id(t)] = weakref.ref(t)
         if len(self._counts) >= MAX_PENDING:
             self._emit()
         with torch.no_grad():
