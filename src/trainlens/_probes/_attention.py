@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._state import _SUSPENDED, WatchState, compiling
+from ._state import _SUSPENDED, WatchState, compiling, hook_modules
 
 #: score entries one recomputation may build (samples first, then query rows are thinned)
 MAX_ELEMENTS = 1 << 21
@@ -54,18 +54,19 @@ class AttentionProbe:
         self._failed = False
 
     def install(self) -> None:
+        mha = {}
         for name, module in self.state.model.named_modules():
             if isinstance(module, nn.MultiheadAttention):
                 self.mha_names.add(name)
-                self.handles.append(
-                    module.register_forward_hook(self._mha_hook(name), with_kwargs=True)
-                )
+                mha[module] = self._mha_hook(name)
+        if mha:
+            self.handles.append(hook_modules(mha, with_kwargs=True))
         self.handles.append(_patch_sdpa(self))
 
     # --- sources ---------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:
         state = self.state
-        if not state.sampled or _SUSPENDED[0] or compiling() or state.split() != "train":
+        if compiling() or not state.sampled or _SUSPENDED[0] or state.split() != "train":
             return False
         return self._recorded.get(name) != state.step
 

@@ -369,7 +369,7 @@ class BatchDependencyProbe:
     def _on_forward(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        if self._done or _SUSPENDED[0] or compiling() or self.state.split() != "train":
+        if compiling() or self._done or _SUSPENDED[0] or self.state.split() != "train":
             return
         self._done = True
         hint = _BATCH_HINT[0]

@@ -24,7 +24,7 @@ from torch.nn.modules.loss import _Loss
 from torch.utils.hooks import RemovableHandle
 
 from ._loss import loss_name
-from ._state import _SUSPENDED, WatchState, compiling
+from ._state import _SUSPENDED, WatchState, compiling, hook_modules
 from ._tensors import tensor_leaves
 
 #: steps of per-module checks after a non-finite loss was noticed between samples
@@ -86,8 +86,8 @@ class FiniteProbe:
     def install(self) -> None:
         model = self.state.model
         self.handles.append(model.register_forward_pre_hook(self._on_input))
-        for name, module in model.named_modules():
-            self.handles.append(module.register_forward_hook(self._on_output(name)))
+        outputs = {module: self._on_output(name) for name, module in model.named_modules()}
+        self.handles.append(hook_modules(outputs))
         self.handles.append(nn.modules.module.register_module_forward_hook(self._on_loss))
 
     def finish(self, exc: BaseException | None) -> None:
@@ -149,7 +149,7 @@ class FiniteProbe:
 
     def _on_output(self, name: str):
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if not self._look or _SUSPENDED[0] or compiling() or isinstance(module, _Loss):
+            if compiling() or not self._look or _SUSPENDED[0] or isinstance(module, _Loss):
                 return
             out = _first_float(output)
             if out is None:
@@ -164,7 +164,7 @@ class FiniteProbe:
         return post
 
     def _on_loss(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not isinstance(module, _Loss) or _SUSPENDED[0] or compiling():
+        if compiling() or not isinstance(module, _Loss) or _SUSPENDED[0]:
             return
         self._sync_step()
         if not self._look:

@@ -48,7 +48,7 @@ class LossInputProbe:
         self.handles.append(nn.modules.module.register_module_forward_hook(self._on_forward))
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not self.state.sampled or _SUSPENDED[0] or compiling():
+        if compiling() or not self.state.sampled or _SUSPENDED[0]:
             return
         if not isinstance(module, CLASSIFICATION_LOSSES + REGRESSION_LOSSES) or len(args) < 2:
             return

@@ -33,7 +33,7 @@ class InitialLossProbe:
         self.handles.append(nn.modules.module.register_module_forward_hook(self._on_forward))
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not isinstance(module, _Loss) or _SUSPENDED[0] or compiling():
+        if compiling() or not isinstance(module, _Loss) or _SUSPENDED[0]:
             return
         if self._done or self.state.split() != "train" or not isinstance(output, torch.Tensor):
             return

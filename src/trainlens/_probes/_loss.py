@@ -68,7 +68,7 @@ class LossProbe:
             listener(split, value)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not isinstance(module, _Loss) or _SUSPENDED[0] or compiling():
+        if compiling() or not isinstance(module, _Loss) or _SUSPENDED[0]:
             return
         state = self.state
         name = loss_name(state, module)

@@ -180,7 +180,7 @@ class MemoryProbe:
         state = self.state
         # sampled steps only (every step of the first 100, then 1 in `sample_every`): a
         # leak shows as a trend, and reading the heap costs ~10 us on a 0.2 ms step
-        if not state.sampled or state.step == self._row_step or _SUSPENDED[0] or compiling():
+        if compiling() or not state.sampled or state.step == self._row_step or _SUSPENDED[0]:
             return
         if state.split() != "train":
             return
@@ -204,7 +204,7 @@ class MemoryProbe:
 
     def _post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         state = self.state
-        if not state.sampled or state.step == self._marked_step or _SUSPENDED[0] or compiling():
+        if compiling() or not state.sampled or state.step == self._marked_step or _SUSPENDED[0]:
             return
         if output is None:
             return

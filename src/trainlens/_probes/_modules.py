@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, Failure, WatchState, compiling
+from ._state import _SUSPENDED, Failure, WatchState, compiling, hook_modules
 from ._tensors import dtype_names, first_float, nbytes, shapes, signature, tensor_leaves
 
 #: distinct shape signatures recorded per module; past it shapes "vary" and are not traced
@@ -30,13 +30,19 @@ class ModuleProbe:
         self.handles: list[RemovableHandle] = []
 
     def install(self) -> None:
-        handles = self.handles
+        pres, posts = {}, {}
         for name, module in self.state.model.named_modules():
             leaf = next(module.children(), None) is None
-            handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
-            handles.append(
-                module.register_forward_hook(self._post_hook(name, leaf), always_call=True)
-            )
+            pres[module] = self._pre_hook(name)
+            posts[module] = self._post_hook(name, leaf)
+        root, state = self.state.model, self.state
+
+        def on_compiling(module: nn.Module) -> None:
+            if module is root:
+                state.compiled = True  # inside compiled code: only note that it ran
+
+        self.handles.append(hook_modules(pres, pre=True, on_compiling=on_compiling))
+        self.handles.append(hook_modules(posts, always_call=True))
 
     def _pre_hook(self, name: str):
         state = self.state

@@ -40,6 +40,9 @@ def is_suspended() -> bool:
 # True while torch.compile traces: hooks return at once, so dynamo folds them away and
 # compiled graphs get no graph break, guard or recompilation from trainlens.
 compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+# Every hook that dynamo may trace asks `compiling()` FIRST: reading trainlens's own
+# changing state (the step, `sampled`) before it would make dynamo guard on that state
+# and recompile the user's graph. The call costs well under a microsecond.
 
 
 @dataclass(frozen=True)
@@ -145,3 +148,55 @@ class WatchState:
 
     def exception_in_flight(self) -> BaseException | None:
         return sys.exc_info()[1]
+
+
+def hook_modules(
+    hooks: dict[nn.Module, Any],
+    *,
+    pre: bool = False,
+    with_kwargs: bool = False,
+    always_call: bool = False,
+    on_compiling: Any = None,
+) -> Any:
+    """One global module hook that calls `hooks[module]` for the modules it names.
+
+    Per-module hooks are visible to `nn.TransformerEncoderLayer`, which then leaves its
+    fused eval fast path and computes slightly different numbers; a global hook is not.
+    While dynamo traces, the hook does nothing but `on_compiling(module)`: a lookup in it
+    would split the user's graph. Returns the handle to remove.
+    """
+    get = {id(m): h for m, h in hooks.items()}.get
+    glob = nn.modules.module
+    if pre:
+
+        def dispatch_pre(module: nn.Module, args: Any) -> None:
+            if compiling():
+                if on_compiling is not None:
+                    on_compiling(module)
+                return
+            hook = get(id(module))
+            if hook is not None:
+                hook(module, args)
+
+        return glob.register_module_forward_pre_hook(dispatch_pre)
+    if with_kwargs:
+
+        def dispatch_kw(module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+            if compiling():
+                return
+            hook = get(id(module))
+            if hook is not None:
+                hook(module, args, kwargs, output)
+
+        return glob.register_module_forward_hook(
+            dispatch_kw, with_kwargs=True, always_call=always_call
+        )
+
+    def dispatch(module: nn.Module, args: Any, output: Any) -> None:
+        if compiling():
+            return
+        hook = get(id(module))
+        if hook is not None:
+            hook(module, args, output)
+
+    return glob.register_module_forward_hook(dispatch, always_call=always_call)
