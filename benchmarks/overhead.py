@@ -163,8 +163,8 @@ class _Watch:
         # the first-batch checks (batch dependency, initial loss) run once a run, not once
         # a step: a chunk is a new run, so they are taken out of the steady state here
         for probe in self.lens._probes:
-            if hasattr(probe, "_done"):
-                probe._done = True
+            if hasattr(probe, "retire"):
+                probe.retire()
 
     def __exit__(self, *exc) -> None:
         self.lens.__exit__(None, None, None)

@@ -366,12 +366,20 @@ class BatchDependencyProbe:
             self.state.model.register_forward_hook(self._on_forward, with_kwargs=True)
         )
 
+    def retire(self) -> None:
+        """Done for this run (it checks one batch): its hook goes."""
+        self._done = True
+        if self.state.compiled:
+            return  # changing the hooks would make dynamo guard, recompile the model
+        for handle in self.handles:
+            handle.remove()
+
     def _on_forward(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
         if compiling() or self._done or _SUSPENDED[0] or self.state.split() != "train":
             return
-        self._done = True
+        self.retire()
         hint = _BATCH_HINT[0]
         record(self.state, check_batch_dependency(module, args, kwargs, batch_size=hint))
 

@@ -32,12 +32,20 @@ class InitialLossProbe:
     def install(self) -> None:
         self.handles.append(nn.modules.module.register_module_forward_hook(self._on_forward))
 
+    def retire(self) -> None:
+        """Done for this run: the global hook goes, so later steps do not pay for it."""
+        self._done = True
+        if self.state.compiled:
+            return  # changing the hooks would make dynamo guard, recompile the model
+        for handle in self.handles:
+            handle.remove()
+
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if compiling() or not isinstance(module, _Loss) or _SUSPENDED[0]:
             return
         if self._done or self.state.split() != "train" or not isinstance(output, torch.Tensor):
             return
-        self._done = True  # only the first training loss matters
+        self.retire()  # only the first training loss matters
         if len(args) < 2 or not all(isinstance(a, torch.Tensor) for a in args[:2]):
             return
         self._value = output.detach().float().mean()  # read once, in finish(): no sync now
