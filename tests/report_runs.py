@@ -76,6 +76,8 @@ def normalise(text: str, run_ids: list[str]) -> str:
     # the Memory section reads this machine's heap and free memory
     head, sep, memory = text.partition("\nMemory\n")
     # and wraps by the width of those numbers: compare it as one normalised paragraph
-    memory = " ".join(re.sub(r"\d+(\.\d+)? (B|KB|MB|GB|TB|PB)\b", "N XB", memory).split())
+    memory = re.sub(r"\d+(\.\d+)? (B|KB|MB|GB|TB|PB)\b", "N XB", memory)
+    memory = re.sub(r"peak N XB at step \d+", "peak N XB at step N", memory)
+    memory = " ".join(memory.split())
     text = head + sep + memory
     return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"

@@ -28,7 +28,7 @@ def trainlens_report_sections(drill: dict[str, Any], records: Records) -> list[t
     peak = ok.loc[ok["value"].idxmax()]
     label = _LABELS.get(str(last["kind"]), str(last["kind"]))
     lines = [
-        f"{label}, once per step at its first forward (`memory.parquet`): "
+        f"{label}, on sampled steps, at their first forward (`memory.parquet`): "
         f"{human_bytes(first['value'])} at step {int(first['step'])}, "
         f"{human_bytes(last['value'])} at step {int(last['step'])}, "
         f"peak {human_bytes(peak['value'])} at step {int(peak['step'])}.",
