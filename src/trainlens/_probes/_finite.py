@@ -87,8 +87,8 @@ class FiniteProbe:
         model = self.state.model
         self.handles.append(model.register_forward_pre_hook(self._on_input))
         outputs = {module: self._on_output(name) for name, module in model.named_modules()}
-        self.handles.append(hook_modules(outputs))
-        self.handles.append(nn.modules.module.register_module_forward_hook(self._on_loss))
+        # one global hook: the model's modules, and loss modules wherever they live
+        self.handles.append(hook_modules(outputs, fallback=self._on_loss))
 
     def finish(self, exc: BaseException | None) -> None:
         self._emit()
@@ -149,7 +149,10 @@ class FiniteProbe:
 
     def _on_output(self, name: str):
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if compiling() or not self._look or _SUSPENDED[0] or isinstance(module, _Loss):
+            if isinstance(module, _Loss):  # a loss module inside the model
+                self._on_loss(module, args, output)
+                return
+            if compiling() or not self._look or _SUSPENDED[0]:
                 return
             out = _first_float(output)
             if out is None:

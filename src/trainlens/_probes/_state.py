@@ -157,13 +157,16 @@ def hook_modules(
     with_kwargs: bool = False,
     always_call: bool = False,
     on_compiling: Any = None,
+    fallback: Any = None,
 ) -> Any:
     """One global module hook that calls `hooks[module]` for the modules it names.
 
     Per-module hooks are visible to `nn.TransformerEncoderLayer`, which then leaves its
     fused eval fast path and computes slightly different numbers; a global hook is not.
     While dynamo traces, the hook does nothing but `on_compiling(module)`: a lookup in it
-    would split the user's graph. Returns the handle to remove.
+    would split the user's graph. `fallback` (forward hooks without kwargs) gets the
+    modules the table does not name, e.g. loss modules outside the model. Returns the
+    handle to remove.
     """
     get = {id(m): h for m, h in hooks.items()}.get
     glob = nn.modules.module
@@ -198,5 +201,7 @@ def hook_modules(
         hook = get(id(module))
         if hook is not None:
             hook(module, args, output)
+        elif fallback is not None:
+            fallback(module, args, output)
 
     return glob.register_module_forward_hook(dispatch, always_call=always_call)
