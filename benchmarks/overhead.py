@@ -10,7 +10,7 @@ every repetition) so machine noise hits all of them alike:
 - `plain`: no hooks;
 - `floor`: a no-op forward pre- and post-hook on every module and a no-op optimizer step
   hook: what any hook-based tool pays at least;
-- `watch`: trainlens with its defaults (`sample_every=10`), in steady state;
+- `watch`: trainlens with its defaults (`sample_every=20`), in steady state;
 - `dense`: trainlens while every step is sampled, as in a run's first 100 steps.
 
 A watched run samples every step of its first 100, then one in `sample_every`. To time
@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 import trainlens
-from trainlens._probes._state import Sampling
+from trainlens._probes._state import DEFAULT_SAMPLE_EVERY, Sampling
 
 Step = Callable[[], None]
 
@@ -188,7 +188,9 @@ def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
         "plain": lambda: _Plain(),
         "floor": lambda: _Floor(model, opt),
         # a chunk shorter than the default read-back period (50) reads back once a chunk
-        "watch": lambda: _Watch(model, opt, tmp, every=10, flush_every=min(50, steps)),
+        "watch": lambda: _Watch(
+            model, opt, tmp, every=DEFAULT_SAMPLE_EVERY, flush_every=min(50, steps)
+        ),
         "dense": lambda: _Watch(model, opt, tmp, every=1, flush_every=min(50, steps)),
     }
     for mode in MODES:  # one untimed chunk each: first-call costs out of the way

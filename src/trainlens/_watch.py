@@ -28,7 +28,7 @@ from ._plugins import (
     write_artifacts,
 )
 from ._probes import DEFAULT_PROBES, LossProbe, WatchState
-from ._probes._state import Sampling
+from ._probes._state import DEFAULT_SAMPLE_EVERY, Sampling
 from ._records import Records
 
 # run dirs of the blocks active right now: two nested blocks must not write one folder
@@ -46,7 +46,7 @@ def watch(
     *,
     run_dir: str | os.PathLike[str] | None = None,
     run_id: str | None = None,
-    sample_every: int = 10,
+    sample_every: int = DEFAULT_SAMPLE_EVERY,
     plugins: Iterable[Any] = (),
     quiet: bool = False,
     checkpoint: bool | str = False,
@@ -83,7 +83,7 @@ class Lens:
         *,
         run_dir: str | os.PathLike[str] | None = None,
         run_id: str | None = None,
-        sample_every: int = 10,
+        sample_every: int = DEFAULT_SAMPLE_EVERY,
         plugins: Iterable[Any] = (),
         quiet: bool = False,
         checkpoint: bool | str = False,

@@ -36,7 +36,7 @@ class TrainlensCallback(Callback):
         run_dir: str | os.PathLike[str] | None = None,
         *,
         run_id: str | None = None,
-        sample_every: int = 10,
+        sample_every: int = 20,
         plugins: Iterable[Any] = (),
         quiet: bool = False,
     ):

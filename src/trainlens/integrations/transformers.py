@@ -34,7 +34,7 @@ class TrainlensCallback(TrainerCallback):
         run_dir: str | os.PathLike[str] | None = None,
         *,
         run_id: str | None = None,
-        sample_every: int = 10,
+        sample_every: int = 20,
         plugins: Iterable[Any] = (),
         quiet: bool = False,
     ):
