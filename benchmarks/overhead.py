@@ -16,11 +16,11 @@ every repetition) so machine noise hits all of them alike:
 A watched run samples every step of its first 100, then one in `sample_every`. To time
 the steady state without paying 100 dense steps per repetition (the transformer takes a
 second a step on a busy machine), each `watch` chunk enters `trainlens.watch` with its
-defaults and then switches the block's sampling to the steady pattern (step 0 sampled,
-then every 10th): the same hooks and the same work per step as step 100 onwards of a
-default run. Each chunk is a multiple of 10 steps, so it holds its share of sampled
-steps and one deferred read-back per 50 steps pro rata. Leaving a block (rules, drill)
-is not timed: it happens once per run, not per step (see benchmarks/memory.py).
+defaults and continues the step count where the workload's previous `watch` chunk left
+it, starting at step 100: the chunks together are steps 100, 101, ... of one default run,
+with its sampled steps (one in 20) and read-backs (one in 50) where that run has them,
+whatever a chunk's length. Leaving a block (rules, drill) is not timed: it happens once
+per run, not per step (see benchmarks/memory.py).
 
 Per mode and repetition both wall time and process CPU time are taken. With one thread
 (`torch.set_num_threads(1)`, as the targets are stated) CPU time is the work the step
@@ -33,6 +33,7 @@ reported with its min..max; `--clock` picks which clock the targets are checked 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -47,7 +48,7 @@ import torch
 from torch import nn
 
 import trainlens
-from trainlens._probes._state import DEFAULT_SAMPLE_EVERY, Sampling
+from trainlens._probes._state import Sampling
 
 Step = Callable[[], None]
 
@@ -144,22 +145,23 @@ class _Plain:
 
 
 class _Watch:
-    """`trainlens.watch` with defaults, switched to its steady (or dense) sampling."""
+    """`trainlens.watch` with defaults, at steps `next_step[0]`, ... of a long run."""
 
     counter = 0
 
-    def __init__(self, model, opt, tmp: Path, every: int, flush_every: int):
-        self.model, self.opt, self.tmp, self.every = model, opt, tmp, every
-        self.flush_every = flush_every
+    def __init__(self, model, opt, tmp: Path, sampling: Sampling, next_step: list[int]):
+        self.model, self.opt, self.tmp = model, opt, tmp
+        self.sampling, self.next_step = sampling, next_step
 
     def __enter__(self) -> None:
         _Watch.counter += 1
         run_dir = self.tmp / f"run-{_Watch.counter}"
         self.lens = trainlens.watch(self.model, self.opt, run_dir=run_dir, quiet=True)
         self.lens.__enter__()
-        state = self.lens._state
-        state.sampling = Sampling(every=self.every, dense_steps=0, flush_every=self.flush_every)
-        state.sampled = state.sampling(0)
+        state = self.state = self.lens._state
+        state.sampling = self.sampling
+        state.step = self.next_step[0]
+        state.sampled = state.sampling(state.step)
         # the first-batch checks (batch dependency, initial loss) run once a run, not once
         # a step: a chunk is a new run, so they are taken out of the steady state here
         for probe in self.lens._probes:
@@ -167,6 +169,7 @@ class _Watch:
                 probe.retire()
 
     def __exit__(self, *exc) -> None:
+        self.next_step[0] = self.state.step
         self.lens.__exit__(None, None, None)
 
 
@@ -182,16 +185,15 @@ def _chunk(step: Step, n: int) -> tuple[float, float]:
 
 def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
     model, opt, step = _workload(name)
+    watch_steps, dense_steps = [Sampling().dense_steps], [Sampling().dense_steps]
     for _ in range(max(20, steps)):
         step()  # warm-up: allocator, kernels, lazy init
     contexts = {
         "plain": lambda: _Plain(),
         "floor": lambda: _Floor(model, opt),
-        # a chunk shorter than the default read-back period (50) reads back once a chunk
-        "watch": lambda: _Watch(
-            model, opt, tmp, every=DEFAULT_SAMPLE_EVERY, flush_every=min(50, steps)
-        ),
-        "dense": lambda: _Watch(model, opt, tmp, every=1, flush_every=min(50, steps)),
+        # steady state: step 100 onwards of a default run; dense: every step sampled
+        "watch": lambda: _Watch(model, opt, tmp, Sampling(), watch_steps),
+        "dense": lambda: _Watch(model, opt, tmp, Sampling(every=1), dense_steps),
     }
     for mode in MODES:  # one untimed chunk each: first-call costs out of the way
         with contexts[mode]():
@@ -222,7 +224,7 @@ def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
     return out
 
 
-#: workload -> (steps per chunk, a multiple of 10; target for watch/plain)
+#: workload -> (steps per chunk; target for watch/plain)
 WORKLOADS = {
     "tiny": (500, 1.5),
     "mlp": (100, 1.15),
@@ -243,7 +245,7 @@ def _conditions(reps: int, clock: str) -> dict:
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "reps": reps,
         "clock": clock,
-        "trainlens_defaults": {"sample_every": 10, "dense_steps": 100, "flush_every": 50},
+        "trainlens_defaults": dataclasses.asdict(Sampling()),
     }
 
 
