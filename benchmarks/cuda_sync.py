@@ -28,43 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
+from overhead import _workload  # the same workloads, here on the GPU
 
 import trainlens
 from trainlens._probes._state import Sampling
 
 SYNC_WARNING = "synchronizing CUDA operation"  # torch's text in set_sync_debug_mode("warn")
-
-
-def _workload(name: str, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, Callable]:
-    torch.manual_seed(0)
-    if name == "mlp":
-        model: nn.Module = nn.Sequential(
-            nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
-        )
-        x, y = torch.randn(64, 256), torch.randint(0, 10, (64,))
-        loss_fn: nn.Module = nn.CrossEntropyLoss()
-    elif name == "transformer":
-        layer = nn.TransformerEncoderLayer(256, 4, 1024, dropout=0.1, batch_first=True)
-        model = nn.Sequential(
-            nn.TransformerEncoder(layer, 4, enable_nested_tensor=False), nn.Flatten(0, 1),
-            nn.Linear(256, 10),
-        )  # fmt: skip
-        x, y = torch.randn(8, 128, 256), torch.randint(0, 10, (8 * 128,))
-        loss_fn = nn.CrossEntropyLoss()
-    else:
-        raise ValueError(name)
-    model.to(device)
-    x, y = x.to(device), y.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        loss = loss_fn(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return model, opt, step
 
 
 def _syncing_steps(step: Callable, steps: int) -> list[int]:

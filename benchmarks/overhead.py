@@ -53,7 +53,10 @@ from trainlens._probes._state import Sampling
 Step = Callable[[], None]
 
 
-def _workload(name: str) -> tuple[nn.Module, torch.optim.Optimizer, Step]:
+def _workload(
+    name: str, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, torch.optim.Optimizer, Step]:
+    """The model, its optimizer and one training step; `cuda_sync.py` runs them on a GPU."""
     torch.manual_seed(0)
     if name == "tiny":
         model = nn.Linear(10, 1)
@@ -101,6 +104,8 @@ def _workload(name: str) -> tuple[nn.Module, torch.optim.Optimizer, Step]:
         loss_fn = nn.CrossEntropyLoss()
     else:
         raise ValueError(name)
+    model.to(device)
+    x, y = x.to(device), y.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step() -> None:

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
+from .._probes._state import DEFAULT_SAMPLE_EVERY
 from ._session import Session, loss_of, missing_extra
 
 try:
@@ -36,7 +37,7 @@ class TrainlensCallback(Callback):
         run_dir: str | os.PathLike[str] | None = None,
         *,
         run_id: str | None = None,
-        sample_every: int = 20,
+        sample_every: int = DEFAULT_SAMPLE_EVERY,
         plugins: Iterable[Any] = (),
         quiet: bool = False,
     ):

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from .._probes._state import compiling, is_suspended
+from .._probes._state import DEFAULT_SAMPLE_EVERY, compiling, is_suspended
 from ._session import Session, loss_of, missing_extra
 
 try:
@@ -34,7 +34,7 @@ class TrainlensCallback(TrainerCallback):
         run_dir: str | os.PathLike[str] | None = None,
         *,
         run_id: str | None = None,
-        sample_every: int = 20,
+        sample_every: int = DEFAULT_SAMPLE_EVERY,
         plugins: Iterable[Any] = (),
         quiet: bool = False,
     ):
