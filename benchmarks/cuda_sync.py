@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from overhead import _workload  # the same workloads, here on the GPU
+from overhead import WORKLOADS, _workload  # the same workloads, here on the GPU
 
 import trainlens
 from trainlens._probes._state import Sampling
@@ -77,9 +77,13 @@ def measure(name: str, steps: int, tmp: Path, device: torch.device) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--only", nargs="*", default=["mlp", "transformer"])
+    parser.add_argument(
+        "--only", nargs="*", choices=list(WORKLOADS), default=["mlp", "transformer"]
+    )
     parser.add_argument("--json", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be a positive number of steps, not {args.steps}")
     if not torch.cuda.is_available():
         print("no CUDA device here: nothing to measure (the CPU has no host-device sync)")
         return 0
