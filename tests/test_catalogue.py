@@ -123,7 +123,7 @@ def test_a_team_adds_its_own_recipe_and_rule_without_touching_trainlens(tmp_path
     found = [f for f in lens.findings if f.likely_cause == "team_loss_above_one"]
     assert len(found) == 1
     assert found[0].first_check == "Print the loss of `the model`"
-    assert lens.drill["status"] == "healthy"  # a warning does not fail the run
+    assert lens.drill["status"] == "warning"  # a warning does not fail the run
 
 
 def test_a_broken_plugin_rule_is_skipped_with_a_warning(run_dir):

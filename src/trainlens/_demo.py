@@ -113,7 +113,7 @@ def run_demo(out: str | Path, console: Console | None = None) -> int:
         status = drill["status"]
         table.add_row(
             Text(stem),
-            Text(status, style="green" if status == "healthy" else "red"),
+            Text(status, style={"healthy": "green", "warning": "yellow"}.get(status, "red")),
             symptom,
             cause,
         )

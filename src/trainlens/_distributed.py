@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from torch import nn
 
+from ._drill import run_status
 from ._finding import Finding
 from ._io import atomic_write_text
 from ._records import TABLES, Records
@@ -355,7 +356,7 @@ def merge(
     drill = {
         "schema_version": base.get("schema_version", 1),
         "run_id": run_id,
-        "status": "failed" if failed else "healthy",
+        "status": run_status(failed, findings),
         "steps": int(max((row["steps"] or 0) for row in rows)) if rows else 0,
         "findings": findings,
         "exception": exception,

@@ -24,6 +24,13 @@ DRILL_FIELDS = (
 )
 
 
+def run_status(failed: bool, findings: Sequence[Any]) -> str:
+    """`failed` on an error or a crash, `warning` when findings are only warnings."""
+    if failed:
+        return "failed"
+    return "warning" if findings else "healthy"
+
+
 def build_drill(
     run_id: str,
     findings: Sequence[Finding],
@@ -35,7 +42,7 @@ def build_drill(
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
-        "status": "failed" if failed else "healthy",
+        "status": run_status(failed, findings),
         "steps": int(meta.get("steps", 0)),
         "findings": [f.to_dict() for f in findings],
         "exception": None
@@ -88,8 +95,8 @@ def _structure_problem(drill: dict[str, Any]) -> str | None:
     """What makes a parsed drill unusable for report/compare, or None."""
     if not isinstance(drill["run_id"], str) or not drill["run_id"]:
         return "run_id is not a non-empty string"
-    if drill["status"] not in ("healthy", "failed"):
-        return f"status is {drill['status']!r}, not healthy/failed"
+    if drill["status"] not in ("healthy", "warning", "failed"):
+        return f"status is {drill['status']!r}, not healthy/warning/failed"
     if not isinstance(drill.get("steps", 0), int):
         return "steps is not an integer"
     if not isinstance(drill["findings"], list):

@@ -377,7 +377,7 @@ def _print_summary(lens: Lens) -> None:
     console = Console(stderr=True, highlight=False)
     drill = lens.drill or {}
     status = drill.get("status")
-    color = "green" if status == "healthy" else "red"
+    color = {"healthy": "green", "warning": "yellow"}.get(str(status), "red")
     where = _relative(lens.run_dir / "drill.md")
     console.print(
         f"[bold]trainlens[/]: run {lens.run_id} [{color}]{status}[/], "

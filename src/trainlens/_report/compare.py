@@ -148,7 +148,8 @@ class Comparison:
         table.add_column(Text(f"after: {xd['run_id']}"), overflow="fold", ratio=1)
 
         def status(d: dict[str, Any]) -> Text:
-            return Text(d["status"], style="green" if d["status"] == "healthy" else "red")
+            style = {"healthy": "green", "warning": "yellow"}.get(d["status"], "red")
+            return Text(d["status"], style=style)
 
         table.add_row("status", status(fd), status(xd))
         table.add_row("steps", Text(str(fd.get("steps", 0))), Text(str(xd.get("steps", 0))))

@@ -38,7 +38,7 @@ RATIO_LOW, RATIO_HIGH = 1e-5, 1e-1
 #: printing their markdown
 NATIVE_SECTION_PLUGINS = frozenset({"trainlens._report.sections", "trainlens._report.curves"})
 
-_STATUS_STYLE = {"healthy": "bold green", "failed": "bold red"}
+_STATUS_STYLE = {"healthy": "bold green", "warning": "bold yellow", "failed": "bold red"}
 _SEVERITY_STYLE = {"error": "bold red", "warning": "bold yellow"}
 
 
