@@ -279,6 +279,19 @@ def overfit_one_batch(
                     break
             accuracy = _accuracy(model_c, inputs, targets, kind)
             section.facts = _facts(kind, losses, accuracy, baseline)
+            # the rules read the verdict so far: a batch that was not memorised is a
+            # failure to explain even when the loss curve shows no symptom of its own
+            memorised_so_far, _ = _memorised(kind, losses, accuracy, baseline)
+            lens.note(
+                "overfit",
+                {
+                    "memorised": memorised_so_far,
+                    "kind": kind,
+                    "steps": len(losses),
+                    "max_steps": steps,
+                    "baseline": baseline,
+                },
+            )
     except TrainlensError:
         raise
     except Exception as err:  # the model's own crash: the drill names it, we report it

@@ -186,6 +186,16 @@ class Lens:
             raise UsageError(f'split must be "train", "val" or None, not {split!r}')
         self._loss_probe.log(loss, split, source="log_loss")
 
+    def note(self, key: str, value: Any) -> None:
+        """Hand the run a fact before it is written: rules read it as `records.meta[key]`.
+
+        For callers that drive a watched run (overfit-one-batch, integrations); `value`
+        must be JSON-able. Only inside the block.
+        """
+        if self._state is None or not self._probes:
+            raise UsageError("lens.note(...) works only inside its `with watch(...)` block")
+        self._state.extra_meta[key] = value
+
     def log_attention(
         self,
         name: str,
