@@ -187,25 +187,25 @@ class Catalogue:
         """
         out = list(causes)
         conf = [c.confidence for c in out]
-        root_of: dict[int, int] = {}
+        roots_of: dict[int, list[int]] = {}
         for i, b in enumerate(out):
             roots = [j for j, a in enumerate(out) if j != i and self._is_root(a, b)]
             if roots:
-                root_of[i] = min(roots, key=lambda j: (out[j].onset, -out[j].confidence))
+                roots_of[i] = roots
 
         def settle(i: int, depth: int = 0) -> float:
-            j = root_of.get(i)
-            if j is None or depth > len(out):
+            if depth > len(out):  # cannot happen (timing orders the roots); never loop
                 return conf[i]
-            return min(conf[i], max(0.0, settle(j, depth + 1) - GAP))
+            above = [settle(j, depth + 1) - GAP for j in roots_of.get(i, ())]
+            return max(0.0, min([conf[i], *above]))
 
         ranked = []
         for i, c in enumerate(out):
-            j = root_of.get(i)
-            if j is None:
+            if i not in roots_of:
                 ranked.append(c)
                 continue
-            a = out[j]
+            # named: the earliest root, the one the chain starts from
+            a = out[min(roots_of[i], key=lambda j: (out[j].onset, -out[j].confidence))]
             note = CONSEQUENCE_NOTE.format(root=a.id, root_step=a.onset, step=c.onset)
             evidence = c.evidence if note in c.evidence else f"{c.evidence}; {note}"
             ranked.append(dataclasses.replace(c, confidence=settle(i), evidence=evidence))

@@ -19,6 +19,8 @@ from .._records import Records
 from ._common import num
 
 SYMPTOM = "confusing_attention"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"attention_saturated", "attention_uniform"})
 
 
 @hookimpl

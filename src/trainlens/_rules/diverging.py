@@ -26,6 +26,8 @@ from .._records import Records
 from ._common import num
 
 SYMPTOM = "diverging"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"lr_too_high", "exploding_gradient"})
 
 
 @dataclass

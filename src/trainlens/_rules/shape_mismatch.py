@@ -22,6 +22,8 @@ from .._records import Records
 from ._common import exception_info, is_oom, module_attrs, shape_str
 
 SYMPTOM = "shape_mismatch"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"layer_input_mismatch", "loss_target_shape_mismatch", "batch_dim_mixing"})
 
 # Messages torch raises for shape problems, for layers whose expectations we do not model.
 _SHAPE_MESSAGE = re.compile(
