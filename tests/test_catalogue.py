@@ -59,7 +59,7 @@ def test_every_recipe_is_a_spec_symptom_with_one_file_and_one_rule_module():
         assert entry.source == f"{symptom}.toml"
         assert symptom in rules, f"no rule module for {symptom}"
     for name, module in rules.items():  # one file per symptom, named after it
-        assert module.SYMPTOM == name, f"_rules/{name}.py diagnoses {module.SYMPTOM}"
+        assert name == module.SYMPTOM, f"_rules/{name}.py diagnoses {module.SYMPTOM}"
     helpers = [p.stem for p in RULES.glob("*.py") if p.stem not in rules]
     assert all(h.startswith("_") for h in helpers), f"rule modules not registered: {helpers}"
 

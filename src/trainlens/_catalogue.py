@@ -233,7 +233,7 @@ class Catalogue:
         """The finding with its causes re-ranked (its where/what-to-do follow the top)."""
         ranked = self.rank(finding.likely_causes)
         if [c.id for c in ranked] == [c.id for c in finding.likely_causes] and all(
-            a.confidence == b.confidence for a, b in zip(ranked, finding.likely_causes)
+            a.confidence == b.confidence for a, b in zip(ranked, finding.likely_causes, strict=True)
         ):
             return finding
         top = ranked[0]

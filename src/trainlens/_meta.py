@@ -120,12 +120,12 @@ def frozen_weight_stats(model: nn.Module) -> dict[str, dict[str, float]]:
             if len({t.device for t in ts}) == 1:  # the usual case: one read-back
                 rows = torch.stack([torch.stack(l2), torch.stack(top)]).float().T.tolist()
             else:
-                rows = [[float(a), float(b)] for a, b in zip(l2, top)]
+                rows = [[float(a), float(b)] for a, b in zip(l2, top, strict=True)]
     except Exception:  # statistics are a nicety: never break the user's run for them
         return {}
     return {
         n: {"rms": l2v / math.sqrt(p.numel()), "absmax": mx}
-        for (n, p), (l2v, mx) in zip(named, rows)
+        for (n, p), (l2v, mx) in zip(named, rows, strict=True)
         if math.isfinite(l2v) and math.isfinite(mx)
     }
 

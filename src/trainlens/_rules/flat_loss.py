@@ -453,7 +453,9 @@ def _frozen_part(ctx: _Context) -> Cause | None:
         case, confidence = "frozen_fresh", 0.85
     else:
         case, confidence = "frozen_trained", 0.3
-    text = ctx.catalogue.text(SYMPTOM, "no_gradient_flow", case, module=module or "the model", **fields)
+    text = ctx.catalogue.text(
+        SYMPTOM, "no_gradient_flow", case, module=module or "the model", **fields
+    )
     return ctx.cause("no_gradient_flow", confidence, text, module=module or None, **fields)
 
 
