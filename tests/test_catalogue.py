@@ -266,3 +266,24 @@ def test_a_report_plugin_writes_its_own_file_before_drill_md(run_dir):
 
     train(mlp(), classification_data(), steps=4, run_dir=run_dir, plugins=[Picture()])
     assert (run_dir / "losses.txt").read_text() == "4"
+
+
+def test_direct_evidence_added_to_a_diverging_finding_outranks_its_consequences(run_dir):
+    # how the evidence branch's findings go through the ranking: a cause with its onset
+    # (here: gradients carried over from step 1) joins the causes a symptom rule found
+    model = mlp(hidden=64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    x, y = classification_data(n=512)
+    crit = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for s in range(60):
+            i = (s * 32) % 512
+            crit(model(x[i : i + 32]), y[i : i + 32]).backward()  # no zero_grad()
+            opt.step()
+    diverging = next(f for f in lens.findings if f.symptom == "diverging")
+    exploding = next(c for c in diverging.likely_causes if c.id == "exploding_gradient")
+    assert exploding.onset is not None and exploding.onset > 1  # the growth showed later
+    stale = Cause(id="zero_grad_missing", confidence=0.6, evidence="stale .grad", onset=1)
+    ranked = _catalogue().rank([*diverging.likely_causes, stale])
+    assert ranked[0].id == "zero_grad_missing"
+    assert "likely a consequence of zero_grad_missing" in ranked[1].evidence
