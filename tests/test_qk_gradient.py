@@ -40,9 +40,7 @@ def test_zero_query_and_key_projections_are_attention_uniform_on_that_module(run
     program.main(run_dir)
     f = attention_finding(run_dir)
     assert f["likely_cause"] == "attention_uniform" and f["module"] == "attn"
-    assert f["severity"] == "error"
-    ev = f["likely_causes"][0]["evidence"]
-    assert "query and key projections got exactly zero gradient" in ev
+    assert f["severity"] == "warning"  # like every attention_uniform: values still learn
     assert "attn.in_proj_weight.grad[:64]" in f["first_check"]
 
 
@@ -53,7 +51,7 @@ def test_zero_query_and_key_projections_are_named_even_when_the_loss_is_flat(run
     ids = torch.randint(0, 16, (512, 8), generator=g)
     labels = torch.randint(0, 4, (512,), generator=g)  # nothing to learn: a flat loss
     model = program.AttentionClassifier()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loader = DataLoader(TensorDataset(ids, labels), batch_size=32)
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
         for _ in range(4):
@@ -63,6 +61,10 @@ def test_zero_query_and_key_projections_are_named_even_when_the_loss_is_flat(run
                 optimizer.step()
     f = attention_finding(run_dir)
     assert f["likely_cause"] == "attention_uniform" and f["module"] == "attn"
+    ev = f["likely_causes"][0]["evidence"]
+    assert "query and key projections got exactly zero gradient" in ev
+    assert "on all" in ev and "sampled training steps" in ev
+    assert f["evidence"]["qk_without_gradient"]["attn"]["q_grad_max"] == 0
 
 
 def test_the_default_init_twin_stays_clean(run_dir):

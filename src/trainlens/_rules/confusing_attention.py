@@ -48,13 +48,20 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         findings.append(_saturated_finding(records, catalogue, saturated))
     if uniform:
         findings.append(_uniform_finding(records, catalogue, uniform))
-    findings.extend(qk_without_gradient(records, catalogue))
+    findings.extend(qk_without_gradient(records, catalogue, skip={m for m, _ in uniform}))
     return findings
 
 
 # --- query/key projections that cannot learn (issue 18 §4; the `rules` branch) ----------
-def qk_without_gradient(records: Records, catalogue: Catalogue) -> list[Finding]:
+def qk_without_gradient(
+    records: Records,
+    catalogue: Catalogue,
+    skip: set[str] = frozenset(),  # type: ignore[assignment]
+) -> list[Finding]:
     """`attention_uniform` where the query and key projections got exactly zero gradient.
+
+    Modules in `skip` (already reported uniform from their rows) are left out. A warning
+    like every `attention_uniform`: the model may still learn through the values.
 
     Reads `meta["attention_qk_grad"]` (`_probes/_qkgrad.py`, `nn.MultiheadAttention`):
     when both parts stay exactly zero on every sampled step, the attention pattern cannot
@@ -67,7 +74,10 @@ def qk_without_gradient(records: Records, catalogue: Catalogue) -> list[Finding]
     stuck = {
         m: s
         for m, s in seen.items()
-        if s.get("sampled_steps", 0) >= need and s["q_grad_max"] == 0 and s["k_grad_max"] == 0
+        if m not in skip
+        and s.get("sampled_steps", 0) >= need
+        and s["q_grad_max"] == 0
+        and s["k_grad_max"] == 0
     }
     if not stuck:
         return []
