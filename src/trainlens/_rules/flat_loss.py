@@ -28,7 +28,7 @@ from .._finding import Cause, Finding
 from .._hookspecs import hookimpl
 from .._records import Records
 from . import _initial_loss
-from ._common import exception_info, num, param_stats
+from ._common import exception_info, leaf_activations, num, param_stats
 from ._common import names as _names
 
 SYMPTOM = "flat_loss"
@@ -572,8 +572,7 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
 
 
 def _dead_relu(ctx: _Context) -> Cause | None:
-    act = ctx.records.activations
-    act = act[act["type"].isin(RELU_FAMILY)]
+    act = leaf_activations(ctx.records, RELU_FAMILY)
     if act.empty:
         return None
     late = act[act["step"] >= act["step"].median()]
@@ -745,8 +744,7 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
     depth = _gradient_depth(ctx)
     if depth is not None and depth[1] < ctx.t("first_last_ratio", "vanishing_gradient"):
         return None
-    act = ctx.records.activations
-    act = act[act["type"].isin(RELU_FAMILY)]
+    act = leaf_activations(ctx.records, RELU_FAMILY)
     if not act.empty and act.groupby("module")["zero_frac"].median().max() >= ctx.t(
         "zero_frac", "dead_relu"
     ):
