@@ -25,6 +25,9 @@ class Cause:
     step: int | None = None
     first_check: str | None = None
     fix_attempt: str | None = None
+    #: the first step at which this cause's evidence shows (None: not known); ranking
+    #: reads it to put a root cause before its consequences (`Catalogue.rank`)
+    onset: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -445,7 +445,7 @@ def _initial_loss_check(
     """
     if not info:
         return None
-    from ._rules.initial_loss import expected_initial_loss
+    from ._rules._initial_loss import expected_initial_loss
 
     flagged = any(
         c["id"] == "bad_initial_loss" for f in findings for c in f.get("likely_causes", [])

@@ -19,6 +19,8 @@ from .._records import Records
 from ._common import num
 
 SYMPTOM = "confusing_attention"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"attention_saturated", "attention_uniform"})
 
 
 @hookimpl
@@ -46,7 +48,69 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         findings.append(_saturated_finding(records, catalogue, saturated))
     if uniform:
         findings.append(_uniform_finding(records, catalogue, uniform))
+    findings.extend(qk_without_gradient(records, catalogue, skip={m for m, _ in uniform}))
     return findings
+
+
+# --- query/key projections that cannot learn (issue 18 §4; the `rules` branch) ----------
+def qk_without_gradient(
+    records: Records,
+    catalogue: Catalogue,
+    skip: set[str] = frozenset(),  # type: ignore[assignment]
+) -> list[Finding]:
+    """`attention_uniform` where the query and key projections got exactly zero gradient.
+
+    Modules in `skip` (already reported uniform from their rows) are left out. A warning
+    like every `attention_uniform`: the model may still learn through the values.
+
+    Reads `meta["attention_qk_grad"]` (`_probes/_qkgrad.py`, `nn.MultiheadAttention`):
+    when both parts stay exactly zero on every sampled step, the attention pattern cannot
+    change whatever the loss does (zero q and k: each one's gradient is the other), so
+    this holds whether or not the loss falls.
+    """
+    cause = "attention_uniform"
+    seen = records.meta.get("attention_qk_grad") or {}
+    need = catalogue.threshold(SYMPTOM, "uniform_min_observations", cause)
+    stuck = {
+        m: s
+        for m, s in seen.items()
+        if m not in skip
+        and s.get("sampled_steps", 0) >= need
+        and s["q_grad_max"] == 0
+        and s["k_grad_max"] == 0
+    }
+    if not stuck:
+        return []
+    module, s = next(iter(stuck.items()))
+    att = records.attention
+    att = att[(att["module"] == module) & (att["rows"] > 0)] if not att.empty else att
+    entropy = float(att["entropy_norm"].mean()) if not att.empty else None
+    layer = _layer(records, module)
+    dim = int(layer.get("heads") or 0) * int(layer.get("head_dim") or 0)
+    loss = _loss_drop(records)
+    fields = dict(
+        steps=s["sampled_steps"],
+        rows=(
+            catalogue.text(SYMPTOM, cause, "qk_rows", entropy=_ent(entropy))
+            if entropy is not None
+            else ""
+        ),
+        also=f"; also in {_names(list(stuck)[1:])}" if len(stuck) > 1 else "",
+    )
+    found = catalogue.cause(
+        SYMPTOM,
+        cause,
+        confidence=0.9,
+        evidence=catalogue.text(SYMPTOM, cause, "qk_zero", module=module, **fields),
+        module=_model_module(records, module),
+        evidence_short=catalogue.text(SYMPTOM, cause, "qk_short", **fields),
+        qk_params=f"{module}.in_proj_weight.grad[:{2 * dim or '2*embed_dim'}].abs().max()",
+        scale=_scale_text(layer),
+        loss_drop=(f"{num(loss[0])} -> {num(loss[1])}" if loss is not None else "not recorded"),
+        uniform_entropy=num(catalogue.threshold(SYMPTOM, "uniform_entropy", cause)),
+        **fields,
+    )
+    return [catalogue.finding(SYMPTOM, "error", [found], evidence={"qk_without_gradient": stuck})]
 
 
 def _per_head(df: pd.DataFrame) -> pd.DataFrame:

@@ -35,6 +35,8 @@ from .._records import Records
 from ._common import exception_info, is_oom, module_attrs, shape_str
 
 SYMPTOM = "oom"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"batch_too_large", "graph_retained_across_steps"})
 
 _UNITS = {"b": 1, "bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "pb": 1e15}
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50})

@@ -20,8 +20,11 @@ from .._finding import Finding
 from .._hookspecs import hookimpl
 from .._records import Records
 from ._common import exception_info, is_oom, module_attrs, shape_str
+from ._common import model_module as _model_module
 
 SYMPTOM = "shape_mismatch"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"layer_input_mismatch", "loss_target_shape_mismatch", "batch_dim_mixing"})
 
 # Messages torch raises for shape problems, for layers whose expectations we do not model.
 _SHAPE_MESSAGE = re.compile(
@@ -292,11 +295,6 @@ def _broadcast_findings(records: Records, catalogue: Catalogue) -> list[Finding]
             catalogue.finding(SYMPTOM, "error", [cause], evidence={"silent_broadcast": data})
         )
     return findings
-
-
-def _model_module(records: Records, name: str | None) -> str | None:
-    """SPEC: `module` is a dotted name of the model; a loss outside it is no module."""
-    return name if name in records.meta.get("modules", {}) else None
 
 
 def _display(name: str | None) -> str:
