@@ -39,7 +39,7 @@ def main(run_dir):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     scheduler = StepLR(optimizer, step_size=1, gamma=0.5)
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for epoch in range(5):
+        for _epoch in range(5):
             model.train()
             for images_b, target in train:
                 loss = criterion(model(images_b), target)

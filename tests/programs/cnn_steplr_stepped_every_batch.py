@@ -42,7 +42,7 @@ def main(run_dir):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scheduler = StepLR(optimizer, step_size=1, gamma=0.1)
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for epoch in range(4):
+        for _epoch in range(4):
             model.train()
             for images_b, target in loader:
                 output = model(images_b)

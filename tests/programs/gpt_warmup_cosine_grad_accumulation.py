@@ -67,7 +67,7 @@ def main(run_dir):
         for it in range(max_iters):
             for param_group in optimizer.param_groups:
                 param_group["lr"] = get_lr(it)
-            for micro_step in range(gradient_accumulation_steps):
+            for _micro_step in range(gradient_accumulation_steps):
                 logits, _ = model(X)
                 loss = criterion(logits.view(-1, vocab), Y.view(-1))
                 loss = loss / gradient_accumulation_steps

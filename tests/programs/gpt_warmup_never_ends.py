@@ -67,7 +67,7 @@ def main(run_dir):
     model = TinyLM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
     criterion = nn.CrossEntropyLoss()
-    with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True) as lens:
+    with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
         for it in range(max_iters):
             lr = get_lr(it)
             for param_group in optimizer.param_groups:

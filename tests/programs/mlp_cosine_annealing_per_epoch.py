@@ -20,7 +20,7 @@ def main(run_dir):
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - 1, eta_min=0.0)
     loss_fn = nn.CrossEntropyLoss()
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for epoch in range(epochs):
+        for _epoch in range(epochs):
             for xb, yb in loader:
                 optimizer.zero_grad()
                 loss_fn(model(xb), yb).backward()

@@ -17,7 +17,7 @@ def main(run_dir):
     loss_func = nn.CrossEntropyLoss()
     lr, bs = 0.2, 32
     with trainlens.watch(model, run_dir=run_dir, quiet=True):
-        for epoch in range(6):
+        for _epoch in range(6):
             for i in range(0, len(x), bs):
                 loss = loss_func(model(x[i : i + bs]), y[i : i + bs])
                 loss.backward()

@@ -22,7 +22,7 @@ def main(run_dir):
     )
     loss_fn = nn.CrossEntropyLoss()
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for epoch in range(epochs):
+        for _epoch in range(epochs):
             for xb, yb in loader:
                 optimizer.zero_grad()
                 loss_fn(model(xb), yb).backward()

@@ -33,7 +33,7 @@ def main(run_dir):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     loss_fn = nn.CrossEntropyLoss()
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for epoch in range(4):
+        for _epoch in range(4):
             for xb, yb in loader:
                 optimizer.zero_grad()
                 loss = loss_fn(model(xb), yb)

@@ -20,7 +20,7 @@ def main(run_dir):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = nn.MSELoss()
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for epoch in range(3):
+        for _epoch in range(3):
             perm = torch.randperm(len(x))
             for i in range(0, len(x), 32):
                 idx = perm[i : i + 32]

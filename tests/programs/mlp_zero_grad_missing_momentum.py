@@ -34,7 +34,7 @@ def main(run_dir):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for epoch in range(4):
+        for _epoch in range(4):
             model.train()
             for data, target in loader:
                 output = model(data)

@@ -32,7 +32,7 @@ def main(run_dir):
     lr_scheduler = linear_schedule_with_warmup(optimizer, warmup=5, total=total)
     loss_fn = nn.CrossEntropyLoss()
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for epoch in range(epochs):
+        for _epoch in range(epochs):
             model.train()
             for step, (xb, yb) in enumerate(batches):
                 loss = loss_fn(model(xb), yb) / accumulation
