@@ -403,6 +403,9 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
 
 
 def _no_gradient_flow(ctx: _Context) -> Cause | None:
+    order = ctx.records.meta.get("loop_order") or {}
+    if (order.get("cleared_before_step") or 0) >= 0.5 * (ctx.records.meta.get("steps") or 1):
+        return None  # computed, then cleared before the step: not a cut graph (direct_evidence)
     pp = ctx.per_param
     meta_params = ctx.records.meta.get("params", {})
     # frozen but handed to the optimizer: meant to train, yet requires_grad=False
