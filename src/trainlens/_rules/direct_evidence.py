@@ -169,14 +169,15 @@ def carried_gradients(records: Records, catalogue: Catalogue) -> Cause | None:
 def probabilities_into_logits_loss(
     records: Records, catalogue: Catalogue, shown: str | None
 ) -> Cause | None:
-    """`softmax_before_loss`: CrossEntropy/NLL fed rows that are already normalised.
+    """`softmax_before_loss`: `CrossEntropyLoss` (it expects logits) fed normalised rows.
 
     On a run that looks fine, only probabilities count: log-probabilities into
     `CrossEntropyLoss` are harmless (log-softmax is idempotent), and NLL on log-probs right.
     """
     li = records.loss_inputs
-    if li.empty:
-        return None
+    li = li[(li["split"] == "train") & li["type"].isin(("CrossEntropyLoss", "NLLLoss"))]
+    if li.empty or li["type"].mode().iloc[0] != "CrossEntropyLoss":
+        return None  # NLLLoss expects log-probabilities: probabilities there are initial_loss's
     cause = flat_loss._softmax_before_loss(_ctx(records, catalogue))
     if cause is None:
         return None
