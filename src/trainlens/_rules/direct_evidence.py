@@ -64,11 +64,12 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     if exc is not None and exc.get("type") != "KeyboardInterrupt":
         return []  # a crash is its own finding
     shown = symptom_shown(records, catalogue)
-    causes = direct_causes(records, catalogue, shown)
+    view = _View(records, catalogue)
+    causes = direct_causes(view, shown)
     overfit_failed = _overfit_failed(records)
     if overfit_failed and shown in (None, HOME):
         shown = HOME
-        causes = _merge(causes, overfit_causes(records, catalogue))
+        causes = _merge(causes, overfit_causes(view))
     if not causes:
         return []
     symptom = shown or HOME
@@ -118,23 +119,36 @@ def _overfit_failed(records: Records) -> bool:
 
 
 # --- the direct evidence ----------------------------------------------------------------
-def direct_causes(records: Records, catalogue: Catalogue, shown: str | None) -> list[Cause]:
+def direct_causes(view: _View, shown: str | None) -> list[Cause]:
+    records, catalogue = view.records, view.catalogue
     causes: list[Cause] = []
     cleared = grads_cleared_before_step(records, catalogue)
     for cause in (
         cleared,
         lr_collapsed(records, catalogue),
-        carried_gradients(records, catalogue),
-        probabilities_into_logits_loss(records, catalogue, shown),
+        carried_gradients(view),
+        probabilities_into_logits_loss(view, shown),
     ):
         if cause is not None:
             causes.append(cause)
     if cleared is None and shown not in ("diverging", "non_finite"):
         # a part without gradient explains a model that does not learn, not a blow-up
-        no_grad = params_without_gradient(records, catalogue, warn_only=shown is None)
+        no_grad = params_without_gradient(view, warn_only=shown is None)
         if no_grad is not None:
             causes.append(no_grad)
     return causes
+
+
+class _View:
+    """The records, and flat_loss's per-parameter view of them built once, on first use."""
+
+    def __init__(self, records: Records, catalogue: Catalogue):
+        self.records = records
+        self.catalogue = catalogue
+
+    @functools.cached_property
+    def ctx(self) -> Any:
+        return _ctx(self.records, self.catalogue)
 
 
 def _ctx(records: Records, catalogue: Catalogue) -> Any:
@@ -156,29 +170,27 @@ def _ctx(records: Records, catalogue: Catalogue) -> Any:
     return flat_loss._Context.build(records, catalogue, flat)
 
 
-def carried_gradients(records: Records, catalogue: Catalogue) -> Cause | None:
+def carried_gradients(view: _View) -> Cause | None:
     """`zero_grad_missing`: the first backward pass of a step found earlier steps' grads."""
-    if records.grad_carry.empty:
+    if view.records.grad_carry.empty:
         return None
-    cause = flat_loss._zero_grad_missing(_ctx(records, catalogue))
+    cause = flat_loss._zero_grad_missing(view.ctx)
     if cause is None:
         return None
     return dataclasses.replace(cause, confidence=RANK["zero_grad_missing"])
 
 
-def probabilities_into_logits_loss(
-    records: Records, catalogue: Catalogue, shown: str | None
-) -> Cause | None:
+def probabilities_into_logits_loss(view: _View, shown: str | None) -> Cause | None:
     """`softmax_before_loss`: `CrossEntropyLoss` (it expects logits) fed normalised rows.
 
     On a run that looks fine, only probabilities count: log-probabilities into
     `CrossEntropyLoss` are harmless (log-softmax is idempotent), and NLL on log-probs right.
     """
-    li = records.loss_inputs
+    li = view.records.loss_inputs
     li = li[(li["split"] == "train") & li["type"].isin(("CrossEntropyLoss", "NLLLoss"))]
     if li.empty or li["type"].mode().iloc[0] != "CrossEntropyLoss":
         return None  # NLLLoss expects log-probabilities: probabilities there are initial_loss's
-    cause = flat_loss._softmax_before_loss(_ctx(records, catalogue))
+    cause = flat_loss._softmax_before_loss(view.ctx)
     if cause is None:
         return None
     if shown is None and "log-probabilities" in cause.evidence.split(" on ")[0]:
@@ -186,13 +198,11 @@ def probabilities_into_logits_loss(
     return dataclasses.replace(cause, confidence=RANK["softmax_before_loss"])
 
 
-def params_without_gradient(
-    records: Records, catalogue: Catalogue, *, warn_only: bool
-) -> Cause | None:
+def params_without_gradient(view: _View, *, warn_only: bool) -> Cause | None:
     """`no_gradient_flow`: parameters of modules the forward runs that never get a gradient."""
-    if records.params.empty:
+    if view.records.params.empty:
         return None
-    ctx = _ctx(records, catalogue)
+    ctx = view.ctx
     if ctx.sampled_steps < 3:
         return None
     cause = flat_loss._no_gradient_flow(ctx)
@@ -354,11 +364,11 @@ OVERFIT_NEXT = (
 )
 
 
-def overfit_causes(records: Records, catalogue: Catalogue) -> list[Cause]:
+def overfit_causes(view: _View) -> list[Cause]:
     """Every evidence-based cause flat_loss knows, read on a curve that need not be flat."""
-    if records.params.empty and records.loss_inputs.empty:
+    if view.records.params.empty and view.records.loss_inputs.empty:
         return []
-    ctx = _ctx(records, catalogue)
+    ctx = view.ctx
     out = []
     for name, _ in OVERFIT_CHECKS:
         check = getattr(flat_loss, name, None)
