@@ -68,7 +68,7 @@ def test_log_softmax_into_cross_entropy_on_a_run_that_learns_stays_clean(run_dir
         for _ in range(4):
             for i in range(0, 256, 32):
                 opt.zero_grad()
-                nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32]).backward()
+                nn.CrossEntropyLoss()(model(x[i : i + 32]), y[i : i + 32]).backward()
                 opt.step()
     assert lens.findings == []
 
@@ -124,7 +124,7 @@ def test_a_zero_grad_after_a_skipped_step_is_not_a_clearing(run_dir):
     with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
         for s in range(40):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
+            nn.CrossEntropyLoss()(model(x), y).backward()
             if s % 5 != 4:
                 opt.step()
     assert lens.records.meta["loop_order"]["cleared_before_step"] == 0
@@ -175,3 +175,32 @@ def test_overfit_that_nothing_explains_says_what_was_ruled_out(run_dir):
     assert "no recorded evidence explains it; ruled out: " in result.verdict
     assert "probabilities or log-probabilities fed to a logits loss" in result.verdict
     assert "print next: " in result.verdict
+
+
+def test_a_per_batch_warm_up_longer_than_the_run_is_not_told_to_step_per_epoch(run_dir):
+    # annotated-transformer's habit: lr=1.0 in the optimizer, the real rate from a LambdaLR
+    # stepped every batch; here its warm-up (40 000 steps) is far longer than the run
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    y = (x @ torch.randn(8, 3)).argmax(1)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
+
+    def rate(step, d_model=32, warmup=40_000):
+        step = max(step, 1)
+        return d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
+    criterion = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True):
+        for _ in range(6):
+            for i in range(0, 256, 32):
+                opt.zero_grad()
+                criterion(model(x[i : i + 32]), y[i : i + 32]).backward()
+                opt.step()
+                sched.step()
+    f = finding(json.loads((run_dir / "drill.json").read_text()), "flat_loss")
+    top = f["likely_causes"][0]
+    assert top["id"] == "lr_too_low" and "LambdaLR" in top["evidence"]
+    assert "warm-up that never ends" in top["evidence"]
+    assert "batch loop" not in f["fix_attempt"]

@@ -88,10 +88,15 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
 # --- which symptom does the run show? ---------------------------------------------------
 def symptom_shown(records: Records, catalogue: Catalogue) -> str | None:
     """`non_finite`, `diverging`, `flat_loss` (the curve's own triggers) or None."""
+    from . import diverging, non_finite
+
     loss = records.train_loss()
     if len(loss) and not np.isfinite(loss.to_numpy(dtype=float)).all():
-        return "non_finite" if "non_finite" in catalogue else None
-    from . import diverging
+        # stale gradients explain a NaN at the end of a blow-up, not one from the data or
+        # a log(0): those keep their own cause, and the evidence here its own warning
+        found = _quiet(lambda: non_finite.trainlens_diagnose(records, catalogue)) or []
+        blown = any(f.likely_cause in ("lr_too_high", "exploding_gradient") for f in found)
+        return "non_finite" if blown else None
 
     rising = (
         _quiet(lambda: diverging.trainlens_diagnose(records, catalogue)) or []
@@ -285,37 +290,39 @@ def lr_collapsed(records: Records, catalogue: Catalogue) -> Cause | None:
     n = int(records.meta.get("steps") or len(lr))
     schedulers = info.get("schedulers") or {}
     sched = max(schedulers.items(), key=lambda kv: kv[1].get("calls", 0), default=None)
+    # still climbing at the end: a warm-up longer than the run, whoever sets the lr
+    rising = float(lr.iloc[-1]) > 1.5 * float(lr.iloc[len(lr) // 2])
     if sched is not None:
         name, entry = sched
         calls = int(entry.get("calls", 0))
         per_step = calls / max(1, n)
         how = f" by {name}, stepped {calls} times in {n} optimizer steps"
-        if per_step >= float(t["per_batch_calls"]):
-            where = (
-                f"`{name}.step()` runs once per batch: look for it inside the batch loop "
-                "(most schedules are meant to step once per epoch)."
-            )
-            fix = (
-                f"Move `scheduler.step()` out of the batch loop, after the epoch's batches "
-                f"(or size the schedule in batches: {name}'s step_size / T_max / milestones "
-                f"count calls of `step()`)."
-            )
-        else:
-            where = f"Print {name}'s arguments (step_size, gamma, T_max, milestones, lr_lambda)."
-            fix = f"Fix {name}'s arguments so the lr stays in a useful range over the run."
     else:
-        rising = float(lr.iloc[-1]) > float(lr.iloc[0])
+        name, per_step = "", 0.0
         how = " by the code that sets `param_group['lr']` (no torch scheduler was stepped)"
-        if rising:
-            how += "; it was still rising at the end: a warm-up that never ends"
-            where = (
-                "Print the warm-up length your lr function uses against the number of steps "
-                "you train: a warm-up counted in tokens or samples instead of steps never ends."
-            )
-            fix = "Count the warm-up in optimizer steps (a few percent of the run)."
-        else:
-            where = "Print the lr your schedule function returns for the first 20 steps."
-            fix = "Fix the schedule function so the lr stays near its base value early on."
+    if rising:
+        how += "; it was still rising at the end: a warm-up that never ends"
+        where = (
+            "Print the warm-up length your schedule uses against the number of steps you "
+            "train: a warm-up counted in tokens or samples instead of steps never ends."
+        )
+        fix = "Count the warm-up in optimizer steps (a few percent of the run)."
+    elif per_step >= float(t["per_batch_calls"]):
+        where = (
+            f"`{name}.step()` runs once per batch: look for it inside the batch loop "
+            "(most schedules are meant to step once per epoch)."
+        )
+        fix = (
+            f"Move `scheduler.step()` out of the batch loop, after the epoch's batches "
+            f"(or size the schedule in batches: {name}'s step_size / T_max / milestones "
+            f"count calls of `step()`)."
+        )
+    elif name:
+        where = f"Print {name}'s arguments (step_size, gamma, T_max, milestones, lr_lambda)."
+        fix = f"Fix {name}'s arguments so the lr stays in a useful range over the run."
+    else:
+        where = "Print the lr your schedule function returns for the first 20 steps."
+        fix = "Fix the schedule function so the lr stays near its base value early on."
     return _variant(
         catalogue,
         "lr_collapsed",
