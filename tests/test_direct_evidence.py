@@ -9,6 +9,7 @@ that says why, and the loop-order patches gone after the block.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -204,3 +205,33 @@ def test_a_per_batch_warm_up_longer_than_the_run_is_not_told_to_step_per_epoch(r
     assert top["id"] == "lr_too_low" and "LambdaLR" in top["evidence"]
     assert "warm-up that never ends" in top["evidence"]
     assert "batch loop" not in f["fix_attempt"]
+
+
+def test_the_cli_overfit_failure_prints_ranked_causes_and_writes_a_failed_drill(tmp_path):
+    import subprocess
+
+    (tmp_path / "softmax_head.py").write_text(
+        "import torch\nfrom torch import nn\nimport trainlens\n\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    x, y = torch.randn(16, 8), torch.arange(16) % 4\n"
+        "    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4), nn.Softmax(1))\n"
+        "    return trainlens.Setup(model=model, batch=(x, y), loss_fn=nn.CrossEntropyLoss())\n"
+    )
+    trainlens_cli = str(Path(sys.executable).parent / "trainlens")
+    # the package under test, also when this test runs from another working directory
+    src = str(Path(trainlens.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [trainlens_cli, "overfit-one-batch", "softmax_head.py:make", "--run-dir", "run"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "likely causes, most likely first: softmax_before_loss" in out.stdout
+    drill = json.loads((tmp_path / "run" / "drill.json").read_text())
+    assert drill["status"] == "failed"
+    assert finding(drill, "flat_loss")["likely_cause"] == "softmax_before_loss"
