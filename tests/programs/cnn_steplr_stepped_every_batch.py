@@ -1,8 +1,7 @@
 """pytorch/examples imagenet-style loop whose `scheduler.step()` slipped into the batch loop.
 
-StepLR(step_size=30, gamma=0.1) is meant per epoch; stepped per batch it divides the lr by
-ten every 30 batches... here step_size=1 as copied from a per-epoch decay, so the lr
-reaches ~1e-90 while the loss sits at ln C (issue 18 §7).
+StepLR(step_size=1, gamma=0.1) is meant to divide the lr by ten once per epoch; stepped per
+batch it reaches ~1e-80 within the run while the loss sits at ln C (issue 18 §7).
 """
 
 import torch
