@@ -232,9 +232,7 @@ class Catalogue:
     def rank_finding(self, finding: Finding) -> Finding:
         """The finding with its causes re-ranked (its where/what-to-do follow the top)."""
         ranked = self.rank(finding.likely_causes)
-        if [c.id for c in ranked] == [c.id for c in finding.likely_causes] and all(
-            a.confidence == b.confidence for a, b in zip(ranked, finding.likely_causes, strict=True)
-        ):
+        if ranked == list(finding.likely_causes):  # a consequence's note changes evidence too
             return finding
         top = ranked[0]
         if top.id == finding.top.id:

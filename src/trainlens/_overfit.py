@@ -504,15 +504,37 @@ def _verdict(r: OverfitResult) -> str:
         else:
             lines.append(f"batch dependency: not checked ({dep.get('skipped')})")
     lines.append(f"optimizer: {r.optimizer}")
+    if not r.passed and r.error is None:
+        lines.extend(_why_not_memorised(r))
     if r.passed:
         lines.append(f"A pass proves {PROVES}.")
         lines.append(f"It does not prove {DOES_NOT_PROVE}.")
     else:
         lines.append(
             "The model should be able to memorise one small batch; until it does, training "
-            "on the full data cannot work. Start with the first check below."
+            "on the full data cannot work."
+            + (" Start with the first check below." if r.findings else "")
         )
     return "\n".join(lines)
+
+
+def _why_not_memorised(r: OverfitResult) -> list[str]:
+    """The ranked causes the drill found; when none, what was ruled out and what to print."""
+    causes = sorted((c for f in r.findings for c in f.likely_causes), key=lambda c: -c.confidence)
+    if causes:
+        seen: dict[str, float] = {}
+        for c in causes:
+            seen.setdefault(c.id, c.confidence)
+        ranked = ", ".join(f"{cid} ({conf:.2f})" for cid, conf in list(seen.items())[:5])
+        return [f"likely causes, most likely first: {ranked}"]
+    if r.memorised:
+        return []
+    from ._rules.direct_evidence import OVERFIT_NEXT, overfit_ruled_out
+
+    return [
+        "no recorded evidence explains it; ruled out: " + "; ".join(overfit_ruled_out()),
+        f"print next: {OVERFIT_NEXT}",
+    ]
 
 
 def _trajectory(losses: list[float], points: int = 8) -> str:

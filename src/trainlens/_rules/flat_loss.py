@@ -401,6 +401,9 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
 
 def _no_gradient_flow(ctx: _Context) -> Cause | None:
     """A cut graph (None or zero gradients) or a sizeable frozen part: the stronger."""
+    order = ctx.records.meta.get("loop_order") or {}
+    if (order.get("cleared_before_step") or 0) >= 0.5 * (ctx.records.meta.get("steps") or 1):
+        return None  # computed, then cleared before the step: not a cut graph (direct_evidence)
     found = [c for c in (_gradient_cut(ctx), _frozen_part(ctx)) if c is not None]
     return max(found, key=lambda c: c.confidence, default=None)
 
