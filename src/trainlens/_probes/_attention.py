@@ -62,6 +62,9 @@ class AttentionProbe:
         if mha:
             self.handles.append(hook_modules(mha, with_kwargs=True))
         self.handles.append(_patch_sdpa(self))
+        from ._manual_attention import ManualAttention
+
+        self.handles.extend(ManualAttention(self).install())
 
     # --- sources ---------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:

@@ -63,6 +63,10 @@ def check_batch_dependency(
     flags = [(m, m.training) for m in model.modules()]
     devices = _cuda_devices(args, kwargs, model)
     try:
+        buffers = _snapshot_buffers(model)
+    except Exception as err:  # e.g. no memory for the copies: no check rather than a change
+        return {"checked": False, "mixed": False, "skipped": f"buffers not copyable: {err}"}
+    try:
         with (
             torch.random.fork_rng(devices=devices),
             suspended(),
@@ -81,6 +85,36 @@ def check_batch_dependency(
     finally:
         for m, training in flags:
             m.training = training
+        _restore_buffers(buffers)
+
+
+_Saved = tuple[list[tuple[nn.Module, dict[str, Any]]], list[tuple[torch.Tensor, Any, int]]]
+
+
+def _snapshot_buffers(model: nn.Module) -> _Saved:
+    """Every buffer as it is before the extra pass: a forward may update a queue, a cache
+    or a counter in place (`self.queue[:, i] = k`, `self.count += 1`) or rebind it
+    (`self.cache = torch.cat(...)`), even in eval mode. Copies live only for the check."""
+    tables = [(m, dict(m._buffers)) for m in model.modules()]
+    copies = []
+    for _, bufs in tables:
+        for buf in bufs.values():
+            if isinstance(buf, torch.Tensor):
+                copies.append((buf, buf.detach().clone(), buf._version))
+    return tables, copies
+
+
+def _restore_buffers(saved: _Saved) -> None:
+    tables, copies = saved
+    for m, bufs in tables:
+        now = m._buffers
+        if now.keys() != bufs.keys() or any(now[k] is not v for k, v in bufs.items()):
+            m._buffers.clear()  # rebound or added by the forward: the original objects back
+            m._buffers.update(bufs)
+    with torch.no_grad():
+        for buf, copy, version in copies:
+            if buf._version != version:
+                buf.copy_(copy)  # changed in place: the exact bits back
 
 
 def _cuda_devices(args: Any, kwargs: Any, model: nn.Module) -> list[int]:
