@@ -10,7 +10,11 @@ from torch import nn
 
 import trainlens
 
-EXPECT = {"symptom": "confusing_attention", "cause": "attention_saturated", "module": "layers.0.self_attn"}
+EXPECT = {
+    "symptom": "confusing_attention",
+    "cause": "attention_saturated",
+    "module": "layers.0.self_attn",
+}
 SCALED = False  # the planted bug; True is the healthy twin
 STEPS = 15
 
@@ -41,7 +45,7 @@ class MultiHeadedAttention(nn.Module):
         nbatches = query.size(0)
         query, key, value = [
             lin(x).view(nbatches, -1, self.h, self.d_k).transpose(1, 2)
-            for lin, x in zip(self.linears, (query, key, value))
+            for lin, x in zip(self.linears, (query, key, value), strict=False)
         ]
         x, _ = attention(query, key, value, mask=mask, dropout=self.dropout)
         x = x.transpose(1, 2).contiguous().view(nbatches, -1, self.h * self.d_k)

@@ -9,7 +9,11 @@ from torch import nn
 
 import trainlens
 
-EXPECT = {"symptom": "confusing_attention", "cause": "attention_saturated", "module": "blocks.0.attn"}
+EXPECT = {
+    "symptom": "confusing_attention",
+    "cause": "attention_saturated",
+    "module": "blocks.0.attn",
+}
 SCALE = "inverted"  # the planted bug; "sqrt" is the healthy twin
 
 

@@ -55,7 +55,7 @@ def main(run_dir):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     criterion = nn.CrossEntropyLoss()
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for epoch in range(3):
+        for _epoch in range(3):
             for i in range(0, len(x), 32):
                 loss = criterion(model(x[i : i + 32]), y[i : i + 32])
                 optimizer.zero_grad()

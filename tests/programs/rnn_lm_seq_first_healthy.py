@@ -63,7 +63,7 @@ def main(run_dir):
     with trainlens.watch(model, run_dir=run_dir, quiet=True):
         model.train()
         hidden = model.init_hidden(bsz)
-        for batch, i in enumerate(range(0, 25 * bptt, bptt)):
+        for i in range(0, 25 * bptt, bptt):
             model.zero_grad()
             if NANOGPT_WINDOWS:
                 x, y = get_batch(data, bsz, bptt, g)
