@@ -278,3 +278,13 @@ def test_einsum_attention_with_an_additive_mask_is_recorded(run_dir):
     assert att["module"].tolist() == [""] and att["rows"].tolist() == [15]
     layer = lens.records.attention_layers.iloc[0]
     assert layer["mask"] == "mask" and layer["scale"] == pytest.approx(8**-0.5)
+
+
+def test_a_model_of_torch_modules_only_is_never_looked_into(run_dir):
+    model = nn.Sequential(nn.Linear(8, 16), nn.Softmax(dim=-1))
+    seen = []
+    model[0].register_forward_pre_hook(lambda m, a: seen.append(_mode_active()))
+    with trainlens.watch(model, run_dir=run_dir, quiet=True):
+        for _ in range(3):
+            model(torch.randn(4, 3, 8)).sum().backward()
+    assert seen and not any(seen)

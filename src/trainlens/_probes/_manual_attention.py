@@ -29,7 +29,8 @@ products of 2-d tensors (CLIP-style similarity matrices), code run under
 `torch.compile`, and attention inside a module trainlens already summarises
 (`nn.MultiheadAttention`, SDPA). `lens.log_attention` covers anything else.
 
-Cost: the mode exists only during sampled training forwards. When the first
+Cost: the mode exists only during sampled training forwards of a model with at least one
+module class of its own (torch's modules hold no hand-written attention). When the first
 `DISCOVER_FORWARDS` of them show no hand-written attention, it is not used again.
 """
 
@@ -143,6 +144,8 @@ class ManualAttention:
     # --- activation around the model's forward ---------------------------------------
     def install(self) -> list[Any]:
         root = self.state.model
+        if all(type(m).__module__.startswith("torch.") for m in root.modules()):
+            return []  # only torch's own modules: no forward written by hand to look into
         if _fast_path_sensitive(root):
             # a per-module hook on a TransformerEncoderLayer would change its eval path
             self._handles = [
