@@ -82,6 +82,10 @@ _KINDS: dict[Any, str] = {**_RESHAPES, **_PRODUCTS, **_SCALES, **_ADDS, **_FILLS
                           **_SOFTMAXES}  # fmt: skip
 
 
+# torch containers run the user's modules inside: the mode stays as it is there
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 class _Scores:
     """What is known about a tensor of attention scores on its way to the softmax."""
 
@@ -135,6 +139,9 @@ class ManualAttention:
         self.looked = 0  # sampled training forwards looked at
         self.done = False
         self._mode: _Tracker | None = None
+        self._on = False  # the mode is on the stack (not stepped aside in a torch module)
+        self._was: list[bool] = []  # `_on` before each module call in flight
+        self._switch: list[Any] = []  # the global hooks that step aside, while looking
         self._entered: list[bool] = []
         self._tags: dict[int, tuple[Any, Any]] = {}  # id -> (weakref, _Scores | _Weights)
         self._factors: dict[int, tuple[Any, float]] = {}  # pre-scaled q/k: id -> (ref, x)
@@ -182,8 +189,43 @@ class ManualAttention:
             return
         mode = _Tracker(self)
         mode.__enter__()
-        self._mode = mode
+        self._mode, self._on, self._was = mode, True, []
         self._entered.append(True)
+        glob = nn.modules.module
+        # inside torch's own modules (Linear, LayerNorm, ...) there is nothing written by
+        # hand, but the other probes' statistics run in their hooks: the mode steps aside
+        # there, so looking costs one call per op of the user's own forward code only
+        self._switch = [
+            glob.register_module_forward_pre_hook(self._child_pre),
+            glob.register_module_forward_hook(self._child_post, always_call=True),
+        ]
+
+    def _child_pre(self, module: nn.Module, args: tuple) -> None:
+        if self._mode is None or module is self.state.model or compiling():
+            return
+        self._was.append(self._on)
+        if not isinstance(module, _CONTAINERS):
+            self._set(not type(module).__module__.startswith("torch."))
+
+    def _child_post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._mode is None or module is self.state.model or compiling() or not self._was:
+            return
+        if self._tags and isinstance(module, nn.Dropout) and args:
+            info = self._tag_of(args[0])  # dropout on the weights: still the weights
+            if info is not None and isinstance(output, torch.Tensor):
+                self._tag(output, info)
+        self._set(self._was.pop())
+
+    def _set(self, on: bool) -> None:
+        if on == self._on or self._mode is None:
+            return
+        if on:
+            self._mode.__enter__()
+        elif torch.overrides._get_current_function_mode() is self._mode:
+            self._mode.__exit__(None, None, None)
+        else:
+            return  # a mode of the user's own sits above ours: leave the stack alone
+        self._on = on
 
     def _leave(self) -> None:
         if compiling() or not self._entered:
@@ -191,10 +233,13 @@ class ManualAttention:
         if not self._entered.pop():
             return
         mode, self._mode = self._mode, None
+        for handle in self._switch:
+            handle.remove()
+        self._switch = []
         self._tags.clear()
         self._factors.clear()
         try:
-            if mode is not None:
+            if mode is not None and self._on:
                 mode.__exit__(None, None, None)
         except Exception as err:  # another mode pushed above ours and left there
             self.fail(err)
