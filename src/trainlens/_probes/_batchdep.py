@@ -10,14 +10,24 @@ the other samples.
 
 The check runs once per watched run, after the first training forward, and in
 `overfit-one-batch` before training. The extra pass changes nothing the user computes:
-every module in eval mode (no running statistics updated, no dropout) and the exact
-training flags restored afterwards,
+every module in eval mode (no running statistics updated, no dropout), buffers swapped
+for copies and the exact training flags restored afterwards,
 `torch.random.fork_rng` around it, `torch.autograd.grad` with respect to the input only
 (no parameter `.grad` touched), and `suspended()` so the probes ignore it.
 
 When the output mixes samples, the tensors seen on the way (module inputs in call order,
 module outputs as they are produced) are checked the same way; the first one that mixes
 names where the mixing starts.
+
+Which axis is the batch is the data's to say, not the model's declared layout: every
+candidate axis (0, and 1 of a 3-d input) is measured, and `choose_batch_axis` picks the
+batch from the batch size a caller knows, or, for language models, from the axis along
+which the target is the input shifted by one (time; the other axis is the batch), read
+from targets given to the forward or from the gradient a class-index loss sends to the
+logits at the first backward. A seq-first RNN or attention fed `[batch, time]` (or the
+reverse) is then caught. Without such evidence the first axis that keeps samples apart
+is taken. The extra pass runs on copies of the buffers (queues, caches, counters), so
+the user's own buffers keep their bits and their autograd versions.
 """
 
 from __future__ import annotations
