@@ -37,6 +37,8 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         if df.empty:
             continue
         sat = _saturated(df, catalogue)
+        if sat is None:
+            sat = _saturated_by_scale(df, catalogue, _layer(records, module))
         if sat is not None:
             saturated.append((module, sat))
             continue
@@ -140,15 +142,49 @@ def _saturated(df: pd.DataFrame, catalogue: Catalogue) -> dict[str, Any] | None:
     }
 
 
+def _saturated_by_scale(
+    df: pd.DataFrame, catalogue: Catalogue, layer: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Sharp, if not one-hot, from the first step, with logits scaled far above
+    1/sqrt(head_dim) (no scaling, or multiplied where it should divide): the recorded
+    scale says why, so a looser entropy limit holds. A pretrained checkpoint's sharp heads
+    come with the textbook scale and are not judged by this."""
+    cause = "attention_saturated"
+    scale, dim = layer.get("scale"), layer.get("head_dim")
+    if scale is None or dim is None or scale != scale or dim != dim or dim <= 0:
+        return None
+    if float(scale) < catalogue.threshold(SYMPTOM, "scale_off_factor", cause) * dim**-0.5:
+        return None
+    first_step = int(df["step"].min())
+    heads = _per_head(df[df["step"] == first_step])
+    limit = catalogue.threshold(SYMPTOM, "saturated_entropy_overscaled", cause)
+    sharp = heads["entropy_norm"] < limit
+    if sharp.mean() < catalogue.threshold(SYMPTOM, "saturated_head_frac", cause):
+        return None
+    last_step = int(df["step"].max())
+    last = _per_head(df[df["step"] == last_step])
+    return {
+        "step": first_step,
+        "heads": len(heads),
+        "sharp_heads": int(sharp.sum()),
+        "entropy": float(heads.loc[sharp, "entropy_norm"].mean()),
+        "max_weight": float(heads.loc[sharp, "max_weight"].mean()),
+        "last_step": last_step,
+        "last_entropy": float(last["entropy_norm"].mean()),
+        "overscaled": True,
+    }
+
+
 def _saturated_finding(
     records: Records, catalogue: Catalogue, layers: list[tuple[str, dict[str, Any]]]
 ) -> Finding:
     module, s = layers[0]
     which = "all" if s["sharp_heads"] == s["heads"] else f"{s['sharp_heads']} of"
+    sharp = "far sharper than at a healthy init" if s.get("overscaled") else "near one-hot"
     evidence = (
         f"`{module}`: mean normalised row entropy {_ent(s['entropy'])} at step {s['step']} "
         f"in {which} {s['heads']} heads (healthy at init ~0.9), mean max weight "
-        f"{num(s['max_weight'])}: rows are near one-hot from the first observation"
+        f"{num(s['max_weight'])}: rows are {sharp} from the first observation"
     )
     if s["last_step"] != s["step"]:
         evidence += f"; still {_ent(s['last_entropy'])} at step {s['last_step']}"
@@ -158,7 +194,9 @@ def _saturated_finding(
     cause = catalogue.cause(
         SYMPTOM,
         "attention_saturated",
-        confidence=0.85 if s["sharp_heads"] == s["heads"] else 0.7,
+        # by the scale alone the rows are not yet one-hot: a model that drops the scale by
+        # design and compensates in its init (T5) can start sharp and be healthy
+        confidence=0.6 if s.get("overscaled") else 0.85 if s["sharp_heads"] == s["heads"] else 0.7,
         evidence=evidence,
         module=_model_module(records, module),
         step=s["step"],
