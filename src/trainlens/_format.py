@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
 def num(x: float) -> str:
-    """3 significant digits; scientific notation when tiny or huge; '-' for NaN."""
+    """3 significant digits; scientific notation when tiny or huge; '-' for NaN.
+
+    The notation is chosen from the rounded value, so 99 999.7 reads 1.00e+05 and a value a
+    hair under 1e-3 reads 0.001, whatever its last bits.
+    """
     if x != x:
         return "-"
+    if math.isfinite(x):
+        x = float(f"{x:.3g}")
     if x == 0 or 1e-3 <= abs(x) < 1e5:
         return f"{x:.3g}"
     return f"{x:.2e}"
@@ -18,12 +25,23 @@ def shape_str(shape: Sequence[int] | None) -> str:
     return "[" + ", ".join(str(int(d)) for d in shape) + "]" if shape is not None else "?"
 
 
+_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
+
+
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1024 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    """Bytes in the largest unit under 1024, one decimal (whole bytes in B).
+
+    The unit is chosen after rounding: 2**20 - 1 bytes reads 1.0 MB, never 1024.0 KB, so
+    a slope a hair under 1 MiB reads the same on every machine.
+    """
+    n = float(n)
+    for i, unit in enumerate(_UNITS):
+        digits = 0 if unit == "B" else 1
+        shown = round(n, digits) if math.isfinite(n) else n
+        if abs(shown) < 1024 or i == len(_UNITS) - 1:
+            return f"{shown:.{digits}f} {unit}"
         n /= 1024
-    return f"{n:.1f} PB"
+    raise AssertionError("unreachable")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
