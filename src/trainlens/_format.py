@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 
@@ -51,3 +52,36 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+#: what one field of a run dir may print in the terminal: a real evidence string is a few
+#: hundred characters; a hostile or runaway one must not scroll the report away
+FIELD_CHARS = 3000
+FIELD_LINES = 40
+
+#: C0 controls but tab and newline, DEL, C1 controls (ESC starts every CSI/OSC sequence:
+#: clear screen, window title, OSC 52 clipboard writes; 0x9b is CSI on its own), and the
+#: bidirectional overrides that reorder what a reader sees
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(value: object, limit: int = FIELD_CHARS, lines: int = FIELD_LINES) -> str:
+    """Text from a run dir, fit for a terminal: control characters shown escaped (`\\x1b`),
+    at most `limit` characters and `lines` lines, and a note saying how much was cut."""
+    text = _CONTROL.sub(_escape, str(value))
+    end = min(len(text), limit)
+    newline = -1
+    for _ in range(lines):
+        newline = text.find("\n", newline + 1, end)
+        if newline < 0:
+            break
+    if newline >= 0:
+        end = newline
+    if end >= len(text):
+        return text
+    return f"{text[:end]}… (cut: {len(text) - end} more characters)"
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
