@@ -155,7 +155,7 @@ def main() -> int:
 
 # --- the block exit: what it adds and what it keeps (issue 20) -------------------------------
 EXIT_STEPS = 50_000
-EXIT_TARGET_MB = 16.0  # kept after the block, beyond the records the Lens hands the user
+EXIT_TARGET_MB = 16.0  # what the block exit adds to RSS and keeps (58 MB before issue 20)
 
 
 def _mlp_run(steps: int, run_dir: Path) -> tuple[trainlens.Lens, float, float]:
@@ -207,8 +207,9 @@ def exit_memory(steps: int, json_path: str) -> int:
 
     A 100-step watched run goes first: the first block exit in a process imports what
     writing a run needs (matplotlib, pyarrow's parquet writer), a one-time cost reported
-    on its own. Exit 1 when the measured run keeps more than EXIT_TARGET_MB beyond its
-    records.
+    on its own. Exit 1 when the exit of the measured run adds more than EXIT_TARGET_MB.
+    What the run itself recorded while it went (bounded by the tables' limits) is part of
+    "kept", beside the records `lens` hands the user.
     """
     import gc
 
@@ -241,7 +242,7 @@ def exit_memory(steps: int, json_path: str) -> int:
         "malloc_trim_would_return_mb": None if trimmed is None else round(trimmed, 1),
         "target_mb": EXIT_TARGET_MB,
     }
-    ok = figures["kept_beyond_records_mb"] <= EXIT_TARGET_MB
+    ok = figures["exit_adds_mb"] <= EXIT_TARGET_MB
     print(f"block exit, {steps} steps of a small MLP under trainlens.watch")
     print(f"  first block exit in the process: +{figures['first_exit_mb']} MB (imports, once)")
     print(
@@ -249,9 +250,9 @@ def exit_memory(steps: int, json_path: str) -> int:
         f"block {after:.1f} MB ({after_gc:.1f} MB after gc.collect())"
     )
     print(
-        f"  the exit adds {figures['exit_adds_mb']} MB; kept after the block "
-        f"{figures['kept_mb']} MB, of which {figures['records_mb']} MB are lens.records "
-        f"(target: at most {EXIT_TARGET_MB} MB beyond the records)  {'ok' if ok else 'MISSED'}"
+        f"  the exit adds {figures['exit_adds_mb']} MB (target <= {EXIT_TARGET_MB})  "
+        f"{'ok' if ok else 'MISSED'}; kept after the block, against before entering: "
+        f"{figures['kept_mb']} MB ({figures['records_mb']} MB of it lens.records' data)"
     )
     if trimmed is not None:
         print(f"  glibc's malloc_trim would return {trimmed:.1f} MB of freed heap (not called)")
