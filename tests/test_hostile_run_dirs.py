@@ -293,6 +293,12 @@ def test_no_control_sequence_from_the_run_dir_reaches_a_pipe(copy, capsys):
     assert_no_control(out)
 
 
+def test_report_json_of_a_drill_trainlens_wrote_is_its_file_byte_for_byte(copy, capsys):
+    run = copy("fixed")
+    code, out, _ = cli(capsys, "report", "--json", str(run))
+    assert code == 0 and out == (run / "drill.json").read_text(encoding="utf-8")
+
+
 def test_on_a_colour_terminal_only_trainlens_styles_are_sent(copy, capsys, monkeypatch):
     monkeypatch.setenv("FORCE_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "80")

@@ -144,14 +144,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _json_safe(drill: Any) -> str:
-    """drill.json as indented JSON with C1 controls, DEL and bidi overrides \\u-escaped
-    (json.dumps escapes the C0 ones); other non-ASCII text stays readable."""
+    """drill.json as trainlens writes it (indented, ASCII): every control character is a
+    JSON escape, DEL too; a drill trainlens wrote prints byte for byte as its file."""
     import json
-    import re
 
-    text = json.dumps(drill, indent=2, ensure_ascii=False)
-    unsafe = re.compile("[\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-    return unsafe.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+    return json.dumps(drill, indent=2).replace("\x7f", "\\u007f") + "\n"
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
