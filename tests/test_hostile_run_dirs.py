@@ -339,7 +339,7 @@ def test_compare_into_a_read_only_run_dir_shows_the_comparison_and_says_so(
     code, out, err = cli(capsys, "compare", str(failed), str(fixed))
     assert code == 2
     assert "Fixed: shape_mismatch is gone" in " ".join(out.split())  # the comparison
-    assert "NOT written" in out
+    assert "NOT saved" in out
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "could not write result_after_fix" in lines[0]
     assert "Permission denied" in lines[0]

@@ -157,7 +157,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     comparison = compare_runs(args.failed_run_dir, args.fixed_run_dir)
     _console().print(comparison)
     if comparison.write_error:
-        where = comparison.failed.run_dir / "drill.json"
+        where = comparison.failed.run_dir
         print(
             _one_line(
                 f"trainlens: error: could not write result_after_fix into {where}: "

@@ -211,12 +211,12 @@ class Comparison:
             parts.append(
                 Text.assemble((terminal_safe(f"{f['symptom']}: "), "bold"), _plain(r["summary"]))
             )
-        where = terminal_safe(self.failed.run_dir / "drill.json")
         if self.results and self.write_error:
-            parts.append(
-                _plain(f"result_after_fix NOT written to {where}: {self.write_error}", "bold red")
-            )
+            where = self.failed.run_dir
+            not_saved = f"result_after_fix NOT saved in {where}: {self.write_error}"
+            parts.append(_plain(not_saved, "red"))
         elif self.results:
+            where = self.failed.run_dir / "drill.json"
             parts.append(_plain(f"result_after_fix written to {where} and drill.md", "dim"))
         yield Group(*parts)
 

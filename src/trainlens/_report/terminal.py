@@ -47,9 +47,13 @@ _STATUS_STYLE = {"healthy": "bold green", "warning": "bold yellow", "failed": "b
 _SEVERITY_STYLE = {"error": "bold red", "warning": "bold yellow"}
 
 
-def plain(value: Any, style: str = "") -> Text:
+#: a name in a table cell (module, layer type, parameter): real ones are far shorter
+NAME_CHARS = 300
+
+
+def plain(value: Any, style: str = "", limit: int = FIELD_CHARS) -> Text:
     """Text from the run dir, made safe for the terminal."""
-    return Text(terminal_safe(value), style=style)
+    return Text(terminal_safe(value, limit), style=style)
 
 
 def inline(text: str, style: str = "") -> Text:
@@ -189,8 +193,8 @@ class ShapeTrace:
             failed = str(r.get("output", "")).startswith("raised ")
             style = "bold red" if failed else ""
             cells = [
-                plain(r["module"]),
-                plain(r["type"]),
+                plain(r["module"], limit=NAME_CHARS),
+                plain(r["type"], limit=NAME_CHARS),
                 plain(f"{r['input']} → {r['output']}"),
                 *(plain(r[c]) for c in extra),
             ]
@@ -276,7 +280,7 @@ class LayerTable:
                 else ("yellow" if fl else "")
             )
             table.add_row(
-                plain(r.param),
+                plain(r.param, limit=NAME_CHARS),
                 Text(num(float(r.grad))),
                 Text(num(float(r.norm))),
                 Text(num(float(r.ratio))),
