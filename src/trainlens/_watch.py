@@ -30,6 +30,7 @@ from ._plugins import (
 from ._probes import DEFAULT_PROBES, LossProbe, WatchState
 from ._probes._state import DEFAULT_SAMPLE_EVERY, Sampling
 from ._records import Records
+from ._release import release_after_block
 
 # run dirs of the blocks active right now: two nested blocks must not write one folder
 _ACTIVE_RUN_DIRS: set[Path] = set()
@@ -172,6 +173,7 @@ class Lens:
         finally:
             if dist is not None:
                 dist.release_sigterm()
+            release_after_block(self)  # the recording buffers and pyarrow's pages (issue 20)
         return False  # the user's exception, if any, goes on unchanged
 
     def log_loss(self, loss: torch.Tensor | float, split: str | None = None) -> None:
