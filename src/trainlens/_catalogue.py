@@ -32,6 +32,8 @@ class CauseEntry:
     first_check: str
     fix_attempt: str
     thresholds: Mapping[str, Any] = field(default_factory=dict)
+    #: named text pieces (`[causes.<id>.texts]`) for rules whose story has variants
+    texts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,16 @@ class Catalogue:
             raise CatalogueError(
                 f"recipe {entry.source} sets no threshold {name!r}"
                 + (f" (nor does its cause {cause!r})" if cause else "")
+            ) from None
+
+    def text(self, symptom: str, cause_id: str, name: str, **fields: Any) -> str:
+        """A named text piece of a cause (`[causes.<id>.texts]`), filled in."""
+        entry = self._cause(self[symptom], cause_id)
+        try:
+            return fill(entry.texts[name], fields)
+        except KeyError:
+            raise CatalogueError(
+                f"recipe {self[symptom].source}: [causes.{cause_id}.texts] has no {name!r}"
             ) from None
 
     def cause(
@@ -203,6 +215,9 @@ def _parse_recipe(path: Path) -> Symptom:
             first_check=need(table, "first_check", where),
             fix_attempt=need(table, "fix_attempt", where),
             thresholds=MappingProxyType(dict(table.get("thresholds", {}))),
+            texts=MappingProxyType(
+                {k: need(table["texts"], k, f"{where}.texts") for k in table.get("texts", {})}
+            ),
         )
     return Symptom(
         id=symptom,
