@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, ConsoleOptions, RenderResult
 
@@ -46,7 +47,7 @@ class Report:
     def _repr_html_(self) -> str:
         from .html import run_dir_html
 
-        return run_dir_html(self.run_dir, standalone=False)
+        return run_dir_html(self.run_dir)
 
     def _repr_markdown_(self) -> str:
         from .html import inline_markdown
@@ -60,3 +61,32 @@ def report(run_dir: str | os.PathLike[str]) -> Report:
     Raises `RunDirError` with what to do when `run_dir` is not a finished run directory.
     """
     return Report(run_dir)
+
+
+def lens_html(lens: Any) -> str | None:
+    """A finished `Lens` in a notebook: its drill with the curves inline; None (IPython
+    then shows the plain repr) while the block runs."""
+    from .html import drill_html, run_dir_html
+
+    if lens.drill is None:
+        return None
+    if (Path(lens.run_dir) / "drill.md").is_file():
+        try:
+            return run_dir_html(Path(lens.run_dir))
+        except Exception:  # a damaged run dir: the drill in memory still shows
+            pass
+    return drill_html(lens.drill, [], None, standalone=False)
+
+
+def lens_markdown(lens: Any) -> str | None:
+    from .._drill import render_markdown
+    from .html import inline_markdown
+
+    if lens.drill is None:
+        return None
+    if (Path(lens.run_dir) / "drill.md").is_file():
+        try:
+            return inline_markdown(Path(lens.run_dir))
+        except OSError:
+            pass
+    return render_markdown(lens.drill)
