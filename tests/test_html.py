@@ -189,6 +189,21 @@ def test_untrusted_strings_in_the_drill_stay_text(run_dir):
         assert raw not in page, raw
 
 
+def test_compare_fills_result_after_fix_in_drill_html_too(tmp_path):
+    from trainlens._report.compare import compare_runs
+
+    failed = regression_run(tmp_path / "failed", fixed=False)
+    regression_run(tmp_path / "fixed", fixed=True)
+    before = (tmp_path / "failed" / "drill.html").read_text()
+    assert "not yet: rerun with the fix" in before
+    compare_runs(tmp_path / "failed", tmp_path / "fixed")
+    page = (tmp_path / "failed" / "drill.html").read_text()
+    summary = json.loads((tmp_path / "failed" / "drill.json").read_text())["findings"][0]
+    assert failed.drill["findings"][0]["symptom"] == summary["symptom"]
+    assert "not yet: rerun with the fix" not in page
+    assert " ".join(str(summary["result_after_fix"]["summary"]).split())[:40] in page
+
+
 def _browser() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
         if path := shutil.which(name):

@@ -219,4 +219,8 @@ def compare_runs(
         sections = report_sections(get_plugin_manager(), drill, failed.records)
         atomic_write_text(failed_path / "drill.json", json.dumps(drill, indent=2) + "\n")
         atomic_write_text(failed_path / "drill.md", render_markdown(drill, sections))
+        from .html import FILENAME as HTML
+        from .html import drill_html
+
+        atomic_write_text(failed_path / HTML, drill_html(drill, sections, failed_path))
     return Comparison(failed, fixed, results)
