@@ -258,6 +258,7 @@ def test_report_lens_and_finding_display_themselves(run_dir):
     assert "shape_mismatch" in str(report) and "Loss curve" in str(report)
     assert repr(report).startswith("<trainlens report of run ") and "failed" in repr(report)
     assert "data:image/png;base64," in lens._repr_html_()
+    assert trainlens.load_run(run_dir)._repr_html_() == html
     assert "](data:image/png" in lens._repr_markdown_()
     assert repr(lens) == f"<trainlens.Lens run {lens.run_id} failed ({run_dir})>"
     finding = lens.findings[0]
