@@ -37,7 +37,8 @@ _CSS = """
   line-height: 1.45; max-width: 60rem; color: #1f2328; }
 .trainlens-drill code { font-family: ui-monospace, Menlo, Consolas, monospace;
   font-size: 0.9em; background: #f6f8fa; padding: 0 0.2em; border-radius: 3px; }
-.trainlens-drill pre { background: #f6f8fa; padding: 0.6em; overflow-x: auto; }
+.trainlens-drill pre { background: #f6f8fa; padding: 0.6em; white-space: pre-wrap;
+  overflow-wrap: anywhere; }
 .trainlens-drill table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 .trainlens-drill th, .trainlens-drill td { border: 1px solid #d0d7de; padding: 2px 6px;
   text-align: left; vertical-align: top; }
