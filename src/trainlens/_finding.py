@@ -118,6 +118,20 @@ class Finding:
             f"({self.top.evidence})"
         )
 
+    def __repr__(self) -> str:
+        return f"<Finding {self.summary()}>"
+
+    # notebook displays (IPython's rich display protocol)
+    def _repr_html_(self) -> str:
+        from ._report.html import finding_html
+
+        return finding_html(self.to_dict())
+
+    def _repr_markdown_(self) -> str:
+        from ._drill import _finding_markdown
+
+        return "\n".join(_finding_markdown(1, "-", self.to_dict())).replace("### 1. ", "### ", 1)
+
 
 def merge_findings(findings: list[Finding]) -> list[Finding]:
     """Fold findings of the same symptom into one, causes ranked across all of them.

@@ -604,21 +604,34 @@ class _Progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+        console = Console(stderr=True)
+        # a live bar in Jupyter needs ipywidgets and warns without it: one line at the end
+        self._notebook: tuple[Console, int, float] | None = None
+        if console.is_jupyter:
+            self._notebook = (console, 0, math.nan)
+            return
         self._progress = Progress(
             TextColumn("overfitting one batch"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
-            console=Console(stderr=True),
+            console=console,
             transient=False,
         )
         self._task = self._progress.add_task("overfit", total=total, loss="-")
         self._progress.start()
 
     def update(self, step: int, loss: float) -> None:
+        if self._notebook is not None:
+            self._notebook = (self._notebook[0], step, loss)
+            return
         self._progress.update(self._task, completed=step, loss=_g(loss))
 
     def close(self) -> None:
+        if self._notebook is not None:
+            console, step, loss = self._notebook
+            console.print(f"overfitting one batch: {step} steps, loss {_g(loss)}", markup=False)
+            return
         self._progress.stop()
 
 

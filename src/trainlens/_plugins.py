@@ -31,6 +31,7 @@ DEFAULT_PLUGINS = (
     "trainlens._report.attention",
     "trainlens._report.memory",
     "trainlens._report.curves",
+    "trainlens._report.html",
     "trainlens._report.readme",
 )
 

@@ -67,6 +67,11 @@ class Run:
     def run_id(self) -> str:
         return self.drill["run_id"]
 
+    def _repr_html_(self) -> str:  # a notebook shows the drill, curves inline
+        from ._report.html import run_dir_html
+
+        return run_dir_html(self.run_dir)
+
 
 def load_run(run_dir: str | os.PathLike[str]) -> Run:
     """Read `drill.json` and the records of a run directory written by `watch`.

@@ -118,6 +118,21 @@ class Lens:
         self._started_at = ""
         self._dist: _distributed.RankRun | None = None
 
+    # --- notebook display (IPython's rich display protocol) ---------------------------
+    def __repr__(self) -> str:
+        status = (self.drill or {}).get("status", "running" if self._entered else "not started")
+        return f"<trainlens.Lens run {self.run_id} {status} ({self.run_dir})>"
+
+    def _repr_html_(self) -> str | None:
+        from ._report.display import lens_html
+
+        return lens_html(self)
+
+    def _repr_markdown_(self) -> str | None:
+        from ._report.display import lens_markdown
+
+        return lens_markdown(self)
+
     # --- the block -------------------------------------------------------------------
     def __enter__(self) -> Lens:
         if self._entered:

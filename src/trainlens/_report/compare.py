@@ -249,11 +249,14 @@ def _write_back(run_dir: Path, drill: dict[str, Any], records: Records) -> str |
     comparison: the caller shows it and says it was not saved.
     """
     from .._plugins import get_plugin_manager
+    from .html import FILENAME as HTML
+    from .html import drill_html
 
     sections = _sections(get_plugin_manager(), drill, records)
     try:
         atomic_write_text(run_dir / "drill.json", json.dumps(drill, indent=2) + "\n")
         atomic_write_text(run_dir / "drill.md", render_markdown(drill, sections))
+        atomic_write_text(run_dir / HTML, drill_html(drill, sections, run_dir))
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         return (

@@ -27,6 +27,7 @@ from rich.text import Text
 from .._drill import DRILL_FIELDS
 from .._format import FIELD_CHARS, num, terminal_safe
 from .._records import Records
+from .curves import LossMarks, loss_marks
 from .sections import shape_trace
 
 #: rows of the shape trace and the per-layer table shown in the terminal (drill.md has all)
@@ -204,14 +205,20 @@ class ShapeTrace:
             yield Text(f"  … {cut} more modules in drill.md", style="dim")
 
 
+#: a training loss that ended below this fraction of its start has converged: small
+#: updates on it are the end of learning, not a learning rate too low
+CONVERGED_FRACTION = 0.01
+
+
 def layer_stats(records: Records) -> pd.DataFrame:
-    """Per trainable parameter: median gradient norm, last norm, median update/param ratio."""
+    """Per trainable parameter: median gradient norm, last norm, median update/param
+    ratio; `attrs["converged"]` says whether the training loss converged."""
     df = records.params
     if df.empty:
         return pd.DataFrame()
     df = df.assign(ratio=df["update_norm"] / df["param_norm"].where(df["param_norm"] > 0))
     g = df.groupby("param", sort=False)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "param": list(g.groups),
             "grad": g["grad_norm"].median().values,
@@ -223,17 +230,31 @@ def layer_stats(records: Records) -> pd.DataFrame:
             .values,
         }
     )
+    out.attrs["converged"] = _converged(records.train_loss())
+    return out
 
 
-def layer_flags(row: Any) -> list[str]:
-    """Why a parameter row stands out; empty when it looks healthy."""
+def _converged(train: pd.Series) -> bool:
+    finite = train[train.map(math.isfinite)] if len(train) else train
+    if len(finite) < 2 or not finite.iloc[0] > 0:
+        return False
+    tail = finite.iloc[-max(1, len(finite) // 5) :]
+    return bool(tail.median() <= CONVERGED_FRACTION * finite.iloc[0])
+
+
+def layer_flags(row: Any, converged: bool = False) -> list[str]:
+    """Why a parameter row stands out; empty when it looks healthy.
+
+    Update/param is not judged once the loss converged: a converged weight gets tiny
+    updates, and a bias that settled near 0 huge ones relative to itself.
+    """
     flags = []
     if row.has_grad == 0:
         flags.append("no gradient")
     elif row.zero_grad:
         flags.append("zero gradient")
     r = row.ratio
-    if r == r and math.isfinite(r) and not row.zero_grad and row.has_grad > 0:
+    if r == r and math.isfinite(r) and not row.zero_grad and row.has_grad > 0 and not converged:
         if r < RATIO_LOW:
             flags.append("tiny updates")
         elif r > RATIO_HIGH:
@@ -252,7 +273,8 @@ class LayerTable:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         df = self.stats
-        flagged = [layer_flags(r) for r in df.itertuples(index=False)]
+        converged = bool(df.attrs.get("converged"))
+        flagged = [layer_flags(r, converged) for r in df.itertuples(index=False)]
         table = Table(
             title="Per-layer gradients and updates (medians over sampled steps)",
             title_justify="left",
@@ -291,23 +313,36 @@ class LayerTable:
         if len(rows) > len(keep):
             yield Text(f"  … {len(rows) - len(keep)} more parameters in drill.md", style="dim")
         n = sum(1 for fl in flagged if fl)
-        yield Text(
-            f"  {n} of {len(rows)} parameters stand out: update/param outside "
-            f"{RATIO_LOW:.0e}..{RATIO_HIGH:.0e} (healthy ~1e-3), or zero/missing gradients"
-            if n
-            else "  no parameter stands out (update/param near 1e-3, gradients present)",
-            style="dim",
-        )
+        if n:
+            text = (
+                f"  {n} of {len(rows)} parameters stand out: update/param outside"
+                f" {RATIO_LOW:.0e}..{RATIO_HIGH:.0e} (healthy ~1e-3), or "
+                "zero/missing gradients"
+            )
+        elif converged:
+            text = (
+                "  no parameter stands out: gradients present; the loss converged, so "
+                "small late updates are expected"
+            )
+        else:
+            text = "  no parameter stands out (update/param near 1e-3, gradients present)"
+        yield Text(text, style="dim")
 
 
 class LossCurve:
-    """Train and val loss against step, drawn with characters: `*` train, `o` val."""
+    """Train and val loss against step, drawn with characters: `*` train, `o` val.
+
+    The axis starts at 0 (log scale when the loss spans orders of magnitude), and the
+    best constant prediction (`-`) is drawn across, so a flat loss looks flat and one
+    sitting at that baseline shows it.
+    """
 
     HEIGHT = 8
 
-    def __init__(self, train: pd.Series, val: pd.Series):
+    def __init__(self, train: pd.Series, val: pd.Series, marks: LossMarks | None = None):
         self.train = train.astype(float)
         self.val = val.astype(float)
+        self.marks = marks
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield Text("Loss curve", style="bold")
@@ -318,9 +353,19 @@ class LossCurve:
         if not any(len(s) for s in series):
             yield Text("  no finite loss to draw", style="dim")
             return
+        marks = self.marks
+        baseline = marks.baseline if marks else None
+        if baseline is not None:
+            yield Text(
+                f"  best constant prediction: {num(baseline)} ({marks.baseline_what})",
+                style="dim",
+            )
         values = pd.concat(series)
         lo, hi = float(values.min()), float(values.max())
         log = lo > 0 and hi / lo > 100
+        if not log:  # from 0 (and up to the references), so that flat looks flat
+            lo = min(lo, 0.0)
+            hi = max([hi, *([baseline] if baseline is not None else [])])
         f = (lambda v: math.log10(v)) if log else (lambda v: v)
         flo, fhi = f(lo), f(hi)
         span = (fhi - flo) or 1.0
@@ -333,13 +378,20 @@ class LossCurve:
         grid = [[" "] * width for _ in range(self.HEIGHT)]
         styles = [[""] * width for _ in range(self.HEIGHT)]
 
+        def row_of(v: float) -> int:
+            return self.HEIGHT - 1 - round((f(v) - flo) / span * (self.HEIGHT - 1))
+
+        if baseline is not None and baseline > 0 and lo <= baseline <= hi:
+            row = row_of(baseline)
+            grid[row] = ["-"] * width
+            styles[row] = ["dim"] * width
+
         def place(s: pd.Series, mark: str, style: str) -> None:
             cols = ((s.index.to_numpy() - s0) * (width - 1) // sspan).astype(int)
             for col, vals in pd.Series(s.to_numpy()).groupby(cols):
-                v = f(float(vals.mean()))
-                row = self.HEIGHT - 1 - round((v - flo) / span * (self.HEIGHT - 1))
+                row = row_of(float(vals.mean()))
                 cur = grid[row][col]
-                grid[row][col] = "+" if cur not in (" ", mark) else mark
+                grid[row][col] = "+" if cur not in (" ", "-", mark) else mark
                 styles[row][col] = "magenta" if grid[row][col] == "+" else style
 
         place(series[0], "*", "cyan")
@@ -362,6 +414,7 @@ class LossCurve:
         left, right = f"step {s0}", f"step {s1}"
         yield Text(" " * (label_w + 2) + left + right.rjust(width - len(left)))
         legend = "  * train  o val  + both" + ("  ! non-finite" if any(len(b) for b in bad) else "")
+        legend += "  - best constant prediction" if baseline is not None else ""
         legend += "  (log scale)" if log else ""
         yield Text(legend, style="dim")
 
@@ -471,7 +524,7 @@ def _record_parts(rec: Records) -> Iterable[Any]:
 
 def _loss_curve(rec: Records) -> list[Any]:
     train, val = rec.train_loss(), rec.val_loss()
-    return [Text(""), LossCurve(train, val)] if len(train) or len(val) else []
+    return [Text(""), LossCurve(train, val, loss_marks(rec))] if len(train) or len(val) else []
 
 
 def _shape_trace(rec: Records) -> list[Any]:
