@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +29,10 @@ from ._drill import run_status
 from ._finding import Finding
 from ._io import atomic_write_text
 from ._records import TABLES, Records
+from ._signals import SigtermGuard, TerminatedBySignal
 
 if TYPE_CHECKING:
-    from ._watch import Lens
+    from ._finish import Written
 
 #: seconds rank 0 waits for the other ranks' `done` markers (env TRAINLENS_RANK_TIMEOUT)
 DEFAULT_TIMEOUT_S = 60.0
@@ -41,20 +40,6 @@ DEFAULT_TIMEOUT_S = 60.0
 #: sends SIGKILL 30 s after SIGTERM)
 TERMINATING_TIMEOUT_S = 10.0
 DONE = "done"
-
-
-class TerminatedBySignal(SystemExit):
-    """SIGTERM during a distributed watch block: the launcher stopped this rank."""
-
-    def __init__(self, signum: int):
-        super().__init__(128 + signum)
-        self.signum = signum
-
-    def __str__(self) -> str:
-        return (
-            f"terminated by {signal.Signals(self.signum).name}: the launcher (torchrun) stops "
-            "every rank when one of them fails; look for the rank that failed first"
-        )
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -134,24 +119,16 @@ class RankRun:
         self.rank = rank
         self.world_size = world_size
         self.root = root
-        self.quiet = True
-        self._old_handler: Any = None
-        self._held: list[int] = []
-        self._signalled = False
-        self._handling = False
+        # SIGTERM (torchrun stopping the ranks) unwinds the block as TerminatedBySignal
+        self.guard = SigtermGuard(distributed=True)
 
     @classmethod
-    def start(cls, lens: Lens, prepare: Callable[[Path], Path]) -> RankRun | None:
-        """On a multi-process run, point the lens at `run_dir/rank-<r>/`."""
+    def start(cls, run_dir: Path, prepare: Callable[[Path], Path]) -> RankRun | None:
+        """On a multi-process run, this rank's part of it (writing `run_dir/rank-<r>/`)."""
         rw = rank_and_world()
         if rw is None:
             return None
-        run = cls(rw[0], rw[1], prepare(lens.run_dir))
-        lens.run_dir = run.dir
-        # one summary line for the whole run (rank 0's merged one), not one per rank
-        run.quiet, lens._quiet = lens._quiet, True
-        run.catch_sigterm()
-        return run
+        return cls(rw[0], rw[1], prepare(run_dir))
 
     @property
     def dir(self) -> Path:
@@ -166,45 +143,22 @@ class RankRun:
                 backend = str(dist.get_backend())
         return {"rank": self.rank, "world_size": self.world_size, "backend": backend}
 
-    # --- SIGTERM ---------------------------------------------------------------------
-    def catch_sigterm(self) -> None:
-        """Unwind the block on SIGTERM, unless the program handles SIGTERM itself."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:  # may be a plain 0
-            return
-        self._old_handler = signal.SIG_DFL
-        self._handling = True
-        signal.signal(signal.SIGTERM, self._raise)
-
-    def hold_sigterm(self) -> None:
-        """From here until `release_sigterm`, a SIGTERM waits: the files must be written."""
-        if self._handling:
-            signal.signal(signal.SIGTERM, self._hold)
-
-    def release_sigterm(self) -> None:
-        if not self._handling:
-            return
-        self._handling = False
-        signal.signal(signal.SIGTERM, self._old_handler)
-        if self._held:
-            os.kill(os.getpid(), self._held[0])  # what the launcher asked for, now
-
-    def _raise(self, signum: int, frame: Any) -> None:
-        self._signalled = True
-        raise TerminatedBySignal(signum)
-
-    def _hold(self, signum: int, frame: Any) -> None:
-        self._held.append(signum)
-
     @property
     def terminating(self) -> bool:
-        return self._signalled or bool(self._held)
+        return self.guard.terminating
 
     # --- leaving ---------------------------------------------------------------------
-    def finish(self, lens: Lens, exc: BaseException | None, failed_at: float | None) -> None:
-        """Mark this rank done; on rank 0, wait for the others and write the merged drill."""
-        drill = lens.drill or {}
+    def finish(
+        self,
+        run_id: str,
+        drill: dict[str, Any] | None,
+        exc: BaseException | None,
+        failed_at: float | None,
+        plugins: list[Any],
+    ) -> Written | None:
+        """Mark this rank done; on rank 0, wait for the others and write the merged run
+        (returned; None on the other ranks)."""
+        drill = drill or {}
         marker = {
             "rank": self.rank,
             "world_size": self.world_size,
@@ -217,19 +171,11 @@ class RankRun:
         if drill:
             atomic_write_text(self.dir / DONE, json.dumps(marker) + "\n")
         if self.rank != 0:
-            return
+            return None
         timeout = _timeout()
         reports = self.collect(timeout)
-        merged, findings, records = merge(lens.run_id, reports, self.world_size, timeout)
-        write_merged(lens, self.root, merged, records)
-        lens.drill = merged
-        lens.findings = findings
-        lens.records = records
-        lens.run_dir = self.root
-        if not self.quiet:
-            from ._watch import _print_summary
-
-            _print_summary(lens)
+        merged, findings, records = merge(run_id, reports, self.world_size, timeout)
+        return write_merged(plugins, self.root, merged, findings, records)
 
     def collect(self, timeout: float) -> dict[int, dict[str, Any] | None]:
         """Each rank's done marker and drill; None for a rank that never reported."""
@@ -399,16 +345,25 @@ def _merged_records(
     return Records(merged_frames, meta)
 
 
-def write_merged(lens: Lens, root: Path, drill: dict[str, Any], records: Records) -> None:
-    from ._drill import write_drill
-    from ._plugins import get_plugin_manager, report_sections, write_artifacts
+def write_merged(
+    plugins: list[Any],
+    root: Path,
+    drill: dict[str, Any],
+    findings: list[Finding],
+    records: Records,
+) -> Written:
+    from ._finish import finish_run
+    from ._plugins import get_plugin_manager
 
-    pm = get_plugin_manager(lens._plugins)
-    records.save(root)
-    write_artifacts(pm, root, drill, records)
-    sections = [("Ranks", ranks_section(drill))]
-    sections += report_sections(pm, drill, records)
-    write_drill(root, drill, sections)
+    return finish_run(
+        get_plugin_manager(plugins),
+        root,
+        drill["run_id"],
+        records,
+        findings=findings,
+        drill=drill,
+        sections=[("Ranks", ranks_section(drill))],
+    )
 
 
 def ranks_section(drill: dict[str, Any]) -> str:
