@@ -113,11 +113,22 @@ def _attempt(out: Written, what: str, write: Any) -> bool:
     return True
 
 
-def lost_message(run_id: str, run_dir: Path, lost: Sequence[str]) -> str:
-    """The one warning for everything of a run trainlens could not write."""
-    return (
-        f"trainlens could not write all of run {run_id} to {run_dir}: lost "
-        + "; ".join(lost)
-        + ". Your program is unaffected; the drill is still in lens.drill and the records "
-        "in lens.records (free disk space or pass run_dir= elsewhere next time)"
-    )
+def problems_message(
+    run_id: str, run_dir: Path, lost: Sequence[str], plugin_errors: Sequence[dict[str, str]]
+) -> str | None:
+    """The one warning for everything of a run that went wrong in trainlens: files not
+    written, plugins that failed. None when nothing did."""
+    parts = []
+    if plugin_errors:
+        parts.append(
+            "; ".join(f"{e.get('what', e['plugin'])}: {e['error']}" for e in plugin_errors)
+            + " (listed in the drill's plugin_errors)"
+        )
+    if lost:
+        parts.append(
+            f"could not write all of run {run_id} to {run_dir}: lost "
+            + "; ".join(lost)
+            + ". Your program is unaffected; the drill is still in lens.drill and the "
+            "records in lens.records (free disk space or pass run_dir= elsewhere next time)"
+        )
+    return "trainlens " + ". ".join(parts) if parts else None

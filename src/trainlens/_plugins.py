@@ -76,8 +76,9 @@ def call_each(
     first; `trylast` ones at the end), and return their results.
 
     The one failure policy of trainlens's plugin calls: an implementation that raises
-    is skipped, the others still run, a RuntimeWarning names it, and the failure is
-    appended to `failures` (the drill lists them under `plugin_errors`). A broken
+    is skipped and the others still run; the failure is appended to `failures` (the
+    drill lists them under `plugin_errors`, and the caller names them in its one
+    warning), or, without a `failures` list, a RuntimeWarning names it at once. A broken
     third-party rule, artifact or report section never breaks the user's run.
     """
     results = []
@@ -89,9 +90,12 @@ def call_each(
         except Exception as exc:
             what = _WHAT.get(hook, "plugin {name!r} failed").format(name=impl.plugin_name)
             error = f"{type(exc).__name__}: {exc}"[:500]
-            warnings.warn(f"trainlens {what}: {error}", RuntimeWarning, stacklevel=3)
-            if failures is not None:
-                failures.append({"plugin": str(impl.plugin_name), "hook": hook, "error": error})
+            if failures is None:
+                warnings.warn(f"trainlens {what}: {error}", RuntimeWarning, stacklevel=3)
+            else:
+                failures.append(
+                    {"plugin": str(impl.plugin_name), "hook": hook, "error": error, "what": what}
+                )
             continue
         if out is not None:
             results.append(out)

@@ -55,10 +55,13 @@ class RecordStream:
         if self.error is not None:
             return
         try:
+            if not self._seq:
+                self.dir.mkdir(exist_ok=True)
             for listener in self.listeners:
                 listener()
             for name, table in self.tables.items():
                 self._write_table(name, table)
+            self._seq += 1
             atomic_write_text(
                 self.dir / "run.json",
                 json.dumps(self.meta(), indent=1, default=str),

@@ -19,7 +19,7 @@ from torch.nn.parameter import is_lazy
 from . import _distributed, _rundir, _stream
 from ._errors import RunDirError, UsageError
 from ._finding import Finding
-from ._finish import Written, finish_run, lost_message
+from ._finish import Written, finish_run, problems_message
 from ._meta import describe_modules, describe_optimizer, describe_params
 from ._plugins import get_plugin_manager
 from ._probes import DEFAULT_PROBES, LossProbe, WatchState
@@ -299,13 +299,14 @@ class Lens:
             get_plugin_manager(self._plugins), self.run_dir, self.run_id, self.records
         )
         self._take(written)
-        lost = list(written.lost)
+        lost, plugin_errors = list(written.lost), list(written.plugin_errors)
         dist = self._dist
         if dist is not None:
             merged = dist.finish(self.run_id, self.drill, exc, failed_at, self._plugins)
             if merged is not None:  # rank 0: the merged run is the run
                 self._take(merged)
                 lost += merged.lost
+                plugin_errors += merged.plugin_errors
         stream = self._stream
         if lost and stream is not None and stream.error is not None:
             lost.append(
@@ -317,8 +318,9 @@ class Lens:
                 _print_summary(self)
             except (OSError, ValueError) as err:  # a closed stderr pipe
                 lost.append(f"the summary line on stderr ({type(err).__name__}: {err})")
-        if lost:
-            warnings.warn(lost_message(self.run_id, self.run_dir, lost), RuntimeWarning, 3)
+        message = problems_message(self.run_id, self.run_dir, lost, plugin_errors)
+        if message:
+            warnings.warn(message, RuntimeWarning, 3)
 
     def _take(self, written: Written) -> None:
         self.drill, self.findings = written.drill, written.findings
@@ -453,6 +455,9 @@ def _print_summary(lens: Lens) -> None:
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False)
+    # rich answers a closed pipe by pointing stdout at /dev/null and raising SystemExit:
+    # that would end the user's program; raise the error for the caller to report instead
+    console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]
     drill = lens.drill or {}
     status = drill.get("status")
     color = {"healthy": "green", "warning": "yellow"}.get(str(status), "red")
@@ -464,6 +469,10 @@ def _print_summary(lens: Lens) -> None:
     )
     for f in lens.findings:
         console.print(f"  - {f.summary()}", markup=False, soft_wrap=True)
+
+
+def _broken_pipe() -> None:
+    raise BrokenPipeError(32, "Broken pipe (stderr closed)")
 
 
 def _relative(path: Path) -> str:
