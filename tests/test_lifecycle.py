@@ -212,7 +212,7 @@ def test_a_folder_of_the_users_own_files_is_left_alone(tmp_path):
 
 @pytest.mark.parametrize("bad", ["..", ".", "a/b", "a\\b", "a\x00b", "", "x\n"])
 def test_run_ids_must_be_one_safe_folder_name(bad, tmp_path):
-    with pytest.raises(UsageError, match="run_id .* is not usable"):
+    with pytest.raises(UsageError, match=r"run_id .* is not usable"):
         trainlens.watch(nn.Linear(2, 1), run_id=bad)
     assert list(tmp_path.iterdir()) == []
 
