@@ -10,20 +10,14 @@ the run directory. See the README for the whole tour.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from ._errors import CatalogueError, RunDirError, TargetError, TrainlensError, UsageError
 from ._finding import Cause, Finding
 from ._hookspecs import hookimpl
 from ._overfit import OverfitResult, Setup, overfit_one_batch
 from ._records import Records
 from ._run import Run, load_run
+from ._version import __version__
 from ._watch import Lens, watch
-
-try:
-    __version__ = version("trainlens")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "CatalogueError",

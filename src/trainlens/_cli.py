@@ -12,7 +12,7 @@ from ._errors import TrainlensError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="trainlens",

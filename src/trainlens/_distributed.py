@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from torch import nn
 
 from ._drill import run_status
 from ._finding import Finding
 from ._io import atomic_write_text
 from ._records import TABLES, Records
 from ._signals import SigtermGuard, TerminatedBySignal
+from ._wrappers import unwrap_model, wrappers
 
 if TYPE_CHECKING:
     from ._finish import Written
@@ -40,35 +40,6 @@ DEFAULT_TIMEOUT_S = 60.0
 #: sends SIGKILL 30 s after SIGTERM)
 TERMINATING_TIMEOUT_S = 10.0
 DONE = "done"
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module that holds the layers: through DDP/DataParallel and torch.compile.
-
-    Hooks go on it, and names come from it, so they read `encoder.0`, not
-    `module._orig_mod.encoder.0`.
-    """
-    while (inner := unwrap_one(model)) is not model:
-        model = inner
-    return model
-
-
-def wrappers(model: nn.Module) -> list[str]:
-    """The wrapper classes around the layers, outermost first (for run.json)."""
-    out = []
-    while (inner := unwrap_one(model)) is not model:
-        out.append(type(model).__name__)
-        model = inner
-    return out
-
-
-def unwrap_one(model: nn.Module) -> nn.Module:
-    inner = model.__dict__.get("_modules", {}).get("_orig_mod")
-    if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
-        return inner
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def rank_and_world() -> tuple[int, int] | None:

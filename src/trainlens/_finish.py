@@ -25,7 +25,7 @@ from typing import Any
 import pluggy
 
 from ._drill import build_drill, render_markdown
-from ._finding import Finding
+from ._finding import Finding, _jsonable
 from ._io import atomic_write_text
 from ._plugins import catalogue_for, diagnose, drill_fields, report_sections, write_artifacts
 from ._records import Records
@@ -55,10 +55,13 @@ def finish_run(
     drill: dict[str, Any] | None = None,
     sections: Sequence[tuple[str, str]] = (),
     save_records: bool = True,
+    artifacts: bool = True,
 ) -> Written:
     """Diagnose (unless `findings` or a ready `drill` are given) and write the run.
 
     `sections` come before the plugins' sections in drill.md (the DDP merge's ranks).
+    `save_records=False` leaves the records on disk as they are (a rerun of the rules,
+    `compare`); `artifacts=False` writes only drill.json and drill.md (`compare`).
     """
     failures: list[dict[str, str]] = []
     if drill is None:
@@ -77,7 +80,8 @@ def finish_run(
         out, "records (run.json, *.parquet)", lambda: records.save(run_dir)
     )
     drill_ok = _attempt(out, "drill.json", lambda: _write_json(run_dir, drill))
-    _attempt(out, "artifacts", lambda: write_artifacts(pm, run_dir, drill, records, failures))
+    if artifacts:
+        _attempt(out, "artifacts", lambda: write_artifacts(pm, run_dir, drill, records, failures))
     every = [*sections, *report_sections(pm, drill, records, failures)]
     _attempt(
         out,
@@ -93,7 +97,8 @@ def finish_run(
 
 
 def _write_json(run_dir: Path, drill: dict[str, Any]) -> None:
-    atomic_write_text(run_dir / "drill.json", json.dumps(drill, indent=2, default=str) + "\n")
+    text = json.dumps(_jsonable(drill), indent=2, default=str)  # no NaN: JSON has none
+    atomic_write_text(run_dir / "drill.json", text + "\n")
 
 
 def _set_plugin_errors(drill: dict[str, Any], failures: list[dict[str, str]]) -> bool:

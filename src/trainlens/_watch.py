@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from . import _distributed, _rundir, _stream
+from . import _distributed, _rundir, _stream, _wrappers
 from ._errors import RunDirError, UsageError
 from ._finding import Finding
 from ._finish import Written, finish_run, problems_message
@@ -93,7 +93,7 @@ class Lens:
             )
         self._checkpoint = checkpoint
         # hooks go on the module that holds the layers, names without `module.`/`_orig_mod.`
-        self.model = _distributed.unwrap_model(model)
+        self.model = _wrappers.unwrap_model(model)
         self._outer_model = model
         self.optimizer = optimizer
         self.run_id = run_id or _distributed.shared_run_id_if_distributed() or new_run_id()
@@ -145,7 +145,7 @@ class Lens:
         if self._dist is not None:
             state.extra_meta["distributed"] = self._dist.describe()
         if self._outer_model is not self.model:
-            state.extra_meta["wrappers"] = _distributed.wrappers(self._outer_model)
+            state.extra_meta["wrappers"] = _wrappers.wrappers(self._outer_model)
         self._state = state
         _ACTIVE_RUN_DIRS.add(self.run_dir)
         for probe_cls in DEFAULT_PROBES:
@@ -327,7 +327,7 @@ class Lens:
         self.records, self.run_dir = written.records, written.run_dir
 
     def _meta(self, state: WatchState, exc: BaseException | None) -> dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         model, opt = self.model, self.optimizer
         params = [p for p in model.parameters() if not is_lazy(p)]

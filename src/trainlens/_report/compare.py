@@ -9,7 +9,6 @@ change. The result goes back into the failed run's `drill.json` (atomically) and
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 from pathlib import Path
@@ -20,10 +19,8 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from .._drill import render_markdown
 from .._errors import UsageError
 from .._format import num
-from .._io import atomic_write_text
 from .._records import Records
 from .._run import Run, load_run
 
@@ -202,7 +199,9 @@ def compare_runs(
     failed_dir: str | os.PathLike[str], fixed_dir: str | os.PathLike[str]
 ) -> Comparison:
     """Fill `result_after_fix` of every finding of the failed run and write it back."""
-    from .._plugins import get_plugin_manager, report_sections
+    from .._errors import RunDirError
+    from .._finish import finish_run
+    from .._plugins import get_plugin_manager
 
     failed_path, fixed_path = Path(failed_dir), Path(fixed_dir)
     failed, fixed = load_run(failed_path), load_run(fixed_path)
@@ -216,7 +215,15 @@ def compare_runs(
         drill = failed.drill
         for f, r in zip(drill["findings"], results, strict=True):
             f["result_after_fix"] = r
-        sections = report_sections(get_plugin_manager(), drill, failed.records)
-        atomic_write_text(failed_path / "drill.json", json.dumps(drill, indent=2) + "\n")
-        atomic_write_text(failed_path / "drill.md", render_markdown(drill, sections))
+        written = finish_run(
+            get_plugin_manager(),
+            failed_path,
+            failed.run_id,
+            failed.records,
+            drill=drill,
+            save_records=False,
+            artifacts=False,
+        )
+        if written.lost:  # e.g. a read-only run dir
+            raise RunDirError(f"could not write into {failed_path}: {'; '.join(written.lost)}")
     return Comparison(failed, fixed, results)
