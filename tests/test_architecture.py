@@ -34,9 +34,9 @@ def layer_of(module: str) -> int:
     best = None
     for i, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if module == prefix or (prefix and module.startswith(prefix + ".")):
-                if best is None or len(prefix) > best[0]:
-                    best = (len(prefix), i)
+            matches = module == prefix or (prefix and module.startswith(prefix + "."))
+            if matches and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), i)
     assert best is not None, f"module {module!r} has no layer in LAYERS: add it"
     return best[1]
 
@@ -118,7 +118,7 @@ def test_the_import_graph_has_no_cycle():
         path.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                return path[path.index(dep) :] + [dep]
+                return [*path[path.index(dep) :], dep]
             if dep not in state and (cycle := visit(dep)):
                 return cycle
         path.pop()
