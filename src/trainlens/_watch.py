@@ -454,29 +454,14 @@ def _prepare_root(run_dir: Path) -> Path:
 def _print_summary(lens: Lens) -> None:
     from rich.console import Console
 
-    console = Console(stderr=True, highlight=False)
+    from ._report.summary import RunSummary
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     # rich answers a closed pipe by pointing stdout at /dev/null and raising SystemExit:
     # that would end the user's program; raise the error for the caller to report instead
     console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]
-    drill = lens.drill or {}
-    status = drill.get("status")
-    color = {"healthy": "green", "warning": "yellow"}.get(str(status), "red")
-    where = _relative(lens.run_dir / "drill.md")
-    console.print(
-        f"[bold]trainlens[/]: run {lens.run_id} [{color}]{status}[/], "
-        f"{drill.get('steps', 0)} steps; drill: {where}",
-        soft_wrap=True,
-    )
-    for f in lens.findings:
-        console.print(f"  - {f.summary()}", markup=False, soft_wrap=True)
+    console.print(RunSummary(lens.drill or {}, lens.findings, lens.run_dir))
 
 
 def _broken_pipe() -> None:
     raise BrokenPipeError(32, "Broken pipe (stderr closed)")
-
-
-def _relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
