@@ -91,6 +91,8 @@ def test_a_killed_run_leaves_its_streamed_records_and_diagnose_rebuilds_the_dril
     proc = run_program(run_dir, action, 25, "--checkpoint")
     assert proc.returncode in (-signal.SIGKILL, 3), proc.stderr[-2000:]
     assert not (run_dir / "drill.json").exists()
+    with pytest.raises(RunDirError, match="trainlens diagnose"):
+        trainlens.load_run(run_dir)
     # pandas reads what was streamed: every step that ended before the kill
     parts = sorted((run_dir / "stream" / "steps").glob("*.parquet"))
     steps = pd.concat([pd.read_parquet(p) for p in parts])

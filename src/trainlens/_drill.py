@@ -97,6 +97,12 @@ def read_drill(run_dir: Path) -> dict[str, Any]:
     try:
         drill = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if (Path(run_dir) / "stream" / "run.json").is_file():
+            raise RunDirError(
+                f"{run_dir} has no drill.json: its process ended before the watch block did "
+                f"(killed?); `trainlens diagnose {run_dir}` builds the drill from the records "
+                "it streamed"
+            ) from None
         raise RunDirError(
             f"{run_dir} has no drill.json: not a finished trainlens run directory"
         ) from None
