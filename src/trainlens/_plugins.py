@@ -70,6 +70,8 @@ def call_each(
     pm: pluggy.PluginManager,
     hook: str,
     failures: list[dict[str, str]] | None = None,
+    *,
+    skip: Iterable[str] = (),
     **offered: Any,
 ) -> list[Any]:
     """Call every implementation of `hook` on its own, in registration order (built-ins
@@ -84,7 +86,10 @@ def call_each(
     results = []
     impls = getattr(pm.hook, hook).get_hookimpls()  # registration order, trylast first
     impls = sorted(impls, key=lambda i: i.trylast)  # stable: registration order kept
+    skip = set(skip)  # plugin names the caller renders its own way
     for impl in impls:
+        if impl.plugin_name in skip:
+            continue
         try:
             out = impl.function(**{k: offered[k] for k in impl.argnames})
         except Exception as exc:
