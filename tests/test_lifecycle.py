@@ -271,3 +271,31 @@ def test_diagnose_reruns_the_rules_on_a_finished_run_and_says_so_by_exit_code(tm
     result = diagnose(empty)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert diagnose(tmp_path / "missing").returncode == 2
+
+
+# --- one plugin-call policy -------------------------------------------------------------
+def test_broken_third_party_plugins_are_reported_in_the_drill_and_one_warning(run_dir):
+    class Broken:
+        @trainlens.hookimpl
+        def trainlens_report_sections(self, drill, records):
+            raise ValueError("section boom")
+
+        @trainlens.hookimpl
+        def trainlens_artifacts(self, run_dir, drill, records):
+            raise OSError("artifact boom")
+
+        @trainlens.hookimpl
+        def trainlens_diagnose(self, records, catalogue):
+            raise KeyError("rule boom")
+
+    model = nn.Linear(4, 1)
+    with pytest.warns(RuntimeWarning) as caught:
+        with trainlens.watch(model, run_dir=run_dir, plugins=[Broken()], quiet=True) as lens:
+            nn.functional.mse_loss(model(torch.randn(8, 4)), torch.zeros(8, 1)).backward()
+    (warning,) = [str(w.message) for w in caught if "trainlens" in str(w.message)]
+    assert "section boom" in warning and "artifact boom" in warning and "rule boom" in warning
+    drill = json.loads((run_dir / "drill.json").read_text())
+    hooks = sorted(e["hook"] for e in drill["plugin_errors"])
+    assert hooks == ["trainlens_artifacts", "trainlens_diagnose", "trainlens_report_sections"]
+    assert lens.drill["status"] == "healthy"  # the built-in rules and sections still ran
+    assert "## Shape trace" in (run_dir / "drill.md").read_text()

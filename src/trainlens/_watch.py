@@ -281,11 +281,15 @@ class Lens:
         state = self._state
         assert state is not None
         state.on_stream, state.stream_due = None, float("inf")
+        lost: list[str] = []
         for probe in self._removed_probes:
             # a probe may read what only the end of the run knows (the exception, memory)
             finish = getattr(probe, "finish", None)
             if finish is not None:
-                finish(exc)
+                try:
+                    finish(exc)
+                except Exception as err:  # e.g. checkpoint.pt on a full disk: the rest goes on
+                    lost.append(f"{type(probe).__name__}'s end ({type(err).__name__}: {err})")
         state.deferred.flush()
         thinned = {n: t.thinning() for n, t in state.tables.items() if t.dropped}
         if thinned:  # long runs: rules can see which tables lost resolution, and how much
@@ -299,7 +303,8 @@ class Lens:
             get_plugin_manager(self._plugins), self.run_dir, self.run_id, self.records
         )
         self._take(written)
-        lost, plugin_errors = list(written.lost), list(written.plugin_errors)
+        lost += written.lost
+        plugin_errors = list(written.plugin_errors)
         dist = self._dist
         if dist is not None:
             merged = dist.finish(self.run_id, self.drill, exc, failed_at, self._plugins)
@@ -316,7 +321,7 @@ class Lens:
         if not self._quiet and (dist is None or dist.rank == 0):
             try:
                 _print_summary(self)
-            except (OSError, ValueError) as err:  # a closed stderr pipe
+            except Exception as err:  # a closed stderr pipe
                 lost.append(f"the summary line on stderr ({type(err).__name__}: {err})")
         message = problems_message(self.run_id, self.run_dir, lost, plugin_errors)
         if message:
