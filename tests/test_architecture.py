@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("rules", ("_rules",)),
     ("drill", ("_drill", "_plugins", "_run")),
     ("report", ("_report",)),
-    ("finish", ("_finish", "_distributed")),
+    ("finish", ("_finish", "_merge", "_distributed")),
     ("watch", ("_watch",)),
     ("commands", ("_report.compare", "_diagnose", "_overfit", "_target", "_demo", "_cli",
                   "__main__", "integrations", "pytest_plugin", "")),
