@@ -17,7 +17,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CatalogueError, RunDirError, TargetError, TrainlensError, UsageError
-from ._version import DISTRIBUTION, __version__
+from ._version import DISTRIBUTION as DISTRIBUTION  # the name on the package index
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._finding import Cause, Finding
