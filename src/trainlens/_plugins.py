@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "trainlens._rules.diverging",
     "trainlens._rules.non_finite",
     "trainlens._rules.overfitting",
+    "trainlens._rules.loss_seen",
     "trainlens._report.sections",
     "trainlens._report.runtime",
     "trainlens._report.attention",
