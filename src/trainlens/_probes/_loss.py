@@ -157,7 +157,10 @@ def _seen_already(recent: Any, step: int, loss: Any) -> bool:
                 and loss.storage_offset() == seen.storage_offset()
             ):
                 return True
-        elif isinstance(loss, (int, float)) and seen.numel() == 1:
-            if float(seen) == float(loss):  # the caller read it already: no new sync
-                return True
+        elif (
+            isinstance(loss, (int, float))
+            and seen.numel() == 1
+            and float(seen) == float(loss)  # the caller read it already: no new sync
+        ):
+            return True
     return False
