@@ -249,7 +249,7 @@ def _make_wrapper(spec: _Spec) -> Any:
 
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not _LISTENERS or _DEPTH[0] or _SUSPENDED[0] or compiling():
+        if compiling() or not _LISTENERS or _DEPTH[0] or _SUSPENDED[0]:
             return original(*args, **kwargs)
         caller = sys._getframe(1)
         if _inside_loss_module(caller):

@@ -15,6 +15,8 @@ from torch import nn
 import trainlens
 import trainlens._watch
 
+from .. import _distributed
+
 
 def missing_extra(framework: str, extra: str) -> ImportError:
     return ImportError(
@@ -64,22 +66,20 @@ class Session:
         return self.lens is not None
 
     def start(
-        self,
-        model: nn.Module,
-        optimizer: Any,
-        default_dir: str | os.PathLike[str] | None = None,
-        *,
-        quiet: bool | None = None,
+        self, model: nn.Module, optimizer: Any, default_dir: str | os.PathLike[str] | None = None
     ) -> trainlens.Lens:
         """Open the watch; `default_dir` (the framework's log or output folder) holds the
         run dirs when no `run_dir` was given: `<default_dir>/trainlens/<run_id>`."""
         self.stop(None)  # a run that ended without its end event (an exception)
         kwargs = dict(self.kwargs)
-        if quiet is not None:
-            kwargs["quiet"] = quiet
         run_dir = self.run_dir
         if run_dir is None and default_dir is not None:
-            run_id = kwargs["run_id"] or trainlens._watch.new_run_id()
+            # the run id a distributed run shares between its ranks, as watch would take it
+            run_id = (
+                kwargs["run_id"]
+                or _distributed.shared_run_id_if_distributed()
+                or trainlens._watch.new_run_id()
+            )
             kwargs["run_id"] = run_id
             run_dir = Path(default_dir) / "trainlens" / run_id
         lens = trainlens.watch(model, inner_optimizer(optimizer), run_dir=run_dir, **kwargs)
