@@ -51,13 +51,15 @@ def test_n_by_1_output_against_n_targets_in_f_mse_loss_is_a_silent_broadcast(run
     y = x.sum(1)  # [N]; the model outputs [N, 1]
     model = mlp(d_out=1)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    with pytest.warns(UserWarning, match="broadcasting"):
+    with pytest.warns(UserWarning, match="broadcasting") as warned:
         with trainlens.watch(model, opt, run_dir=run_dir, quiet=True):
             for _ in range(5):
                 loss = F.mse_loss(model(x), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+    # torch's warning still points at the user's line, not at trainlens's wrapper
+    assert {w.filename for w in warned if "broadcasting" in str(w.message)} == {__file__}
     f = finding(run_dir, "shape_mismatch")
     assert f["likely_cause"] == "loss_target_shape_mismatch"
     assert f["severity"] == "error" and f["module"] is None  # a function is no module

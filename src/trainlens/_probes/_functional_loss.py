@@ -40,6 +40,7 @@ import inspect
 import math
 import sys
 import types
+import warnings
 from typing import Any
 
 import torch
@@ -244,6 +245,30 @@ def _elements(spec: _Spec, values: dict[str, Any]) -> Any:
         return None
 
 
+def _call_from(caller: types.FrameType, original: Any, args: tuple, kwargs: dict) -> Any:
+    """Call `original`; a warning it gives points at the caller's line, not at the wrapper.
+
+    torch warns with `stacklevel=2` (e.g. MSELoss's "Using a target size ... broadcasting"):
+    one frame up is now the wrapper. The warnings are recorded and issued again at the
+    caller's file and line, through the caller's own filters (an "error" filter still
+    raises there).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = original(*args, **kwargs)
+    for w in caught:
+        glob = caller.f_globals
+        warnings.warn_explicit(
+            w.message,
+            w.category,
+            caller.f_code.co_filename,
+            caller.f_lineno,
+            module=glob.get("__name__"),
+            registry=glob.setdefault("__warningregistry__", {}),
+        )
+    return out
+
+
 def _make_wrapper(spec: _Spec) -> Any:
     original = spec.original
 
@@ -256,7 +281,7 @@ def _make_wrapper(spec: _Spec) -> Any:
             return original(*args, **kwargs)  # its module's hooks record it
         _DEPTH[0] += 1
         try:
-            out = original(*args, **kwargs)
+            out = _call_from(caller, original, args, kwargs)
         except Exception as exc:
             for probe in tuple(_LISTENERS):
                 try:
