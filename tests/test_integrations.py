@@ -370,3 +370,18 @@ def test_hf_summary_line_starts_after_the_progress_bar(tmp_path, capfd):
     line = next(ln for ln in err.replace("\r", "\n").splitlines() if "trainlens: run" in ln)
     assert line.startswith("trainlens: run"), repr(line)
     assert callback.lens.drill["status"] == "healthy", callback.lens.drill["findings"]
+
+
+def test_hf_callback_added_later_prints_its_summary_above_the_bar(tmp_path, capfd):
+    pytest.importorskip("transformers")
+    from trainlens.integrations.transformers import TrainlensCallback
+
+    trainer, first = _hf_plain(tmp_path, disable_tqdm=False, quiet=True)
+    trainer.remove_callback(first)
+    callback = TrainlensCallback()  # added after the Trainer was built: no train() wrapper
+    trainer.add_callback(callback)
+    trainer.train()
+    err = capfd.readouterr().err
+    line = next(ln for ln in err.replace("\r", "\n").splitlines() if "trainlens: run" in ln)
+    assert line.startswith("trainlens: run"), repr(line)
+    assert callback.lens.drill is not None

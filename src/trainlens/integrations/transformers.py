@@ -98,10 +98,9 @@ class TrainlensCallback(TrainerCallback):
         self._remove_hooks()
         if self._in_wrapped_train:
             return  # the train() wrapper writes the drill once the progress bar is closed
-        lens = self._session.lens
-        if lens is None:
+        if not self._session.open:
             return
-        if lens._quiet:
+        if self._session.kwargs["quiet"]:
             self._session.stop(None)
             return
         # the progress bar is still open: print the summary through tqdm, not across it
