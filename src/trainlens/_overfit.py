@@ -184,6 +184,7 @@ class OverfitResult:
             "kind": self.kind,
             "memorised": self.memorised,
             "steps": self.steps,
+            "trend": self.details.get("trend"),
             "optimizer": self.optimizer,
             "losses": [_json_float(v) for v in self.losses],
             "accuracy": self.accuracy,
