@@ -26,7 +26,6 @@ DEFAULT_PLUGINS = (
     "trainlens._rules.non_finite",
     "trainlens._rules.overfitting",
     "trainlens._rules.direct_evidence",
-    "trainlens._rules.loss_seen",
     "trainlens._report.sections",
     "trainlens._report.runtime",
     "trainlens._report.attention",

@@ -27,7 +27,7 @@ from .._catalogue import Catalogue
 from .._finding import Cause, Finding
 from .._hookspecs import hookimpl
 from .._records import Records
-from . import _initial_loss
+from . import _initial_loss, _loss_seen
 from ._common import exception_info, leaf_activations, num, param_stats
 from ._common import names as _names
 
@@ -37,6 +37,7 @@ CAUSES = frozenset({
     "optimizer_not_stepping", "params_not_in_optimizer", "zero_grad_missing",
     "softmax_before_loss", "no_gradient_flow", "dead_relu", "vanishing_gradient",
     "lr_too_low", "unnormalized_input", "label_mismatch", "bad_initial_loss", "unknown",
+    "no_loss_recorded",
 })  # fmt: skip
 
 #: activations that output exact zeros for negative inputs
@@ -51,6 +52,9 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         return []
     initial = _initial_loss.finding(records, catalogue)
     found = [initial] if initial is not None else []
+    unseen = _loss_seen.finding(records, catalogue)  # no loss at all: say so, as a warning
+    if unseen is not None:
+        return [*found, unseen]
     flat = _flatness(records, catalogue)
     if flat is None:
         return found
