@@ -299,3 +299,44 @@ def test_the_init_loss_rule_is_an_error_for_nll_on_probabilities_under_watch(run
     assert "NLLLoss at initialisation is -0.2" in f.top.evidence
     assert "nn.LogSoftmax(dim=1)" in f.fix_attempt
     assert lens.records.meta["initial_loss"]["classes"] == 4
+
+
+# --- the budget decides, it does not time out (issue 19 §6) -------------------------------
+def _ten_classes(d_in: int, hidden: int):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, d_in, generator=g), torch.randint(0, 10, (64,), generator=g)
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 10)), (x, y)
+
+
+def test_a_healthy_mlp_on_64_samples_of_10_classes_passes_with_the_default_budget(run_dir):
+    model, batch = _ten_classes(20, 32)  # needs more than the first 200 steps at lr 1e-3
+    result = trainlens.overfit_one_batch(model, batch, nn.CrossEntropyLoss(), run_dir=run_dir)
+    assert result.passed, result.verdict
+    assert 200 < result.steps <= 3000 and result.accuracy == 1.0
+    assert result.verdict.startswith(f"PASSED: the batch of 64 was memorised in {result.steps}")
+    meta = trainlens.load_run(run_dir).records.meta["overfit"]
+    assert meta["memorised"] is True and meta["steps"] == result.steps
+
+
+def test_a_failure_while_the_loss_still_falls_says_give_it_more_steps(run_dir):
+    model, batch = _ten_classes(10, 16)
+    result = trainlens.overfit_one_batch(
+        model, batch, nn.CrossEntropyLoss(), steps=100, run_dir=run_dir
+    )
+    assert not result.passed and result.steps == 100  # an explicit budget is a hard limit
+    assert "still improving" in result.verdict and "steps=200" in result.verdict
+    assert trainlens.load_run(run_dir).records.meta["overfit"]["trend"] == "improving"
+
+
+def test_a_failure_whose_loss_stalled_says_more_steps_will_not_help(run_dir):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 2, generator=g), torch.randint(0, 10, (64,), generator=g)
+    torch.manual_seed(0)
+    # a linear model cannot separate 64 random points of 10 classes in 2 dimensions
+    result = trainlens.overfit_one_batch(nn.Linear(2, 10), (x, y), nn.CrossEntropyLoss(),
+                                         run_dir=run_dir)  # fmt: skip
+    assert not result.passed
+    assert result.steps == 200  # stalled at the first look: the budget is not extended
+    assert "stalled" in result.verdict and "more steps alone will not help" in result.verdict
+    assert trainlens.load_run(run_dir).records.meta["overfit"]["trend"] == "stalled"

@@ -45,7 +45,7 @@ def test_a_model_that_memorises_its_batch_passes(project):
 
         def test_memorises(overfit_one_batch, tmp_path):
             result = overfit_one_batch(mlp(), data(), nn.CrossEntropyLoss(), lr=1e-2)
-            assert result.passed and result.losses[-1] < 0.05
+            assert result.passed and result.accuracy == 1.0
             assert result.run_dir.parent == tmp_path.resolve()
         """
     )
@@ -84,3 +84,21 @@ def test_a_model_that_cannot_memorise_fails_with_the_drill_summary(project):
         ]
     )
     assert "Traceback" not in result.stdout.str()  # the summary, not a stack of frames
+
+
+def test_a_usage_error_fails_with_one_clear_line_not_trainlens_source(project):
+    project.makepyfile(
+        test_model="""
+        from torch import nn
+        from models import data, mlp
+
+        def test_memorises(overfit_one_batch):
+            overfit_one_batch(mlp(), data(), nn.CrossEntropyLoss(), steps=0)
+        """
+    )
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*overfit_one_batch: steps must be a positive integer, got 0*"])
+    out = result.stdout.str()
+    assert "_overfit.py" not in out and "pytest_plugin.py" not in out
+    assert "raise UsageError" not in out

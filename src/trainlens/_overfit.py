@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import math
 import os
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,19 @@ from ._hookspecs import hookimpl
 from ._probes._batchdep import batch_size_hint
 from ._probes._state import suspended
 
+#: steps trained before the loss trend is first judged; while the loss still falls
+#: clearly the budget doubles, up to MAX_STEPS (an ordinary MLP memorising 64 samples of
+#: 10 classes at Adam's 1e-3 needs several hundred steps, a narrow one over a thousand)
 DEFAULT_STEPS = 200
+MAX_STEPS = 3000
+#: "still falling clearly": the median loss of the last window is at least this much
+#: below the median of the window before it, and at that pace the loss would reach the
+#: memorised level within MAX_STEPS more steps
+IMPROVING_DROP = 0.02
+#: trend windows: a quarter of the steps so far, within these bounds
+TREND_WINDOW = (10, 100)
+#: how often (steps) a classification run checks whether every sample is right yet
+ACCURACY_EVERY = 20
 DEFAULT_LR = 1e-3
 
 #: classification: memorised when the final loss is below this (nats)...
@@ -170,6 +183,7 @@ class OverfitResult:
             "kind": self.kind,
             "memorised": self.memorised,
             "steps": self.steps,
+            "trend": self.details.get("trend"),
             "optimizer": self.optimizer,
             "losses": [_json_float(v) for v in self.losses],
             "accuracy": self.accuracy,
@@ -187,7 +201,7 @@ def overfit_one_batch(
     loss_fn: Callable[..., torch.Tensor],
     optimizer: torch.optim.Optimizer | None = None,
     *,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     lr: float | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     quiet: bool = True,
@@ -210,15 +224,19 @@ def overfit_one_batch(
         below 2% of the initial loss for losses trainlens cannot evaluate that way.
 
     Without `optimizer`, Adam at `lr` (default 1e-3) is used; with one, `lr` (if given)
-    overrides its learning rate. `steps` is the most steps trained; training stops early
-    once the loss criterion is met. `quiet=False` shows a live progress bar on stderr;
-    `progress(step, loss)` is called after each step.
+    overrides its learning rate. Training stops as soon as the batch is memorised. By
+    default (`steps=None`) it first runs 200 steps and, while the loss is still falling
+    clearly (its median over the last window at least 10% below the window before),
+    doubles the budget, up to 3000 steps: a failure then says whether the loss stalled or
+    was still improving. An explicit `steps` is a hard limit. `quiet=False` shows a live
+    progress bar on stderr; `progress(step, loss)` is called after each step.
     """
     from ._watch import watch
 
     setup = Setup(model, batch, loss_fn, optimizer)
     setup.check("overfit_one_batch")
-    steps = _positive_int(steps, "steps")
+    adaptive = steps is None
+    steps = DEFAULT_STEPS if steps is None else _positive_int(steps, "steps")
     if lr is not None and (
         isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or math.isinf(lr)
     ):
@@ -248,7 +266,7 @@ def overfit_one_batch(
     section = _Section()
     losses: list[float] = []
     # what the verdict needs, handed to the run before it is written (drill["overfit"])
-    section.run = _RunFacts(kind, baseline, opt_desc, _batch_size(targets), losses)
+    section.run = _RunFacts(kind, baseline, opt_desc, _batch_size(targets), losses, adaptive)
     error: BaseException | None = None
     accuracy: float | None = None
     lens = watch(model_c, opt_c, run_dir=run_dir, quiet=True, plugins=[section])
@@ -257,7 +275,8 @@ def overfit_one_batch(
     try:
         with batch_size_hint(_batch_size(targets)), lens:
             model_c.train()
-            for step in range(steps):
+            step = 0
+            while step < steps:
                 loss = loss_fn(_call(model_c, inputs), targets)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     raise UsageError(
@@ -275,10 +294,22 @@ def overfit_one_batch(
                     bar.update(step + 1, value)
                 if progress is not None:
                     progress(step + 1, value)
+                step += 1
                 if not math.isfinite(value):
                     break
                 if _loss_target_met(kind, value, losses[0], baseline):
                     break
+                if _all_right(kind, step, losses, model_c, inputs, targets):
+                    break
+                if (
+                    step == steps
+                    and adaptive
+                    and steps < MAX_STEPS
+                    and _trend(losses, _target(kind, losses, baseline)) == "improving"
+                ):
+                    steps = min(2 * steps, MAX_STEPS)  # still learning: give it the time
+                    if bar is not None:
+                        bar.extend(steps)
             accuracy = _accuracy(model_c, inputs, targets, kind)
             section.run.accuracy = accuracy
             section.facts = _facts(kind, losses, accuracy, baseline)
@@ -293,6 +324,7 @@ def overfit_one_batch(
                     "steps": len(losses),
                     "max_steps": steps,
                     "baseline": baseline,
+                    "trend": _trend(losses, _target(kind, losses, baseline)),
                 },
             )
     except TrainlensError:
@@ -320,10 +352,50 @@ class _RunFacts:
     optimizer: str
     batch_size: int | None
     losses: list[float]
+    adaptive: bool = False  # the step budget grows while the loss still falls clearly
     accuracy: float | None = None
 
 
 # --- the criterion ---------------------------------------------------------------------
+def _trend(losses: list[float], target: float) -> str:
+    """ "improving" while the loss still falls clearly towards `target` (the memorised
+    level), else "stalled" (or "non_finite")."""
+    if not losses or not math.isfinite(losses[-1]):
+        return "non_finite"
+    lo, hi = TREND_WINDOW
+    w = max(lo, min(hi, len(losses) // 4))
+    if len(losses) < 2 * w:
+        return "improving"  # too early to call it stalled
+    before = statistics.median(losses[-2 * w : -w])
+    last = statistics.median(losses[-w:])
+    drop = before - last
+    if not drop > IMPROVING_DROP * abs(before):
+        return "stalled"
+    needed = (last - target) / (drop / w)  # steps to the memorised level at this pace
+    return "improving" if needed <= MAX_STEPS else "stalled"
+
+
+def _target(kind: str, losses: list[float], baseline: float | None) -> float:
+    """The loss at which the batch counts as memorised (what the trend heads for)."""
+    if kind == "classification":
+        return CLASSIFICATION_LOSS_TARGET
+    reference = baseline if baseline is not None else (losses[0] if losses else 0.0)
+    return REGRESSION_FRACTION * abs(reference)
+
+
+def _all_right(
+    kind: str, step: int, losses: list[float], model: nn.Module, inputs: Any, targets: Any
+) -> bool:
+    """Classification: every sample right and the loss below half its start (checked every
+    ACCURACY_EVERY steps once the loss got there): memorised, no need to reach 0.05."""
+    if kind != "classification" or step % ACCURACY_EVERY:
+        return False
+    first, last = losses[0], losses[-1]
+    if not (math.isfinite(last) and 0 <= last < CLASSIFICATION_DROP * first):
+        return False
+    return _accuracy(model, inputs, targets, kind) == 1.0
+
+
 def _loss_kind(loss_fn: Any) -> str:
     for key in _CLASSIFICATION_LOSSES:
         if loss_fn is key or (isinstance(key, type) and isinstance(loss_fn, key)):
@@ -473,6 +545,9 @@ def _verdict(r: OverfitResult) -> str:
         acc = f", batch accuracy {r.accuracy:.0%}" if r.accuracy is not None else ""
         lines.append(f"loss {_g(losses[0])} -> {_g(losses[-1])}{acc}: {_trajectory(losses)}")
     lines.append(f"criterion: {r.criterion}")
+    trend = _trend_line(r)
+    if trend:
+        lines.append(trend)
     init = r.initial_loss
     if init and init.get("expected") is not None:
         state = "ok" if init["ok"] else f"far off ({init['verdict']})"
@@ -506,6 +581,33 @@ def _verdict(r: OverfitResult) -> str:
             + (" Start with the first check below." if r.findings else "")
         )
     return "\n".join(lines)
+
+
+def _trend_line(r: OverfitResult) -> str | None:
+    """Not memorised: was the loss still falling (more steps or a higher lr) or stalled?"""
+    if r.memorised or r.error is not None or len(r.losses) < 2:
+        return None
+    trend = r.details.get("trend")
+    lo, hi = TREND_WINDOW
+    w = max(lo, min(hi, len(r.losses) // 4))
+    recent = r.losses[-2 * w :]
+    if trend == "improving":
+        more = (
+            "" if not r.details.get("adaptive") else f" (the automatic budget stops at {MAX_STEPS})"
+        )
+        return (
+            f"still improving: the loss fell from {_g(recent[0])} to {_g(recent[-1])} over the "
+            f"last {len(recent)} steps{more}. Give it more steps (steps={2 * r.steps}) or a "
+            "higher learning rate (3-10x); if it then memorises, the model is fine."
+        )
+    if trend == "stalled":
+        return (
+            f"stalled: over the last {len(recent)} steps the loss only went from "
+            f"{_g(recent[0])} to {_g(recent[-1])}; at that pace it would need more than "
+            f"{MAX_STEPS} steps to be memorised: more steps alone will not help; see the "
+            "findings below."
+        )
+    return None
 
 
 def _why_not_memorised(r: OverfitResult) -> list[str]:
@@ -588,7 +690,12 @@ class _Section:
             accuracy=accuracy,
             memorised=memorised,
             error=error,
-            details={"baseline": baseline, "batch_size": run.batch_size},
+            details={
+                "baseline": baseline,
+                "batch_size": run.batch_size,
+                "trend": _trend(losses, _target(kind, losses, baseline)),
+                "adaptive": run.adaptive,
+            },
         )
         result.verdict = _verdict(result)
         return result
@@ -661,6 +768,9 @@ class _Progress:
         )
         self._task = self._progress.add_task("overfit", total=total, loss="-")
         self._progress.start()
+
+    def extend(self, total: int) -> None:
+        self._progress.update(self._task, total=total)
 
     def update(self, step: int, loss: float) -> None:
         if self._notebook is not None:

@@ -234,6 +234,22 @@ class Lens:
             raise UsageError("lens.note(...) works only inside its `with watch(...)` block")
         self._state.extra_meta[key] = value
 
+    def losses_seen(self) -> int:
+        """How many losses this run has recorded so far (loss modules, `F.*` losses, log_loss).
+
+        For callers that drive a watched run (framework integrations, overfit-one-batch):
+        a loss they could log themselves is logged only when none was seen.
+        """
+        return 0 if self._loss_probe is None else self._loss_probe.count
+
+    def set_split(self, split: str | None) -> None:
+        """Say which loop runs now ("train" / "val"), for integrations that know it; None:
+        back to the default (train when grad is enabled and the model is training)."""
+        if split not in (None, "train", "val"):
+            raise UsageError(f'split must be "train", "val" or None, not {split!r}')
+        if self._state is not None and self._probes:
+            self._state.split_override = split
+
     def log_attention(
         self,
         name: str,

@@ -29,9 +29,13 @@ def overfit_one_batch(tmp_path: Path) -> Callable[..., Any]:
     count = [0]
 
     def check(model: Any, batch: Any, loss_fn: Any, optimizer: Any = None, **kwargs: Any):
+        __tracebackhide__ = True  # the failure points at the test's call, not at trainlens
         count[0] += 1
         kwargs.setdefault("run_dir", tmp_path / f"overfit-{count[0]}")
-        result = trainlens.overfit_one_batch(model, batch, loss_fn, optimizer, **kwargs)
+        try:
+            result = trainlens.overfit_one_batch(model, batch, loss_fn, optimizer, **kwargs)
+        except trainlens.UsageError as err:
+            pytest.fail(f"overfit_one_batch: {err}", pytrace=False)
         if not result.passed:
             pytest.fail(f"model cannot overfit one batch\n{result.summary()}", pytrace=False)
         return result

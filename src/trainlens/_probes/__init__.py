@@ -16,6 +16,7 @@ from ._checkpoint import CheckpointProbe
 from ._compile import CompileProbe
 from ._finite import FiniteProbe
 from ._flat import GradCarryProbe, LossInputProbe
+from ._functional_loss import FunctionalLossProbe
 from ._initloss import InitialLossProbe
 from ._loss import LossProbe
 from ._memory import MemoryProbe
@@ -39,12 +40,14 @@ DEFAULT_PROBES = (
     BatchDependencyProbe,
     InitialLossProbe,
     AttentionQKGradProbe,
+    FunctionalLossProbe,
 )
 
 __all__ = [
     "DEFAULT_PROBES",
     "BatchDependencyProbe",
     "CompileProbe",
+    "FunctionalLossProbe",
     "InitialLossProbe",
     "LossProbe",
     "ModuleProbe",

@@ -34,7 +34,14 @@ ELEMENTWISE_LOSSES = (
 
 
 def loss_name(state: WatchState, module: nn.Module) -> str:
-    """A loss inside the model goes by its dotted name, one outside by its class."""
+    """A loss inside the model goes by its dotted name, one outside by its class.
+
+    A functional loss (`_functional_loss.py`) is shown as a stand-in module named after
+    the function it stands for (`F.cross_entropy`).
+    """
+    functional = getattr(module, "_trainlens_name", None)
+    if functional is not None:
+        return functional
     return state.module_names.get(id(module), type(module).__name__)
 
 
@@ -52,6 +59,15 @@ class LossProbe:
 
     def log(self, loss: torch.Tensor | float, split: str | None, source: str) -> None:
         state = self.state
+        if source == "log_loss" and _seen_already(getattr(self, "_recent", ()), state.step, loss):
+            return  # `lens.log_loss(F.cross_entropy(...))`: captured already, once is enough
+        if source != "log_loss":
+            # the losses captured this step, so that logging one by hand does not double it
+            recent = getattr(self, "_recent", None)
+            if recent is None or (recent and recent[0][0] != state.step):
+                recent = self._recent = []
+            if len(recent) < 8 and isinstance(loss, torch.Tensor):
+                recent.append((state.step, loss.detach()))
         self.count += 1
         split = split or state.split()
         if isinstance(loss, torch.Tensor):
@@ -91,6 +107,7 @@ class LossProbe:
         if key in self._checked:
             return
         self._checked.add(key)
+        what = getattr(module, "_trainlens_name", None) or type(module).__name__
         try:
             broadcast = list(torch.broadcast_shapes(pred.shape, target.shape))
         except RuntimeError:
@@ -98,9 +115,9 @@ class LossProbe:
         self.state.event(
             "loss_broadcast",
             name,
-            f"{type(module).__name__} got input {list(pred.shape)} and target "
+            f"{what} got input {list(pred.shape)} and target "
             f"{list(target.shape)}, broadcast to {broadcast}",
-            loss=type(module).__name__,
+            loss=what,
             input=list(pred.shape),
             target=list(target.shape),
             broadcast=broadcast,
@@ -125,3 +142,25 @@ class LossProbe:
             path=[name],
             call=None,
         )
+
+
+def _seen_already(recent: Any, step: int, loss: Any) -> bool:
+    """Is `loss` (a tensor, a view of it, or its `.item()`) a loss captured this step?"""
+    for seen_step, seen in recent:
+        if seen_step != step:
+            continue
+        if isinstance(loss, torch.Tensor):
+            if (
+                loss.device == seen.device
+                and loss.shape == seen.shape
+                and loss.untyped_storage().data_ptr() == seen.untyped_storage().data_ptr()
+                and loss.storage_offset() == seen.storage_offset()
+            ):
+                return True
+        elif (
+            isinstance(loss, (int, float))
+            and seen.numel() == 1
+            and float(seen) == float(loss)  # the caller read it already: no new sync
+        ):
+            return True
+    return False

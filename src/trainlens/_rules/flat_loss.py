@@ -27,7 +27,7 @@ from .._catalogue import Catalogue
 from .._finding import Cause, Finding
 from .._hookspecs import hookimpl
 from .._records import Records
-from . import _initial_loss
+from . import _initial_loss, _loss_seen
 from ._common import exception_info, leaf_activations, num, param_stats
 from ._common import names as _names
 
@@ -37,6 +37,7 @@ CAUSES = frozenset({
     "optimizer_not_stepping", "params_not_in_optimizer", "zero_grad_missing",
     "softmax_before_loss", "no_gradient_flow", "dead_relu", "vanishing_gradient",
     "lr_too_low", "unnormalized_input", "label_mismatch", "bad_initial_loss", "unknown",
+    "no_loss_recorded",
 })  # fmt: skip
 
 #: activations that output exact zeros for negative inputs
@@ -51,6 +52,9 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         return []
     initial = _initial_loss.finding(records, catalogue)
     found = [initial] if initial is not None else []
+    unseen = _loss_seen.finding(records, catalogue)  # no loss at all: say so, as a warning
+    if unseen is not None:
+        return [*found, unseen]
     flat = _flatness(records, catalogue)
     if flat is None:
         return found
@@ -146,10 +150,25 @@ def _flatness(records: Records, catalogue: Catalogue) -> Flatness | None:
     # second half of the run no longer falls (a run still descending may pass it later)
     mid = float(pd.Series(values[n // 2 : n // 2 + w]).median())
     stalled = (mid - end) / abs(mid) < float(t("plateau_max_drop"))
-    at_baseline = baseline is not None and abs(end - baseline) <= tol * baseline and stalled
+    at_baseline = (
+        baseline is not None
+        and abs(end - baseline) <= tol * baseline
+        and stalled
+        # a loss that fell to the constant-prediction level has to *sit* there for a trend's
+        # worth of steps: language models pass the unigram level early in every healthy run
+        and _steps_at(values, baseline, tol, w) >= int(t("plateau_min_steps"))
+    )
     if not (by_progress or at_baseline):
         return None
     return Flatness(n, start, end, drop, by_progress, baseline, what, by)
+
+
+def _steps_at(values: Any, level: float, tol: float, window: int) -> int:
+    """How many of the last steps the loss (rolling median) stayed within tol of level."""
+    rolled = pd.Series(values).rolling(window, min_periods=1).median().to_numpy()
+    inside = abs(rolled - level) <= tol * level
+    outside = (~inside).nonzero()[0]
+    return len(inside) if len(outside) == 0 else len(inside) - 1 - int(outside[-1])
 
 
 def _curve(records: Records, min_steps: int) -> tuple[pd.Series | None, str]:

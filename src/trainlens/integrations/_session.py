@@ -6,14 +6,16 @@ import atexit
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 import trainlens
+import trainlens._watch
 
-from .._probes import LossProbe, StepProbe
+from .. import _distributed
 
 
 def missing_extra(framework: str, extra: str) -> ImportError:
@@ -48,8 +50,8 @@ class Session:
         plugins: Iterable[Any],
         quiet: bool,
     ):
+        self.run_dir = run_dir  # None: the framework's own folder, or trainlens's default
         self.kwargs = dict(
-            run_dir=run_dir,
             run_id=run_id,
             sample_every=sample_every,
             plugins=list(plugins),
@@ -63,9 +65,24 @@ class Session:
     def open(self) -> bool:
         return self.lens is not None
 
-    def start(self, model: nn.Module, optimizer: Any) -> trainlens.Lens:
+    def start(
+        self, model: nn.Module, optimizer: Any, default_dir: str | os.PathLike[str] | None = None
+    ) -> trainlens.Lens:
+        """Open the watch; `default_dir` (the framework's log or output folder) holds the
+        run dirs when no `run_dir` was given: `<default_dir>/trainlens/<run_id>`."""
         self.stop(None)  # a run that ended without its end event (an exception)
-        lens = trainlens.watch(model, inner_optimizer(optimizer), **self.kwargs)
+        kwargs = dict(self.kwargs)
+        run_dir = self.run_dir
+        if run_dir is None and default_dir is not None:
+            # the run id a distributed run shares between its ranks, as watch would take it
+            run_id = (
+                kwargs["run_id"]
+                or _distributed.shared_run_id_if_distributed()
+                or trainlens._watch.new_run_id()
+            )
+            kwargs["run_id"] = run_id
+            run_dir = Path(default_dir) / "trainlens" / run_id
+        lens = trainlens.watch(model, inner_optimizer(optimizer), run_dir=run_dir, **kwargs)
         lens.__enter__()
         self.lens = self.last = lens
         if not self._atexit:
@@ -73,40 +90,49 @@ class Session:
             atexit.register(self._at_exit)
         return lens
 
-    def stop(self, exc: BaseException | None) -> None:
+    def stop(self, exc: BaseException | None) -> trainlens.Lens | None:
+        """Close the watch (write the drill); the closed lens, or None if none was open."""
         lens, self.lens = self.lens, None
         if lens is not None:
             lens.__exit__(None if exc is None else type(exc), exc, None)
+        return lens
 
     def _at_exit(self) -> None:
-        # the framework gave no exception event (transformers): an uncaught exception
-        # ended the program inside training; write its drill now
+        # the framework gave no exception event and no way to see train() end: an
+        # uncaught exception ended the program inside training; write its drill now
         exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
         self.stop(exc if isinstance(exc, BaseException) else None)
 
-    # --- what callbacks read ---------------------------------------------------------
-    def probe(self, cls: type) -> Any:
-        lens = self.lens
-        if lens is None:
-            return None
-        return next((p for p in lens._probes if isinstance(p, cls)), None)
-
-    @property
-    def state(self) -> Any:
-        return None if self.lens is None else self.lens._state
-
+    # --- what callbacks read and tell ------------------------------------------------
     def losses_logged(self) -> int:
-        probe = self.probe(LossProbe)
-        return -1 if probe is None else probe.count
+        return -1 if self.lens is None else self.lens.losses_seen()
+
+    def set_split(self, split: str | None) -> None:
+        if self.lens is not None:
+            self.lens.set_split(split)
 
     def log_loss(self, loss: Any, split: str | None = None) -> None:
         if self.lens is not None and isinstance(loss, (torch.Tensor, float, int)):
-            if isinstance(loss, torch.Tensor) and not loss.is_floating_point():
+            if isinstance(loss, torch.Tensor) and (
+                not loss.is_floating_point() or loss.numel() != 1
+            ):
                 return
             self.lens.log_loss(loss, split)
 
-    def step_probe(self) -> StepProbe | None:
-        return self.probe(StepProbe)
+
+def headline(lens: trainlens.Lens | None) -> dict[str, Any] | None:
+    """The drill's headline for a framework's loggers: status, first symptom and cause."""
+    drill = None if lens is None else lens.drill
+    if not drill:
+        return None
+    first = drill["findings"][0] if drill.get("findings") else None
+    return {
+        "trainlens/status": drill.get("status"),
+        "trainlens/symptom": first["symptom"] if first else "none",
+        "trainlens/cause": first["likely_cause"] if first else "none",
+        "trainlens/findings": len(drill.get("findings", [])),
+        "trainlens/drill": str(lens.run_dir / "drill.md"),
+    }
 
 
 def loss_of(outputs: Any) -> Any:

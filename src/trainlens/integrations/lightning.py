@@ -1,22 +1,27 @@
-"""Lightning: `Trainer(callbacks=[TrainlensCallback(run_dir=...)])` watches `trainer.fit`.
+"""Lightning: `Trainer(callbacks=[TrainlensCallback()])` watches `trainer.fit`.
 
-The watch opens at `on_train_start` (Lightning has created the optimizer by then) and
-closes at `on_fit_end`, or at `on_exception` with the exception, so a crash still writes
-its drill. The split comes from Lightning's loops: training batches are "train",
-validation batches "val". `nn` loss modules are captured as in any watched run; a loss
-computed otherwise (`F.cross_entropy`) is taken from `training_step`'s returned loss, and
-from `validation_step`'s when it returns one.
+The watch opens at `on_fit_start` (Lightning has created the optimizer by then, and the
+sanity-check validation has not run yet, so a shape bug that crashes there gets its
+drill) and closes at `on_fit_end`, or at `on_exception` with the exception. The split
+comes from Lightning's loops: training batches are "train", validation batches "val".
+Losses: `nn` loss modules and `torch.nn.functional` losses are captured as in any
+watched run; otherwise the loss `training_step` returns (or hands to backward), and the
+validation loss a `validation_step` returns or logs (`self.log("val_loss", loss)`, read
+from `trainer.callback_metrics` when validation ends). The run dir defaults to
+`<trainer.log_dir>/trainlens/<run_id>`, and the drill's headline (status, symptom,
+cause, drill path) goes to the trainer's loggers as hyperparameters.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from .._probes._state import DEFAULT_SAMPLE_EVERY
-from ._session import Session, loss_of, missing_extra
+from ._session import Session, headline, loss_of, missing_extra
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -52,7 +57,7 @@ class TrainlensCallback(Callback):
         return self._session.last
 
     # --- opening and closing ---------------------------------------------------------
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         optimizers = list(getattr(trainer, "optimizers", None) or [])
         if len(optimizers) > 1:
             warnings.warn(
@@ -61,33 +66,36 @@ class TrainlensCallback(Callback):
                 UserWarning,
                 stacklevel=2,
             )
-        self._session.start(pl_module, optimizers[0] if optimizers else None)
+        self._session.start(pl_module, optimizers[0] if optimizers else None, _log_dir(trainer))
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        self._session.stop(None)
+        self._stop(trainer, None)
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._session.stop(exception)
+        self._stop(trainer, exception)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._session.stop(None)  # fit ended without on_fit_end (interrupted): still write
+        self._stop(trainer, None)  # fit ended without on_fit_end (interrupted): still write
+
+    def _stop(self, trainer: Any, exc: BaseException | None) -> None:
+        lens = self._session.stop(exc)
+        if lens is not None:
+            _to_loggers(trainer, headline(lens))
 
     # --- batches -----------------------------------------------------------------------
     def _batch_start(self, split: str) -> None:
-        state = self._session.state
-        if state is None:
+        if not self._session.open:
             return
-        state.split_override = split
+        self._session.set_split(split)
         self._count = self._session.losses_logged()
         self._logged = False
 
     def _batch_end(self, split: str, outputs: Any) -> None:
-        state = self._session.state
-        if state is None:
+        if not self._session.open:
             return
         if not self._logged and self._session.losses_logged() == self._count:
             self._session.log_loss(_detached(loss_of(outputs)), split)
-        state.split_override = None
+        self._session.set_split(None)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int):
         self._batch_start("train")
@@ -95,7 +103,7 @@ class TrainlensCallback(Callback):
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
         # inside the optimizer step, so the loss lands on its own step; Lightning has
         # divided it by accumulate_grad_batches for the backward pass
-        if self._session.state is None or self._logged:
+        if not self._session.open or self._logged:
             return
         if self._session.losses_logged() == self._count:
             scale = getattr(trainer, "accumulate_grad_batches", 1) or 1
@@ -106,6 +114,9 @@ class TrainlensCallback(Callback):
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self._batch_end("train", outputs)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._val_count = self._session.losses_logged()
 
     def on_validation_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
@@ -122,6 +133,63 @@ class TrainlensCallback(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         self._batch_end("val", outputs)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        # `self.log("val_loss", loss)` without returning it: no loss was seen in the
+        # validation batches; the epoch's logged value is the validation loss
+        if not self._session.open or getattr(trainer, "sanity_checking", False):
+            return
+        if self._session.losses_logged() != getattr(self, "_val_count", -2):
+            return
+        value = logged_loss(getattr(trainer, "callback_metrics", None) or {}, "val")
+        if value is not None:
+            self._session.log_loss(_detached(value), "val")
+
+
+#: names a logged validation loss goes by: val_loss, val/loss, valid_loss_epoch, loss/val
+_VAL_KEY = re.compile(r"(^|[/_.\-])(val|valid|validation|eval)([/_.\-]|$)", re.IGNORECASE)
+
+
+def logged_loss(metrics: Any, split: str) -> Any:
+    """The logged loss of `split` in a metrics dict: the shortest key naming both."""
+    keys = [
+        k
+        for k in metrics
+        if isinstance(k, str)
+        and "loss" in k.lower()
+        and bool(_VAL_KEY.search(k)) == (split == "val")
+    ]
+    for key in sorted(keys, key=len):
+        value = metrics[key]
+        if hasattr(value, "numel") and value.numel() == 1:
+            return value
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+def _log_dir(trainer: Any) -> str | None:
+    try:
+        return trainer.log_dir or getattr(trainer, "default_root_dir", None)
+    except Exception:  # a logger without a folder
+        return getattr(trainer, "default_root_dir", None)
+
+
+def _to_loggers(trainer: Any, facts: dict[str, Any] | None) -> None:
+    """The drill's headline as hyperparameters of every logger (text logs as params)."""
+    if not facts:
+        return
+    for logger in getattr(trainer, "loggers", None) or []:
+        try:
+            logger.log_hyperparams(facts)
+            logger.save()
+        except Exception as err:
+            warnings.warn(
+                f"trainlens could not send the drill's headline to {type(logger).__name__}: "
+                f"{type(err).__name__}: {err}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 def _detached(loss: Any) -> Any:
