@@ -39,7 +39,7 @@ def build_drill(
     exc = meta.get("exception")
     crashed = exc is not None and exc.get("type") != "KeyboardInterrupt"
     failed = crashed or any(f.severity == "error" for f in findings)
-    return {
+    drill = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "status": run_status(failed, findings),
@@ -52,6 +52,9 @@ def build_drill(
         "created": meta.get("started_at"),
         "trainlens_version": meta.get("trainlens_version"),
     }
+    if meta.get("probes_stopped"):  # what trainlens stopped recording, and why
+        drill["probes_stopped"] = meta["probes_stopped"]
+    return drill
 
 
 def read_drill(run_dir: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from ._plugins import (
     report_sections,
     write_artifacts,
 )
-from ._probes import DEFAULT_PROBES, LossProbe, WatchState
+from ._probes import DEFAULT_PROBES, LossProbe, ProbeSet, WatchState
 from ._probes._state import DEFAULT_SAMPLE_EVERY, Sampling
 from ._records import Records
 
@@ -111,7 +111,7 @@ class Lens:
         self._quiet = quiet
         self._state: WatchState | None = None
         self._probes: list[Any] = []
-        self._removed_probes: list[Any] = []
+        self._probe_set: ProbeSet | None = None
         self._loss_probe: LossProbe | None = None
         self._entered = False
         self._started_at = ""
@@ -135,15 +135,12 @@ class Lens:
         self._state = state
         _ACTIVE_RUN_DIRS.add(self.run_dir)
         try:
-            for probe_cls in DEFAULT_PROBES:
-                probe = probe_cls(state)
-                self._probes.append(probe)
-                probe.install()
-                if isinstance(probe, LossProbe):
-                    self._loss_probe = probe
+            self._probe_set = ProbeSet.install(state, DEFAULT_PROBES)
         except BaseException:
             self._uninstall()
             raise
+        self._probes = list(self._probe_set)
+        self._loss_probe = self._probe_set.get(LossProbe)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -239,26 +236,19 @@ class Lens:
 
     # --- leaving ---------------------------------------------------------------------
     def _uninstall(self) -> None:
-        probes, self._probes = self._probes, []
-        self._removed_probes.extend(probes)
-        handles = [h for probe in probes for h in probe.handles]
-        for handle in reversed(handles):
-            try:
-                handle.remove()
-            except Exception as err:  # pragma: no cover - torch handles do not raise
-                warnings.warn(
-                    f"trainlens could not remove a hook: {err}", RuntimeWarning, stacklevel=3
-                )
-        _ACTIVE_RUN_DIRS.discard(self.run_dir)
+        self._probes = []
+        try:
+            if self._probe_set is not None:
+                self._probe_set.close()  # every hook, patch and filter, whatever fails
+        finally:
+            _ACTIVE_RUN_DIRS.discard(self.run_dir)
 
     def _conclude(self, exc: BaseException | None) -> None:
         state = self._state
         assert state is not None
-        for probe in self._removed_probes:
+        if self._probe_set is not None:
             # a probe may read what only the end of the run knows (the exception, memory)
-            finish = getattr(probe, "finish", None)
-            if finish is not None:
-                finish(exc)
+            self._probe_set.finish(exc)
         state.deferred.flush()
         thinned = {n: t.thinning() for n, t in state.tables.items() if t.dropped}
         if thinned:  # long runs: rules can see which tables lost resolution, and how much

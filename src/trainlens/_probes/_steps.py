@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 from torch.nn.parameter import is_lazy
-from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, WatchState
+from ._base import Probe, guarded, hook
+from ._state import WatchState
+from ._tensors import float32_norms
 
 UPDATE_SAMPLE = 4096
 #: skipped steps recorded one by one in the events table; past it only counted
@@ -37,10 +38,11 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
     return g.coalesce().values() if g.is_sparse else g
 
 
-class StepProbe:
+class StepProbe(Probe):
+    name = "steps"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self.names: list[str] = []
         self.params: list[torch.Tensor] = []
         self.prefix_modules: list[str] = []
@@ -68,6 +70,7 @@ class StepProbe:
         else:
             self._track_params()
 
+    @guarded
     def _track_params(self) -> None:
         named = [
             (n, p)
@@ -81,10 +84,9 @@ class StepProbe:
         self.handles.extend(p.register_hook(self._on_grad) for p in self.params)
 
     # --- backward ----------------------------------------------------------------------
+    @hook(in_compiled=True)
     def _on_grad(self, grad: torch.Tensor) -> None:
         """Runs per parameter gradient; only the first one of each backward pass counts."""
-        if _SUSPENDED[0]:
-            return
         task = torch._C._current_graph_task_id()
         if task == self._graph_task:
             return
@@ -102,6 +104,7 @@ class StepProbe:
         state.phase = "backward"
         torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
 
+    @guarded
     def _on_backward_end(self) -> None:
         state = self.state
         state.phase = "other"
@@ -149,9 +152,8 @@ class StepProbe:
         state.backward_in_step = 0
 
     # --- optimizer step ----------------------------------------------------------------
+    @hook(in_compiled=True)
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
-        if _SUSPENDED[0]:
-            return None
         self.state.phase = "step"
         self._in_step = True
         if self.state.sampled:
@@ -177,9 +179,8 @@ class StepProbe:
             return args, {**kwargs, "closure": closure_then_snapshot}
         return (args[0], closure_then_snapshot, *args[2:]), kwargs
 
+    @hook(in_compiled=True)
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if _SUSPENDED[0]:
-            return
         state = self.state
         self._in_step = False
         if state.sampled and self._before is not None:
@@ -190,11 +191,12 @@ class StepProbe:
         state.end_step(lr=lr if isinstance(lr, (int, float)) else math.nan)
 
     # --- statistics --------------------------------------------------------------------
+    @guarded
     def _snapshot_grads(self) -> None:
         grads = [p.grad for p in self.params]
         self._has_grad = [g is not None for g in grads]
         present = [_dense(g) for g in grads if g is not None]
-        norms = torch._foreach_norm(present, 2, dtype=torch.float32) if present else []
+        norms = float32_norms(present)
         it = iter(norms)
         nan = None
         full = []
@@ -215,7 +217,7 @@ class StepProbe:
     def _update_norms(self) -> list[torch.Tensor]:
         with torch.no_grad():
             diffs = torch._foreach_sub(self._views, self._before)
-            norms = torch._foreach_norm(diffs, 2, dtype=torch.float32)
+            norms = float32_norms(diffs)
             return torch._foreach_mul(norms, self._scales)
 
     def _record(self, update: list[torch.Tensor] | None) -> None:
@@ -223,7 +225,7 @@ class StepProbe:
             return
         state = self.state
         with torch.no_grad():
-            pnorms = torch._foreach_norm([p.detach() for p in self.params], 2, dtype=torch.float32)
+            pnorms = float32_norms([p.detach() for p in self.params])
             if update is None:
                 update = [torch.full_like(n, math.nan) for n in pnorms]
             device = pnorms[0].device
