@@ -73,20 +73,23 @@ class Probe:
 
     def stop(self, err: BaseException, where: str = "") -> None:
         """Switch the probe off after a failure of its own code, and say so in the drill."""
-        if self.stopped:
-            return
-        self.stopped = True
-        state = self.state
-        detail = f"{type(err).__name__}: {str(err)[:300]}"
-        record = {"probe": self.name, "step": state.step, "where": where, "error": detail}
-        state.extra_meta.setdefault("probes_stopped", []).append(record)
-        with contextlib.suppress(Exception):
-            state.event(
-                "probe_stopped",
-                None,
-                f"probe {self.name} stopped at step {state.step}: {detail}",
-                **record,
-            )
+        stop(self, err, where)
+
+
+def stop(probe: Any, err: BaseException, where: str = "") -> None:
+    """`Probe.stop` for any probe object (also one written before the base class)."""
+    if getattr(probe, "stopped", False):
+        return
+    probe.stopped = True
+    state = probe.state
+    name = getattr(probe, "name", None) or type(probe).__name__
+    detail = f"{type(err).__name__}: {str(err)[:300]}"
+    record = {"probe": name, "step": state.step, "where": where, "error": detail}
+    state.extra_meta.setdefault("probes_stopped", []).append(record)
+    with contextlib.suppress(Exception):
+        state.event(
+            "probe_stopped", None, f"probe {name} stopped at step {state.step}: {detail}", **record
+        )
 
 
 def hook(fn: F | None = None, *, in_compiled: bool = False) -> Any:
@@ -344,11 +347,11 @@ class ProbeSet:
                 probe = probe_cls(state)
                 probes.append(probe)
                 # every handle the probe holds at close time, also those added later
-                stack.callback(remove_all, probe.handles)
+                stack.callback(lambda p=probe: remove_all(p.handles))
                 try:
                     probe.install()
                 except Exception as err:
-                    probe.stop(err, "install")
+                    stop(probe, err, "install")
                     remove_all(probe.handles)
             return cls(state, probes, stack.pop_all())
 
@@ -370,16 +373,17 @@ class ProbeSet:
     def finish(self, exc: BaseException | None) -> None:
         """Each running probe's `finish(exc)`; a failure stops only that probe."""
         for probe in self.probes:
-            if probe.stopped:
+            finish = getattr(probe, "finish", None)
+            if getattr(probe, "stopped", False) or finish is None:
                 continue
             try:
-                probe.finish(exc)
+                finish(exc)
             except Exception as err:
-                probe.stop(err, "finish")
-        for stop in self.state.extra_meta.get("probes_stopped", ()):
+                stop(probe, err, "finish")
+        for rec in self.state.extra_meta.get("probes_stopped", ()):
             note = (
-                f"trainlens: warning: probe {stop['probe']} stopped at step {stop['step']}: "
-                f"{stop['error']}; its records end there (your training was not affected)\n"
+                f"trainlens: warning: probe {rec['probe']} stopped at step {rec['step']}: "
+                f"{rec['error']}; its records end there (your training was not affected)\n"
             )
             with contextlib.suppress(Exception):  # a closed stderr must not cost the drill
                 sys.stderr.write(note)

@@ -30,6 +30,17 @@ class _ThreadFlags(threading.local):
 _LOCAL = _ThreadFlags()
 
 
+class _SuspendedCount:
+    """`_SUSPENDED[0]`: this thread's suspension count, for code written against the
+    former process-wide list (new code uses the `_base.hook` guard)."""
+
+    def __getitem__(self, index: int) -> int:
+        return _LOCAL.suspended
+
+
+_SUSPENDED = _SuspendedCount()
+
+
 @contextlib.contextmanager
 def suspended() -> Iterator[None]:
     """Run model code that probes must not record (trainlens's own extra passes)."""
