@@ -189,6 +189,21 @@ class WatchState:
         return sys.exc_info()[1]
 
 
+def _behind_guard(owner: Any, hook: Any) -> Any:
+    if owner is None:
+        return hook
+
+    def guarded(*args: Any) -> None:
+        if _LOCAL.suspended or owner.stopped:
+            return
+        try:
+            hook(*args)
+        except Exception as err:
+            owner.stop(err, "forward hook")
+
+    return guarded
+
+
 def hook_modules(
     hooks: dict[nn.Module, Any],
     *,
@@ -209,7 +224,7 @@ def hook_modules(
     (a `Probe`), the hook runs behind the probe guard: not while suspended or once the
     probe stopped, and its failure stops the probe. Returns the handle to remove.
     """
-    get = {id(m): h for m, h in hooks.items()}.get
+    get = {id(m): _behind_guard(owner, h) for m, h in hooks.items()}.get
     glob = nn.modules.module
     if pre:
 
@@ -229,15 +244,8 @@ def hook_modules(
             if compiling():
                 return
             hook = get(id(module))
-            if hook is None:
-                return
-            if owner is None:
+            if hook is not None:
                 hook(module, args, kwargs, output)
-            elif not (_LOCAL.suspended or owner.stopped):
-                try:
-                    hook(module, args, kwargs, output)
-                except Exception as err:
-                    owner.stop(err, "forward hook")
 
         return glob.register_module_forward_hook(
             dispatch_kw, with_kwargs=True, always_call=always_call
