@@ -25,7 +25,7 @@ from torch.nn.modules.loss import _Loss
 from ._base import Probe, hook
 from ._loss import loss_name
 from ._state import WatchState
-from ._tensors import has_values, tensor_leaves
+from ._tensors import distinct, has_values, tensor_leaves
 
 #: steps of per-module checks after a non-finite loss was noticed between samples
 ALARM_STEPS = 20
@@ -138,7 +138,7 @@ class FiniteProbe(Probe):
         if len(self._counts) >= MAX_PENDING:
             self._emit()
         with torch.no_grad():
-            self._counts.append(t.detach().sum(dtype=torch.float32))
+            self._counts.append(distinct(t.detach()).sum(dtype=torch.float32))
         self._labels.append((kind, name, self.state.split(), self._order))
         self._order += 1
 

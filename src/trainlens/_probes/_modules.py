@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ._base import Probe
 from ._state import Failure, WatchState
 from ._tensors import (
+    distinct,
     dtype_names,
     first_float,
     has_values,
@@ -135,7 +136,7 @@ class ModuleProbe(Probe):
             # than a sum (measured on 1M elements, one thread). max_abs is exact (aminmax
             # allocates nothing); zero_frac and mean_abs of a large output come from a
             # strided sample of about ACTIVATION_SAMPLE elements (a fraction's error ~0.4%)
-            o = out.detach()
+            o = distinct(out.detach())
             lo, hi = torch.aminmax(o)
             n = o.numel()
             if n > 2 * ACTIVATION_SAMPLE and o.is_contiguous():
@@ -160,7 +161,7 @@ class ModuleProbe(Probe):
             return
         state = self.state
         with torch.no_grad():
-            x = x.detach()
+            x = distinct(x.detach())
             # few kernels, all on device: one pass for finiteness, two reductions
             finite = torch.isfinite(x)
             xf = torch.where(finite, x, 0).to(torch.float32)

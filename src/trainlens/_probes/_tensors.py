@@ -38,6 +38,19 @@ def has_values(t: torch.Tensor) -> bool:
     return t.layout == torch.strided and not t.is_nested and t.device.type != "meta"
 
 
+def distinct(t: torch.Tensor) -> torch.Tensor:
+    """The elements of a broadcast view (`expand`, stride 0) without their repeats.
+
+    Each element of the base repeats equally often, so the mean, spread, range and
+    finiteness are those of the view, at the cost of the real data: statistics of
+    `x[:1].expand(2**40, d)` must not sum 2**40 rows.
+    """
+    for d, (size, stride) in enumerate(zip(t.shape, t.stride(), strict=True)):
+        if stride == 0 and size > 1:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
 def _dim(d: Any) -> Any:
     return d if type(d) is int else str(d)  # a nested tensor's ragged dim is symbolic
 
