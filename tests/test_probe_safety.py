@@ -8,6 +8,7 @@ threads each record only their own run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -112,6 +113,47 @@ def test_a_failing_probe_stops_alone_and_the_training_is_untouched(probe, tmp_pa
     assert f"probe `{probe}` stopped at step {stopped[0]['step']}" in md
     events = lens.records.events
     assert (events["kind"] == "probe_stopped").sum() == 1
+
+
+class HandWrittenAttention(nn.Module):
+    """nanoGPT-style causal self-attention through F.scaled_dot_product_attention."""
+
+    def __init__(self, d: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(b, t, d))
+
+
+def test_a_failing_listener_of_the_patched_sdpa_leaves_its_output_alone(tmp_path, monkeypatch):
+    def run(watched: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), HandWrittenAttention(), nn.Linear(8, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(3, 5, 4), torch.randn(3, 5, 1)
+        block = trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True)
+        with block if watched else contextlib.nullcontext():
+            for _ in range(3):
+                opt.zero_grad()
+                nn.MSELoss()(model(x), y).backward()
+                opt.step()
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    plain = run(False)
+    monkeypatch.setattr(DEFAULT_PROBES[3], "_wanted", _boom)
+    watched = run(True)
+    for key in plain:
+        assert torch.equal(plain[key], watched[key]), key
+    drill = json.loads((tmp_path / "run" / "drill.json").read_text())
+    assert [s["probe"] for s in drill["probes_stopped"]] == ["attention"]
+    assert drill["probes_stopped"][0]["where"] == "on_sdpa"
 
 
 def test_a_failing_finish_stops_only_that_probe(tmp_path, monkeypatch):
