@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import Probe, guarded, hook
-from ._state import _LOCAL, WatchState, compiling, hook_modules
+from ._state import WatchState, compiling, hook_modules, suspended_here
 
 #: score entries one recomputation may build (samples first, then query rows are thinned)
 MAX_ELEMENTS = 1 << 21
@@ -69,7 +69,7 @@ class AttentionProbe(Probe):
     # --- sources ---------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:
         state = self.state
-        if compiling() or not state.sampled or _LOCAL.suspended or state.split() != "train":
+        if compiling() or not state.sampled or suspended_here() or state.split() != "train":
             return False
         return self._recorded.get(name) != state.step
 
@@ -359,7 +359,7 @@ def _patch_sdpa(probe: AttentionProbe) -> _SdpaHandle:
         @functools.wraps(original)
         def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
-            if _LISTENERS and not compiling() and not _LOCAL.suspended:
+            if _LISTENERS and not compiling() and not suspended_here():
                 for listener in tuple(_LISTENERS):
                     listener.on_sdpa(args, kwargs, out)
             return out

@@ -38,7 +38,7 @@ from typing import Any, ClassVar, TypeVar
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
-from ._state import _LOCAL, WatchState, compiling
+from ._state import _ANY_SUSPENDED, _LOCAL, WatchState, compiling
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +53,8 @@ class Probe:
 
     #: the name the drill uses when this probe stops ("probe steps stopped at step 3: ...")
     name: ClassVar[str] = "probe"
+    #: a first-batch check: it looks once a run, then `retire()`s itself
+    once: ClassVar[bool] = False
 
     def __init__(self, state: WatchState):
         self.state = state
@@ -107,7 +109,7 @@ def hook(fn: F | None = None, *, in_compiled: bool = False) -> Any:
 
             @functools.wraps(fn)
             def guarded_hook(probe: Probe, *args: Any, **kwargs: Any) -> Any:
-                if _LOCAL.suspended or probe.stopped:
+                if (_ANY_SUSPENDED[0] and _LOCAL.suspended) or probe.stopped:
                     return None
                 try:
                     return fn(probe, *args, **kwargs)
@@ -119,7 +121,7 @@ def hook(fn: F | None = None, *, in_compiled: bool = False) -> Any:
 
             @functools.wraps(fn)
             def guarded_hook(probe: Probe, *args: Any, **kwargs: Any) -> Any:
-                if compiling() or _LOCAL.suspended or probe.stopped:
+                if compiling() or (_ANY_SUSPENDED[0] and _LOCAL.suspended) or probe.stopped:
                     return None
                 try:
                     return fn(probe, *args, **kwargs)
@@ -248,7 +250,7 @@ class ForwardDispatch:
             if module is self.state.model:
                 self.state.compiled = True  # inside compiled code: only note that it ran
             return
-        if _LOCAL.suspended:
+        if _ANY_SUSPENDED[0] and _LOCAL.suspended:
             return
         subs = self._pre.get(id(module))
         if subs is None:
@@ -261,7 +263,7 @@ class ForwardDispatch:
                     probe.stop(err, "forward pre-hook")
 
     def _dispatch_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if compiling() or _LOCAL.suspended:
+        if compiling() or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
             return
         subs = self._post.get(id(module))
         loss = self._loss if isinstance(module, _Loss) else None

@@ -358,6 +358,7 @@ class BatchDependencyProbe(Probe):
     """
 
     name = "batch_dependency"
+    once = True
 
     def __init__(self, state: WatchState):
         super().__init__(state)

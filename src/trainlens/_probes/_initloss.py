@@ -23,6 +23,7 @@ CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss, 
 
 class InitialLossProbe(Probe):
     name = "initial_loss"
+    once = True
 
     def __init__(self, state: WatchState):
         super().__init__(state)
