@@ -377,6 +377,7 @@ def test_two_blocks_in_two_threads_each_record_only_their_own_run(tmp_path):
     its steps: B loses none of them, and neither block records the other's losses."""
     a_checking = threading.Event()
     b_done_while_a_checks = threading.Event()
+    a_trained = threading.Event()  # B's block stays open until A has trained
     errors: list[BaseException] = []
     lenses: dict[str, Any] = {}
 
@@ -406,8 +407,10 @@ def test_two_blocks_in_two_threads_each_record_only_their_own_run(tmp_path):
                     opt.zero_grad()
                     nn.CrossEntropyLoss()(model(x), y).backward()
                     opt.step()
+                a_trained.set()
             lenses["a"] = lens
         except BaseException as err:  # pragma: no cover - reported below
+            a_trained.set()
             errors.append(err)
 
     def run_b() -> None:
@@ -423,6 +426,7 @@ def test_two_blocks_in_two_threads_each_record_only_their_own_run(tmp_path):
                     nn.MSELoss()(model(x), y).backward()
                     opt.step()
                 b_done_while_a_checks.set()
+                a_trained.wait(timeout=30)  # A's losses are computed while this block runs
             lenses["b"] = lens
         except BaseException as err:  # pragma: no cover - reported below
             b_done_while_a_checks.set()
