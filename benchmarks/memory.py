@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py                 # 100 000 steps, prints the figures
     python benchmarks/memory.py --steps 20000   # shorter
+    python benchmarks/memory.py --exit-memory   # what the block exit adds and keeps
 
 Targets (exit status 1 when one is missed): resident memory growth after warm-up
 <= 64 MB, every record table within its bound (`_records.THINNING`), run dir <= 50 MB,
@@ -49,7 +50,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--json", default="benchmarks/memory.json", help="where to write")
+    parser.add_argument(
+        "--exit-memory",
+        action="store_true",
+        help="only measure the memory the block exit adds and does not give back "
+        "(default 50 000 steps; writes benchmarks/memory_exit.json)",
+    )
     args = parser.parse_args()
+    if args.exit_memory:
+        steps = args.steps if "--steps" in sys.argv else EXIT_STEPS
+        json_path = args.json if "--json" in sys.argv else "benchmarks/memory_exit.json"
+        return exit_memory(steps, json_path)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -140,6 +151,114 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {args.json}")
     return 0 if all(checks.values()) else 1
+
+
+# --- the block exit: what it adds and what it keeps (issue 20) -------------------------------
+EXIT_STEPS = 50_000
+EXIT_TARGET_MB = 16.0  # what the block exit adds to RSS and keeps (58 MB before issue 20)
+
+
+def _mlp_run(steps: int, run_dir: Path) -> tuple[trainlens.Lens, float, float]:
+    """A watched MLP run; RSS (MB) just before entering and at the end of the loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    batches = [(torch.randn(32, 32), torch.randint(0, 10, (32,))) for _ in range(16)]
+    xv, yv = torch.randn(64, 32), torch.randint(0, 10, (64,))
+    before = rss_mb()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for step in range(steps):
+            x, y = batches[step % len(batches)]
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 1000 == 999:
+                model.eval()
+                with torch.no_grad():
+                    loss_fn(model(xv), yv)
+                model.train()
+        loop_end = rss_mb()
+    return lens, before, loop_end
+
+
+def _malloc_trim_mb() -> float | None:
+    """How much freed heap glibc hands back when asked (diagnostic only: trainlens does
+    not call it; the process reuses that heap for its next allocations)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return None
+    before = rss_mb()
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return before - rss_mb()
+
+
+def exit_memory(steps: int, json_path: str) -> int:
+    """RSS before entering the block, at the end of the loop and after the block.
+
+    A 100-step watched run goes first: the first block exit in a process imports what
+    writing a run needs (matplotlib, pyarrow's parquet writer), a one-time cost reported
+    on its own. Exit 1 when the exit of the measured run adds more than EXIT_TARGET_MB.
+    What the run itself recorded while it went (bounded by the tables' limits) is part of
+    "kept", beside the records `lens` hands the user.
+    """
+    import gc
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        first, first_before, _ = _mlp_run(100, Path(tmp) / "first")
+        first_after = rss_mb()
+        del first
+        lens, before, loop_end = _mlp_run(steps, Path(tmp) / "run")
+        after = rss_mb()
+        gc.collect()
+        after_gc = rss_mb()
+        assert lens.records is not None
+        records_mb = (
+            sum(f.memory_usage(deep=True).sum() for f in lens.records.frames.values()) / 2**20
+        )
+        trimmed = _malloc_trim_mb()
+    kept = after - before
+    figures = {
+        "steps": steps,
+        "first_exit_mb": round(first_after - first_before, 1),
+        "rss_before_mb": round(before, 1),
+        "rss_loop_end_mb": round(loop_end, 1),
+        "rss_after_mb": round(after, 1),
+        "rss_after_gc_mb": round(after_gc, 1),
+        "exit_adds_mb": round(after - loop_end, 1),
+        "kept_mb": round(kept, 1),
+        "records_mb": round(records_mb, 1),
+        "kept_beyond_records_mb": round(kept - records_mb, 1),
+        "malloc_trim_would_return_mb": None if trimmed is None else round(trimmed, 1),
+        "target_mb": EXIT_TARGET_MB,
+    }
+    ok = figures["exit_adds_mb"] <= EXIT_TARGET_MB
+    print(f"block exit, {steps} steps of a small MLP under trainlens.watch")
+    print(f"  first block exit in the process: +{figures['first_exit_mb']} MB (imports, once)")
+    print(
+        f"  RSS before entering {before:.1f} MB, end of loop {loop_end:.1f} MB, after the "
+        f"block {after:.1f} MB ({after_gc:.1f} MB after gc.collect())"
+    )
+    print(
+        f"  the exit adds {figures['exit_adds_mb']} MB (target <= {EXIT_TARGET_MB})  "
+        f"{'ok' if ok else 'MISSED'}; kept after the block, against before entering: "
+        f"{figures['kept_mb']} MB ({figures['records_mb']} MB of it lens.records' data)"
+    )
+    if trimmed is not None:
+        print(f"  glibc's malloc_trim would return {trimmed:.1f} MB of freed heap (not called)")
+    Path(json_path).write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {json_path}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

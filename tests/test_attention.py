@@ -129,7 +129,8 @@ def test_log_attention_records_weights_computed_by_hand(run_dir):
 
         def forward(self, x):
             q, k, v = self.qkv(x).chunk(3, dim=-1)
-            w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), dim=-1)
+            e = torch.exp(q @ k.transpose(-2, -1) / math.sqrt(8))  # no softmax call: not seen
+            w = e / e.sum(-1, keepdim=True)
             self.last = w
             return w @ v
 

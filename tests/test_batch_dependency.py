@@ -7,9 +7,18 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import trainlens
+from batch_axis_models import (
+    RNNModel,
+    TransformerLM,
+    corpus,
+    get_batch,
+    train_lm,
+    train_rnn_by_hand,
+)
 from models import SmallCNN, image_data, train
 from trainlens._probes._batchdep import check_batch_dependency
 
@@ -156,3 +165,165 @@ def test_a_model_that_fails_the_extra_pass_is_skipped_not_broken(run_dir):
     dep = lens.records.meta["batch_dependency"]
     assert not dep["checked"] and "RuntimeError: second call" in dep["skipped"]
     assert lens.drill["status"] == "healthy"
+
+
+# --- the batch axis comes from the data ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "run", "module", "axes"),
+    [
+        (
+            "seq-first GRU, nanoGPT get_batch windows, update by hand",
+            lambda d: train_rnn_by_hand(RNNModel("GRU"), d, windows="nanogpt"),
+            "rnn",
+            (0, 1),
+        ),
+        (
+            "batch_first LSTM, batchify [T, B] windows, update by hand",
+            lambda d: train_rnn_by_hand(
+                RNNModel(batch_first=True), d, windows="seq", carry_hidden=False
+            ),
+            "rnn",
+            (1, 0),
+        ),
+        (
+            "seq-first TransformerEncoder, nanoGPT get_batch windows",
+            lambda d: train_lm(TransformerLM(), d),
+            "transformer_encoder.layers.0.self_attn",
+            (0, 1),
+        ),
+        (
+            "batch_first TransformerEncoder, [T, B] windows",
+            lambda d: train_lm(TransformerLM(batch_first=True), d, windows="seq"),
+            "transformer_encoder.layers.0.self_attn",
+            (1, 0),
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_recurrence_or_attention_along_the_data_batch_axis_is_batch_mixing(
+    name, run, module, axes, run_dir
+):
+    lens = run(run_dir)
+    f = lens.findings[0]
+    assert (f.symptom, f.likely_cause, f.severity, f.module) == (
+        "shape_mismatch",
+        "batch_dim_mixing",
+        "error",
+        module,
+    )
+    batch, time = axes
+    assert f"the data holds its 8 samples along axis {batch} of" in f.first_check
+    assert f"shifted by one along axis {time} in 100% of positions" in f.first_check
+    assert f"runs its recurrence or attention along axis {batch}" in f.first_check
+    dep = lens.records.meta["batch_dependency"]
+    assert (dep["batch_axis"], dep["time_axis"], dep["batch_axis_from"]) == (batch, time, "data")
+    assert dep["axes"][str(time)]["mixed"] is False  # the model's own reading of its layout
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda d: train_rnn_by_hand(RNNModel(), d, windows="seq"),
+        lambda d: train_rnn_by_hand(RNNModel(batch_first=True), d, windows="nanogpt"),
+        lambda d: train_lm(TransformerLM(), d, windows="seq"),
+        lambda d: train_lm(TransformerLM(batch_first=True), d),
+    ],
+    ids=["seq-first fed [T,B]", "batch_first fed [B,T]", "tf seq-first [T,B]", "tf bf [B,T]"],
+)
+def test_layouts_that_match_the_data_stay_clean(run, run_dir):
+    lens = run(run_dir)
+    dep = lens.records.meta["batch_dependency"]
+    assert dep["checked"] and not dep["mixed"] and dep["batch_axis_from"] == "data"
+    assert not [f for f in lens.findings if f.symptom == "shape_mismatch"]
+
+
+def test_targets_passed_to_the_forward_decide_the_batch_axis(run_dir):
+    """nanoGPT computes the loss inside `model(idx, targets)`: the targets are right there."""
+
+    class LSTMLM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.rnn, self.head = nn.Embedding(24, 16), nn.LSTM(16, 16), nn.Linear(16, 24)
+
+        def forward(self, idx, targets=None):
+            logits = self.head(self.rnn(self.wte(idx))[0])  # seq-first LSTM on [B, T]
+            if targets is None:
+                return logits, None
+            return logits, F.cross_entropy(logits.view(-1, 24), targets.view(-1))
+
+    data, g = corpus(), torch.Generator().manual_seed(0)
+    model = LSTMLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(2):
+            x, y = get_batch(data, 6, 10, g)
+            _, loss = model(x, y)
+            lens.log_loss(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    dep = lens.records.meta["batch_dependency"]
+    assert dep["data_evidence"]["from"] == "targets passed to the forward"
+    assert dep["mixed"] and dep["batch_axis"] == 0 and dep["module"] == "rnn"
+    assert lens.findings[0].likely_cause == "batch_dim_mixing"
+
+
+def test_without_evidence_from_the_data_the_model_keeps_the_benefit_of_the_doubt():
+    """Float features and no targets: the first axis that keeps samples apart is taken."""
+    lstm = nn.LSTM(6, 8)  # seq-first; [7, 5, 6] could be either layout
+    dep = check_batch_dependency(lstm, (torch.randn(7, 5, 6),))
+    assert dep["checked"] and not dep["mixed"] and dep["batch_axis"] == 1
+    assert dep["batch_axis_from"] == "model" and dep["axes"]["0"]["mixed"]
+
+
+# --- the extra pass leaves buffers as they were ----------------------------------------------
+class QueueModel(nn.Module):
+    """MoCo-style: the forward enqueues keys into a buffer (under no_grad, in any mode),
+    counts its calls in a buffer and rebinds a cache buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(6, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.out = nn.Linear(8 + 16, 3)
+        self.register_buffer("queue", torch.randn(16, 8))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("cache", torch.zeros(8))
+
+    def forward(self, x):
+        k = self.bn(self.enc(x))
+        self.calls += 1
+        with torch.no_grad():
+            n = k.shape[0]
+            i = int(self.ptr)
+            self.queue[i : i + n] = F.normalize(k.detach(), dim=1)
+            self.ptr.fill_((i + n) % 16)
+            self.cache = k.detach().mean(0)  # rebound, not written in place
+        sim = F.normalize(k, dim=1) @ self.queue.t()
+        return self.out(torch.cat([k, sim], dim=1))
+
+
+def test_the_check_restores_every_buffer_the_extra_forward_changes(run_dir):
+    def run(watch: bool):
+        torch.manual_seed(0)
+        model = QueueModel()
+        x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        block = trainlens.watch(model, opt, run_dir=run_dir, quiet=True) if watch else None
+        if block is not None:
+            block.__enter__()
+        for _ in range(3):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if block is not None:
+            block.__exit__(None, None, None)
+            assert block.records.meta["batch_dependency"]["checked"]
+        return model.state_dict()
+
+    plain, watched = run(False), run(True)
+    assert plain.keys() == watched.keys()
+    assert all(torch.equal(plain[k], watched[k]) for k in plain)
+    assert int(watched["calls"]) == 3 and int(watched["ptr"]) == 12

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
+import types
 import warnings
 from pathlib import Path
 
@@ -13,7 +16,8 @@ from torch import nn
 import trainlens
 from models import classification_data, mlp, train
 from trainlens._catalogue import load_catalogue
-from trainlens._plugins import catalogue_for, get_plugin_manager
+from trainlens._finding import Cause
+from trainlens._plugins import DEFAULT_PLUGINS, catalogue_for, get_plugin_manager
 from trainlens._resources import data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,16 +28,23 @@ SPEC_SYMPTOMS = {
 }  # fmt: skip
 
 
-def _rule_text(symptom: str) -> str:
-    """The symptom's own rule module, plus any other that diagnoses causes of it
-    (declares `SYMPTOM = "<symptom>"`, e.g. `initial_loss.py` for `flat_loss`)."""
-    own = RULES / f"{symptom}.py"
-    others = [
-        p.read_text()
-        for p in sorted(RULES.glob("*.py"))
-        if p != own and f'SYMPTOM = "{symptom}"' in p.read_text()
+def _rule_modules() -> dict[str, types.ModuleType]:
+    """The built-in rule plugins, by module name (`trainlens._rules.<symptom>`)."""
+    return {
+        name.rpartition(".")[2]: importlib.import_module(name)
+        for name in DEFAULT_PLUGINS
+        if name.startswith("trainlens._rules.")
+    }
+
+
+def _source(module: types.ModuleType) -> str:
+    """A rule module's source and that of the private `_rules` helpers it uses."""
+    helpers = [
+        v
+        for v in vars(module).values()
+        if isinstance(v, types.ModuleType) and v.__name__.startswith("trainlens._rules._")
     ]
-    return "\n".join([own.read_text(), *others])
+    return "\n".join(inspect.getsource(m) for m in [module, *helpers])
 
 
 def _catalogue():
@@ -43,29 +54,120 @@ def _catalogue():
 def test_every_recipe_is_a_spec_symptom_with_one_file_and_one_rule_module():
     cat = _catalogue()
     assert set(cat.symptoms) <= SPEC_SYMPTOMS
+    rules = _rule_modules()
     for symptom, entry in cat.symptoms.items():
         assert entry.source == f"{symptom}.toml"
-        assert (RULES / f"{symptom}.py").is_file(), f"no rule module for {symptom}"
+        assert symptom in rules, f"no rule module for {symptom}"
+    known = {c for e in cat.symptoms.values() for c in e.causes}
+    for name, module in rules.items():  # one file per symptom, named after it
+        if module.SYMPTOM is None:  # a cross-symptom rule borrows causes, owns no recipe
+            assert module.BORROWS and known >= module.BORROWS, f"_rules/{name}.py borrows"
+            continue
+        assert name == module.SYMPTOM, f"_rules/{name}.py diagnoses {module.SYMPTOM}"
+    helpers = [p.stem for p in RULES.glob("*.py") if p.stem not in rules]
+    assert all(h.startswith("_") for h in helpers), f"rule modules not registered: {helpers}"
 
 
-def test_every_cause_has_a_rule_that_names_it_and_a_test_that_expects_it():
+def test_every_cause_is_owned_by_its_symptoms_rule_and_expected_by_a_test():
     tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    rules = _rule_modules()
     for symptom, entry in _catalogue().symptoms.items():
-        rule = _rule_text(symptom)
+        owned = rules[symptom].CAUSES
+        assert set(entry.causes) == set(owned), (
+            f"recipe {symptom}.toml and _rules/{symptom}.py CAUSES differ: "
+            f"{sorted(set(entry.causes) ^ set(owned))}"
+        )
         for cause in entry.causes:
-            assert f'"{cause}"' in rule, f"rule {symptom}.py never names cause {cause}"
             assert re.search(rf'["\']{cause}["\']', tests), f"no test expects cause {cause}"
+
+
+def test_recipe_causes_produce_only_known_causes():
+    cat = _catalogue()
+    known = {c for e in cat.symptoms.values() for c in e.causes}
+    for entry in cat.symptoms.values():
+        for cause in entry.causes.values():
+            assert set(cause.produces) <= known, f"{cause.id} produces unknown causes"
+            assert not (cause.fallback and cause.produces), f"{cause.id}: a fallback is no root"
 
 
 def test_recipe_texts_only_use_fields_the_rules_fill():
     # a `{field}` left in a drill would read as a bug; the rules pass these names
+    rules = _rule_modules()
     for symptom, entry in _catalogue().symptoms.items():
-        rule = _rule_text(symptom)
+        rule = _source(rules[symptom])
         for cause in entry.causes.values():
-            for name in re.findall(r"\{(\w+)\}", cause.first_check + cause.fix_attempt):
+            texts = [cause.first_check, cause.fix_attempt, cause.evidence, *cause.texts.values()]
+            for name in re.findall(r"\{(\w+)\}", "".join(texts)):
                 assert name in ("module", "step") or f"{name}=" in rule, (
                     f"{symptom}.{cause.id} uses {{{name}}} that {symptom}.py never fills"
                 )
+
+
+# --- ranking: roots before consequences, fallbacks last ----------------------------------
+def _c(cause_id, confidence, onset=None):
+    return Cause(id=cause_id, confidence=confidence, evidence=f"{cause_id} seen", onset=onset)
+
+
+def test_a_consequence_whose_evidence_came_later_ranks_below_its_root():
+    cat = _catalogue()
+    assert "dead_relu" in cat.produces("zero_grad_missing")  # the recipe says so
+    ranked = cat.rank([_c("dead_relu", 0.95, onset=30), _c("zero_grad_missing", 0.93, onset=1)])
+    assert [c.id for c in ranked] == ["zero_grad_missing", "dead_relu"]
+    assert ranked[1].confidence < ranked[0].confidence
+    assert "likely a consequence of zero_grad_missing" in ranked[1].evidence
+    assert "step 1" in ranked[1].evidence and "step 30" in ranked[1].evidence
+    assert cat.rank(ranked) == ranked  # idempotent: merged findings are ranked again
+
+
+def test_timing_decides_and_unknown_timing_changes_nothing():
+    cat = _catalogue()
+    # ReLUs dead from the start (a bad bias) before the gradients piled up: not a consequence
+    early = cat.rank([_c("dead_relu", 0.95, onset=0), _c("zero_grad_missing", 0.93, onset=5)])
+    assert early[0].id == "dead_relu" and "consequence" not in early[0].evidence
+    unknown = cat.rank([_c("dead_relu", 0.95), _c("zero_grad_missing", 0.93, onset=5)])
+    assert [c.confidence for c in unknown] == [0.95, 0.93]
+
+
+def test_a_consequence_of_a_consequence_stays_below_both():
+    cat = _catalogue()
+    ranked = cat.rank([
+        _c("no_gradient_flow", 0.9, onset=20), _c("dead_relu", 0.95, onset=10),
+        _c("zero_grad_missing", 0.6, onset=1),
+    ])  # fmt: skip
+    assert [c.id for c in ranked] == ["zero_grad_missing", "dead_relu", "no_gradient_flow"]
+
+
+def test_a_fallback_cause_ranks_below_every_specific_cause():
+    cat = _catalogue()
+    assert cat.is_fallback("label_mismatch") and cat.is_fallback("unknown")
+    ranked = cat.rank([_c("label_mismatch", 0.8), _c("lr_too_low", 0.5)])
+    assert [c.id for c in ranked] == ["lr_too_low", "label_mismatch"]
+    assert cat.rank([_c("label_mismatch", 0.6)])[0].confidence == 0.6  # alone: unchanged
+
+
+def test_a_finding_follows_its_new_top_cause():
+    cat = _catalogue()
+    f = cat.finding(
+        "flat_loss",
+        "error",
+        [
+            cat.cause("flat_loss", "dead_relu", confidence=0.95, evidence="dead", module="1",
+                      onset=30, zero_pct="99%", module_type="ReLU"),
+            cat.cause("flat_loss", "zero_grad_missing", confidence=0.93, evidence="stale",
+                      onset=1),
+        ],
+    )  # fmt: skip
+    assert f.likely_cause == "zero_grad_missing"
+    assert "zero_grad()" in f.first_check and f.module is None
+
+
+def test_a_bad_produces_list_is_reported_with_its_file(tmp_path):
+    (tmp_path / "bad.toml").write_text(
+        'symptom = "flat_loss"\n[causes.x]\ntitle = "t"\nfirst_check = "c"\n'
+        'fix_attempt = "f"\nproduces = "dead_relu"\n'
+    )
+    with pytest.raises(trainlens.CatalogueError, match=r"bad.toml: \[causes.x\] produces"):
+        load_catalogue([tmp_path])
 
 
 def test_a_malformed_recipe_is_reported_with_its_file(tmp_path):
@@ -168,3 +270,23 @@ def test_a_report_plugin_writes_its_own_file_before_drill_md(run_dir):
 
     train(mlp(), classification_data(), steps=4, run_dir=run_dir, plugins=[Picture()])
     assert (run_dir / "losses.txt").read_text() == "4"
+
+
+def test_direct_evidence_added_to_a_diverging_finding_outranks_its_consequences(run_dir):
+    # how the evidence branch's findings go through the ranking: a cause with its onset
+    # (here: gradients carried over from step 1) joins the causes a symptom rule found
+    model = mlp(hidden=64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    x, y = classification_data(n=512)
+    crit = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for s in range(60):
+            i = (s * 32) % 512
+            crit(model(x[i : i + 32]), y[i : i + 32]).backward()  # no zero_grad()
+            opt.step()
+    diverging = next(f for f in lens.findings if f.symptom == "diverging")
+    ranked = diverging.likely_causes
+    assert ranked[0].id == "zero_grad_missing"  # direct evidence, from step 1
+    exploding = next(c for c in ranked if c.id == "exploding_gradient")
+    assert exploding.onset is not None and exploding.onset > 1  # the growth showed later
+    assert "likely a consequence of zero_grad_missing" in exploding.evidence

@@ -8,9 +8,12 @@ must name the cause first, the module to blame where there is one, and real numb
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 from torch import nn
@@ -301,3 +304,85 @@ def test_the_flat_loss_example_names_the_softmax_module(run_dir):
     assert f["likely_cause"] == "softmax_before_loss" and f["module"] == "3"
     md = (run_dir / "drill.md").read_text()
     assert "Remove the final `Softmax` from the model" in md
+
+
+# --- root causes first, fallbacks honest (issue 18 §3 §4): the program collection --------
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+def run_program(name, run_dir):
+    """Run `tests/programs/<name>.py` as the benchmark does; its drill.json, validated."""
+    spec = importlib.util.spec_from_file_location(f"programs_{name}", PROGRAMS / f"{name}.py")
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    program.main(run_dir)
+    drill = json.loads((run_dir / "drill.json").read_text())
+    schema = json.loads((Path(trainlens.__file__).parent / "drill.schema.json").read_text())
+    jsonschema.validate(drill, schema)
+    return program, drill
+
+
+def test_relus_that_died_after_the_gradients_piled_up_rank_below_zero_grad_missing(run_dir):
+    program, drill = run_program("mlp_zero_grad_missing_relus_die", run_dir)
+    f = next(f for f in drill["findings"] if f["symptom"] == "flat_loss")
+    assert f["likely_cause"] == program.EXPECT["cause"] == "zero_grad_missing"
+    dead = next(c for c in f["likely_causes"] if c["id"] == "dead_relu")
+    assert ranked(f).index("dead_relu") > 0
+    assert "likely a consequence of zero_grad_missing" in dead["evidence"]
+    steps = [int(s) for s in re.findall(r"from step (\d+)", dead["evidence"])]
+    assert steps[0] < steps[1]  # the stale gradients showed first, the dead ReLUs later
+    assert "zero_grad()" in f["first_check"]  # what to do follows the root
+
+
+def test_a_genuine_dead_relu_run_still_ranks_dead_relu_first(run_dir):
+    program, drill = run_program("mlp_relu_negative_bias_init", run_dir)
+    f = next(f for f in drill["findings"] if f["symptom"] == "flat_loss")
+    assert f["likely_cause"] == "dead_relu" and f["module"] == program.EXPECT["module"]
+    assert "zero_grad_missing" not in ranked(f)
+    assert "consequence" not in f["likely_causes"][0]["evidence"]
+
+
+def test_a_frozen_backbone_that_is_still_a_fresh_init_is_no_gradient_flow(run_dir):
+    _, drill = run_program("finetune_frozen_fresh_backbone", run_dir)
+    f = next(f for f in drill["findings"] if f["symptom"] == "flat_loss")
+    assert f["likely_cause"] == "no_gradient_flow" and f["module"] == "backbone"
+    ev = f["likely_causes"][0]["evidence"]
+    assert "requires_grad=False" in ev and "99% of the model" in ev
+    assert "still look like a fresh kaiming" in ev and "never meant to be frozen" in ev
+    # the fallback stays below the specific cause, saying so
+    assert ranked(f).index("label_mismatch") > 0
+    assert f["severity"] == "error"
+
+
+def test_a_frozen_pretrained_backbone_under_a_head_that_trains_well_stays_clean(run_dir):
+    _, drill = run_program("finetune_frozen_pretrained_backbone", run_dir)
+    assert drill["status"] == "healthy" and drill["findings"] == []
+
+
+def test_the_healthy_twin_of_the_zero_grad_program_stays_clean(run_dir):
+    _, drill = run_program("mlp_sgd_momentum_healthy", run_dir)
+    assert drill["status"] == "healthy", [f["likely_cause"] for f in drill["findings"]]
+
+
+def test_a_flat_loss_with_no_specific_evidence_says_unknown_with_the_generic_checks(run_dir):
+    _, drill = run_program("mlp_random_labels_unused_layer", run_dir)
+    f = next(f for f in drill["findings"] if f["symptom"] == "flat_loss")
+    assert ranked(f) == ["unknown"] and f["severity"] == "warning"
+    cause = f["likely_causes"][0]
+    assert cause["confidence"] < 0.5
+    assert "no specific cause showed" in cause["evidence"]
+    assert "ruled out: optimizer_not_stepping" in cause["evidence"]
+    assert "dead_relu" in f["evidence"]["ruled_out"]
+    for generic in ("learning rate", "labels", "normalisation", "loss function"):
+        assert generic in f["first_check"]
+
+
+def test_label_mismatch_is_a_lower_confidence_conclusion_listing_what_it_ruled_out(run_dir):
+    x, y = classification_data(n=512)
+    y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
+    lens = train(mlp(), (x, y), steps=40, lr=3e-3, run_dir=run_dir)
+    f = flat_finding(lens, run_dir)
+    cause = f["likely_causes"][0]
+    assert cause["id"] == "label_mismatch" and cause["confidence"] < 0.7
+    assert "by elimination, after ruling out: optimizer_not_stepping" in cause["evidence"]
+    assert "softmax_before_loss" in f["evidence"]["ruled_out"]

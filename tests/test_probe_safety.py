@@ -20,8 +20,23 @@ import torch
 from torch import nn
 
 import trainlens
-from trainlens._probes import DEFAULT_PROBES, _batchdep, _flat, _initloss, _memory
+from trainlens._probes import (
+    DEFAULT_PROBES,
+    AttentionProbe,
+    CheckpointProbe,
+    FiniteProbe,
+    InitialLossProbe,
+    LossInputProbe,
+    LossProbe,
+    ModuleProbe,
+    StepProbe,
+    _batchdep,
+    _flat,
+    _initloss,
+    _memory,
+)
 from trainlens._probes import _compile as _compile_probe
+from trainlens._probes._qkgrad import AttentionQKGradProbe
 
 # --- a small model with every kind of probe food: attention, a loss module, Adam ------
 
@@ -77,18 +92,21 @@ def _failing_reader(device: torch.device) -> tuple[str, Callable[[], int]]:
 
 # (probe name, what to break): each target runs inside that probe's hook, patch or finish
 INJECTIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
-    "modules": lambda mp: mp.setattr(DEFAULT_PROBES[0], "_record_shapes", _boom),
-    "losses": lambda mp: mp.setattr(DEFAULT_PROBES[1], "log", _boom),
-    "steps": lambda mp: mp.setattr(DEFAULT_PROBES[2], "_record", _boom),
-    "attention": lambda mp: mp.setattr(DEFAULT_PROBES[3], "_wanted", _boom),
-    "loss_inputs": lambda mp: mp.setattr(DEFAULT_PROBES[4], "_on_forward", _boom),
+    "modules": lambda mp: mp.setattr(ModuleProbe, "_record_shapes", _boom),
+    "losses": lambda mp: mp.setattr(LossProbe, "log", _boom),
+    "steps": lambda mp: mp.setattr(StepProbe, "_record", _boom),
+    "attention": lambda mp: mp.setattr(AttentionProbe, "_wanted", _boom),
+    "loss_inputs": lambda mp: mp.setattr(LossInputProbe, "_on_forward", _boom),
     "grad_carry": lambda mp: mp.setattr(_flat, "_total_norm", _boom),
     "memory": lambda mp: mp.setattr(_memory, "step_reader", _failing_reader),
-    "checkpoint": lambda mp: mp.setattr(DEFAULT_PROBES[7], "_snapshot", _boom),
-    "finite": lambda mp: mp.setattr(DEFAULT_PROBES[8], "_count", _boom),
+    "checkpoint": lambda mp: mp.setattr(CheckpointProbe, "_snapshot", _boom),
+    "finite": lambda mp: mp.setattr(FiniteProbe, "_count", _boom),
     "compile": lambda mp: mp.setattr(_compile_probe, "compiled_wrapper", _boom),
     "batch_dependency": lambda mp: mp.setattr(_batchdep, "check_batch_dependency", _boom),
     "initial_loss": lambda mp: mp.setattr(_initloss, "describe_loss", _boom),
+    "attention_qk_grad": lambda mp: mp.setattr(
+        AttentionQKGradProbe, "_hook", lambda self, name, dim: _boom
+    ),
 }
 
 
@@ -147,7 +165,7 @@ def test_a_failing_listener_of_the_patched_sdpa_leaves_its_output_alone(tmp_path
         return {k: v.clone() for k, v in model.state_dict().items()}
 
     plain = run(False)
-    monkeypatch.setattr(DEFAULT_PROBES[3], "_wanted", _boom)
+    monkeypatch.setattr(AttentionProbe, "_wanted", _boom)
     watched = run(True)
     for key in plain:
         assert torch.equal(plain[key], watched[key]), key
@@ -157,7 +175,7 @@ def test_a_failing_listener_of_the_patched_sdpa_leaves_its_output_alone(tmp_path
 
 
 def test_a_failing_finish_stops_only_that_probe(tmp_path, monkeypatch):
-    monkeypatch.setattr(DEFAULT_PROBES[-1], "finish", _boom)  # InitialLossProbe
+    monkeypatch.setattr(InitialLossProbe, "finish", _boom)
     _, lens = _train(tmp_path / "run")
     stopped = lens.drill["probes_stopped"]
     assert [(s["probe"], s["where"]) for s in stopped] == [("initial_loss", "finish")]
@@ -165,7 +183,7 @@ def test_a_failing_finish_stops_only_that_probe(tmp_path, monkeypatch):
 
 
 def test_the_users_exception_passes_through_a_stopped_probe_unchanged(tmp_path, monkeypatch):
-    monkeypatch.setattr(DEFAULT_PROBES[0], "_record_shapes", _boom)
+    monkeypatch.setattr(ModuleProbe, "_record_shapes", _boom)
     model = TinyAttentionNet()
     x, y = _data()
     mine = ValueError("the user's own")
@@ -185,7 +203,7 @@ def test_no_hook_or_filter_survives_a_failing_finish(tmp_path, monkeypatch):
 
     filters = list(warnings.filters)
     hooks = (len(M._global_forward_hooks), len(M._global_forward_pre_hooks))
-    monkeypatch.setattr(DEFAULT_PROBES[0], "finish", _boom)
+    monkeypatch.setattr(ModuleProbe, "finish", _boom)
     _train(tmp_path / "run", steps=2)
     assert (len(M._global_forward_hooks), len(M._global_forward_pre_hooks)) == hooks
     assert warnings.filters == filters

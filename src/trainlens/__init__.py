@@ -4,26 +4,81 @@
         ...your own training loop...
     print(lens.findings)
 
-Leaving the block writes a failure drill (`drill.json`, `drill.md`) and the records into
-the run directory. See the README for the whole tour.
+Leaving the block writes a failure drill (`drill.json`, `drill.md`, `drill.html`) and the
+records into the run directory. See the README for the whole tour.
+
+The public names are loaded on first use (PEP 562), so `trainlens --help` and the console
+script start without importing torch.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib
+from importlib.metadata import PackageNotFoundError, distribution
+from typing import TYPE_CHECKING, Any
 
 from ._errors import CatalogueError, RunDirError, TargetError, TrainlensError, UsageError
-from ._finding import Cause, Finding
-from ._hookspecs import hookimpl
-from ._overfit import OverfitResult, Setup, overfit_one_batch
-from ._records import Records
-from ._run import Run, load_run
-from ._watch import Lens, watch
 
-try:
-    __version__ = version("trainlens")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+#: the name on the package index (`pip install trainlens-debugger`); `trainlens` there is
+#: an unrelated project. The import name and the console script stay `trainlens`.
+DISTRIBUTION = "trainlens-debugger"
+
+
+def _installed_version() -> str:
+    # "trainlens": a checkout installed before the rename, recognised by our console
+    # script (the unrelated `trainlens` on the index has its own)
+    for name in (DISTRIBUTION, "trainlens"):
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue
+        if name == DISTRIBUTION or any(
+            ep.value == "trainlens._cli:main" for ep in dist.entry_points
+        ):
+            return dist.version
+    return "0.0.0+unknown"  # running from a source tree
+
+
+__version__ = _installed_version()
+
+if TYPE_CHECKING:
+    from ._finding import Cause, Finding
+    from ._hookspecs import hookimpl
+    from ._overfit import OverfitResult, Setup, overfit_one_batch
+    from ._records import Records
+    from ._report.display import report
+    from ._run import Run, load_run
+    from ._watch import Lens, watch
+
+#: public name -> the private module that defines it, imported when the name is first used
+_LAZY = {
+    "Cause": "._finding",
+    "Finding": "._finding",
+    "hookimpl": "._hookspecs",
+    "OverfitResult": "._overfit",
+    "Setup": "._overfit",
+    "overfit_one_batch": "._overfit",
+    "Records": "._records",
+    "report": "._report.display",
+    "Run": "._run",
+    "load_run": "._run",
+    "Lens": "._watch",
+    "watch": "._watch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trainlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CatalogueError",
@@ -42,5 +97,6 @@ __all__ = [
     "hookimpl",
     "load_run",
     "overfit_one_batch",
+    "report",
     "watch",
 ]

@@ -2,10 +2,18 @@
 
 Texts and thresholds live in the recipes; rules only decide. Each text may name fields in
 braces (`{module}`, `{expected}`) that the rule fills from its evidence.
+
+The recipes also say how causes relate, as data next to the thresholds: `produces` lists
+the causes a cause can bring about (gradients piling up without `zero_grad` blow up the
+updates, which kills ReLUs), and `fallback = true` marks a conclusion by elimination.
+`Catalogue.rank` orders a finding's causes with both (see there); every finding built by
+`Catalogue.finding` goes through it, and `rank_findings` re-ranks findings merged across
+rules.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -32,6 +40,14 @@ class CauseEntry:
     first_check: str
     fix_attempt: str
     thresholds: Mapping[str, Any] = field(default_factory=dict)
+    #: cause ids this cause can bring about (in any symptom: ids keep their meaning)
+    produces: tuple[str, ...] = ()
+    #: a conclusion by elimination: ranks first only when no specific cause is present
+    fallback: bool = False
+    #: optional evidence template the rule fills with its numbers (`{field}`)
+    evidence: str = ""
+    #: further named texts a rule picks from by case (`[causes.<id>.texts]`)
+    texts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,20 +103,42 @@ class Catalogue:
                 + (f" (nor does its cause {cause!r})" if cause else "")
             ) from None
 
+    def text(self, symptom: str, cause_id: str, key: str, **fields: Any) -> str:
+        """One of a cause's named `texts` from the recipe, filled in."""
+        entry = self._cause(self[symptom], cause_id)
+        try:
+            return fill(entry.texts[key], fields)
+        except KeyError:
+            raise CatalogueError(
+                f"recipe {self[symptom].source} sets no text {key!r} for cause {cause_id!r}"
+            ) from None
+
     def cause(
         self,
         symptom: str,
         cause_id: str,
         *,
         confidence: float,
-        evidence: str,
+        evidence: str | None = None,
         module: str | None = None,
         step: int | None = None,
+        onset: int | None = None,
         **fields: Any,
     ) -> Cause:
-        """A ranked cause whose first check and fix come from the recipe, filled in."""
+        """A ranked cause whose first check and fix come from the recipe, filled in.
+
+        `evidence` defaults to the recipe's evidence template filled with `fields`;
+        `onset` is the first step at which the evidence shows (for `rank`).
+        """
         entry = self._cause(self[symptom], cause_id)
         fields = {"module": module if module is not None else "the model", "step": step, **fields}
+        if evidence is None:
+            if not entry.evidence:
+                raise CatalogueError(
+                    f"recipe {self[symptom].source}: cause {cause_id!r} has no evidence "
+                    "template and the rule gave no evidence"
+                )
+            evidence = fill(entry.evidence, fields)
         return Cause(
             id=cause_id,
             confidence=max(0.0, min(1.0, float(confidence))),
@@ -109,6 +147,102 @@ class Catalogue:
             step=step,
             first_check=fill(entry.first_check, fields),
             fix_attempt=fill(entry.fix_attempt, fields),
+            onset=onset,
+        )
+
+    # --- ranking --------------------------------------------------------------------------
+    def produces(self, cause_id: str) -> frozenset[str]:
+        """Every cause `cause_id` can bring about, directly or through others."""
+        direct: dict[str, set[str]] = {}
+        for entry in self.symptoms.values():
+            for c in entry.causes.values():
+                direct.setdefault(c.id, set()).update(c.produces)
+        seen: set[str] = set()
+        todo = list(direct.get(cause_id, ()))
+        while todo:
+            nxt = todo.pop()
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.extend(direct.get(nxt, ()))
+        return frozenset(seen)
+
+    def is_fallback(self, cause_id: str) -> bool:
+        return any(
+            c.fallback for e in self.symptoms.values() if (c := e.causes.get(cause_id)) is not None
+        )
+
+    def rank(self, causes: Iterable[Cause]) -> list[Cause]:
+        """Causes most likely first: roots before their consequences, fallbacks last.
+
+        1. A cause B is a consequence of another present cause A when the recipes say A
+           `produces` B (directly or through others) and the records' timing agrees: both
+           `onset` steps are known and A's evidence showed no later than B's (strictly
+           earlier when each can produce the other). B is then kept, ranked just below
+           A (confidence at most A's minus `GAP`), its evidence saying so. Unknown timing
+           changes nothing: the rules' own confidences stand.
+        2. A `fallback` cause (a conclusion by elimination) ranks below every specific
+           cause present.
+        Then by confidence, highest first. Pure and idempotent: re-ranking a ranked list
+        (e.g. after findings of several rules are merged) gives the same list.
+        """
+        out = list(causes)
+        conf = [c.confidence for c in out]
+        roots_of: dict[int, list[int]] = {}
+        for i, b in enumerate(out):
+            roots = [j for j, a in enumerate(out) if j != i and self._is_root(a, b)]
+            if roots:
+                roots_of[i] = roots
+
+        def settle(i: int, depth: int = 0) -> float:
+            if depth > len(out):  # cannot happen (timing orders the roots); never loop
+                return conf[i]
+            above = [settle(j, depth + 1) - GAP for j in roots_of.get(i, ())]
+            return max(0.0, min([conf[i], *above]))
+
+        ranked = []
+        for i, c in enumerate(out):
+            if i not in roots_of:
+                ranked.append(c)
+                continue
+            # named: the earliest root, the one the chain starts from
+            a = out[min(roots_of[i], key=lambda j: (out[j].onset, -out[j].confidence))]
+            note = CONSEQUENCE_NOTE.format(root=a.id, root_step=a.onset, step=c.onset)
+            evidence = c.evidence if note in c.evidence else f"{c.evidence}; {note}"
+            ranked.append(dataclasses.replace(c, confidence=settle(i), evidence=evidence))
+        specific = [c.confidence for c in ranked if not self.is_fallback(c.id)]
+        if specific:
+            floor = max(0.0, min(specific) - GAP)
+            ranked = [
+                dataclasses.replace(c, confidence=min(c.confidence, floor))
+                if self.is_fallback(c.id)
+                else c
+                for c in ranked
+            ]
+        return sorted(ranked, key=lambda c: -c.confidence)
+
+    def _is_root(self, a: Cause, b: Cause) -> bool:
+        if a.id == b.id or b.id not in self.produces(a.id):
+            return False
+        if a.onset is None or b.onset is None:
+            return False
+        if a.id in self.produces(b.id):  # each can produce the other: timing alone decides
+            return a.onset < b.onset
+        return a.onset <= b.onset
+
+    def rank_finding(self, finding: Finding) -> Finding:
+        """The finding with its causes re-ranked (its where/what-to-do follow the top)."""
+        ranked = self.rank(finding.likely_causes)
+        if ranked == list(finding.likely_causes):  # a consequence's note changes evidence too
+            return finding
+        top = ranked[0]
+        if top.id == finding.top.id:
+            return dataclasses.replace(finding, likely_causes=ranked)
+        return dataclasses.replace(
+            finding,
+            likely_causes=ranked,
+            first_check=top.first_check or finding.first_check,
+            fix_attempt=top.fix_attempt or finding.fix_attempt,
+            module=top.module if top.module is not None else finding.module,
         )
 
     def finding(
@@ -121,8 +255,8 @@ class Catalogue:
         module: str | None = None,
         step: int | None = None,
     ) -> Finding:
-        """A finding whose where and what-to-do follow its most likely cause."""
-        ranked = sorted(causes, key=lambda c: -c.confidence)
+        """A finding whose where and what-to-do follow its most likely cause (`rank`)."""
+        ranked = self.rank(causes)
         if not ranked:
             raise ValueError(f"a {symptom} finding needs at least one cause")
         top = ranked[0]
@@ -146,6 +280,18 @@ class Catalogue:
             raise CatalogueError(
                 f"recipe {entry.source} has no cause {cause_id!r}; known: {sorted(entry.causes)}"
             ) from None
+
+
+#: how far below its root a consequence is ranked
+GAP = 0.05
+CONSEQUENCE_NOTE = (
+    "likely a consequence of {root} (its evidence from step {root_step}, this from step {step})"
+)
+
+
+def rank_findings(findings: Iterable[Finding], catalogue: Catalogue) -> list[Finding]:
+    """Every finding re-ranked: for findings merged across rules (`merge_findings`)."""
+    return [catalogue.rank_finding(f) for f in findings]
 
 
 def load_catalogue(dirs: Iterable[Path]) -> Catalogue:
@@ -172,6 +318,12 @@ def _extend(base: Symptom | None, extra: Symptom) -> Symptom:
         thresholds=MappingProxyType({**base.thresholds, **extra.thresholds}),
         source=f"{base.source} + {extra.source}",
     )
+
+
+def _ids(value: Any, path: Path, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and _ID.match(v) for v in value):
+        raise CatalogueError(f"recipe {path}: {where} must be a list of snake_case cause ids")
+    return tuple(value)
 
 
 def _parse_recipe(path: Path) -> Symptom:
@@ -203,6 +355,10 @@ def _parse_recipe(path: Path) -> Symptom:
             first_check=need(table, "first_check", where),
             fix_attempt=need(table, "fix_attempt", where),
             thresholds=MappingProxyType(dict(table.get("thresholds", {}))),
+            produces=_ids(table.get("produces", []), path, f"{where} produces"),
+            fallback=bool(table.get("fallback", False)),
+            evidence=str(table.get("evidence", "")).strip(),
+            texts=MappingProxyType({k: str(v).strip() for k, v in table.get("texts", {}).items()}),
         )
     return Symptom(
         id=symptom,

@@ -100,8 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainlensError as err:
         if args.debug:
             traceback.print_exc()
-        print(f"trainlens: error: {err}", file=sys.stderr)
+        print(f"trainlens: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as one terminal-safe line: its text may quote a file from elsewhere."""
+    from ._format import terminal_safe
+
+    return terminal_safe(" ".join(str(err).split()), limit=2000)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -124,10 +131,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.json:
-        from ._drill import read_drill
+        from ._run import load_drill
 
-        read_drill(Path(args.run_dir))  # the same clear error as without --json
-        sys.stdout.write((Path(args.run_dir) / "drill.json").read_text(encoding="utf-8"))
+        # the validated drill, re-serialised: the same clear error as without --json, and
+        # no raw control character reaches the terminal (JSON escapes them, same value)
+        sys.stdout.write(_json_safe(load_drill(Path(args.run_dir))))
         return 0
     from ._report.terminal import load_report
 
@@ -135,11 +143,29 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_safe(drill: Any) -> str:
+    """drill.json as trainlens writes it (indented, ASCII): every control character is a
+    JSON escape, DEL too; a drill trainlens wrote prints byte for byte as its file."""
+    import json
+
+    return json.dumps(drill, indent=2).replace("\x7f", "\\u007f") + "\n"
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from ._report.compare import compare_runs
 
     comparison = compare_runs(args.failed_run_dir, args.fixed_run_dir)
     _console().print(comparison)
+    if comparison.write_error:
+        where = comparison.failed.run_dir
+        print(
+            _one_line(
+                f"trainlens: error: could not write result_after_fix into {where}: "
+                f"{comparison.write_error}"
+            ),
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

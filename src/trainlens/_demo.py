@@ -122,7 +122,8 @@ def run_demo(out: str | Path, console: Console | None = None) -> int:
         Text(
             f"{len(examples())} runs in {time.perf_counter() - t_all:.1f} s. Each has its run "
             f"directory {out}/<example>/ with drill.md (open it in any Markdown viewer), "
-            "drill.json, curves.png and a README.md saying what each file is."
+            "drill.html (any browser, pictures included), drill.json, curves.png and a "
+            "README.md saying what each file is."
         )
     )
     if missed:

@@ -25,6 +25,9 @@ class Cause:
     step: int | None = None
     first_check: str | None = None
     fix_attempt: str | None = None
+    #: the first step at which this cause's evidence shows (None: not known); ranking
+    #: reads it to put a root cause before its consequences (`Catalogue.rank`)
+    onset: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -114,6 +117,20 @@ class Finding:
             f"{self.severity}: {self.symptom}{where}{when}: likely {self.likely_cause} "
             f"({self.top.evidence})"
         )
+
+    def __repr__(self) -> str:
+        return f"<Finding {self.summary()}>"
+
+    # notebook displays (IPython's rich display protocol)
+    def _repr_html_(self) -> str:
+        from ._report.html import finding_html
+
+        return finding_html(self.to_dict())
+
+    def _repr_markdown_(self) -> str:
+        from ._drill import _finding_markdown
+
+        return "\n".join(_finding_markdown(1, "-", self.to_dict())).replace("### 1. ", "### ", 1)
 
 
 def merge_findings(findings: list[Finding]) -> list[Finding]:

@@ -80,6 +80,7 @@ def describe_modules(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 def describe_params(model: nn.Module, optimizer: Any) -> dict[str, dict[str, Any]]:
     in_opt = optimizer_param_ids(optimizer)
+    frozen = frozen_weight_stats(model)
     return {
         name: {
             "shape": None if is_lazy(p) else list(p.shape),
@@ -89,8 +90,43 @@ def describe_params(model: nn.Module, optimizer: Any) -> dict[str, dict[str, Any
             "requires_grad": p.requires_grad,
             "in_optimizer": None if optimizer is None else id(p) in in_opt,
             "module": name.rpartition(".")[0],
+            **frozen.get(name, {}),
         }
         for name, p in model.named_parameters()
+    }
+
+
+def frozen_weight_stats(model: nn.Module) -> dict[str, dict[str, float]]:
+    """`rms` and `absmax` of each frozen (requires_grad=False) parameter at entry.
+
+    A frozen part that still looks like a fresh initialisation was probably never meant to
+    be frozen (the rules compare with the layer's default init). Once per run, frozen
+    parameters only, in bulk: one read-back. Anything odd (meta tensors, sparse, a failing
+    kernel) just leaves the numbers out.
+    """
+    named = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if not p.requires_grad and not is_lazy(p) and p.numel() > 0 and p.layout == torch.strided
+        and p.device.type != "meta" and p.is_floating_point()
+    ]  # fmt: skip
+    if not named:
+        return {}
+    try:
+        with torch.no_grad():
+            ts = [p.detach() for _, p in named]
+            l2 = torch._foreach_norm(ts, 2)
+            top = torch._foreach_norm(ts, math.inf)
+            if len({t.device for t in ts}) == 1:  # the usual case: one read-back
+                rows = torch.stack([torch.stack(l2), torch.stack(top)]).float().T.tolist()
+            else:
+                rows = [[float(a), float(b)] for a, b in zip(l2, top, strict=True)]
+    except Exception:  # statistics are a nicety: never break the user's run for them
+        return {}
+    return {
+        n: {"rms": l2v / math.sqrt(p.numel()), "absmax": mx}
+        for (n, p), (l2v, mx) in zip(named, rows, strict=True)
+        if math.isfinite(l2v) and math.isfinite(mx)
     }
 
 

@@ -445,7 +445,7 @@ def _initial_loss_check(
     """
     if not info:
         return None
-    from ._rules.initial_loss import expected_initial_loss
+    from ._rules._initial_loss import expected_initial_loss
 
     flagged = any(
         c["id"] == "bad_initial_loss" for f in findings for c in f.get("likely_causes", [])
@@ -504,15 +504,37 @@ def _verdict(r: OverfitResult) -> str:
         else:
             lines.append(f"batch dependency: not checked ({dep.get('skipped')})")
     lines.append(f"optimizer: {r.optimizer}")
+    if not r.passed and r.error is None:
+        lines.extend(_why_not_memorised(r))
     if r.passed:
         lines.append(f"A pass proves {PROVES}.")
         lines.append(f"It does not prove {DOES_NOT_PROVE}.")
     else:
         lines.append(
             "The model should be able to memorise one small batch; until it does, training "
-            "on the full data cannot work. Start with the first check below."
+            "on the full data cannot work."
+            + (" Start with the first check below." if r.findings else "")
         )
     return "\n".join(lines)
+
+
+def _why_not_memorised(r: OverfitResult) -> list[str]:
+    """The ranked causes the drill found; when none, what was ruled out and what to print."""
+    causes = sorted((c for f in r.findings for c in f.likely_causes), key=lambda c: -c.confidence)
+    if causes:
+        seen: dict[str, float] = {}
+        for c in causes:
+            seen.setdefault(c.id, c.confidence)
+        ranked = ", ".join(f"{cid} ({conf:.2f})" for cid, conf in list(seen.items())[:5])
+        return [f"likely causes, most likely first: {ranked}"]
+    if r.memorised:
+        return []
+    from ._rules.direct_evidence import OVERFIT_NEXT, overfit_ruled_out
+
+    return [
+        "no recorded evidence explains it; ruled out: " + "; ".join(overfit_ruled_out()),
+        f"print next: {OVERFIT_NEXT}",
+    ]
 
 
 def _trajectory(losses: list[float], points: int = 8) -> str:
@@ -582,21 +604,34 @@ class _Progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+        console = Console(stderr=True)
+        # a live bar in Jupyter needs ipywidgets and warns without it: one line at the end
+        self._notebook: tuple[Console, int, float] | None = None
+        if console.is_jupyter:
+            self._notebook = (console, 0, math.nan)
+            return
         self._progress = Progress(
             TextColumn("overfitting one batch"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
-            console=Console(stderr=True),
+            console=console,
             transient=False,
         )
         self._task = self._progress.add_task("overfit", total=total, loss="-")
         self._progress.start()
 
     def update(self, step: int, loss: float) -> None:
+        if self._notebook is not None:
+            self._notebook = (self._notebook[0], step, loss)
+            return
         self._progress.update(self._task, completed=step, loss=_g(loss))
 
     def close(self) -> None:
+        if self._notebook is not None:
+            console, step, loss = self._notebook
+            console.print(f"overfitting one batch: {step} steps, loss {_g(loss)}", markup=False)
+            return
         self._progress.stop()
 
 

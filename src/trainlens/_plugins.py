@@ -11,7 +11,7 @@ from typing import Any
 import pluggy
 
 from . import _hookspecs
-from ._catalogue import Catalogue, load_catalogue
+from ._catalogue import Catalogue, load_catalogue, rank_findings
 from ._finding import Finding, merge_findings
 from ._records import Records
 from ._resources import data_dir
@@ -19,18 +19,19 @@ from ._resources import data_dir
 #: trainlens's own plugins, registered like any third-party one (datasette's habit)
 DEFAULT_PLUGINS = (
     "trainlens._rules.shape_mismatch",
-    "trainlens._rules.initial_loss",
     "trainlens._rules.flat_loss",
     "trainlens._rules.confusing_attention",
     "trainlens._rules.oom",
     "trainlens._rules.diverging",
     "trainlens._rules.non_finite",
     "trainlens._rules.overfitting",
+    "trainlens._rules.direct_evidence",
     "trainlens._report.sections",
     "trainlens._report.runtime",
     "trainlens._report.attention",
     "trainlens._report.memory",
     "trainlens._report.curves",
+    "trainlens._report.html",
     "trainlens._report.readme",
 )
 
@@ -77,7 +78,7 @@ def diagnose(pm: pluggy.PluginManager, records: Records, catalogue: Catalogue) -
             )
             continue
         findings.extend(found or [])
-    return merge_findings(findings)
+    return rank_findings(merge_findings(findings), catalogue)
 
 
 def write_artifacts(

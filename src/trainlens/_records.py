@@ -376,6 +376,9 @@ class Records:
     # --- persistence -----------------------------------------------------------------
     def save(self, run_dir: Path) -> None:
         for name, frame in self.frames.items():
+            if frame.empty:  # a table with no rows reads back the same from its absence
+                (run_dir / f"{name}.parquet").unlink(missing_ok=True)
+                continue
             atomic_write_bytes(run_dir / f"{name}.parquet", _parquet_bytes(frame))
         atomic_write_text(run_dir / "run.json", json.dumps(self.meta, indent=2, default=str))
 

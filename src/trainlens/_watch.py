@@ -30,6 +30,7 @@ from ._plugins import (
 from ._probes import DEFAULT_PROBES, LossProbe, ProbeSet, WatchState
 from ._probes._state import DEFAULT_SAMPLE_EVERY, Sampling
 from ._records import Records
+from ._release import release_after_block
 
 # run dirs of the blocks active right now: two nested blocks must not write one folder
 _ACTIVE_RUN_DIRS: set[Path] = set()
@@ -117,6 +118,21 @@ class Lens:
         self._started_at = ""
         self._dist: _distributed.RankRun | None = None
 
+    # --- notebook display (IPython's rich display protocol) ---------------------------
+    def __repr__(self) -> str:
+        status = (self.drill or {}).get("status", "running" if self._entered else "not started")
+        return f"<trainlens.Lens run {self.run_id} {status} ({self.run_dir})>"
+
+    def _repr_html_(self) -> str | None:
+        from ._report.display import lens_html
+
+        return lens_html(self)
+
+    def _repr_markdown_(self) -> str | None:
+        from ._report.display import lens_markdown
+
+        return lens_markdown(self)
+
     # --- the block -------------------------------------------------------------------
     def __enter__(self) -> Lens:
         if self._entered:
@@ -169,6 +185,7 @@ class Lens:
         finally:
             if dist is not None:
                 dist.release_sigterm()
+            release_after_block(self)  # the recording buffers and pyarrow's pages (issue 20)
         return False  # the user's exception, if any, goes on unchanged
 
     def log_loss(self, loss: torch.Tensor | float, split: str | None = None) -> None:

@@ -20,6 +20,7 @@ from ._initloss import InitialLossProbe
 from ._loss import LossProbe
 from ._memory import MemoryProbe
 from ._modules import ModuleProbe
+from ._qkgrad import AttentionQKGradProbe
 from ._state import WatchState, suspended
 from ._steps import StepProbe
 
@@ -37,6 +38,7 @@ DEFAULT_PROBES = (
     CompileProbe,
     BatchDependencyProbe,
     InitialLossProbe,
+    AttentionQKGradProbe,
 )
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Attention, observed without changing it.
 
-Three sources, all summarised the same way (per layer and head: mean row entropy
+Four sources, all summarised the same way (per layer and head: mean row entropy
 normalised by the log of the number of keys each query may see, mean max weight):
 
 - `nn.MultiheadAttention` (also inside `nn.TransformerEncoderLayer`/`DecoderLayer`, which
@@ -13,6 +13,9 @@ normalised by the log of the number of keys each query may see, mean max weight)
   watched module in flight. Code that did `from torch.nn.functional import
   scaled_dot_product_attention` at import time holds the unwrapped function and is not
   seen: call `lens.log_attention(name, weights)` there.
+- attention written out by hand (`softmax(q @ k^T * scale)`, nanoGPT's manual path,
+  annotated-transformer's `attention()`): recognised on sampled training forwards by
+  `_manual_attention.py`, which summarises the softmax's own output.
 - `lens.log_attention(name, weights)` for anything else.
 
 Every recomputation runs under `no_grad`, without dropout (no RNG is consumed) and in
@@ -65,6 +68,9 @@ class AttentionProbe(Probe):
         if mha:
             self.handles.append(hook_modules(mha, with_kwargs=True, owner=self))
         self.handles.append(_patch_sdpa(self))
+        from ._manual_attention import ManualAttention
+
+        self.handles.extend(ManualAttention(self).install())
 
     # --- sources ---------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:

@@ -77,6 +77,23 @@ class Probe:
         """Switch the probe off after a failure of its own code, and say so in the drill."""
         stop(self, err, where)
 
+    def guard(self, fn: Callable[..., Any], *, in_compiled: bool = False) -> Callable[..., Any]:
+        """`fn` (a closure registered as a hook) behind this probe's guard, as `hook` does."""
+        probe = self
+
+        def guarded_closure(*args: Any) -> Any:
+            if (not in_compiled and compiling()) or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
+                return None
+            if probe.stopped:
+                return None
+            try:
+                return fn(*args)
+            except Exception as err:
+                probe.stop(err, getattr(fn, "__name__", "hook"))
+                return None
+
+        return guarded_closure
+
 
 def stop(probe: Any, err: BaseException, where: str = "") -> None:
     """`Probe.stop` for any probe object (also one written before the base class)."""

@@ -10,14 +10,24 @@ the other samples.
 
 The check runs once per watched run, after the first training forward, and in
 `overfit-one-batch` before training. The extra pass changes nothing the user computes:
-every module in eval mode (no running statistics updated, no dropout) and the exact
-training flags restored afterwards,
+every module in eval mode (no running statistics updated, no dropout), buffers swapped
+for copies and the exact training flags restored afterwards,
 `torch.random.fork_rng` around it, `torch.autograd.grad` with respect to the input only
 (no parameter `.grad` touched), and `suspended()` so the probes ignore it.
 
 When the output mixes samples, the tensors seen on the way (module inputs in call order,
 module outputs as they are produced) are checked the same way; the first one that mixes
 names where the mixing starts.
+
+Which axis is the batch is the data's to say, not the model's declared layout: every
+candidate axis (0, and 1 of a 3-d input) is measured, and `choose_batch_axis` picks the
+batch from the batch size a caller knows, or, for language models, from the axis along
+which the target is the input shifted by one (time; the other axis is the batch), read
+from targets given to the forward or from the gradient a class-index loss sends to the
+logits at the first backward. A seq-first RNN or attention fed `[batch, time]` (or the
+reverse) is then caught. Without such evidence the first axis that keeps samples apart
+is taken. The extra pass runs on copies of the buffers (queues, caches, counters), so
+the user's own buffers keep their bits and their autograd versions.
 """
 
 from __future__ import annotations
@@ -52,17 +62,23 @@ def check_batch_dependency(
     kwargs: dict[str, Any] | None = None,
     *,
     batch_size: int | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure whether samples of `args` influence each other's outputs in `model`.
 
     Returns plain numbers: `{"checked": bool, "mixed": bool, ...}`; `"skipped"` says why
     when the check was not possible. Never raises for the model's sake: a model that
     fails in the extra pass is reported as skipped. `batch_size` (e.g. the number of
-    targets) narrows which input axis is the batch.
+    targets) narrows which input axis is the batch; `data` says which axis the data
+    holds the samples on (`batch_axis_from_targets`), measured per axis in `"axes"`.
     """
     kwargs = dict(kwargs or {})
     flags = [(m, m.training) for m in model.modules()]
     devices = _cuda_devices(args, kwargs, model)
+    try:
+        buffers = _snapshot_buffers(model)
+    except Exception as err:  # e.g. no memory for the copies: no check rather than a change
+        return {"checked": False, "mixed": False, "skipped": f"buffers not copyable: {err}"}
     try:
         with (
             torch.random.fork_rng(devices=devices),
@@ -70,7 +86,7 @@ def check_batch_dependency(
             torch.enable_grad(),
         ):
             model.eval()
-            return _check(model, args, kwargs, batch_size)
+            return choose_batch_axis(_check(model, args, kwargs, batch_size), data)
     except _Skip as why:
         return {"checked": False, "mixed": False, "skipped": str(why)}
     except Exception as err:  # the user's model is free to dislike a second pass
@@ -82,6 +98,36 @@ def check_batch_dependency(
     finally:
         for m, training in flags:
             m.training = training
+        _restore_buffers(buffers)
+
+
+_Saved = list[tuple[nn.Module, dict[str, Any]]]
+
+
+def _snapshot_buffers(model: nn.Module) -> _Saved:
+    """Give the extra pass its own copies of every buffer, keeping the originals aside.
+
+    A forward may update a queue, a cache or a counter in place (`self.queue[:, i] = k`,
+    `self.count += 1`) or rebind it (`self.cache = torch.cat(...)`), even in eval mode.
+    Writing the originals back afterwards is not enough: an in-place write (and the copy
+    back) bumps the version of a buffer the user's own forward saved for backward, and
+    their `loss.backward()` would raise. So the originals are never touched."""
+    saved = [(m, dict(m._buffers)) for m in model.modules()]
+    try:
+        for m, bufs in saved:
+            for name, buf in bufs.items():
+                if isinstance(buf, torch.Tensor):
+                    m._buffers[name] = buf.detach().clone()
+    except BaseException:
+        _restore_buffers(saved)
+        raise
+    return saved
+
+
+def _restore_buffers(saved: _Saved) -> None:
+    for m, bufs in saved:
+        m._buffers.clear()  # the copies (and anything the pass added) go
+        m._buffers.update(bufs)
 
 
 def _cuda_devices(args: Any, kwargs: Any, model: nn.Module) -> list[int]:
@@ -142,7 +188,10 @@ def _check(
     model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], batch_size: int | None
 ) -> dict[str, Any]:
     inputs = tensor_leaves((args, kwargs))
-    x = next((t for t in inputs if t.is_floating_point() and t.dim() >= 1), None)
+    # the data is the first tensor argument: token ids (then the first activation is
+    # differentiated) or features; a float hidden state passed after ids is not the data
+    first = next((t for t in inputs if t.dim() >= 1), None)
+    x = first if first is not None and first.is_floating_point() else None
     trace = _Trace(model, float_input=x is not None)
     try:
         if x is not None:
@@ -181,36 +230,100 @@ def _check(
         "leaf_module": trace.leaf_module,
         "output": list(out.shape),
     }
-    worst: dict[str, Any] | None = None
+    # every candidate axis is measured: which one is the batch is the data's to say
+    # (`choose_batch_axis`), not the model's, and the data may only say so later
+    measured: dict[str, Any] = {}
     for a in axes:
         dep = _dependency(out, leaf, a)
         if dep is None:
             continue
-        result["checked"] = True
-        if not dep["mixed"]:
-            result.update(batch_axis=a, batch=int(leaf.shape[a]), max_leak=dep["max_leak"])
-            return result
-        if worst is None:
-            worst = {**dep, "batch_axis": a}
-    if worst is None:
+        dep["batch"] = int(leaf.shape[a])
+        if dep["mixed"]:
+            dep.update(_where_mixing_starts(trace, leaf, a))
+        measured[str(a)] = dep
+    if not measured:
         raise _Skip(
             f"no axis of the output {list(out.shape)} lines up with the batch axis of the "
             f"input {list(leaf.shape)}"
         )
-    a = worst["batch_axis"]
-    result.update(
-        mixed=True,
-        batch_axis=a,
-        batch=int(leaf.shape[a]),
-        max_leak=worst["max_leak"],
-        sample=worst["sample"],
-        other=worst["other"],
-        grad_other=worst["grad_other"],
-        grad_own=worst["grad_own"],
-        mixed_samples=worst["mixed_samples"],
-    )
-    result.update(_where_mixing_starts(trace, leaf, a))
+    result["checked"] = True
+    result["axes"] = measured
     return result
+
+
+#: per-axis numbers `choose_batch_axis` copies to the top of the result
+_AXIS_KEYS = (
+    "mixed", "batch", "max_leak", "sample", "other", "grad_other", "grad_own",
+    "mixed_samples", "module", "module_type", "starts", "first_mixed", "last_clean",
+)  # fmt: skip
+
+
+def choose_batch_axis(result: dict[str, Any], data: dict[str, Any] | None) -> dict[str, Any]:
+    """Decide which measured axis is the batch, and so whether samples mix.
+
+    `data` is what the data says (`{"axis": a, "from": "...", ...}`, see
+    `batch_axis_from_targets`); without it the first axis that keeps samples apart is
+    taken for the batch (a model is given the benefit of the doubt), else axis 0.
+    """
+    measured = result.get("axes") or {}
+    if not measured:
+        return result
+    for key in (*_AXIS_KEYS, "batch_axis", "batch_axis_from", "time_axis", "data_evidence"):
+        result.pop(key, None)
+    if data is not None and str(data["axis"]) in measured:
+        a = int(data["axis"])
+        result["batch_axis_from"] = "data"
+        result["data_evidence"] = data
+        if data.get("time_axis") is not None:
+            result["time_axis"] = data["time_axis"]
+    else:
+        clean = [int(k) for k, d in measured.items() if not d["mixed"]]
+        a = clean[0] if clean else int(next(iter(measured)))
+        result["batch_axis_from"] = "model"
+    dep = measured[str(a)]
+    result["batch_axis"] = a
+    result.update({k: dep[k] for k in _AXIS_KEYS if k in dep})
+    return result
+
+
+def batch_axis_from_targets(ids: torch.Tensor, target: torch.Tensor, source: str) -> dict | None:
+    """The batch axis of `[A0, A1]` token ids, from language-model targets.
+
+    The target is the input shifted by one position along the time axis (next-token
+    prediction; also the previous token): along that axis nearly every position matches,
+    along the other only by chance. The other axis is the batch.
+    """
+    if ids.dim() != 2 or target.numel() != ids.numel() or ids.is_floating_point():
+        return None
+    if target.is_floating_point() or target.is_complex():
+        return None
+    y = target.reshape(ids.shape).to(ids.device)
+    match = []
+    for t in (0, 1):
+        n = ids.shape[t]
+        if n < 3:
+            match.append(0.0)
+            continue
+        ahead = (ids.narrow(t, 1, n - 1) == y.narrow(t, 0, n - 1)).float().mean()
+        behind = (ids.narrow(t, 0, n - 1) == y.narrow(t, 1, n - 1)).float().mean()
+        match.append(float(torch.maximum(ahead, behind)))
+    t = 0 if match[0] > match[1] else 1
+    if match[t] < SHIFT_MATCH or match[1 - t] > CHANCE_MATCH:
+        return None  # not a shifted copy, or one along both axes: the data does not say
+    return {
+        "axis": 1 - t,
+        "time_axis": t,
+        "from": source,
+        "match": round(match[t], 4),
+        "match_other": round(match[1 - t], 4),
+        "ids": list(ids.shape),
+    }
+
+
+#: share of positions where the target is the input shifted by one along the time axis
+SHIFT_MATCH = 0.9
+#: ...and at most this share along the batch axis (chance: about 1 / vocabulary size)
+CHANCE_MATCH = 0.5
 
 
 def _dependency(out: torch.Tensor, leaf: torch.Tensor, a: int) -> dict[str, Any] | None:
@@ -385,7 +498,59 @@ class BatchDependencyProbe(Probe):
             return
         self.retire()
         hint = _BATCH_HINT[0]
-        record(self.state, check_batch_dependency(module, args, kwargs, batch_size=hint))
+        ids, data = _ids_and_targets(args, kwargs)
+        result = check_batch_dependency(module, args, kwargs, batch_size=hint, data=data)
+        record(self.state, result)
+        if data is None and ids is not None and len(result.get("axes") or {}) > 1:
+            self._read_targets_from_gradient(output, ids, result)
+
+    def _read_targets_from_gradient(
+        self, output: Any, ids: torch.Tensor, result: dict[str, Any]
+    ) -> None:
+        """A loss outside the model (functional or not) shows its class targets in the
+        gradient it sends to the logits: for cross-entropy and NLL the target class is
+        the one entry of each row that is negative (p - 1 or -1/N; the others are p or 0).
+        Read once, at the first backward, to let the data decide the batch axis."""
+        out = _first_float(output)
+        if out is None or not out.requires_grad or out.dim() < 2:
+            return
+        if out.numel() != ids.numel() * out.shape[-1] or out.shape[-1] < 2:
+            return  # not one row of class scores per token
+        state, ids = self.state, ids.detach().clone()
+        handle: list[Any] = []
+
+        def on_grad(grad: torch.Tensor) -> None:
+            for h in handle:
+                h.remove()  # once
+            try:
+                with torch.no_grad():
+                    target = grad.detach().argmin(-1)
+                    data = batch_axis_from_targets(ids, target, "targets in the loss gradient")
+                if data is not None:
+                    record(state, choose_batch_axis(result, data))
+            except Exception as err:  # our reading, never the user's backward
+                state.event("probe_error", None, f"batch axis not read from targets: {err}")
+
+        handle.append(out.register_hook(on_grad))
+        self.handles.append(handle[0])
+
+
+def _ids_and_targets(args: Any, kwargs: Any) -> tuple[torch.Tensor | None, dict | None]:
+    """Token ids `[A0, A1]` given to the model and, when the forward also gets the targets
+    (nanoGPT's `model(idx, targets)`), what they say about the batch axis."""
+    inputs = [t for t in tensor_leaves((args, kwargs)) if t.dim() >= 1]
+    if not inputs or inputs[0].is_floating_point() or inputs[0].dim() != 2:
+        return None, None
+    ids = inputs[0]
+    if ids.dtype == torch.bool:
+        return None, None
+    for t in inputs[1:]:
+        if t.shape == ids.shape and not t.is_floating_point() and t.dtype != torch.bool:
+            with torch.no_grad():
+                data = batch_axis_from_targets(ids, t, "targets passed to the forward")
+            if data is not None:
+                return ids, data
+    return ids, None
 
 
 def record(state: WatchState, result: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 For classification the first loss should sit near ln(number of classes): an untrained
 model guesses uniformly. Far off means a bad init (huge logits), a missing or doubled
 softmax, or wrong targets. This probe only records the value and the loss's shapes;
-`_rules/initial_loss.py` decides.
+`_rules/_initial_loss.py` decides.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ update/param ratio is what the rules read.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -53,12 +54,16 @@ class StepProbe(Probe):
         self._grad_norms: list[torch.Tensor] | None = None
         self._has_grad: list[bool] = []
         self._in_step = False
+        # backward_passes when `zero_grad()` last ran after a backward pass of the step
+        self._zeroed_after: int | None = None
+        self._zeroed_to_none = True
 
     def install(self) -> None:
         opt = self.state.optimizer
         if opt is not None:
             self.handles.append(opt.register_step_pre_hook(self._pre_step))
             self.handles.append(opt.register_step_post_hook(self._post_step))
+            self._watch_loop_order(opt)
         if any(is_lazy(p) for p in self.state.model.parameters()):
             # lazy layers get their parameters in the first forward: track them after it
             def after_first_forward(module: Any, args: Any, output: Any) -> None:
@@ -154,6 +159,8 @@ class StepProbe(Probe):
     # --- optimizer step ----------------------------------------------------------------
     @hook(in_compiled=True)
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
+        if self._zeroed_after is not None:
+            self._cleared_before_step()
         self.state.phase = "step"
         self._in_step = True
         if self.state.sampled:
@@ -189,6 +196,60 @@ class StepProbe(Probe):
         state.phase = "other"
         lr = optimizer.param_groups[0].get("lr", math.nan)
         state.end_step(lr=lr if isinstance(lr, (int, float)) else math.nan)
+
+    # --- the order of the loop -----------------------------------------------------------
+    def _watch_loop_order(self, opt: Any) -> None:
+        """What the loop does around the step: the lr it started from, schedulers stepped on
+        the watched optimizer, and `zero_grad()` between `backward()` and `step()`.
+
+        Cheap: a counter per call; the lr of every step is in the steps table already.
+        """
+        group = opt.param_groups[0] if opt.param_groups else {}
+        defaults = getattr(opt, "defaults", {}) or {}
+        self.state.extra_meta["loop_order"] = {
+            "optimizer_lr": _float_or_none(defaults.get("lr")),
+            "initial_lr": _float_or_none(group.get("initial_lr")),
+            "lr_at_start": _float_or_none(group.get("lr")),
+            "cleared_before_step": 0,
+            "schedulers": {},
+        }
+        self.handles.append(_patch_zero_grad(opt, self._on_zero_grad))
+        self.handles.append(_patch_scheduler_step(opt, self._on_scheduler_step))
+
+    @hook(in_compiled=True)
+    def _on_zero_grad(self, set_to_none: Any) -> None:
+        state = self.state
+        if self._in_step or not state.backward_in_step:
+            return  # before backward (or after the step): the usual places
+        self._zeroed_after = state.backward_passes
+        self._zeroed_to_none = set_to_none is not False
+
+    def _cleared_before_step(self) -> None:
+        """`zero_grad()` ran after this step's backward pass and no backward pass since: the
+        step gets no gradient (a backward after it means accumulation or a skipped step)."""
+        state = self.state
+        zeroed, self._zeroed_after = self._zeroed_after, None
+        if zeroed != state.backward_passes:
+            return
+        info = state.extra_meta.get("loop_order")
+        if info is None:
+            return
+        info["cleared_before_step"] += 1
+        if info["cleared_before_step"] == 1:
+            info["first_cleared_step"] = state.step
+            info["order"] = "forward, backward(), zero_grad({}), step()".format(
+                "set_to_none=True" if self._zeroed_to_none else "set_to_none=False"
+            )
+
+    @hook(in_compiled=True)
+    def _on_scheduler_step(self, scheduler: Any) -> None:
+        info = self.state.extra_meta.get("loop_order")
+        if info is None:
+            return
+        name = type(scheduler).__name__
+        entry = info["schedulers"].setdefault(name, {"calls": 0, "first_step": self.state.step})
+        entry["calls"] += 1
+        entry["last_step"] = self.state.step
 
     # --- statistics --------------------------------------------------------------------
     @guarded
@@ -244,3 +305,69 @@ class StepProbe(Probe):
         ]
         state.deferred.add(state.tables["params"], prefixes, values)
         self._grad_norms = None
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class _Restore:
+    """A patch's removal, with the `remove()` of a `RemovableHandle`."""
+
+    def __init__(self, undo: Any):
+        self._undo = undo
+
+    def remove(self) -> None:
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
+
+
+def _patch_zero_grad(opt: Any, seen: Any) -> _Restore:
+    """Wrap this optimizer's `zero_grad` (an instance attribute, for the block only)."""
+    had = "zero_grad" in vars(opt)
+    before = vars(opt).get("zero_grad")
+    original = opt.zero_grad
+
+    def zero_grad(*args: Any, **kwargs: Any) -> Any:
+        with contextlib.suppress(Exception):  # recording never breaks the user's loop
+            seen(kwargs.get("set_to_none", args[0] if args else True))
+        return original(*args, **kwargs)
+
+    opt.zero_grad = zero_grad
+
+    def undo() -> None:
+        if vars(opt).get("zero_grad") is zero_grad:
+            if had:
+                opt.zero_grad = before
+            else:
+                del opt.zero_grad
+
+    return _Restore(undo)
+
+
+def _patch_scheduler_step(opt: Any, seen: Any) -> _Restore:
+    """Count `step()` calls of the lr schedulers of `opt` (patched on the base class for the
+    block; a scheduler keeps no reference the optimizer could give us)."""
+    from torch.optim import lr_scheduler
+
+    base = getattr(lr_scheduler, "LRScheduler", None)
+    if base is None or "step" not in vars(base):
+        return _Restore(None)
+    original = vars(base)["step"]
+    active = [True]
+
+    def step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if active[0] and getattr(self, "optimizer", None) is opt:
+            with contextlib.suppress(Exception):
+                seen(self)
+        return original(self, *args, **kwargs)
+
+    base.step = step
+
+    def undo() -> None:
+        active[0] = False
+        if vars(base).get("step") is step:
+            base.step = original
+
+    return _Restore(undo)

@@ -26,7 +26,10 @@ FILENAME = "attention.png"
 def trainlens_artifacts(run_dir: Path, drill: dict[str, Any], records: Records) -> list[str]:
     att = records.attention
     if att.empty or not (att["rows"] > 0).any():
-        return []  # nothing was observed (or only rows with a single allowed key)
+        # nothing was observed (or only rows with a single allowed key); a reused run dir
+        # must not keep an earlier run's picture beside this run's drill
+        (Path(run_dir) / FILENAME).unlink(missing_ok=True)
+        return []
     layer = focus_layer(drill, records)
     png = render_png(records, layer, _finding_note(drill, layer))
     atomic_write_bytes(Path(run_dir) / FILENAME, png)
@@ -43,7 +46,9 @@ def trainlens_report_sections(drill: dict[str, Any], records: Records) -> list[t
     body += (
         "\n\nEntropy is the mean row entropy divided by log(keys the query may see): "
         "1 = uniform, 0 = one-hot; rows with a single allowed key are left out."
-        f"\n\n![attention of {layer}]({FILENAME})"
+        f"\n\n![Attention of {layer}: Q/K/V and output shapes, one head's weights for "
+        f"one sample, normalised entropy per head over training (the table above in "
+        f"numbers)]({FILENAME})"
     )
     return [("Attention", body)]
 

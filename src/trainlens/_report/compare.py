@@ -3,7 +3,9 @@
 For each finding of the failed run: is the same symptom still present in the rerun, how did
 the loss move (first/last/best, train and val), and how did the top cause's evidence
 change. The result goes back into the failed run's `drill.json` (atomically) and
-`drill.md`; the terminal shows before and after side by side.
+`drill.md`; the terminal shows before and after side by side. Both run dirs are untrusted
+input: they are validated when loaded and every string from them is printed through
+`terminal_safe`. A failed run dir that cannot be written still gets its comparison shown.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rich.text import Text
 
 from .._drill import render_markdown
 from .._errors import UsageError
-from .._format import num
+from .._format import num, terminal_safe
 from .._io import atomic_write_text
 from .._records import Records
 from .._run import Run, load_run
@@ -132,30 +134,46 @@ def result_for(finding: dict[str, Any], failed: Run, fixed: Run, fixed_dir: Path
     }
 
 
-class Comparison:
-    """Before/after side by side, and what was written back."""
+def _plain(value: Any, style: str = "") -> Text:
+    return Text(terminal_safe(value), style=style)
 
-    def __init__(self, failed: Run, fixed: Run, results: list[dict[str, Any]]):
+
+#: findings compared in the terminal (a real drill has a handful; drill.json gets them all)
+MAX_SHOWN = 20
+
+
+class Comparison:
+    """Before/after side by side, and what was written back (or why it could not be)."""
+
+    def __init__(
+        self,
+        failed: Run,
+        fixed: Run,
+        results: list[dict[str, Any]],
+        write_error: str | None = None,
+    ):
         self.failed = failed
         self.fixed = fixed
         self.results = results
+        #: why result_after_fix could not be written into the failed run dir, or None
+        self.write_error = write_error
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         fd, xd = self.failed.drill, self.fixed.drill
         table = Table(box=box.SIMPLE_HEAD, title="trainlens compare", title_justify="left")
         table.add_column("", style="bold", no_wrap=True)
-        table.add_column(Text(f"before: {fd['run_id']}"), overflow="fold", ratio=1)
-        table.add_column(Text(f"after: {xd['run_id']}"), overflow="fold", ratio=1)
+        table.add_column(_plain(f"before: {fd['run_id']}"), overflow="fold", ratio=1)
+        table.add_column(_plain(f"after: {xd['run_id']}"), overflow="fold", ratio=1)
 
         def status(d: dict[str, Any]) -> Text:
             style = {"healthy": "green", "warning": "yellow"}.get(d["status"], "red")
-            return Text(d["status"], style=style)
+            return _plain(d["status"], style=style)
 
         table.add_row("status", status(fd), status(xd))
         table.add_row("steps", Text(str(fd.get("steps", 0))), Text(str(xd.get("steps", 0))))
         fe, xe = fd.get("exception"), xd.get("exception")
         table.add_row(
-            "exception", Text(fe["type"] if fe else "none"), Text(xe["type"] if xe else "none")
+            "exception", _plain(fe["type"] if fe else "none"), _plain(xe["type"] if xe else "none")
         )
         bl, al = loss_summary(self.failed.records), loss_summary(self.fixed.records)
         for split in ("train", "val"):
@@ -163,38 +181,43 @@ class Comparison:
                 table.add_row(
                     f"{split} loss", Text(_loss_text(bl[split])), Text(_loss_text(al[split]))
                 )
-        for f, r in zip(fd["findings"], self.results, strict=True):
+        shown = list(zip(fd["findings"], self.results, strict=True))[:MAX_SHOWN]
+        for f, r in shown:
             table.add_row("", Text(""), Text(""))
             table.add_row(
-                Text(f["symptom"]),
-                Text(f"{f['severity']}: likely {f['likely_cause']}", style="red"),
+                _plain(f["symptom"]),
+                _plain(f"{f['severity']}: likely {f['likely_cause']}", style="red"),
                 Text("gone", style="bold green")
                 if r["symptom_gone"]
-                else Text(f"still there: likely {r['likely_cause_after']}", style="bold red"),
+                else _plain(f"still there: likely {r['likely_cause_after']}", style="bold red"),
             )
             table.add_row(
                 "  evidence",
-                Text(r["evidence_before"] or "-"),
-                Text(r["evidence_after"] or "-"),
+                _plain(r["evidence_before"] or "-"),
+                _plain(r["evidence_after"] or "-"),
             )
+        if len(self.results) > MAX_SHOWN:
+            more = f"{len(self.results) - MAX_SHOWN} more findings"
+            table.add_row("", Text(f"… {more} in drill.json", style="dim"), Text(""))
         new = sorted(
             {f["symptom"] for f in xd["findings"]} - {f["symptom"] for f in fd["findings"]}
         )
         if new:
-            table.add_row("new in rerun", Text(""), Text(", ".join(new), style="yellow"))
+            table.add_row("new in rerun", Text(""), _plain(", ".join(new), style="yellow"))
         parts: list[Any] = [table]
         if not self.results:
             parts.append(Text("The failed run has no findings: nothing to fill in.", style="dim"))
-        for f, r in zip(fd["findings"], self.results, strict=True):
-            parts.append(Text.assemble((f"{f['symptom']}: ", "bold"), r["summary"]))
-        if self.results:
+        for f, r in shown:
             parts.append(
-                Text(
-                    f"result_after_fix written to {self.failed.run_dir / 'drill.json'} "
-                    "and drill.md",
-                    style="dim",
-                )
+                Text.assemble((terminal_safe(f"{f['symptom']}: "), "bold"), _plain(r["summary"]))
             )
+        if self.results and self.write_error:
+            where = self.failed.run_dir
+            not_saved = f"result_after_fix NOT saved in {where}: {self.write_error}"
+            parts.append(_plain(not_saved, "red"))
+        elif self.results:
+            where = self.failed.run_dir / "drill.json"
+            parts.append(_plain(f"result_after_fix written to {where} and drill.md", "dim"))
         yield Group(*parts)
 
 
@@ -202,8 +225,6 @@ def compare_runs(
     failed_dir: str | os.PathLike[str], fixed_dir: str | os.PathLike[str]
 ) -> Comparison:
     """Fill `result_after_fix` of every finding of the failed run and write it back."""
-    from .._plugins import get_plugin_manager, report_sections
-
     failed_path, fixed_path = Path(failed_dir), Path(fixed_dir)
     failed, fixed = load_run(failed_path), load_run(fixed_path)
     if failed.run_id == fixed.run_id:
@@ -212,11 +233,47 @@ def compare_runs(
             "failed run first and the rerun after the fix second"
         )
     results = [result_for(f, failed, fixed, fixed_path) for f in failed.drill["findings"]]
+    write_error = None
     if results:
         drill = failed.drill
         for f, r in zip(drill["findings"], results, strict=True):
             f["result_after_fix"] = r
-        sections = report_sections(get_plugin_manager(), drill, failed.records)
-        atomic_write_text(failed_path / "drill.json", json.dumps(drill, indent=2) + "\n")
-        atomic_write_text(failed_path / "drill.md", render_markdown(drill, sections))
-    return Comparison(failed, fixed, results)
+        write_error = _write_back(failed_path, drill, failed.records)
+    return Comparison(failed, fixed, results, write_error)
+
+
+def _write_back(run_dir: Path, drill: dict[str, Any], records: Records) -> str | None:
+    """Write the filled drill into the failed run dir; what went wrong, or None.
+
+    A read-only run dir (a colleague's, a mounted archive) is no reason to hide the
+    comparison: the caller shows it and says it was not saved.
+    """
+    from .._plugins import get_plugin_manager
+    from .html import FILENAME as HTML
+    from .html import drill_html
+
+    sections = _sections(get_plugin_manager(), drill, records)
+    try:
+        atomic_write_text(run_dir / "drill.json", json.dumps(drill, indent=2) + "\n")
+        atomic_write_text(run_dir / "drill.md", render_markdown(drill, sections))
+        atomic_write_text(run_dir / HTML, drill_html(drill, sections, run_dir))
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return (
+            f"{reason} ({exc.filename or run_dir}); copy the run dir somewhere writable "
+            "and run compare there"
+        )
+    return None
+
+
+def _sections(pm: Any, drill: dict[str, Any], records: Records) -> list[tuple[str, str]]:
+    """drill.md's report sections; one plugin failing on odd records loses its section only."""
+    out: list[tuple[str, str]] = []
+    # registration order (built-ins first), as `_plugins.report_sections` gives them
+    for impl in pm.hook.trainlens_report_sections.get_hookimpls():
+        offered = {"drill": drill, "records": records}
+        try:
+            out.extend(impl.function(**{k: offered[k] for k in impl.argnames}) or [])
+        except Exception:  # untrusted records: drill.md is written without that section
+            continue
+    return out

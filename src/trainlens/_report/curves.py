@@ -1,24 +1,35 @@
-"""`curves.png`: train and val loss, gradient norm per layer group and learning rate
-against step. Matplotlib with the Agg canvas directly (no pyplot state, no display)."""
+"""`curves.png`: train and val loss, gradient norm per layer and learning rate against step.
+
+A picture must show the problem: the loss axis starts at 0 (a flat loss looks flat, not
+like autoscaled noise), with the start level and the best constant prediction drawn as
+references; the best validation step and the first non-finite step are marked on every
+panel; a panel that carries nothing (a constant learning rate) is left out and said in a
+title instead. Matplotlib with the Agg canvas directly (no pyplot state, no display).
+"""
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .._format import num
 from .._hookspecs import hookimpl
 from .._io import atomic_write_bytes
 from .._records import Records
 
 FILENAME = "curves.png"
 
-#: more layer groups than this are drawn as the largest ones (by median gradient norm)
+#: more layers than this: the first, the last and evenly spaced ones between are drawn
 MAX_GROUPS = 8
+
+#: a loss spanning more than this factor is drawn on a log axis
+LOG_SPAN = 100
 
 
 @hookimpl
@@ -35,32 +46,121 @@ def trainlens_artifacts(run_dir: Path, drill: dict[str, Any], records: Records) 
 def trainlens_report_sections(drill: dict[str, Any], records: Records) -> list[tuple[str, str]]:
     if not has_curves(records):
         return []
-    return [
-        (
-            "Curves",
-            f"![Train and val loss, gradient norm per layer group and learning rate against "
-            f"step]({FILENAME})",
-        )
-    ]
+    return [("Curves", f"![{curves_caption(records)}]({FILENAME})")]
 
 
 def has_curves(records: Records) -> bool:
     return not records.losses.empty or not records.params.empty
 
 
+def curves_caption(records: Records) -> str:
+    """What the picture shows, in words (the alt text where the image cannot be shown)."""
+    marks = loss_marks(records)
+    parts = [
+        loss_summary(name, s)
+        for name, s in (("train loss", records.train_loss()), ("val loss", records.val_loss()))
+        if len(s)
+    ]
+    if marks.baseline is not None:
+        parts.append(f"best constant prediction {num(marks.baseline)} ({marks.baseline_what})")
+    if marks.best_val_step is not None:
+        parts.append(f"best validation at step {marks.best_val_step}")
+    if marks.first_nonfinite_step is not None:
+        parts.append(f"first non-finite value at step {marks.first_nonfinite_step}")
+    return "Curves: " + ("; ".join(parts) if parts else "gradient norm per layer")
+
+
+def loss_summary(name: str, s: pd.Series) -> str:
+    s = s.astype(float)
+    finite = s[np.isfinite(s.to_numpy())]
+    if finite.empty:
+        return f"{name} never finite"
+    return (
+        f"{name} {num(finite.iloc[0])} at step {finite.index[0]} to {num(finite.iloc[-1])} at "
+        f"step {finite.index[-1]}"
+    )
+
+
+@dataclass(frozen=True)
+class LossMarks:
+    """The reference levels and steps every picture of a run marks."""
+
+    start: float | None  # the first finite training loss
+    baseline: float | None  # the loss of the best constant prediction
+    baseline_what: str | None
+    best_val_step: int | None
+    first_nonfinite_step: int | None
+
+
+def loss_marks(records: Records) -> LossMarks:
+    train, val = records.train_loss().astype(float), records.val_loss().astype(float)
+    finite_train = train[np.isfinite(train.to_numpy())]
+    finite_val = val[np.isfinite(val.to_numpy())]
+    baseline, what = constant_prediction_baseline(records)
+    bad = [
+        int(s.index[~np.isfinite(s.to_numpy())][0])
+        for s in (train, val)
+        if len(s) and not np.isfinite(s.to_numpy()).all()
+    ]
+    nonfinite = records.table("nonfinite")
+    if not nonfinite.empty:
+        bad.append(int(pd.to_numeric(nonfinite["step"]).min()))
+    return LossMarks(
+        start=float(finite_train.iloc[0]) if len(finite_train) else None,
+        baseline=baseline,
+        baseline_what=what,
+        # with a single evaluation there is no "best" to choose
+        best_val_step=int(finite_val.idxmin()) if len(finite_val) > 1 else None,
+        first_nonfinite_step=min(bad) if bad else None,
+    )
+
+
+def constant_prediction_baseline(records: Records) -> tuple[float | None, str | None]:
+    """The training loss of predicting a constant (class prior, mean target), if known."""
+    li = records.table("loss_inputs")
+    if li.empty:
+        return None, None
+    li = li[(li["split"] == "train") & li["baseline"].notna()]
+    if li.empty:
+        return None, None
+    kind = li["type"].mode().iloc[0]
+    li = li[li["type"] == kind]
+    value = float(li["baseline"].median())
+    if not math.isfinite(value) or value <= 0:
+        return None, None
+    if kind == "MSELoss":
+        return value, "the target variance: always predicting the mean"
+    classes = li["classes"].median()
+    if classes == classes and classes >= 2:
+        return value, f"the class prior over {int(classes)} classes"
+    return value, "the class prior"
+
+
 def grad_norm_by_group(records: Records) -> pd.DataFrame:
-    """Gradient norm per layer group (the top-level module) and sampled step: the norm of
-    the group's parameter gradient norms, as if the group were one tensor."""
+    """Gradient norm per layer (the module owning the parameters) and sampled step: the
+    norm of its parameters' gradient norms, as if the layer were one tensor. Columns are in
+    model order; past MAX_GROUPS the first, the last and evenly spaced layers between."""
     df = records.params
     if df.empty:
         return pd.DataFrame()
     df = df[df["grad_norm"].map(lambda v: v == v)]
-    group = df["param"].map(lambda p: p.split(".")[0] if "." in p else p)
-    sq = (df["grad_norm"].astype(float) ** 2).groupby([df["step"], group]).sum()
-    wide = np.sqrt(sq).unstack()
+    if df.empty:
+        return pd.DataFrame()
+    layer = df["param"].map(_layer_of)
+    order = list(dict.fromkeys(layer))
+    sq = (df["grad_norm"].astype(float) ** 2).groupby([df["step"], layer]).sum()
+    wide = np.sqrt(sq).unstack()[order]
     if wide.shape[1] > MAX_GROUPS:
-        wide = wide[wide.median().sort_values(ascending=False).index[:MAX_GROUPS]]
+        keep = sorted({round(i) for i in np.linspace(0, len(order) - 1, MAX_GROUPS)})
+        wide = wide[[order[i] for i in keep]]
+        wide.attrs["layers"] = len(order)
     return wide
+
+
+def _layer_of(param: str) -> str:
+    """`encoder.layer.3.attention.query.weight` -> `encoder.layer.3.attention.query`;
+    the model's own parameters (`weight` of a bare `nn.Linear`) -> `(model)`."""
+    return param.rpartition(".")[0] or "(model)"
 
 
 def curves_png(records: Records) -> bytes | None:
@@ -69,11 +169,13 @@ def curves_png(records: Records) -> bytes | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    marks = loss_marks(records)
     grads = grad_norm_by_group(records)
     lr = records.steps["lr"].astype(float) if not records.steps.empty else pd.Series([])
-    lr_known = bool(lr.notna().any()) if len(lr) else False
-    panels = 1 + (not grads.empty) + lr_known
-    fig = Figure(figsize=(7, 2.3 * panels + 0.4), dpi=90)
+    lr_known = lr.dropna()
+    lr_varies = lr_known.nunique() > 1
+    panels = 1 + (not grads.empty) + lr_varies
+    fig = Figure(figsize=(8.5, 2.6 * panels + 0.5), dpi=90, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
 
@@ -84,20 +186,42 @@ def curves_png(records: Records) -> bytes | None:
         ("val", records.val_loss(), "o-"),
     ):
         s = s.astype(float)
-        finite = s[s.map(math.isfinite)]
+        finite = s[np.isfinite(s.to_numpy())]
         if len(finite):
             ax.plot(finite.index, finite.values, style, label=f"{split} loss", markersize=3)
             drawn += [float(finite.min()), float(finite.max())]
-        bad = s[~s.map(math.isfinite)]
-        if len(bad):
-            ax.axvline(bad.index[0], color="red", linestyle="--",
-                       label=f"first non-finite {split} loss (step {bad.index[0]})")  # fmt: skip
-    if drawn and min(drawn) > 0 and max(drawn) / min(drawn) > 100:
+    log = bool(drawn) and min(drawn) > 0 and max(drawn) / min(drawn) > LOG_SPAN
+    refs = []
+    if marks.start is not None:
+        refs.append(marks.start)
+        ax.axhline(
+            marks.start,
+            color="0.55",
+            linestyle=":",
+            linewidth=1,
+            label=f"start level {num(marks.start)}",
+        )
+    if marks.baseline is not None:
+        refs.append(marks.baseline)
+        ax.axhline(
+            marks.baseline,
+            color="tab:purple",
+            linestyle="--",
+            linewidth=1,
+            label=f"best constant prediction {num(marks.baseline)}",
+        )
+    if log:
         ax.set_yscale("log")
-    ax.set_ylabel("loss")
-    ax.set_title("loss" if drawn else "loss (no finite value recorded)")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    elif drawn:
+        # from 0, so that a loss that does not move looks like it does not move
+        top = max(drawn + refs)
+        bottom = min(0.0, min(drawn))
+        ax.set_ylim(bottom, top + 0.08 * (top - bottom or 1.0))
+    ax.set_ylabel("loss" + (" (log)" if log else ""))
+    title = "loss" if drawn else "loss (no finite value recorded)"
+    if len(lr_known) and not lr_varies:
+        title += f"; learning rate {num(float(lr_known.iloc[0]))} throughout"
+    ax.set_title(title, fontsize=10, loc="left")
 
     i = 1
     if not grads.empty:
@@ -110,17 +234,45 @@ def curves_png(records: Records) -> bytes | None:
                 ax.plot(col.index, col.values, label=str(name), linewidth=1)
         if ax.get_lines():
             ax.set_yscale("log")
-            ax.legend(fontsize=7, ncol=2, title="layer group", title_fontsize=7)
+        n = grads.attrs.get("layers")
+        shown = f"{grads.shape[1]} of {n} layers: first, last, evenly between" if n else "layer"
+        ax.legend(
+            fontsize=7,
+            title=shown,
+            title_fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+        )
         ax.set_ylabel("grad norm")
-        ax.set_title("gradient norm per layer group (sampled steps)")
-    if lr_known:
+        ax.set_title("gradient norm per layer (sampled steps)", fontsize=10, loc="left")
+    if lr_varies:
         ax = axes[i]
-        steps = records.steps["step"]
-        ax.plot(steps, lr, color="tab:green")
+        ax.plot(records.steps["step"], lr, color="tab:green")
         ax.set_ylabel("learning rate")
-        ax.set_title("learning rate (first param group)")
+        ax.set_title("learning rate (first param group)", fontsize=10, loc="left")
+
+    for n, ax in enumerate(axes):
+        first = n == 0
+        if marks.best_val_step is not None:
+            ax.axvline(
+                marks.best_val_step,
+                color="tab:green",
+                linestyle="-.",
+                linewidth=1,
+                label=f"best val (step {marks.best_val_step})" if first else None,
+            )
+        if marks.first_nonfinite_step is not None:
+            ax.axvline(
+                marks.first_nonfinite_step,
+                color="red",
+                linestyle="--",
+                linewidth=1,
+                label=f"first non-finite (step {marks.first_nonfinite_step})" if first else None,
+            )
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes[-1].set_xlabel("step")
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.95, bottom=0.08, hspace=0.45)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

@@ -23,8 +23,11 @@ DESCRIPTIONS = {
     "`symptom`, `first_check`, `likely_cause`, `fix_attempt`, `result_after_fix`) and the "
     "ranked causes with evidence, then the shape trace and the per-layer table; any "
     "Markdown viewer, or `trainlens report DIR` in the terminal",
-    "curves.png": "train and val loss, gradient norm per layer group and learning rate "
-    "against step; any image viewer",
+    "drill.html": "the whole drill on one page, pictures embedded: open it in a browser, "
+    "attach it to a question or hand it in",
+    "curves.png": "train and val loss against step (with the start level and the best "
+    "constant prediction), gradient norm per layer, learning rate when it changes; any "
+    "image viewer",
     "attention.png": "what attention did: Q/K/V and output shapes, one head's weights as a "
     "heat map, entropy per head over training; any image viewer",
     "checkpoint.pt": "the last good weights (see run.json `checkpoint` for the step and "
@@ -34,13 +37,22 @@ DESCRIPTIONS = {
     FILENAME: "this file",
 }
 _TABLE_TEXT = {
-    "steps": "one row per step (time, learning rate)",
-    "losses": "every loss seen, train and val",
+    "steps": "one row per step: time, learning rate, backward passes, whether sampled",
+    "losses": "every loss seen, train and val, per step",
     "params": "per parameter on sampled steps: gradient, parameter and update norms",
-    "shapes": "the shape trace: input/output shapes of each module",
-    "activations": "activation statistics of leaf modules on sampled steps",
+    "shapes": "the shape trace: input/output shapes and activation bytes of each module",
+    "activations": "activation statistics of leaf modules on sampled steps (zero fraction, "
+    "mean and max magnitude)",
     "inputs": "statistics of the model's input on sampled steps",
-    "events": "one-off observations (a loss broadcasting its target, ...)",
+    "events": "one-off observations (a loss broadcasting its target, a skipped step, ...)",
+    "attention": "attention entropy and max weight per layer, head and sampled step",
+    "attention_layers": "Q/K/V/output shapes and settings of each attention layer",
+    "attention_maps": "one head's attention weights for one sample, per layer",
+    "loss_inputs": "what the losses were fed on sampled steps: classes, value range, "
+    "whether already probabilities, the best constant prediction",
+    "grad_carry": "gradient left over from earlier steps when a backward pass begins",
+    "memory": "memory in use per sampled step and the autograd graphs still alive",
+    "nonfinite": "where NaN/Inf values were found: input, target, module outputs",
 }
 
 
@@ -48,7 +60,7 @@ _TABLE_TEXT = {
 def trainlens_artifacts(run_dir: Path, drill: dict[str, Any], records: Records) -> list[str]:
     run_dir = Path(run_dir)
     names = {p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
-    names |= {"drill.json", "drill.md", FILENAME}  # written right after the artifacts
+    names |= {"drill.json", "drill.md", "drill.html", FILENAME}  # written after the artifacts
     atomic_write_text(run_dir / FILENAME, render_readme(drill, sorted(names)))
     return [FILENAME]
 
@@ -58,8 +70,8 @@ def render_readme(drill: dict[str, Any], names: list[str]) -> str:
         f"# trainlens run `{drill['run_id']}`",
         "",
         f"Status **{drill['status']}** after {drill['steps']} steps, "
-        f"{len(drill['findings'])} finding(s). Start with `drill.md`, or run "
-        "`trainlens report .` here.",
+        f"{_count(len(drill['findings']), 'finding')}. Start with `drill.md` (or "
+        "`drill.html` in a browser), or run `trainlens report .` here.",
         "",
         "| file | what it is, how to open it |",
         "| --- | --- |",
@@ -70,8 +82,9 @@ def render_readme(drill: dict[str, Any], names: list[str]) -> str:
         if name in DESCRIPTIONS:
             text = DESCRIPTIONS[name]
         elif ext == "parquet":
-            what = _TABLE_TEXT.get(stem, "records" if stem in TABLES else "a plugin's records")
-            text = f"records, {what}: `pandas.read_parquet('{name}')`"
+            what = _TABLE_TEXT.get(stem, "a table of records" if stem in TABLES else None)
+            what = what or "records written by a plugin"
+            text = f"{what}: `pandas.read_parquet('{name}')`"
         else:
             text = "written by a trainlens plugin"
         lines.append(f"| `{name}` | {text} |")
@@ -82,3 +95,7 @@ def render_readme(drill: dict[str, Any], names: list[str]) -> str:
         "`trainlens compare THIS_DIR FIXED_RUN_DIR` fills in `result_after_fix`.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _count(n: int, word: str) -> str:
+    return f"no {word}" if n == 0 else f"{n} {word}{'s' if n != 1 else ''}"

@@ -2,11 +2,14 @@
 
 Each part knows how to render itself (`__rich_console__`); the CLI only prints them.
 Everything fits 80 columns, and all text from the run goes in as `Text`, never markup,
-so a `[32, 784]` in an evidence string is printed as it is.
+so a `[32, 784]` in an evidence string is printed as it is. A run dir is untrusted input
+(people send them to each other): every string from it passes `terminal_safe` (control
+characters escaped, one field at most a few thousand characters) on its way in.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -22,12 +25,15 @@ from rich.table import Table
 from rich.text import Text
 
 from .._drill import DRILL_FIELDS
-from .._format import num
+from .._format import FIELD_CHARS, num, terminal_safe
 from .._records import Records
+from .curves import LossMarks, loss_marks
 from .sections import shape_trace
 
 #: rows of the shape trace and the per-layer table shown in the terminal (drill.md has all)
 MAX_TERMINAL_ROWS = 30
+#: findings, causes per finding and file names shown (a real drill has a handful of each)
+MAX_FINDINGS, MAX_CAUSES, MAX_FILES = 20, 10, 60
 
 #: The healthy update/param ratio is ~1e-3 (Karpathy, "A Recipe for Training Neural
 #: Networks", and CS231n's "ratio of weights:updates"); two orders of magnitude either way
@@ -42,10 +48,19 @@ _STATUS_STYLE = {"healthy": "bold green", "warning": "bold yellow", "failed": "b
 _SEVERITY_STYLE = {"error": "bold red", "warning": "bold yellow"}
 
 
+#: a name in a table cell (module, layer type, parameter): real ones are far shorter
+NAME_CHARS = 300
+
+
+def plain(value: Any, style: str = "", limit: int = FIELD_CHARS) -> Text:
+    """Text from the run dir, made safe for the terminal."""
+    return Text(terminal_safe(value, limit), style=style)
+
+
 def inline(text: str, style: str = "") -> Text:
     """Run text with `code` spans styled (backticks kept, so plain text reads the same)."""
     out = Text(style=style)
-    for i, part in enumerate(str(text).split("`")):
+    for i, part in enumerate(terminal_safe(text).split("`")):
         if i % 2:
             out.append(f"`{part}`", style="cyan")
         else:
@@ -74,9 +89,9 @@ class Header:
         status = str(d.get("status"))
         line = Text.assemble(
             ("run ", "bold"),
-            (str(d["run_id"]), "bold"),
+            (terminal_safe(d["run_id"], 200), "bold"),
             "  ",
-            (status, _STATUS_STYLE.get(status, "bold")),
+            (terminal_safe(status, 50), _STATUS_STYLE.get(status, "bold")),
             f"  {d.get('steps', 0)} steps",
         )
         if d.get("duration_s") is not None:
@@ -85,7 +100,7 @@ class Header:
         line.append(f"  {n} finding{'s' if n != 1 else ''}")
         body = [line]
         if d.get("created"):
-            body.append(Text(f"started {d['created']}", style="dim"))
+            body.append(plain(f"started {terminal_safe(d['created'], 200)}", style="dim"))
         exc = d.get("exception")
         if exc:
             where = f" in {exc.get('module') or '(model)'}" if exc.get("module") is not None else ""
@@ -94,9 +109,9 @@ class Header:
             msg = " ".join(str(exc.get("message", "")).split())
             if len(msg) > 300:
                 msg = msg[:297] + "..."
-            body.append(Text(f"stopped by {exc.get('type')}{where}{phase}{step}: {msg}"))
+            body.append(plain(f"stopped by {exc.get('type')}{where}{phase}{step}: {msg}"))
         title = "trainlens report" + (f" · {self.run_dir}" if self.run_dir else "")
-        yield Panel(Group(*body), title=Text(title), title_align="left", box=box.ROUNDED)
+        yield Panel(Group(*body), title=plain(title), title_align="left", box=box.ROUNDED)
 
 
 class FindingPanel:
@@ -114,20 +129,20 @@ class FindingPanel:
         severity = str(f.get("severity"))
         title = Text.assemble(
             f"{self.index}. ",
-            (str(f["symptom"]), "bold"),
+            (terminal_safe(f["symptom"], 200), "bold"),
             " (",
-            (severity, _SEVERITY_STYLE.get(severity, "")),
-            f"){where}{when}",
+            (terminal_safe(severity, 50), _SEVERITY_STYLE.get(severity, "")),
+            terminal_safe(f"){where}{when}", 400),
         )
         fields = Table.grid(padding=(0, 1))
         fields.add_column(style="bold", no_wrap=True)
         fields.add_column(overflow="fold")
         result = result_summary(f.get("result_after_fix"))
         values = {
-            "run_id": Text(self.run_id),
-            "symptom": Text(str(f["symptom"])),
+            "run_id": plain(self.run_id),
+            "symptom": plain(f["symptom"]),
             "first_check": inline(f["first_check"]),
-            "likely_cause": Text(str(f["likely_cause"]), style="bold"),
+            "likely_cause": plain(f["likely_cause"], style="bold"),
             "fix_attempt": inline(f["fix_attempt"]),
             "result_after_fix": inline(result)
             if result
@@ -138,11 +153,15 @@ class FindingPanel:
         causes = Table.grid(padding=(0, 1))
         causes.add_column(no_wrap=True)
         causes.add_column(overflow="fold")
-        for n, c in enumerate(f.get("likely_causes") or [], 1):
-            head = Text.assemble((f"{n}. {c['id']}", "bold" if n == 1 else ""))
+        ranked = f.get("likely_causes") or []
+        for n, c in enumerate(ranked[:MAX_CAUSES], 1):
+            head = Text.assemble((terminal_safe(f"{n}. {c['id']}", 200), "bold" if n == 1 else ""))
             head.append(f" ({float(c['confidence']):.2f})", style="dim")
             causes.add_row(Text(""), head)
             causes.add_row(Text(""), inline(c.get("evidence", "")))
+        if len(ranked) > MAX_CAUSES:
+            more = f"… {len(ranked) - MAX_CAUSES} more causes in drill.json"
+            causes.add_row(Text(""), Text(more, style="dim"))
         body = Group(
             fields, Text(""), Text("likely causes, most likely first:", style="bold"), causes
         )
@@ -175,10 +194,10 @@ class ShapeTrace:
             failed = str(r.get("output", "")).startswith("raised ")
             style = "bold red" if failed else ""
             cells = [
-                Text(str(r["module"])),
-                Text(str(r["type"])),
-                Text(f"{r['input']} → {r['output']}"),
-                *(Text(str(r[c])) for c in extra),
+                plain(r["module"], limit=NAME_CHARS),
+                plain(r["type"], limit=NAME_CHARS),
+                plain(f"{r['input']} → {r['output']}"),
+                *(plain(r[c]) for c in extra),
             ]
             table.add_row(*cells, style=style)
         yield table
@@ -186,14 +205,20 @@ class ShapeTrace:
             yield Text(f"  … {cut} more modules in drill.md", style="dim")
 
 
+#: a training loss that ended below this fraction of its start has converged: small
+#: updates on it are the end of learning, not a learning rate too low
+CONVERGED_FRACTION = 0.01
+
+
 def layer_stats(records: Records) -> pd.DataFrame:
-    """Per trainable parameter: median gradient norm, last norm, median update/param ratio."""
+    """Per trainable parameter: median gradient norm, last norm, median update/param
+    ratio; `attrs["converged"]` says whether the training loss converged."""
     df = records.params
     if df.empty:
         return pd.DataFrame()
     df = df.assign(ratio=df["update_norm"] / df["param_norm"].where(df["param_norm"] > 0))
     g = df.groupby("param", sort=False)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "param": list(g.groups),
             "grad": g["grad_norm"].median().values,
@@ -205,17 +230,31 @@ def layer_stats(records: Records) -> pd.DataFrame:
             .values,
         }
     )
+    out.attrs["converged"] = _converged(records.train_loss())
+    return out
 
 
-def layer_flags(row: Any) -> list[str]:
-    """Why a parameter row stands out; empty when it looks healthy."""
+def _converged(train: pd.Series) -> bool:
+    finite = train[train.map(math.isfinite)] if len(train) else train
+    if len(finite) < 2 or not finite.iloc[0] > 0:
+        return False
+    tail = finite.iloc[-max(1, len(finite) // 5) :]
+    return bool(tail.median() <= CONVERGED_FRACTION * finite.iloc[0])
+
+
+def layer_flags(row: Any, converged: bool = False) -> list[str]:
+    """Why a parameter row stands out; empty when it looks healthy.
+
+    Update/param is not judged once the loss converged: a converged weight gets tiny
+    updates, and a bias that settled near 0 huge ones relative to itself.
+    """
     flags = []
     if row.has_grad == 0:
         flags.append("no gradient")
     elif row.zero_grad:
         flags.append("zero gradient")
     r = row.ratio
-    if r == r and math.isfinite(r) and not row.zero_grad and row.has_grad > 0:
+    if r == r and math.isfinite(r) and not row.zero_grad and row.has_grad > 0 and not converged:
         if r < RATIO_LOW:
             flags.append("tiny updates")
         elif r > RATIO_HIGH:
@@ -234,7 +273,8 @@ class LayerTable:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         df = self.stats
-        flagged = [layer_flags(r) for r in df.itertuples(index=False)]
+        converged = bool(df.attrs.get("converged"))
+        flagged = [layer_flags(r, converged) for r in df.itertuples(index=False)]
         table = Table(
             title="Per-layer gradients and updates (medians over sampled steps)",
             title_justify="left",
@@ -262,7 +302,7 @@ class LayerTable:
                 else ("yellow" if fl else "")
             )
             table.add_row(
-                Text(str(r.param)),
+                plain(r.param, limit=NAME_CHARS),
                 Text(num(float(r.grad))),
                 Text(num(float(r.norm))),
                 Text(num(float(r.ratio))),
@@ -273,23 +313,36 @@ class LayerTable:
         if len(rows) > len(keep):
             yield Text(f"  … {len(rows) - len(keep)} more parameters in drill.md", style="dim")
         n = sum(1 for fl in flagged if fl)
-        yield Text(
-            f"  {n} of {len(rows)} parameters stand out: update/param outside "
-            f"{RATIO_LOW:.0e}..{RATIO_HIGH:.0e} (healthy ~1e-3), or zero/missing gradients"
-            if n
-            else "  no parameter stands out (update/param near 1e-3, gradients present)",
-            style="dim",
-        )
+        if n:
+            text = (
+                f"  {n} of {len(rows)} parameters stand out: update/param outside"
+                f" {RATIO_LOW:.0e}..{RATIO_HIGH:.0e} (healthy ~1e-3), or "
+                "zero/missing gradients"
+            )
+        elif converged:
+            text = (
+                "  no parameter stands out: gradients present; the loss converged, so "
+                "small late updates are expected"
+            )
+        else:
+            text = "  no parameter stands out (update/param near 1e-3, gradients present)"
+        yield Text(text, style="dim")
 
 
 class LossCurve:
-    """Train and val loss against step, drawn with characters: `*` train, `o` val."""
+    """Train and val loss against step, drawn with characters: `*` train, `o` val.
+
+    The axis starts at 0 (log scale when the loss spans orders of magnitude), and the
+    best constant prediction (`-`) is drawn across, so a flat loss looks flat and one
+    sitting at that baseline shows it.
+    """
 
     HEIGHT = 8
 
-    def __init__(self, train: pd.Series, val: pd.Series):
+    def __init__(self, train: pd.Series, val: pd.Series, marks: LossMarks | None = None):
         self.train = train.astype(float)
         self.val = val.astype(float)
+        self.marks = marks
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield Text("Loss curve", style="bold")
@@ -300,9 +353,19 @@ class LossCurve:
         if not any(len(s) for s in series):
             yield Text("  no finite loss to draw", style="dim")
             return
+        marks = self.marks
+        baseline = marks.baseline if marks else None
+        if baseline is not None:
+            yield Text(
+                f"  best constant prediction: {num(baseline)} ({marks.baseline_what})",
+                style="dim",
+            )
         values = pd.concat(series)
         lo, hi = float(values.min()), float(values.max())
         log = lo > 0 and hi / lo > 100
+        if not log:  # from 0 (and up to the references), so that flat looks flat
+            lo = min(lo, 0.0)
+            hi = max([hi, *([baseline] if baseline is not None else [])])
         f = (lambda v: math.log10(v)) if log else (lambda v: v)
         flo, fhi = f(lo), f(hi)
         span = (fhi - flo) or 1.0
@@ -315,13 +378,20 @@ class LossCurve:
         grid = [[" "] * width for _ in range(self.HEIGHT)]
         styles = [[""] * width for _ in range(self.HEIGHT)]
 
+        def row_of(v: float) -> int:
+            return self.HEIGHT - 1 - round((f(v) - flo) / span * (self.HEIGHT - 1))
+
+        if baseline is not None and baseline > 0 and lo <= baseline <= hi:
+            row = row_of(baseline)
+            grid[row] = ["-"] * width
+            styles[row] = ["dim"] * width
+
         def place(s: pd.Series, mark: str, style: str) -> None:
             cols = ((s.index.to_numpy() - s0) * (width - 1) // sspan).astype(int)
             for col, vals in pd.Series(s.to_numpy()).groupby(cols):
-                v = f(float(vals.mean()))
-                row = self.HEIGHT - 1 - round((v - flo) / span * (self.HEIGHT - 1))
+                row = row_of(float(vals.mean()))
                 cur = grid[row][col]
-                grid[row][col] = "+" if cur not in (" ", mark) else mark
+                grid[row][col] = "+" if cur not in (" ", "-", mark) else mark
                 styles[row][col] = "magenta" if grid[row][col] == "+" else style
 
         place(series[0], "*", "cyan")
@@ -344,6 +414,7 @@ class LossCurve:
         left, right = f"step {s0}", f"step {s1}"
         yield Text(" " * (label_w + 2) + left + right.rjust(width - len(left)))
         legend = "  * train  o val  + both" + ("  ! non-finite" if any(len(b) for b in bad) else "")
+        legend += "  - best constant prediction" if baseline is not None else ""
         legend += "  (log scale)" if log else ""
         yield Text(legend, style="dim")
 
@@ -378,7 +449,10 @@ class RunFiles:
         names = sorted(
             p.name for p in self.run_dir.iterdir() if p.is_file() and not p.name.startswith(".")
         )
-        yield Text("Files in the run directory: " + ", ".join(names), style="dim")
+        shown = ", ".join(terminal_safe(n, 200) for n in names[:MAX_FILES])
+        if len(names) > MAX_FILES:
+            shown += f" and {len(names) - MAX_FILES} more"
+        yield plain("Files in the run directory: " + shown, style="dim")
 
 
 class DrillReport:
@@ -402,7 +476,7 @@ class DrillReport:
         d = self.drill
         yield Header(d, self.run_dir)
         if self.note:
-            yield Text(self.note, style="yellow")
+            yield plain(self.note, style="yellow")
         findings = d.get("findings") or []
         if not findings:
             yield Text(
@@ -410,31 +484,57 @@ class DrillReport:
                 "none of the failure patterns trainlens knows.",
                 style="green",
             )
-        for i, f in enumerate(findings, 1):
+        for i, f in enumerate(findings[:MAX_FINDINGS], 1):
             yield FindingPanel(i, str(d["run_id"]), f)
+        if len(findings) > MAX_FINDINGS:
+            yield Text(f"… {len(findings) - MAX_FINDINGS} more findings in drill.md", style="dim")
         rec = self.records
         if rec is not None:
-            train, val = rec.train_loss(), rec.val_loss()
-            if len(train) or len(val):
-                yield Text("")
-                yield LossCurve(train, val)
-            trace = shape_trace(rec)
-            if not trace.empty:
-                yield Text("")
-                yield ShapeTrace(trace)
-            stats = layer_stats(rec)
-            if not stats.empty:
-                yield LayerTable(stats)
+            yield from _record_parts(rec)
         for title, body in self.extra_sections:
             yield Text("")
-            yield Text(title, style="bold")
-            yield Markdown(body)
+            yield plain(title, style="bold")
+            # escaped like any other field; no hyperlinks (a link's text can hide its target)
+            yield Markdown(terminal_safe(body, limit=4 * FIELD_CHARS), hyperlinks=False)
         if self.run_dir is not None and self.run_dir.is_dir():
             yield Text("")
             yield RunFiles(self.run_dir)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield from self.parts()
+
+
+def _record_parts(rec: Records) -> Iterable[Any]:
+    """Loss curve, shape trace and layer table. The records were checked when loaded; a
+    part they still cannot make (hand-edited JSON in a shape cell) is named and left out,
+    the rest of the report stands."""
+    makers = (
+        ("loss curve", lambda: _loss_curve(rec)),
+        ("shape trace", lambda: _shape_trace(rec)),
+        ("per-layer table", lambda: _layer_table(rec)),
+    )
+    for name, make in makers:
+        try:
+            parts = list(make())
+            Console(file=io.StringIO(), width=80).print(*parts)  # a dry run: render errors here
+        except Exception as exc:  # untrusted records: never a traceback for the report
+            parts = [Text(""), plain(f"{name} not shown: the records are malformed ({exc!r})")]
+        yield from parts
+
+
+def _loss_curve(rec: Records) -> list[Any]:
+    train, val = rec.train_loss(), rec.val_loss()
+    return [Text(""), LossCurve(train, val, loss_marks(rec))] if len(train) or len(val) else []
+
+
+def _shape_trace(rec: Records) -> list[Any]:
+    trace = shape_trace(rec)
+    return [] if trace.empty else [Text(""), ShapeTrace(trace)]
+
+
+def _layer_table(rec: Records) -> list[Any]:
+    stats = layer_stats(rec)
+    return [] if stats.empty else [LayerTable(stats)]
 
 
 def extra_sections(pm: Any, drill: dict[str, Any], records: Records) -> list[tuple[str, str]]:
@@ -459,15 +559,15 @@ def load_report(run_dir: str | Path) -> DrillReport:
     Records that are missing or unreadable do not stop the report: the drill alone still
     says what happened, and a note says what is missing.
     """
-    from .._drill import read_drill
     from .._errors import RunDirError
     from .._plugins import get_plugin_manager
+    from .._run import load_drill, load_records
 
     path = Path(run_dir)
-    drill = read_drill(path)
+    drill = load_drill(path)
     note = None
     try:
-        records: Records | None = Records.load(path)
+        records: Records | None = load_records(path)
     except RunDirError as err:
         records, note = None, f"records not shown: {err}"
     sections: list[tuple[str, str]] = []

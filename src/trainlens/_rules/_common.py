@@ -1,27 +1,26 @@
-"""Small helpers the rules share: formatting numbers and shapes for evidence strings."""
+"""What the rules share: the record views (`.._views`) and number/shape formatting."""
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 from .._format import num, shape_str
-from .._records import Records
+from .._views import (
+    exception_info,
+    is_oom,
+    leaf_activations,
+    model_module,
+    module_attrs,
+    names,
+    param_stats,
+)
 
-__all__ = ["exception_info", "is_oom", "module_attrs", "num", "shape_str"]
-
-_OOM = re.compile(r"out of memory|can't allocate memory|cannot allocate memory", re.I)
-
-
-def exception_info(records: Records) -> dict[str, Any] | None:
-    return records.meta.get("exception")
-
-
-def is_oom(exc: dict[str, Any]) -> bool:
-    return exc.get("type") == "OutOfMemoryError" or bool(_OOM.search(exc.get("message", "")))
-
-
-def module_attrs(records: Records, name: str | None) -> dict[str, Any]:
-    if name is None:
-        return {}
-    return records.meta.get("modules", {}).get(name, {}).get("attrs", {})
+__all__ = [
+    "exception_info",
+    "is_oom",
+    "leaf_activations",
+    "model_module",
+    "module_attrs",
+    "names",
+    "num",
+    "param_stats",
+    "shape_str",
+]

@@ -19,6 +19,8 @@ from .._records import Records
 from ._common import num
 
 SYMPTOM = "confusing_attention"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"attention_saturated", "attention_uniform"})
 
 
 @hookimpl
@@ -35,6 +37,8 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         if df.empty:
             continue
         sat = _saturated(df, catalogue)
+        if sat is None:
+            sat = _saturated_by_scale(df, catalogue, _layer(records, module))
         if sat is not None:
             saturated.append((module, sat))
             continue
@@ -46,7 +50,69 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         findings.append(_saturated_finding(records, catalogue, saturated))
     if uniform:
         findings.append(_uniform_finding(records, catalogue, uniform))
+    findings.extend(qk_without_gradient(records, catalogue, skip={m for m, _ in uniform}))
     return findings
+
+
+# --- query/key projections that cannot learn (issue 18 §4; the `rules` branch) ----------
+def qk_without_gradient(
+    records: Records,
+    catalogue: Catalogue,
+    skip: set[str] = frozenset(),  # type: ignore[assignment]
+) -> list[Finding]:
+    """`attention_uniform` where the query and key projections got exactly zero gradient.
+
+    Modules in `skip` (already reported uniform from their rows) are left out. A warning
+    like every `attention_uniform`: the model may still learn through the values.
+
+    Reads `meta["attention_qk_grad"]` (`_probes/_qkgrad.py`, `nn.MultiheadAttention`):
+    when both parts stay exactly zero on every sampled step, the attention pattern cannot
+    change whatever the loss does (zero q and k: each one's gradient is the other), so
+    this holds whether or not the loss falls.
+    """
+    cause = "attention_uniform"
+    seen = records.meta.get("attention_qk_grad") or {}
+    need = catalogue.threshold(SYMPTOM, "uniform_min_observations", cause)
+    stuck = {
+        m: s
+        for m, s in seen.items()
+        if m not in skip
+        and s.get("sampled_steps", 0) >= need
+        and s["q_grad_max"] == 0
+        and s["k_grad_max"] == 0
+    }
+    if not stuck:
+        return []
+    module, s = next(iter(stuck.items()))
+    att = records.attention
+    att = att[(att["module"] == module) & (att["rows"] > 0)] if not att.empty else att
+    entropy = float(att["entropy_norm"].mean()) if not att.empty else None
+    layer = _layer(records, module)
+    dim = int(layer.get("heads") or 0) * int(layer.get("head_dim") or 0)
+    loss = _loss_drop(records)
+    fields = dict(
+        steps=s["sampled_steps"],
+        rows=(
+            catalogue.text(SYMPTOM, cause, "qk_rows", entropy=_ent(entropy))
+            if entropy is not None
+            else ""
+        ),
+        also=f"; also in {_names(list(stuck)[1:])}" if len(stuck) > 1 else "",
+    )
+    found = catalogue.cause(
+        SYMPTOM,
+        cause,
+        confidence=0.9,
+        evidence=catalogue.text(SYMPTOM, cause, "qk_zero", module=module, **fields),
+        module=_model_module(records, module),
+        evidence_short=catalogue.text(SYMPTOM, cause, "qk_short", **fields),
+        qk_params=f"{module}.in_proj_weight.grad[:{2 * dim or '2*embed_dim'}].abs().max()",
+        scale=_scale_text(layer),
+        loss_drop=(f"{num(loss[0])} -> {num(loss[1])}" if loss is not None else "not recorded"),
+        uniform_entropy=num(catalogue.threshold(SYMPTOM, "uniform_entropy", cause)),
+        **fields,
+    )
+    return [catalogue.finding(SYMPTOM, "error", [found], evidence={"qk_without_gradient": stuck})]
 
 
 def _per_head(df: pd.DataFrame) -> pd.DataFrame:
@@ -76,15 +142,49 @@ def _saturated(df: pd.DataFrame, catalogue: Catalogue) -> dict[str, Any] | None:
     }
 
 
+def _saturated_by_scale(
+    df: pd.DataFrame, catalogue: Catalogue, layer: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Sharp, if not one-hot, from the first step, with logits scaled far above
+    1/sqrt(head_dim) (no scaling, or multiplied where it should divide): the recorded
+    scale says why, so a looser entropy limit holds. A pretrained checkpoint's sharp heads
+    come with the textbook scale and are not judged by this."""
+    cause = "attention_saturated"
+    scale, dim = layer.get("scale"), layer.get("head_dim")
+    if scale is None or dim is None or scale != scale or dim != dim or dim <= 0:
+        return None
+    if float(scale) < catalogue.threshold(SYMPTOM, "scale_off_factor", cause) * dim**-0.5:
+        return None
+    first_step = int(df["step"].min())
+    heads = _per_head(df[df["step"] == first_step])
+    limit = catalogue.threshold(SYMPTOM, "saturated_entropy_overscaled", cause)
+    sharp = heads["entropy_norm"] < limit
+    if sharp.mean() < catalogue.threshold(SYMPTOM, "saturated_head_frac", cause):
+        return None
+    last_step = int(df["step"].max())
+    last = _per_head(df[df["step"] == last_step])
+    return {
+        "step": first_step,
+        "heads": len(heads),
+        "sharp_heads": int(sharp.sum()),
+        "entropy": float(heads.loc[sharp, "entropy_norm"].mean()),
+        "max_weight": float(heads.loc[sharp, "max_weight"].mean()),
+        "last_step": last_step,
+        "last_entropy": float(last["entropy_norm"].mean()),
+        "overscaled": True,
+    }
+
+
 def _saturated_finding(
     records: Records, catalogue: Catalogue, layers: list[tuple[str, dict[str, Any]]]
 ) -> Finding:
     module, s = layers[0]
     which = "all" if s["sharp_heads"] == s["heads"] else f"{s['sharp_heads']} of"
+    sharp = "far sharper than at a healthy init" if s.get("overscaled") else "near one-hot"
     evidence = (
         f"`{module}`: mean normalised row entropy {_ent(s['entropy'])} at step {s['step']} "
         f"in {which} {s['heads']} heads (healthy at init ~0.9), mean max weight "
-        f"{num(s['max_weight'])}: rows are near one-hot from the first observation"
+        f"{num(s['max_weight'])}: rows are {sharp} from the first observation"
     )
     if s["last_step"] != s["step"]:
         evidence += f"; still {_ent(s['last_entropy'])} at step {s['last_step']}"
@@ -94,7 +194,9 @@ def _saturated_finding(
     cause = catalogue.cause(
         SYMPTOM,
         "attention_saturated",
-        confidence=0.85 if s["sharp_heads"] == s["heads"] else 0.7,
+        # by the scale alone the rows are not yet one-hot: a model that drops the scale by
+        # design and compensates in its init (T5) can start sharp and be healthy
+        confidence=0.6 if s.get("overscaled") else 0.85 if s["sharp_heads"] == s["heads"] else 0.7,
         evidence=evidence,
         module=_model_module(records, module),
         step=s["step"],

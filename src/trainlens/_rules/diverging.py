@@ -26,6 +26,8 @@ from .._records import Records
 from ._common import num
 
 SYMPTOM = "diverging"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"lr_too_high", "exploding_gradient"})
 
 
 @dataclass
@@ -44,6 +46,9 @@ class Dynamics:
     spike: float  # grad_max / grad_median
     monotone: float  # fraction of sampled steps where the total norm grew
     lr: float
+    early_steps: tuple[int, ...] = ()  # the sampled steps of the "early" ratio
+    ratios: pd.Series | None = None  # whole-model update/param ratio per sampled step
+    growth_step: int | None = None  # first sampled step 10x above the starting grad norm
 
 
 def dynamics(
@@ -105,6 +110,9 @@ def dynamics(
         spike=grad_max / float(total.median()) if float(total.median()) > 0 else 1.0,
         monotone=float((diffs > 0).mean()) if len(diffs) else 0.0,
         lr=lr,
+        early_steps=tuple(int(s) for s in early_steps),
+        ratios=ratio,
+        growth_step=int(above.index[0]) if len(above := total[total > 10 * grad_start]) else None,
     )
 
 
@@ -149,6 +157,7 @@ def divergence_causes(
                 + (f", lr {num(dyn.lr)}" if math.isfinite(dyn.lr) else ""),
                 module=dyn.ratio_module,
                 step=step,
+                onset=_first_large(dyn, ratio_high),
                 **{
                     **dict(
                         ratio=num(r0),
@@ -181,6 +190,7 @@ def divergence_causes(
                 evidence=how,
                 module=dyn.grad_module,
                 step=dyn.grad_max_step if step is None else step,
+                onset=dyn.growth_step if dyn.growth_step is not None else dyn.grad_max_step,
                 **{
                     **dict(grad_start=num(dyn.grad_start), grad_max=num(dyn.grad_max)),
                     **loss_fields,
@@ -274,6 +284,19 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
             },
         )
     ]
+
+
+def _first_large(dyn: Dynamics, ratio_high: float) -> int | None:
+    """The first early step whose update/param ratio was already too large: when the
+    lr_too_high evidence showed (for ranking roots before consequences)."""
+    if not dyn.early_steps:
+        return None
+    if dyn.ratios is not None:
+        for step in dyn.early_steps:
+            r = dyn.ratios.get(step)
+            if r is not None and r == r and r >= ratio_high:
+                return step
+    return dyn.early_steps[-1]
 
 
 def _first_above(loss: pd.Series, level: float) -> int:

@@ -27,9 +27,17 @@ from .._catalogue import Catalogue
 from .._finding import Cause, Finding
 from .._hookspecs import hookimpl
 from .._records import Records
-from ._common import exception_info, num
+from . import _initial_loss
+from ._common import exception_info, leaf_activations, num, param_stats
+from ._common import names as _names
 
 SYMPTOM = "flat_loss"
+#: the causes this rule decides (the catalogue test checks every recipe cause has a rule)
+CAUSES = frozenset({
+    "optimizer_not_stepping", "params_not_in_optimizer", "zero_grad_missing",
+    "softmax_before_loss", "no_gradient_flow", "dead_relu", "vanishing_gradient",
+    "lr_too_low", "unnormalized_input", "label_mismatch", "bad_initial_loss", "unknown",
+})  # fmt: skip
 
 #: activations that output exact zeros for negative inputs
 RELU_FAMILY = ("ReLU", "ReLU6", "Threshold", "Hardsigmoid")
@@ -41,9 +49,11 @@ SOFTMAX_MODULES = ("Softmax", "LogSoftmax", "Softmax2d", "Softmin")
 def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     if SYMPTOM not in catalogue:
         return []
+    initial = _initial_loss.finding(records, catalogue)
+    found = [initial] if initial is not None else []
     flat = _flatness(records, catalogue)
     if flat is None:
-        return []
+        return found
     ctx = _Context.build(records, catalogue, flat)
     checks = (
         _optimizer_not_stepping,
@@ -57,28 +67,35 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         _unnormalized_input,
         _label_mismatch,
     )
-    causes = [c for check in checks if (c := check(ctx)) is not None]
+    causes = []
+    for check in checks:
+        cause = check(ctx)
+        if cause is None:
+            ctx.ruled_out.append(check.__name__.lstrip("_"))
+        else:
+            causes.append(cause)
+    evidence = {
+        "loss_start": flat.start,
+        "loss_end": flat.end,
+        "relative_drop": flat.drop,
+        "steps": flat.n,
+        "baseline": flat.baseline,
+        "curve_by": flat.by,
+    }
     if not causes:
-        return []  # flat, but nothing recorded explains it: stay silent, never guess
-    top = max(causes, key=lambda c: c.confidence)
+        # flat, and nothing recorded explains it: say so, never guess a name
+        unknown = _unknown(ctx)
+        if unknown is None:
+            return found
+        evidence["ruled_out"] = list(ctx.ruled_out)
+        return [*found, catalogue.finding(SYMPTOM, "warning", [unknown], evidence=evidence)]
+    if any(c.id == "label_mismatch" for c in causes):
+        evidence["ruled_out"] = list(ctx.ruled_out)
+    top = catalogue.rank(causes)[0]
     severity = (
         "error" if flat.by_progress and top.confidence >= ctx.t("error_confidence") else "warning"
     )
-    return [
-        catalogue.finding(
-            SYMPTOM,
-            severity,
-            causes,
-            evidence={
-                "loss_start": flat.start,
-                "loss_end": flat.end,
-                "relative_drop": flat.drop,
-                "steps": flat.n,
-                "baseline": flat.baseline,
-                "curve_by": flat.by,
-            },
-        )
-    ]
+    return [*found, catalogue.finding(SYMPTOM, severity, causes, evidence=evidence)]
 
 
 # --- is the loss flat? -------------------------------------------------------------------
@@ -180,6 +197,8 @@ class _Context:
     order: dict[str, int]  # module -> forward call order (first seen)
     called: set[str]
     notes: dict[str, Any] = field(default_factory=dict)
+    #: the checks that ran and found nothing, in order (a fallback lists them)
+    ruled_out: list[str] = field(default_factory=list)
 
     def t(self, name: str, cause: str | None = None) -> Any:
         return self.catalogue.threshold(SYMPTOM, name, cause)
@@ -187,35 +206,7 @@ class _Context:
     @classmethod
     def build(cls, records: Records, catalogue: Catalogue, flat: Flatness) -> _Context:
         p = records.params
-        meta_params: dict[str, dict[str, Any]] = records.meta.get("params", {})
-        if not p.empty:
-            p = p.assign(
-                grad_pos=(p["grad_norm"] > 0) & p["has_grad"].astype(bool),
-                ratio=p["update_norm"] / p["param_norm"].where(p["param_norm"] > 0),
-                rel_grad=p["grad_norm"] / p["param_norm"].where(p["param_norm"] > 0),
-            )
-            agg = p.groupby("param", sort=False).agg(
-                module=("module", "first"),
-                rows=("step", "size"),
-                has_grad=("has_grad", "mean"),
-                grad_pos=("grad_pos", "mean"),
-                grad=("grad_norm", "median"),
-                rel_grad=("rel_grad", "median"),
-                ratio=("ratio", "median"),
-                update_rows=("update_norm", "count"),
-                changed=("update_norm", lambda u: float((u.dropna() > 0).mean())),
-            )
-        else:
-            agg = pd.DataFrame(
-                columns=["module", "rows", "has_grad", "grad_pos", "grad", "rel_grad", "ratio"]
-            )
-        agg["in_optimizer"] = [
-            meta_params.get(n, {}).get("in_optimizer") is not False for n in agg.index
-        ]
-        agg["numel"] = [int(meta_params.get(n, {}).get("numel", 1)) for n in agg.index]
-        agg["ndim"] = [len(meta_params.get(n, {}).get("shape") or []) for n in agg.index]
-        order = list(meta_params)
-        agg = agg.loc[sorted(agg.index, key=lambda n: order.index(n) if n in order else 1 << 30)]
+        agg = param_stats(records)
         steps = records.steps
         lr = float(steps["lr"].median()) if not steps.empty else math.nan
         shapes = records.shapes
@@ -234,10 +225,20 @@ class _Context:
             called=set(shapes["module"]),
         )
 
-    def cause(self, cause_id: str, confidence: float, evidence: str, **fields: Any) -> Cause:
+    def cause(
+        self, cause_id: str, confidence: float, evidence: str | None = None, **fields: Any
+    ) -> Cause:
+        """A cause of this symptom; its evidence shows from the first sampled step unless
+        the check says when (`onset=`): medians over the run are there from the start."""
+        fields.setdefault("onset", self.first_step)
         return self.catalogue.cause(
             SYMPTOM, cause_id, confidence=confidence, evidence=evidence, **fields
         )
+
+    @property
+    def first_step(self) -> int | None:
+        p = self.records.params
+        return int(p["step"].min()) if not p.empty else None
 
     @property
     def optimizer_class(self) -> str:
@@ -254,11 +255,6 @@ class _Context:
     @property
     def modules(self) -> dict[str, Any]:
         return self.records.meta.get("modules", {})
-
-
-def _names(names: list[str], limit: int = 4) -> str:
-    shown = ", ".join(f"`{n}`" for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _common_module(modules: list[str]) -> str | None:
@@ -359,6 +355,7 @@ def _zero_grad_missing(ctx: _Context) -> Cause | None:
         f"gradients of earlier steps still in `.grad` (median norm "
         f"{num(float(stale['carried_norm'].median()))}, of "
         f"{num(float(stale['step_norm'].median()))} at the step), with {bps_note}{growth}",
+        onset=int(stale["step"].min()),
     )
 
 
@@ -403,6 +400,117 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
 
 
 def _no_gradient_flow(ctx: _Context) -> Cause | None:
+    """A cut graph (None or zero gradients) or a sizeable frozen part: the stronger."""
+    order = ctx.records.meta.get("loop_order") or {}
+    if (order.get("cleared_before_step") or 0) >= 0.5 * (ctx.records.meta.get("steps") or 1):
+        return None  # computed, then cleared before the step: not a cut graph (direct_evidence)
+    found = [c for c in (_gradient_cut(ctx), _frozen_part(ctx)) if c is not None]
+    return max(found, key=lambda c: c.confidence, default=None)
+
+
+def _frozen_part(ctx: _Context) -> Cause | None:
+    """A sizeable part of the model has requires_grad=False while the loss is flat.
+
+    Whether its weights still look like the default initialisation of their layer type
+    decides the confidence: a fresh init frozen was probably never meant to be frozen; a
+    pretrained-looking part is often a deliberate freeze (and a head on it that trains
+    well never gets here: its loss is not flat).
+    """
+    meta_params = ctx.records.meta.get("params", {})
+    total = sum(int(m.get("numel", 0)) for m in meta_params.values())
+    frozen = {
+        n: m
+        for n, m in meta_params.items()
+        if m.get("requires_grad") is False and int(m.get("numel", 0)) > 0
+    }
+    if not frozen or total <= 0:
+        return None
+    share = sum(int(m["numel"]) for m in frozen.values()) / total
+    if share < ctx.t("frozen_share", "no_gradient_flow"):
+        return None
+    roots = _frozen_roots(meta_params, set(frozen))
+    size = {r: sum(int(frozen[n]["numel"]) for n in frozen if _under(n, r)) for r in roots}
+    module = max(roots, key=lambda r: size[r])
+    mtype = ctx.modules.get(module, {}).get("type", "?")
+    looks = [
+        v
+        for n in frozen
+        if _under(n, module)
+        and (v := _fresh_init(ctx, n, frozen[n], ctx.t("fresh_rms_tolerance", "no_gradient_flow")))
+        is not None
+    ]
+    fresh_numel = sum(numel for numel, fresh, _ in looks if fresh)
+    known_numel = sum(numel for numel, _, _ in looks)
+    fields = dict(
+        module_type=mtype,
+        numel=f"{size[module]:,}",
+        share=f"{size[module] / total:.0%}",
+        others=f"; {len(roots) - 1} other frozen parts" if len(roots) > 1 else "",
+        init=looks[0][2]["init"] if looks else "",
+        rms=num(looks[0][2]["rms"]) if looks else "",
+        expected_rms=num(looks[0][2]["expected_rms"]) if looks else "",
+    )
+    if known_numel == 0:
+        case, confidence = "frozen_unknown", 0.45
+    elif fresh_numel >= 0.5 * known_numel:
+        case, confidence = "frozen_fresh", 0.85
+    else:
+        case, confidence = "frozen_trained", 0.3
+    text = ctx.catalogue.text(
+        SYMPTOM, "no_gradient_flow", case, module=module or "the model", **fields
+    )
+    return ctx.cause("no_gradient_flow", confidence, text, module=module or None, **fields)
+
+
+def _under(param: str, module: str) -> bool:
+    return not module or param.startswith(module + ".")
+
+
+def _frozen_roots(meta_params: dict[str, dict[str, Any]], frozen: set[str]) -> list[str]:
+    """The shallowest modules all of whose parameters are frozen."""
+    modules = {""} | {
+        ".".join(n.split(".")[:i]) for n in meta_params for i in range(1, n.count(".") + 1)
+    }
+    whole = {
+        m
+        for m in modules
+        if (owned := [n for n in meta_params if _under(n, m)]) and set(owned) <= frozen
+    }
+    # a module inside another wholly frozen one is not a root (`_under` reads names)
+    return sorted(m for m in whole if not any(o != m and _under(m, o) for o in whole)) or [""]
+
+
+def _fresh_init(
+    ctx: _Context, name: str, meta: dict[str, Any], tol: float
+) -> tuple[int, bool, dict[str, Any]] | None:
+    """(numel, looks like the layer type's default init, numbers) for a frozen weight;
+    None where no default is known (biases, norms, unknown layer types)."""
+    shape, rms, absmax = meta.get("shape") or [], meta.get("rms"), meta.get("absmax")
+    module = ctx.modules.get(meta.get("module", ""), {})
+    mtype, attrs = module.get("type", ""), module.get("attrs", {})
+    if rms is None or absmax is None or len(shape) < 2:
+        return None
+    leaf = name.rpartition(".")[2]
+    if mtype == "Embedding" and leaf == "weight":
+        init, expected, bound = "N(0, 1) (nn.Embedding)", 1.0, math.inf
+    elif mtype in ("RNN", "LSTM", "GRU") and attrs.get("hidden_size"):
+        bound = 1 / math.sqrt(attrs["hidden_size"])
+        init, expected = f"U(-{num(bound)}, {num(bound)}) ({mtype})", bound / math.sqrt(3)
+    elif mtype == "MultiheadAttention" and leaf == "in_proj_weight":
+        bound = math.sqrt(6 / (shape[0] + shape[1]))
+        init, expected = f"xavier U(-{num(bound)}, {num(bound)})", bound / math.sqrt(3)
+    elif leaf == "weight" and (mtype == "Linear" or mtype.startswith(("Conv", "LazyConv"))):
+        fan_in = int(shape[1]) * math.prod(int(k) for k in shape[2:])
+        bound = 1 / math.sqrt(fan_in)
+        init, expected = f"kaiming U(-{num(bound)}, {num(bound)}) ({mtype})", bound / math.sqrt(3)
+    else:
+        return None
+    fresh = abs(rms / expected - 1) <= tol and absmax <= bound * 1.001
+    numel = int(meta.get("numel", 0))
+    return numel, fresh, {"init": init, "rms": rms, "expected_rms": expected}
+
+
+def _gradient_cut(ctx: _Context) -> Cause | None:
     pp = ctx.per_param
     meta_params = ctx.records.meta.get("params", {})
     # frozen but handed to the optimizer: meant to train, yet requires_grad=False
@@ -467,8 +575,7 @@ def _no_gradient_flow(ctx: _Context) -> Cause | None:
 
 
 def _dead_relu(ctx: _Context) -> Cause | None:
-    act = ctx.records.activations
-    act = act[act["type"].isin(RELU_FAMILY)]
+    act = leaf_activations(ctx.records, RELU_FAMILY)
     if act.empty:
         return None
     late = act[act["step"] >= act["step"].median()]
@@ -479,7 +586,11 @@ def _dead_relu(ctx: _Context) -> Cause | None:
         return None
     worst = max(dead.index, key=lambda m: (round(float(dead[m]), 3), -ctx.forward_pos(m)))
     frac = float(dead[worst])
-    mtype = str(act[act["module"] == worst]["type"].iloc[0])
+    rows = act[act["module"] == worst]
+    mtype = str(rows["type"].iloc[0])
+    # from the first sampled step after which it stayed dead
+    alive = rows[rows["zero_frac"] < limit]["step"]
+    died = rows["step"] if alive.empty else rows[rows["step"] > alive.max()]["step"]
     confidence = 0.6 + 0.35 * min(1.0, (frac - limit) / max(1e-9, 1 - limit))
     more = f"; {len(dead)} ReLU-family modules are above {limit:.0%}" if len(dead) > 1 else ""
     return ctx.cause(
@@ -489,6 +600,7 @@ def _dead_relu(ctx: _Context) -> Cause | None:
         f"over the last {late['step'].nunique()} sampled steps; a healthy ReLU is near 50%, "
         f"dead from {limit:.0%}){more}: no gradient passes through it",
         module=worst,
+        onset=int(died.min()) if len(died) else None,
         zero_pct=f"{frac:.1%}",
         module_type=mtype,
     )
@@ -635,8 +747,7 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
     depth = _gradient_depth(ctx)
     if depth is not None and depth[1] < ctx.t("first_last_ratio", "vanishing_gradient"):
         return None
-    act = ctx.records.activations
-    act = act[act["type"].isin(RELU_FAMILY)]
+    act = leaf_activations(ctx.records, RELU_FAMILY)
     if not act.empty and act.groupby("module")["zero_frac"].median().max() >= ctx.t(
         "zero_frac", "dead_relu"
     ):
@@ -648,14 +759,56 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
     what = flat.baseline_what or "the best constant prediction"
     constant = "the mean target" if what.startswith("the target variance") else "the class prior"
     depth_note = f", first/last layer gradient ratio {num(depth[1])}" if depth else ""
+    # a conclusion by elimination (`fallback` in the recipe): says what it ruled out
     return ctx.cause(
         "label_mismatch",
-        0.8,
+        ctx.t("fallback_confidence", "label_mismatch"),
         f"the train loss ends at {num(flat.end)}, within {tol:.0%} of {num(flat.baseline)}, "
         f"{what}, while gradients and updates look healthy (median update/param "
         f"{num(ratio)}, all {len(trained)} parameters get gradients{depth_note}): the "
-        f"targets carry nothing the inputs explain",
+        f"targets carry nothing the inputs explain; "
+        + ctx.catalogue.text(SYMPTOM, "label_mismatch", "ruled_out", ruled_out=_ids(ctx)),
         baseline=num(flat.baseline),
         baseline_what=what,
         constant=constant,
+    )
+
+
+def _ids(ctx: _Context) -> str:
+    return ", ".join(ctx.ruled_out) or "nothing"
+
+
+def _unknown(ctx: _Context) -> Cause | None:
+    """Flat with no specific evidence: an honest "not sure", with the generic checks.
+
+    Only for a run that learned nothing at all: its loss ends at the constant-prediction
+    level, or (no level known) not clearly below its very first value. A run that fell
+    fast in its first window and then settled learned something; it stays silent.
+    """
+    flat = ctx.flat
+    tol = ctx.t("baseline_tolerance", "label_mismatch")
+    curve = ctx.records.train_loss()
+    first = float(curve.iloc[0]) if len(curve) else flat.start
+    if flat.baseline is not None:
+        if flat.end < (1 - tol) * flat.baseline:
+            return None  # it beats the best constant prediction: it learned something
+    elif not math.isfinite(first) or flat.end < (1 - ctx.t("max_drop")) * first:
+        return None
+    level = (
+        ctx.catalogue.text(
+            SYMPTOM, "unknown", "baseline", baseline=num(flat.baseline),
+            baseline_what=flat.baseline_what or "the best constant prediction",
+        )
+        if flat.baseline is not None
+        else ""
+    )  # fmt: skip
+    return ctx.cause(
+        "unknown",
+        ctx.t("fallback_confidence", "unknown"),
+        start=num(flat.start),
+        end=num(flat.end),
+        n=flat.n,
+        by=flat.by,
+        level=level,
+        ruled_out=_ids(ctx),
     )

@@ -32,6 +32,8 @@ from ._common import num
 from .diverging import divergence_causes, dynamics
 
 SYMPTOM = "non_finite"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"numerical_instability", "bad_input_data", "lr_too_high", "exploding_gradient"})
 
 
 @hookimpl

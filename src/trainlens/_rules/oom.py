@@ -35,6 +35,8 @@ from .._records import Records
 from ._common import exception_info, is_oom, module_attrs, shape_str
 
 SYMPTOM = "oom"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"batch_too_large", "graph_retained_across_steps"})
 
 _UNITS = {"b": 1, "bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "pb": 1e15}
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50})
@@ -171,18 +173,33 @@ def _batch_cause(
     )
     if requested:
         avail_txt += f" and the failed allocation asked for {human(requested)}"
-    if fit is not None and not inconsistent:
-        avail_txt += (
-            f", so about {batch_fit} samples fit with a {1 - safety:.0%} safety margin"
-            if fit >= 1
-            else ", so not even one sample of this size fits: shrink the input "
-            f"({_input_hint(mem)}) or the layer first"
-        )
-    elif inconsistent:
-        avail_txt += (
-            f"; by these numbers {fit} samples should fit, so memory is held elsewhere "
-            "(tensors kept from earlier steps, other processes, fragmentation)"
-        )
+    # one plan, told the same way by the summary, the first check and the fix
+    plan = "guess" if guess else ("fits" if fit >= 1 else "none")
+
+    def text(name: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "batch_too_large", name, **fields)
+
+    story = {
+        "batch_fit": batch_fit,
+        "accumulate": accumulate,
+        "batch": batch if batch else "the current batch",
+        "sequence_fix": sequence_fix,
+        "margin": f"{1 - safety:.0%}",
+        "fit": fit,
+        "module": shown if module is not None else "the model",
+        "times": f"{need_per_sample / available:,.0f}x" if plan == "none" else "",
+        "per_sample": human(need_per_sample),
+        "output_shape": shape_str(mod_shape) if mod_shape else "?",
+        "input_shape": shape_str((exc.get("inputs") or [None])[0]) if exc.get("inputs") else "?",
+        "input_hint": _input_hint(mem),
+    }
+    if plan == "guess":
+        verdict = text("unknown_verdict") if fit is None else text("guess_verdict", **story)
+    else:
+        verdict = text(f"{plan}_verdict", **story)
+    first_fix = text(f"{plan}_fix", **story)
+    wide = _output_layer(records)
+    chunked_loss = text("chunked_loss", output_layer=wide[0], width=wide[1]) if wide else ""
     biggest_txt = "Biggest activations per sample: " + "; ".join(
         f"`{b['module']}` {shape_str(b['shape']) if b['shape'] else ''} {human(b['per_sample'])}"
         for b in biggest
@@ -192,7 +209,7 @@ def _batch_cause(
         f"{where} ran out of memory in {during}: {human(mod_per_sample)} per sample "
         f"({human(mod_batch_bytes)} for batch {batch if batch else '?'}), "
         f"{human(available) if available is not None else '?'} available; "
-        f"batch {batch_fit} would fit"
+        + text(f"{plan}_summary", **story)
     )
     evidence.update(
         {
@@ -201,8 +218,9 @@ def _batch_cause(
             "available_bytes": available,
             "memory": {k: v for k, v in mem.items() if k not in ("oom", "model_input")},
             "batch": batch,
-            "batch_fit": batch_fit,
-            "accumulation_steps": accumulate,
+            "batch_plan": plan,  # fits | none (not one sample fits) | guess (halve)
+            "batch_fit": None if plan == "none" else batch_fit,
+            "accumulation_steps": None if plan == "none" else accumulate,
             "module_bytes_per_sample": _round(mod_per_sample),
             "forward_bytes_per_sample": _round(forward_per_sample),
             "training_bytes_per_sample": _round(need_per_sample),
@@ -220,12 +238,10 @@ def _batch_cause(
         step=exc.get("step"),
         need=need,
         available=avail_txt,
+        verdict=verdict,
         biggest=biggest_txt + ".",
-        batch=batch if batch else "the current batch",
-        batch_fit=batch_fit,
-        accumulate=accumulate,
-        sequence_fix=sequence_fix,
-        output_layer=_output_layer(records),
+        first_fix=first_fix,
+        chunked_loss=chunked_loss,
     )
 
 
@@ -361,8 +377,8 @@ def _biggest(
     return [{**r, "per_sample": _round(r["per_sample"])} for r in rows[:3]]
 
 
-def _output_layer(records: Records) -> str:
-    """The widest Linear of the model: the vocabulary projection of a language model."""
+def _output_layer(records: Records) -> tuple[str, int] | None:
+    """The widest Linear of the model, when wide enough to be a vocabulary projection."""
     widest = None
     for name, m in records.meta.get("modules", {}).items():
         out = (m.get("attrs") or {}).get("out_features")
@@ -371,8 +387,8 @@ def _output_layer(records: Records) -> str:
         if widest is None or out > widest[1]:
             widest = (name, out)
     if widest is None or widest[1] < 1024:
-        return "no layer this wide in this model"
-    return f"`{widest[0]}` has {widest[1]} outputs per position"
+        return None
+    return widest
 
 
 def _memory_source(mem: dict[str, Any]) -> str:

@@ -19,6 +19,8 @@ from .._records import Records
 from ._common import num
 
 SYMPTOM = "overfitting"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"overfitting", "bad_split"})
 
 
 @hookimpl

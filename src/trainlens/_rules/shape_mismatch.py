@@ -20,8 +20,11 @@ from .._finding import Finding
 from .._hookspecs import hookimpl
 from .._records import Records
 from ._common import exception_info, is_oom, module_attrs, shape_str
+from ._common import model_module as _model_module
 
 SYMPTOM = "shape_mismatch"
+#: the causes this rule decides (checked by tests/test_catalogue.py)
+CAUSES = frozenset({"layer_input_mismatch", "loss_target_shape_mismatch", "batch_dim_mixing"})
 
 # Messages torch raises for shape problems, for layers whose expectations we do not model.
 _SHAPE_MESSAGE = re.compile(
@@ -294,11 +297,6 @@ def _broadcast_findings(records: Records, catalogue: Catalogue) -> list[Finding]
     return findings
 
 
-def _model_module(records: Records, name: str | None) -> str | None:
-    """SPEC: `module` is a dotted name of the model; a loss outside it is no module."""
-    return name if name in records.meta.get("modules", {}) else None
-
-
 def _display(name: str | None) -> str:
     return "(model)" if name == "" else str(name)
 
@@ -327,6 +325,22 @@ def _trail(records: Records, exc: dict[str, Any]) -> list[dict[str, Any]]:
 _MIXES_ON_PURPOSE = re.compile(r"^(Sync)?BatchNorm|^LazyBatchNorm")
 
 
+def _data_axes(dep: dict[str, Any], module: str | None) -> str:
+    """Both axes, named, when the data (not the model's declared layout) fixed the batch."""
+    data = dep.get("data_evidence")
+    if dep.get("batch_axis_from") != "data" or not data:
+        return ""
+    a, t = dep["batch_axis"], data.get("time_axis")
+    shape = data.get("ids") or dep["input"]
+    text = f": the data holds its {dep['batch']} samples along axis {a} of {shape_str(shape)}"
+    if t is not None:
+        text += (
+            f" ({data['from']}: the target is the input shifted by one along axis {t} in "
+            f"{data['match']:.0%} of positions, so axis {t} is time)"
+        )
+    return text + f", and `{_display(module)}` runs its recurrence or attention along axis {a}"
+
+
 def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
     dep = records.meta.get("batch_dependency") or {}
     if not dep.get("mixed"):
@@ -346,6 +360,8 @@ def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
         f"(its own: {dep['grad_own']:.3g}); {dep['mixed_samples']} of "
         f"{dep['batch']} samples leak into the outputs probed, in eval mode"
     )
+    if dep.get("batch_axis_from") == "data":
+        evidence += f" (along axis {dep['batch_axis']}, the data's batch axis)"
     attrs = module_attrs(records, module)
     if dep.get("starts") == "between":
         where = (
@@ -360,6 +376,7 @@ def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
         )
     else:
         where = f"`{_display(module)}` ({module_type}) gets per-sample inputs and mixes them"
+        where += _data_axes(dep, module)
         if "batch_first" in attrs:
             suggestion = (
                 f"`{_display(module)}` has batch_first={attrs['batch_first']} but is fed "

@@ -6,7 +6,8 @@ the start (a bad init, a missing scaling). Below zero: the loss got the wrong ki
 input (`NLLLoss` on probabilities instead of log-probabilities) or targets outside
 their range. Reads `meta["initial_loss"]` (`_probes/_initloss.py`).
 
-The cause belongs to the `flat_loss` symptom; its texts live in `recipes/flat_loss.toml`.
+A cause of the `flat_loss` symptom, owned by `flat_loss.py` (which calls `finding`);
+the numbers are decided here, the words are `recipes/flat_loss.toml`'s.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 from .._catalogue import Catalogue
 from .._finding import Finding
-from .._hookspecs import hookimpl
 from .._records import Records
 from ._common import num
 
@@ -48,69 +48,46 @@ def judge_initial_loss(info: dict[str, Any], high_ratio: float, high_margin: flo
     return None
 
 
-@hookimpl
-def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
+def finding(records: Records, catalogue: Catalogue) -> Finding | None:
+    """The bad_initial_loss finding, or None when the first loss is fine or unknown."""
     info = records.meta.get("initial_loss")
     if not info or SYMPTOM not in catalogue or CAUSE not in catalogue[SYMPTOM].causes:
-        return []  # no recipe text for the cause (yet): nothing to say it with
+        return None  # no recipe text for the cause (yet): nothing to say it with
     high_ratio = catalogue.threshold(SYMPTOM, "initial_loss_ratio", CAUSE)
     high_margin = catalogue.threshold(SYMPTOM, "initial_loss_margin", CAUSE)
     verdict = judge_initial_loss(info, high_ratio, high_margin)
     if verdict is None:
-        return []
+        return None
     expected = expected_initial_loss(info)
     assert expected is not None
     loss, value, classes = info["loss"], info["value"], info["classes"]
-    level = f"ln({classes}) = {num(expected)}"
+    # which of the recipe's texts fits: the verdict, and for a negative loss its kind
+    case = "high"
     if verdict == "negative":
-        evidence = (
-            f"{loss} at initialisation is {num(value)}, below zero: impossible for "
-            f"{loss} on the inputs it expects (a uniform guess gives {level})"
-        )
-        if loss == "NLLLoss":
-            suspect = (
-                "NLLLoss expects log-probabilities; it got values in "
-                f"{_range(info.get('input_range'))}, which look like probabilities"
-            )
-            suggestion = (
-                "End the model with `nn.LogSoftmax(dim=1)` instead of `nn.Softmax`, or drop "
-                "the softmax and use `nn.CrossEntropyLoss` on the raw logits."
-            )
-        else:
-            suspect = f"the targets range over {_range(info.get('target_range'))}"
-            suggestion = (
-                f"{loss} needs targets in [0, 1]: map the labels to 0/1 (or probabilities) "
-                "before the loss."
-            )
-        severity = "error"
-    else:
-        evidence = (
-            f"{loss} at initialisation is {num(value)}, {num(value / expected)}x the "
-            f"{level} of a uniform guess over {classes} classes"
-        )
-        suspect = (
-            "the logits are far from zero before any training: a scaled-up init, a "
-            "missing 1/sqrt(d) or temperature, or inputs far from unit scale"
-        )
-        suggestion = (
-            "Initialise the last layer small (e.g. `nn.init.zeros_(head.weight)` and "
-            "zeros for its bias), remove any multiplier on the logits, and normalise the "
-            "inputs to unit scale."
-        )
-        severity = "warning"
+        case = "negative_nll" if loss == "NLLLoss" else "negative_targets"
+    fields = dict(
+        loss=loss,
+        value=num(value),
+        expected=f"ln({classes}) = {num(expected)}",
+        classes=classes,
+        times=num(value / expected),
+        input_range=_range(info.get("input_range")),
+        target_range=_range(info.get("target_range")),
+    )
+    text = lambda key: catalogue.text(SYMPTOM, CAUSE, f"{case}_{key}", **fields)  # noqa: E731
     cause = catalogue.cause(
         SYMPTOM,
         CAUSE,
         confidence=0.85 if verdict == "negative" else 0.6,
-        evidence=evidence,
+        evidence=text("evidence"),
         step=int(info.get("step", 0)),
-        loss=loss,
-        value=num(value),
-        expected=level,
-        suspect=suspect,
-        suggestion=suggestion,
+        onset=int(info.get("step", 0)),
+        suspect=text("suspect"),
+        suggestion=text("suggestion"),
+        **fields,
     )
-    return [catalogue.finding(SYMPTOM, severity, [cause], evidence={"initial_loss": info})]
+    severity = "error" if verdict == "negative" else "warning"
+    return catalogue.finding(SYMPTOM, severity, [cause], evidence={"initial_loss": info})
 
 
 def _range(r: list[float] | None) -> str:

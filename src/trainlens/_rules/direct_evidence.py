@@ -1,0 +1,450 @@
+"""Direct evidence: records that show a bug on their own, whatever the loss curve does.
+
+Gradients carried over from earlier steps (`zero_grad` missing), probabilities fed to a
+loss that expects logits, parameters the forward uses that never get a gradient, gradients
+cleared between `backward()` and `step()`, and a learning rate that collapsed before the
+loss ever fell. The symptom rules read most of these only once their trigger fires; here
+they are read on every run (issue 18 §6, §7), and on every overfit-one-batch run that did
+not memorise its batch (§5):
+
+- the run shows a symptom (it diverges, turns non-finite, stays flat, or overfit could not
+  memorise its batch): the evidence becomes a cause of *that* symptom, ranked above its
+  generic causes, and its fix is the fix of the bug (never "clip the gradients" for
+  gradients that pile up because `zero_grad` is missing);
+- the run looks fine: a warning under the symptom family the cause belongs to.
+
+Causes keep their catalogue ids and texts; loop-order variants take their texts from
+`recipes/direct_evidence/loop_order.toml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .._catalogue import Catalogue, fill
+from .._finding import Cause, Finding
+from .._hookspecs import hookimpl
+from .._records import Records
+from .._resources import data_dir
+from . import flat_loss
+from ._common import exception_info, num
+
+#: a cross-symptom rule: it files its causes under the symptom the run shows, so it owns no
+#: recipe of its own and borrows these causes from the symptoms' recipes
+SYMPTOM = None
+CAUSES: frozenset[str] = frozenset()
+BORROWS = frozenset(
+    {
+        "zero_grad_missing",
+        "softmax_before_loss",
+        "no_gradient_flow",
+        "optimizer_not_stepping",
+        "lr_too_low",
+    }
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: the symptom family of every cause found here (SPEC §3: they are flat_loss causes)
+HOME = "flat_loss"
+#: direct evidence outranks the generic causes of whatever symptom the run shows
+#: (divergence causes top out at 0.85)
+RANK = {
+    "grads_cleared_before_step": 0.97,
+    "lr_collapsed": 0.96,
+    "zero_grad_missing": 0.95,
+    "softmax_before_loss": 0.93,
+}
+#: parameters without gradient warn on a run that looks fine only from this share of the
+#: trainable elements (an unused pooler of a pretrained encoder is ~1% and harmless)
+NO_GRAD_WARN_SHARE = 0.1
+
+
+@hookimpl
+def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
+    if HOME not in catalogue:
+        return []
+    exc = exception_info(records)
+    if exc is not None and exc.get("type") != "KeyboardInterrupt":
+        return []  # a crash is its own finding
+    shown = symptom_shown(records, catalogue)
+    view = _View(records, catalogue)
+    causes = direct_causes(view, shown)
+    overfit_failed = _overfit_failed(records)
+    if overfit_failed and shown in (None, HOME):
+        shown = HOME
+        causes = _merge(causes, overfit_causes(view))
+    if not causes:
+        return []
+    symptom = shown or HOME
+    if shown is None:
+        severity = "warning"  # the run looks fine: say what was seen, do not alarm
+    elif shown == HOME and overfit_failed and max(c.confidence for c in causes) < 0.7:
+        severity = "warning"
+    else:
+        severity = "error"
+    evidence: dict[str, Any] = {"direct_evidence": [c.id for c in causes]}
+    if shown is None:
+        evidence["symptom_shown"] = None
+    return [catalogue.finding(symptom, severity, causes, evidence=evidence)]
+
+
+# --- which symptom does the run show? ---------------------------------------------------
+def symptom_shown(records: Records, catalogue: Catalogue) -> str | None:
+    """`non_finite`, `diverging`, `flat_loss` (the curve's own triggers) or None."""
+    from . import diverging, non_finite
+
+    loss = records.train_loss()
+    if len(loss) and not np.isfinite(loss.to_numpy(dtype=float)).all():
+        # stale gradients explain a NaN at the end of a blow-up, not one from the data or
+        # a log(0): those keep their own cause, and the evidence here its own warning
+        found = _quiet(lambda: non_finite.trainlens_diagnose(records, catalogue)) or []
+        blown = any(f.likely_cause in ("lr_too_high", "exploding_gradient") for f in found)
+        return "non_finite" if blown else None
+
+    rising = (
+        _quiet(lambda: diverging.trainlens_diagnose(records, catalogue)) or []
+        if "diverging" in catalogue
+        else []
+    )
+    flat = _quiet(lambda: flat_loss._flatness(records, catalogue)) is not None
+    # a loss that swings around a level it never leaves is flat; one that blew up is not
+    if rising and (rising[0].severity == "error" or not flat):
+        return "diverging"
+    return HOME if flat else None
+
+
+def _quiet(fn: Callable[[], Any]) -> Any:
+    """Another rule's trigger, read-only; if it fails, that rule reports it itself."""
+    try:
+        return fn()
+    except Exception:
+        return None
+
+
+def _overfit_failed(records: Records) -> bool:
+    info = records.meta.get("overfit")
+    return isinstance(info, dict) and info.get("memorised") is False
+
+
+# --- the direct evidence ----------------------------------------------------------------
+def direct_causes(view: _View, shown: str | None) -> list[Cause]:
+    records, catalogue = view.records, view.catalogue
+    causes: list[Cause] = []
+    cleared = grads_cleared_before_step(records, catalogue)
+    for cause in (
+        cleared,
+        lr_collapsed(records, catalogue),
+        carried_gradients(view),
+        probabilities_into_logits_loss(view, shown),
+    ):
+        if cause is not None:
+            causes.append(cause)
+    if cleared is None and shown not in ("diverging", "non_finite"):
+        # a part without gradient explains a model that does not learn, not a blow-up
+        no_grad = params_without_gradient(view, warn_only=shown is None)
+        if no_grad is not None:
+            causes.append(no_grad)
+    return causes
+
+
+class _View:
+    """The records, and flat_loss's per-parameter view of them built once, on first use."""
+
+    def __init__(self, records: Records, catalogue: Catalogue):
+        self.records = records
+        self.catalogue = catalogue
+
+    @functools.cached_property
+    def ctx(self) -> Any:
+        return _ctx(self.records, self.catalogue)
+
+
+def _ctx(records: Records, catalogue: Catalogue) -> Any:
+    """flat_loss's per-parameter view, built without a flat curve (its checks need one)."""
+    loss = records.train_loss()
+    values = loss.to_numpy(dtype=float) if len(loss) else np.array([math.nan])
+    start, end = float(values[0]), float(values[-1])
+    baseline, what = flat_loss._baseline(records)
+    flat = flat_loss.Flatness(
+        n=len(values),
+        start=start,
+        end=end,
+        drop=(start - end) / abs(start) if start else 0.0,
+        by_progress=False,
+        baseline=baseline,
+        baseline_what=what,
+        by="steps",
+    )
+    return flat_loss._Context.build(records, catalogue, flat)
+
+
+def carried_gradients(view: _View) -> Cause | None:
+    """`zero_grad_missing`: the first backward pass of a step found earlier steps' grads."""
+    if view.records.grad_carry.empty:
+        return None
+    cause = flat_loss._zero_grad_missing(view.ctx)
+    if cause is None:
+        return None
+    return dataclasses.replace(cause, confidence=RANK["zero_grad_missing"])
+
+
+def probabilities_into_logits_loss(view: _View, shown: str | None) -> Cause | None:
+    """`softmax_before_loss`: `CrossEntropyLoss` (it expects logits) fed normalised rows.
+
+    On a run that looks fine, only probabilities count: log-probabilities into
+    `CrossEntropyLoss` are harmless (log-softmax is idempotent), and NLL on log-probs right.
+    """
+    li = view.records.loss_inputs
+    li = li[(li["split"] == "train") & li["type"].isin(("CrossEntropyLoss", "NLLLoss"))]
+    if li.empty or li["type"].mode().iloc[0] != "CrossEntropyLoss":
+        return None  # NLLLoss expects log-probabilities: probabilities there are initial_loss's
+    cause = flat_loss._softmax_before_loss(view.ctx)
+    if cause is None:
+        return None
+    if shown is None and "log-probabilities" in cause.evidence.split(" on ")[0]:
+        return None
+    return dataclasses.replace(cause, confidence=RANK["softmax_before_loss"])
+
+
+def params_without_gradient(view: _View, *, warn_only: bool) -> Cause | None:
+    """`no_gradient_flow`: parameters of modules the forward runs that never get a gradient."""
+    if view.records.params.empty:
+        return None
+    ctx = view.ctx
+    if ctx.sampled_steps < 3:
+        return None
+    cause = flat_loss._no_gradient_flow(ctx)
+    if cause is None:
+        return None
+    if warn_only:
+        pp = ctx.per_param
+        cut = ctx.t("max_grad_share", "no_gradient_flow")
+        used = pp[pp["module"].isin(ctx.called) & pp["in_optimizer"]]
+        none = used[used["has_grad"] <= cut]
+        if used.empty or none["numel"].sum() < NO_GRAD_WARN_SHARE * used["numel"].sum():
+            return None
+    return cause
+
+
+def grads_cleared_before_step(records: Records, catalogue: Catalogue) -> Cause | None:
+    """`optimizer_not_stepping`: `zero_grad()` between `backward()` and `step()`."""
+    info = records.meta.get("loop_order") or {}
+    cleared = int(info.get("cleared_before_step") or 0)
+    steps = int(records.meta.get("steps") or 0)
+    text = _texts()["grads_cleared_before_step"]
+    if steps < 3 or cleared < text["thresholds"]["min_share"] * steps:
+        return None
+    # the records agree: a backward pass gave the optimizer's parameters gradients, and at
+    # the step they were gone
+    gc = records.grad_carry
+    zero_at_step = float((gc["step_norm"] == 0).mean()) if len(gc) else math.nan
+    seen = f"; at `step()` the gradient norm was 0 on {zero_at_step:.0%} of sampled steps"
+    order = str(info.get("order") or "backward(), zero_grad(), step()")
+    return _variant(
+        catalogue,
+        "grads_cleared_before_step",
+        RANK["grads_cleared_before_step"],
+        f"on {cleared} of {steps} steps `zero_grad()` ran after `backward()` and before "
+        f"`step()` (call order seen: {order}), so every step found no gradient"
+        + (seen if math.isfinite(zero_at_step) else "")
+        + "; the parameters never move",
+        step=info.get("first_cleared_step"),
+        order=order,
+        cleared=cleared,
+        steps=steps,
+    )
+
+
+def lr_collapsed(records: Records, catalogue: Catalogue) -> Cause | None:
+    """`lr_too_low`: the lr the optimizer used fell orders of magnitude below where it
+    started (a scheduler stepped per batch, a warm-up that never ends) before the loss fell.
+    """
+    steps = records.steps
+    loss = records.train_loss()
+    if len(steps) < 10 or len(loss) < 10:
+        return None
+    info = records.meta.get("loop_order") or {}
+    t = _texts()["lr_collapsed"]["thresholds"]
+    lr = steps.set_index("step")["lr"].astype(float)
+    lr = lr[np.isfinite(lr)]
+    if lr.empty:
+        return None
+    refs = [v for v in (info.get("optimizer_lr"), info.get("initial_lr")) if v]
+    ref = max([float(lr.max()), *refs])
+    if not ref > 0:
+        return None
+    floor = ref * float(t["lr_floor_ratio"])
+    low = lr < floor
+    if low.mean() < float(t["min_share"]) or not low.iloc[-1]:
+        return None
+    # the step from which the lr stays below the floor
+    above = lr[~low]
+    step = int(lr.index[0]) if above.empty else int(lr[lr.index > above.index[-1]].index[0])
+    values = loss.to_numpy(dtype=float)
+    w = max(3, len(values) // 10)
+    start = float(np.median(values[:w]))
+    at = float(np.median(loss[loss.index <= max(step, int(loss.index[w - 1]))].to_numpy()[-w:]))
+    end = float(np.median(values[-w:]))
+    if not (math.isfinite(start) and start > 0):
+        return None
+    fell = max(start - at, start - end) / abs(start)
+    if fell > float(t["loss_fell_max"]):
+        return None  # the loss fell first: a schedule that ends low is not this bug
+    n = int(records.meta.get("steps") or len(lr))
+    schedulers = info.get("schedulers") or {}
+    sched = max(schedulers.items(), key=lambda kv: kv[1].get("calls", 0), default=None)
+    # still climbing at the end: a warm-up longer than the run, whoever sets the lr
+    rising = float(lr.iloc[-1]) > 1.5 * float(lr.iloc[len(lr) // 2])
+    if sched is not None:
+        name, entry = sched
+        calls = int(entry.get("calls", 0))
+        per_step = calls / max(1, n)
+        how = f" by {name}, stepped {calls} times in {n} optimizer steps"
+    else:
+        name, per_step = "", 0.0
+        how = " by the code that sets `param_group['lr']` (no torch scheduler was stepped)"
+    if rising:
+        how += "; it was still rising at the end: a warm-up that never ends"
+        where = (
+            "Print the warm-up length your schedule uses against the number of steps you "
+            "train: a warm-up counted in tokens or samples instead of steps never ends."
+        )
+        fix = "Count the warm-up in optimizer steps (a few percent of the run)."
+    elif per_step >= float(t["per_batch_calls"]):
+        where = (
+            f"`{name}.step()` runs once per batch: look for it inside the batch loop "
+            "(most schedules are meant to step once per epoch)."
+        )
+        fix = (
+            f"Move `scheduler.step()` out of the batch loop, after the epoch's batches "
+            f"(or size the schedule in batches: {name}'s step_size / T_max / milestones "
+            f"count calls of `step()`)."
+        )
+    elif name:
+        where = f"Print {name}'s arguments (step_size, gamma, T_max, milestones, lr_lambda)."
+        fix = f"Fix {name}'s arguments so the lr stays in a useful range over the run."
+    else:
+        where = "Print the lr your schedule function returns for the first 20 steps."
+        fix = "Fix the schedule function so the lr stays near its base value early on."
+    return _variant(
+        catalogue,
+        "lr_collapsed",
+        RANK["lr_collapsed"],
+        f"the lr the optimizer used went {num(float(lr.iloc[0]))} -> {num(float(lr.iloc[-1]))} "
+        f"(the optimizer was built with {num(ref)}){how}; it is below {num(floor)} "
+        f"({float(t['lr_floor_ratio']):g} of {num(ref)}) from step "
+        f"{step} on ({low.mean():.0%} of the steps), while the train loss went "
+        f"{num(start)} -> {num(end)}",
+        step=step,
+        lr_ref=num(ref),
+        lr_end=num(float(lr.iloc[-1])),
+        lr_floor=num(floor),
+        schedule=how,
+        loss_start=num(start),
+        loss_end=num(end),
+        where=where,
+        fix=fix,
+    )
+
+
+# --- overfit-one-batch that did not memorise (§5) --------------------------------------
+#: flat_loss's evidence-based causes that need no flat curve, and what they rule out
+OVERFIT_CHECKS: tuple[tuple[str, str], ...] = (
+    ("_optimizer_not_stepping", "an optimizer that never changes the parameters"),
+    ("_params_not_in_optimizer", "parameters outside the optimizer"),
+    ("_zero_grad_missing", "gradients carried over from earlier steps"),
+    ("_softmax_before_loss", "probabilities or log-probabilities fed to a logits loss"),
+    ("_no_gradient_flow", "a part of the model without gradient"),
+    ("_dead_relu", "dead ReLU units"),
+    ("_vanishing_gradient", "gradients vanishing through depth"),
+    ("_lr_too_low", "updates too small against the weights"),
+    ("_unnormalized_input", "inputs far from unit scale"),
+)
+#: checked by their own rules on every run (initial_loss.py, shape_mismatch.py)
+OVERFIT_ALSO_RULED_OUT = (
+    "a loss at initialisation far from a uniform guess",
+    "samples of the batch mixing",
+)
+#: what to print next when nothing recorded explains a batch that was not memorised
+OVERFIT_NEXT = (
+    "the loss every step with 10x the learning rate and 5x the steps (a capacity or "
+    "step-size limit shows as a steady fall); the model's output next to the targets "
+    "for 4 samples (are they the same kind, on the same scale?); the per-layer gradient "
+    "norms in drill.md"
+)
+
+
+def overfit_causes(view: _View) -> list[Cause]:
+    """Every evidence-based cause flat_loss knows, read on a curve that need not be flat."""
+    if view.records.params.empty and view.records.loss_inputs.empty:
+        return []
+    ctx = view.ctx
+    out = []
+    for name, _ in OVERFIT_CHECKS:
+        check = getattr(flat_loss, name, None)
+        cause = _quiet(lambda check=check: check(ctx)) if check is not None else None
+        if cause is not None:
+            out.append(cause)
+    return out
+
+
+def overfit_ruled_out() -> list[str]:
+    """What a failed overfit run's rules look at (for the verdict when none fits)."""
+    return [what for _, what in OVERFIT_CHECKS] + list(OVERFIT_ALSO_RULED_OUT)
+
+
+# --- helpers ------------------------------------------------------------------------------
+def _merge(a: list[Cause], b: list[Cause]) -> list[Cause]:
+    best: dict[str, Cause] = {}
+    for c in [*a, *b]:
+        if c.id not in best or c.confidence > best[c.id].confidence:
+            best[c.id] = c
+    return list(best.values())
+
+
+@functools.cache
+def _texts() -> dict[str, Any]:
+    path = data_dir("recipes") / "direct_evidence" / "loop_order.toml"
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def _variant(
+    catalogue: Catalogue,
+    key: str,
+    confidence: float,
+    evidence: str,
+    *,
+    step: Any = None,
+    module: str | None = None,
+    **fields: Any,
+) -> Cause | None:
+    """The catalogue cause of this evidence, with the evidence's own first check and fix."""
+    text = _texts()[key]
+    cause_id = text["cause"]
+    if cause_id not in catalogue[HOME].causes:
+        return None
+    cause = catalogue.cause(
+        HOME,
+        cause_id,
+        confidence=confidence,
+        evidence=evidence,
+        module=module,
+        step=None if step is None else int(step),
+    )
+    values = {"module": module or "the model", "step": step, **fields}
+    return dataclasses.replace(
+        cause,
+        first_check=fill(" ".join(text["first_check"].split()), values),
+        fix_attempt=fill(" ".join(text["fix_attempt"].split()), values),
+    )

@@ -1,0 +1,119 @@
+"""Shared read-only views of the records, for the rules and the report.
+
+One definition of each fact several readers need: per-parameter statistics over the
+sampled steps, the leaf activations, which names are modules of the model, how a list of
+names is shown, whether an exception is an out-of-memory error. Views only read
+`Records` (DataFrames and meta) and return new frames or plain values; nothing here
+decides what is wrong (that is a rule's job) or how it is worded (the recipes').
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import pandas as pd
+
+from ._records import Records
+
+__all__ = [
+    "OOM_MESSAGE",
+    "exception_info",
+    "is_oom",
+    "json_float",
+    "leaf_activations",
+    "model_module",
+    "module_attrs",
+    "names",
+    "param_stats",
+]
+
+#: the messages of out-of-memory errors that are not `torch.OutOfMemoryError`
+OOM_MESSAGE = re.compile(r"out of memory|can't allocate memory|cannot allocate memory", re.I)
+
+#: columns of `param_stats`, so an empty view still has them
+PARAM_STAT_COLUMNS = (
+    "module", "rows", "has_grad", "grad_pos", "grad", "rel_grad", "ratio", "update_rows",
+    "changed", "norm", "in_optimizer", "numel", "ndim",
+)  # fmt: skip
+
+
+def exception_info(records: Records) -> dict[str, Any] | None:
+    return records.meta.get("exception")
+
+
+def is_oom(exc: dict[str, Any]) -> bool:
+    return exc.get("type") == "OutOfMemoryError" or bool(OOM_MESSAGE.search(exc.get("message", "")))
+
+
+def module_attrs(records: Records, name: str | None) -> dict[str, Any]:
+    if name is None:
+        return {}
+    return records.meta.get("modules", {}).get(name, {}).get("attrs", {})
+
+
+def model_module(records: Records, name: str | None) -> str | None:
+    """SPEC: `module` is a dotted name of the model; anything else (a loss outside it, a
+    `log_attention` label) is no module."""
+    return name if name is not None and name in records.meta.get("modules", {}) else None
+
+
+def names(items: list[str], limit: int = 4) -> str:
+    """`a`, `b`, `c`, `d` and 3 more: a list of names short enough for one sentence."""
+    shown = ", ".join(f"`{n}`" for n in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def json_float(x: float) -> float | None:
+    """6 significant digits, None for NaN/Inf (JSON has neither)."""
+    x = float(x)
+    return float(f"{x:.6g}") if math.isfinite(x) else None
+
+
+def param_stats(records: Records) -> pd.DataFrame:
+    """One row per tracked parameter (index: its name), in model order.
+
+    Over the sampled steps: `rows` sampled, `has_grad` share of steps with a gradient,
+    `grad_pos` share with a non-zero one, `grad` median gradient norm, `rel_grad` median
+    grad/param, `ratio` median update/param, `update_rows` steps with an update norm,
+    `changed` share of those where the parameter moved, `norm` last parameter norm; from
+    the run's meta: `in_optimizer`, `numel`, `ndim`.
+    """
+    p = records.params
+    meta_params: dict[str, dict[str, Any]] = records.meta.get("params", {})
+    if p.empty:
+        return pd.DataFrame(columns=list(PARAM_STAT_COLUMNS))
+    p = p.assign(
+        grad_pos=(p["grad_norm"] > 0) & p["has_grad"].astype(bool),
+        ratio=p["update_norm"] / p["param_norm"].where(p["param_norm"] > 0),
+        rel_grad=p["grad_norm"] / p["param_norm"].where(p["param_norm"] > 0),
+    )
+    agg = p.groupby("param", sort=False).agg(
+        module=("module", "first"),
+        rows=("step", "size"),
+        has_grad=("has_grad", "mean"),
+        grad_pos=("grad_pos", "mean"),
+        grad=("grad_norm", "median"),
+        rel_grad=("rel_grad", "median"),
+        ratio=("ratio", "median"),
+        update_rows=("update_norm", "count"),
+        changed=("update_norm", lambda u: float((u.dropna() > 0).mean())),
+        norm=("param_norm", "last"),
+    )
+    agg["in_optimizer"] = [
+        meta_params.get(n, {}).get("in_optimizer") is not False for n in agg.index
+    ]
+    agg["numel"] = [int(meta_params.get(n, {}).get("numel", 1)) for n in agg.index]
+    agg["ndim"] = [len(meta_params.get(n, {}).get("shape") or []) for n in agg.index]
+    order = {n: i for i, n in enumerate(meta_params)}
+    return agg.loc[sorted(agg.index, key=lambda n: order.get(n, 1 << 30))]
+
+
+def leaf_activations(records: Records, types: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The activation rows of leaf modules (of the given module types, if any)."""
+    act = records.activations
+    if types is not None:
+        act = act[act["type"].isin(types)]
+    leaves = {n for n, m in records.meta.get("modules", {}).items() if m.get("leaf")}
+    return act[act["module"].isin(leaves)] if leaves else act
