@@ -3,6 +3,7 @@
     python benchmarks/memory.py                 # 100 000 steps, prints the figures
     python benchmarks/memory.py --steps 20000   # shorter
     python benchmarks/memory.py --exit-memory   # what the block exit adds and keeps
+    python benchmarks/memory.py --sigkill       # how much of a run survives SIGKILL
 
 Targets (exit status 1 when one is missed): resident memory growth after warm-up
 <= 64 MB, every record table within its bound (`_records.THINNING`), run dir <= 50 MB,
@@ -261,5 +262,71 @@ def exit_memory(steps: int, json_path: str) -> int:
     return 0 if ok else 1
 
 
+# --- what survives a SIGKILL (issue 16 §1) ------------------------------------------------
+_CHILD = """
+import sys, time, torch
+from torch import nn
+import trainlens
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+x, y = torch.randn(32, 32), torch.randint(0, 10, (32,))
+with trainlens.watch(model, opt, run_dir=sys.argv[1], quiet=True):
+    t0 = time.perf_counter()
+    for step in range(10**9):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            print(step + 1, round(time.perf_counter() - t0, 3), flush=True)
+"""
+
+
+def sigkill_survival(min_s: float = 12.0, max_s: float = 40.0, seed: int | None = None) -> dict:
+    """Kill a watched training process with SIGKILL at a random moment; how many of the
+    steps it ran are on disk (in its streamed records)?"""
+    import random
+    import signal
+    import subprocess
+
+    from trainlens._stream import STREAM_EVERY_S, load_stream
+
+    kill_after = random.Random(seed).uniform(min_s, max_s)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(run_dir)], stdout=subprocess.PIPE, text=True
+        )
+        ran, t_ran = 0, 0.0
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            ran, t_ran = int(line.split()[0]), float(line.split()[1])
+            if t_ran >= kill_after:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        records = load_stream(run_dir)
+        on_disk = int(records.steps["step"].max()) + 1 if len(records.steps) else 0
+        t_disk = float(records.steps["time_s"].max()) if len(records.steps) else 0.0
+    return {
+        "killed_after_s": round(t_ran, 2),
+        "steps_run": ran,  # at least; up to 49 more ran after the last line printed
+        "steps_on_disk": on_disk,
+        "fraction_on_disk": round(on_disk / ran, 3) if ran else None,
+        "seconds_lost": round(t_ran - t_disk, 2),
+        "bound_s": STREAM_EVERY_S,
+    }
+
+
 if __name__ == "__main__":
+    if "--sigkill" in sys.argv:
+        fig = sigkill_survival()
+        print(
+            f"SIGKILL after {fig['killed_after_s']} s: {fig['steps_on_disk']} of "
+            f"{fig['steps_run']} steps on disk ({fig['fraction_on_disk']:.1%}); "
+            f"{fig['seconds_lost']} s lost (bound {fig['bound_s']} s)"
+        )
+        sys.exit(0)
     sys.exit(main())

@@ -98,7 +98,8 @@ def test_recipe_texts_only_use_fields_the_rules_fill():
         for cause in entry.causes.values():
             texts = [cause.first_check, cause.fix_attempt, cause.evidence, *cause.texts.values()]
             for name in re.findall(r"\{(\w+)\}", "".join(texts)):
-                assert name in ("module", "step") or f"{name}=" in rule, (
+                filled = f"{name}=" in rule or f'"{name}":' in rule  # keyword or dict key
+                assert name in ("module", "step") or filled, (
                     f"{symptom}.{cause.id} uses {{{name}}} that {symptom}.py never fills"
                 )
 

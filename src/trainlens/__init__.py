@@ -14,32 +14,11 @@ script start without importing torch.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, distribution
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CatalogueError, RunDirError, TargetError, TrainlensError, UsageError
-
-#: the name on the package index (`pip install trainlens-debugger`); `trainlens` there is
-#: an unrelated project. The import name and the console script stay `trainlens`.
-DISTRIBUTION = "trainlens-debugger"
-
-
-def _installed_version() -> str:
-    # "trainlens": a checkout installed before the rename, recognised by our console
-    # script (the unrelated `trainlens` on the index has its own)
-    for name in (DISTRIBUTION, "trainlens"):
-        try:
-            dist = distribution(name)
-        except PackageNotFoundError:
-            continue
-        if name == DISTRIBUTION or any(
-            ep.value == "trainlens._cli:main" for ep in dist.entry_points
-        ):
-            return dist.version
-    return "0.0.0+unknown"  # running from a source tree
-
-
-__version__ = _installed_version()
+from ._version import DISTRIBUTION as DISTRIBUTION  # the name on the package index
+from ._version import __version__
 
 if TYPE_CHECKING:
     from ._finding import Cause, Finding

@@ -290,8 +290,17 @@ CONSEQUENCE_NOTE = (
 
 
 def rank_findings(findings: Iterable[Finding], catalogue: Catalogue) -> list[Finding]:
-    """Every finding re-ranked: for findings merged across rules (`merge_findings`)."""
-    return [catalogue.rank_finding(f) for f in findings]
+    """Every finding re-ranked: for findings merged across rules (`merge_findings`).
+
+    A finding that rests on fallbacks alone (a conclusion by elimination, or "no cause
+    found") is dropped when another finding is an error with a specific cause: that
+    cause is the explanation to check first, and a "not sure" beside it only blurs it.
+    """
+    ranked = [catalogue.rank_finding(f) for f in findings]
+    specific = any(f.severity == "error" and not catalogue.is_fallback(f.top.id) for f in ranked)
+    if not specific:
+        return ranked
+    return [f for f in ranked if any(not catalogue.is_fallback(c.id) for c in f.likely_causes)]
 
 
 def load_catalogue(dirs: Iterable[Path]) -> Catalogue:

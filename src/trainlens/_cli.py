@@ -12,7 +12,7 @@ from ._errors import TrainlensError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="trainlens",
@@ -57,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("failed_run_dir", metavar="FAILED_RUN_DIR")
     compare.add_argument("fixed_run_dir", metavar="FIXED_RUN_DIR")
     compare.set_defaults(func=_cmd_compare)
+    diagnose = sub.add_parser(
+        "diagnose",
+        help="(re)build a run's drill from its records",
+        description="Build the drill of RUN_DIR from its records: for a run whose process "
+        "died before its block ended (killed, os._exit: the records streamed while it ran), "
+        "or to run the current rules and installed plugins on an earlier run. Exit 0: "
+        "drill written, no error finding; 1: written, status failed; 2: no records or the "
+        "folder cannot be written.",
+    )
+    diagnose.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by watch")
+    diagnose.add_argument("--json", action="store_true", help="print the new drill.json only")
+    diagnose.set_defaults(func=_cmd_diagnose)
+
     overfit = sub.add_parser(
         "overfit-one-batch",
         help="check that a model can memorise one batch; explain why not",
@@ -167,6 +180,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         )
         return 2
     return 0
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from ._diagnose import diagnose_run
+    from ._drill import ended_text
+    from ._errors import RunDirError
+
+    written = diagnose_run(args.run_dir)
+    if written.lost:
+        raise RunDirError(
+            f"could not write the drill into {args.run_dir}: {'; '.join(written.lost)}"
+        )
+    drill = written.drill
+    if args.json:
+        print(json.dumps(drill, indent=2, default=str))
+    else:
+        how = ended_text(drill.get("ended"))
+        print(
+            f"trainlens: run {drill['run_id']} {drill['status']}, {drill['steps']} steps"
+            + (f"; {how}" if how else "")
+            + f"; drill: {written.run_dir / 'drill.md'}"
+        )
+        for f in written.findings:
+            print(f"  - {f.summary()}")
+    return 1 if drill["status"] == "failed" else 0
 
 
 def _cmd_overfit(args: argparse.Namespace) -> int:

@@ -1,5 +1,8 @@
 """Distributed runs (DDP under torchrun): each rank records alone, rank 0 merges via files.
 
+This module finds the rank and the shared run id and waits for the ranks' markers; the
+merge itself is `_merge`, SIGTERM handling `_signals`, unwrapping DDP `_wrappers`.
+
 trainlens never issues a collective: a rank that crashed, hung or skipped a step would
 make any `all_gather` of ours hang the healthy ranks. Instead each rank writes its own
 records and partial drill into `run_dir/rank-<r>/`, then an atomic `done` marker; rank 0
@@ -17,23 +20,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-from torch import nn
-
-from ._drill import run_status
-from ._finding import Finding
 from ._io import atomic_write_text
-from ._records import TABLES, Records
+from ._merge import merge, merge_rank_findings, write_merged
+from ._signals import SigtermGuard, TerminatedBySignal
+from ._wrappers import unwrap_model, wrappers
 
 if TYPE_CHECKING:
-    from ._watch import Lens
+    from ._finish import Written
 
 #: seconds rank 0 waits for the other ranks' `done` markers (env TRAINLENS_RANK_TIMEOUT)
 DEFAULT_TIMEOUT_S = 60.0
@@ -41,49 +39,6 @@ DEFAULT_TIMEOUT_S = 60.0
 #: sends SIGKILL 30 s after SIGTERM)
 TERMINATING_TIMEOUT_S = 10.0
 DONE = "done"
-
-
-class TerminatedBySignal(SystemExit):
-    """SIGTERM during a distributed watch block: the launcher stopped this rank."""
-
-    def __init__(self, signum: int):
-        super().__init__(128 + signum)
-        self.signum = signum
-
-    def __str__(self) -> str:
-        return (
-            f"terminated by {signal.Signals(self.signum).name}: the launcher (torchrun) stops "
-            "every rank when one of them fails; look for the rank that failed first"
-        )
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module that holds the layers: through DDP/DataParallel and torch.compile.
-
-    Hooks go on it, and names come from it, so they read `encoder.0`, not
-    `module._orig_mod.encoder.0`.
-    """
-    while (inner := unwrap_one(model)) is not model:
-        model = inner
-    return model
-
-
-def wrappers(model: nn.Module) -> list[str]:
-    """The wrapper classes around the layers, outermost first (for run.json)."""
-    out = []
-    while (inner := unwrap_one(model)) is not model:
-        out.append(type(model).__name__)
-        model = inner
-    return out
-
-
-def unwrap_one(model: nn.Module) -> nn.Module:
-    inner = model.__dict__.get("_modules", {}).get("_orig_mod")
-    if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
-        return inner
-    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def rank_and_world() -> tuple[int, int] | None:
@@ -134,24 +89,16 @@ class RankRun:
         self.rank = rank
         self.world_size = world_size
         self.root = root
-        self.quiet = True
-        self._old_handler: Any = None
-        self._held: list[int] = []
-        self._signalled = False
-        self._handling = False
+        # SIGTERM (torchrun stopping the ranks) unwinds the block as TerminatedBySignal
+        self.guard = SigtermGuard(distributed=True)
 
     @classmethod
-    def start(cls, lens: Lens, prepare: Callable[[Path], Path]) -> RankRun | None:
-        """On a multi-process run, point the lens at `run_dir/rank-<r>/`."""
+    def start(cls, run_dir: Path, prepare: Callable[[Path], Path]) -> RankRun | None:
+        """On a multi-process run, this rank's part of it (writing `run_dir/rank-<r>/`)."""
         rw = rank_and_world()
         if rw is None:
             return None
-        run = cls(rw[0], rw[1], prepare(lens.run_dir))
-        lens.run_dir = run.dir
-        # one summary line for the whole run (rank 0's merged one), not one per rank
-        run.quiet, lens._quiet = lens._quiet, True
-        run.catch_sigterm()
-        return run
+        return cls(rw[0], rw[1], prepare(run_dir))
 
     @property
     def dir(self) -> Path:
@@ -166,45 +113,22 @@ class RankRun:
                 backend = str(dist.get_backend())
         return {"rank": self.rank, "world_size": self.world_size, "backend": backend}
 
-    # --- SIGTERM ---------------------------------------------------------------------
-    def catch_sigterm(self) -> None:
-        """Unwind the block on SIGTERM, unless the program handles SIGTERM itself."""
-        if threading.current_thread() is not threading.main_thread():
-            return
-        if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:  # may be a plain 0
-            return
-        self._old_handler = signal.SIG_DFL
-        self._handling = True
-        signal.signal(signal.SIGTERM, self._raise)
-
-    def hold_sigterm(self) -> None:
-        """From here until `release_sigterm`, a SIGTERM waits: the files must be written."""
-        if self._handling:
-            signal.signal(signal.SIGTERM, self._hold)
-
-    def release_sigterm(self) -> None:
-        if not self._handling:
-            return
-        self._handling = False
-        signal.signal(signal.SIGTERM, self._old_handler)
-        if self._held:
-            os.kill(os.getpid(), self._held[0])  # what the launcher asked for, now
-
-    def _raise(self, signum: int, frame: Any) -> None:
-        self._signalled = True
-        raise TerminatedBySignal(signum)
-
-    def _hold(self, signum: int, frame: Any) -> None:
-        self._held.append(signum)
-
     @property
     def terminating(self) -> bool:
-        return self._signalled or bool(self._held)
+        return self.guard.terminating
 
     # --- leaving ---------------------------------------------------------------------
-    def finish(self, lens: Lens, exc: BaseException | None, failed_at: float | None) -> None:
-        """Mark this rank done; on rank 0, wait for the others and write the merged drill."""
-        drill = lens.drill or {}
+    def finish(
+        self,
+        run_id: str,
+        drill: dict[str, Any] | None,
+        exc: BaseException | None,
+        failed_at: float | None,
+        plugins: list[Any],
+    ) -> Written | None:
+        """Mark this rank done; on rank 0, wait for the others and write the merged run
+        (returned; None on the other ranks)."""
+        drill = drill or {}
         marker = {
             "rank": self.rank,
             "world_size": self.world_size,
@@ -217,19 +141,11 @@ class RankRun:
         if drill:
             atomic_write_text(self.dir / DONE, json.dumps(marker) + "\n")
         if self.rank != 0:
-            return
+            return None
         timeout = _timeout()
         reports = self.collect(timeout)
-        merged, findings, records = merge(lens.run_id, reports, self.world_size, timeout)
-        write_merged(lens, self.root, merged, records)
-        lens.drill = merged
-        lens.findings = findings
-        lens.records = records
-        lens.run_dir = self.root
-        if not self.quiet:
-            from ._watch import _print_summary
-
-            _print_summary(lens)
+        merged, findings, records = merge(run_id, reports, self.world_size, timeout)
+        return write_merged(plugins, self.root, merged, findings, records)
 
     def collect(self, timeout: float) -> dict[int, dict[str, Any] | None]:
         """Each rank's done marker and drill; None for a rank that never reported."""
@@ -269,191 +185,10 @@ def _read_report(rank_dir: Path) -> dict[str, Any] | None:
     return {"marker": marker, "drill": drill, "dir": rank_dir}
 
 
-def ranks_text(ranks: list[int], world_size: int) -> str:
-    if len(ranks) == world_size:
-        return f"on all {world_size} ranks"
-    if len(ranks) == 1:
-        return f"on rank {ranks[0]} only (of {world_size})"
-    return f"on ranks {', '.join(map(str, ranks))} (of {world_size})"
-
-
-def merge_rank_findings(
-    per_rank: dict[int, list[dict[str, Any]]], world_size: int
-) -> list[dict[str, Any]]:
-    """One finding per (symptom, cause, module), naming the ranks where it holds."""
-    groups: dict[tuple[Any, ...], list[tuple[int, dict[str, Any]]]] = {}
-    for rank in sorted(per_rank):
-        for f in per_rank[rank]:
-            key = (f["symptom"], f["likely_cause"], f.get("module"))
-            groups.setdefault(key, []).append((rank, f))
-    merged = []
-    for (symptom, cause, _), members in groups.items():
-        ranks = sorted({r for r, _ in members})
-        lead = dict(members[0][1])
-        where = ranks_text(ranks, world_size)
-        lead["severity"] = (
-            "error" if any(f["severity"] == "error" for _, f in members) else "warning"
-        )
-        lead["likely_causes"] = [
-            {**c, "evidence": f"{symptom}/{c['id']} {where}: {c['evidence']}"}
-            for c in lead["likely_causes"]
-        ]
-        lead["evidence"] = {
-            **(lead.get("evidence") or {}),
-            "ranks": ranks,
-            "world_size": world_size,
-            "where": f"{cause} {where}",
-        }
-        merged.append(lead)
-    order = {"error": 0, "warning": 1}
-    merged.sort(key=lambda f: (order[f["severity"]], -f["likely_causes"][0]["confidence"]))
-    return merged
-
-
-def merge(
-    run_id: str,
-    reports: dict[int, dict[str, Any] | None],
-    world_size: int,
-    timeout: float,
-) -> tuple[dict[str, Any], list[Finding], Records]:
-    """The merged drill, its findings and the records of all ranks (with a `rank` column)."""
-    present = {r: rep for r, rep in reports.items() if rep is not None}
-    missing = sorted(r for r, rep in reports.items() if rep is None)
-    findings = merge_rank_findings(
-        {r: rep["drill"].get("findings", []) for r, rep in present.items()}, world_size
-    )
-    rows = []
-    for r in range(world_size):
-        rep = reports.get(r)
-        if rep is None:
-            rows.append({"rank": r, "status": "missing", "steps": None, "exception": None})
-            continue
-        d = rep["drill"]
-        rows.append(
-            {
-                "rank": r,
-                "status": d.get("status"),
-                "steps": d.get("steps"),
-                "findings": len(d.get("findings", [])),
-                "exception": d.get("exception"),
-                "failed_at": rep["marker"].get("failed_at"),
-                "dir": f"rank-{r}",
-            }
-        )
-    exc_rows = [row for row in rows if row.get("exception")]
-    # the rank that failed first is the root cause; the others mostly lost their peer
-    exc_rows.sort(key=lambda row: (row.get("failed_at") or float("inf"), row["rank"]))
-    exception = None
-    if exc_rows:
-        first = exc_rows[0]
-        exception = {**first["exception"], "rank": first["rank"]}
-        exception["message"] = f"rank {first['rank']}: {exception.get('message', '')}"
-    base = present.get(0, {}).get("drill") or (
-        next(iter(present.values()))["drill"] if present else {}
-    )
-    failed = bool(missing) or any(row["status"] == "failed" for row in rows)
-    failed = failed or any(f["severity"] == "error" for f in findings)
-    drill = {
-        "schema_version": base.get("schema_version", 1),
-        "run_id": run_id,
-        "status": run_status(failed, findings),
-        "steps": int(max((row["steps"] or 0) for row in rows)) if rows else 0,
-        "findings": findings,
-        "exception": exception,
-        "duration_s": base.get("duration_s"),
-        "created": base.get("created"),
-        "trainlens_version": base.get("trainlens_version"),
-        "distributed": {
-            "world_size": world_size,
-            "ranks": rows,
-            "missing_ranks": missing,
-            "failed_ranks": [row["rank"] for row in exc_rows],
-            "timeout_s": timeout,
-        },
-    }
-    records = _merged_records(present, world_size, drill["distributed"])
-    return drill, [Finding.from_dict(f) for f in findings], records
-
-
-def _merged_records(
-    present: dict[int, dict[str, Any]], world_size: int, summary: dict[str, Any]
-) -> Records:
-    frames: dict[str, list[pd.DataFrame]] = {}
-    meta: dict[str, Any] = {}
-    for r in sorted(present):
-        try:
-            rec = Records.load(present[r]["dir"])
-        except Exception:  # a rank's records unreadable: the merged drill still stands
-            continue
-        if not meta:
-            meta = dict(rec.meta)
-        for name, frame in rec.frames.items():
-            frames.setdefault(name, []).append(frame.assign(rank=r))
-    merged_frames = {
-        name: pd.concat(parts, ignore_index=True)
-        for name, parts in frames.items()
-        if name in TABLES or parts
-    }
-    meta["distributed"] = {**(meta.get("distributed") or {}), **summary, "merged": True}
-    meta.pop("rank", None)
-    return Records(merged_frames, meta)
-
-
-def write_merged(lens: Lens, root: Path, drill: dict[str, Any], records: Records) -> None:
-    from ._drill import write_drill
-    from ._plugins import get_plugin_manager, report_sections, write_artifacts
-
-    pm = get_plugin_manager(lens._plugins)
-    records.save(root)
-    write_artifacts(pm, root, drill, records)
-    sections = [("Ranks", ranks_section(drill))]
-    sections += report_sections(pm, drill, records)
-    write_drill(root, drill, sections)
-
-
-def ranks_section(drill: dict[str, Any]) -> str:
-    info = drill["distributed"]
-    lines = [
-        f"Merged from {info['world_size']} ranks; each rank's own records and drill are in "
-        "`rank-<r>/`.",
-        "",
-        "| rank | status | steps | findings | stopped with |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for row in info["ranks"]:
-        exc = row.get("exception")
-        stopped = f"`{exc['type']}`: {str(exc.get('message', ''))[:120]}" if exc else ""
-        if row["status"] == "missing":
-            stopped = (
-                f"never reported within {info['timeout_s']:g} s: crashed hard, was killed, "
-                "or is still running (set TRAINLENS_RANK_TIMEOUT to wait longer)"
-            )
-        steps = "" if row.get("steps") is None else row["steps"]
-        lines.append(
-            f"| {row['rank']} | {row['status']} | {steps} | {row.get('findings', '')} | "
-            f"{' '.join(stopped.split()).replace('|', '/')} |"
-        )
-    if info["missing_ranks"]:
-        lines += ["", f"**Missing ranks:** {', '.join(map(str, info['missing_ranks']))}."]
-    if info["missing_ranks"]:
-        lines += [
-            "",
-            "A rank that crashed hard (killed, out of host memory, a segfault) writes no "
-            "drill, so it most likely failed first; the exceptions of the others are then "
-            "usually its consequence (a peer that left a collective).",
-        ]
-    elif info["failed_ranks"]:
-        lines += [
-            "",
-            f"**Rank {info['failed_ranks'][0]} failed first**; the exceptions of later ranks "
-            "are usually its consequence (a peer that left a collective).",
-        ]
-    return "\n".join(lines)
-
-
 __all__ = [
     "RankRun",
     "TerminatedBySignal",
+    "merge_rank_findings",
     "rank_and_world",
     "shared_run_id",
     "unwrap_model",

@@ -37,7 +37,13 @@ def build_drill(
     meta: dict[str, Any],
 ) -> dict[str, Any]:
     exc = meta.get("exception")
-    crashed = exc is not None and exc.get("type") != "KeyboardInterrupt"
+    ended = meta.get("ended")
+    if isinstance(ended, dict) and "how" in ended:
+        crashed = ended["how"] == "raised" or (
+            ended["how"] == "exited" and ended.get("exit_code") not in (0, None)
+        )
+    else:  # a run written before `ended` existed
+        crashed = exc is not None and exc.get("type") != "KeyboardInterrupt"
     failed = crashed or any(f.severity == "error" for f in findings)
     drill = {
         "schema_version": SCHEMA_VERSION,
@@ -52,9 +58,38 @@ def build_drill(
         "created": meta.get("started_at"),
         "trainlens_version": meta.get("trainlens_version"),
     }
+    if isinstance(ended, dict):
+        drill["ended"] = ended
     if meta.get("probes_stopped"):  # what trainlens stopped recording, and why
         drill["probes_stopped"] = meta["probes_stopped"]
     return drill
+
+
+#: how a run ended (`drill["ended"]["how"]`): the words `drill.md` and the report use
+ENDINGS = {
+    "completed": "completed: the block ended normally",
+    "raised": "raised an exception",
+    "interrupted": "interrupted (KeyboardInterrupt)",
+    "exited": "stopped early with sys.exit",
+    "terminated": "terminated by a signal",
+    "rebuilt": "rebuilt from the records streamed by a process that died before its block "
+    "ended (killed, os._exit, a crash)",
+}
+
+
+def ended_text(ended: Any) -> str | None:
+    """One line on how the run ended, or None when the drill does not say."""
+    if not isinstance(ended, dict) or ended.get("how") not in ENDINGS:
+        return None
+    how = ended["how"]
+    text = ENDINGS[how]
+    if how == "terminated" and ended.get("signal"):
+        text = f"terminated by {ended['signal']}"
+    if how == "exited":
+        text += f" (exit code {ended.get('exit_code')!r})"
+    if isinstance(ended.get("step"), int):
+        text += f" at step {ended['step']}"
+    return text
 
 
 def read_drill(run_dir: Path) -> dict[str, Any]:
@@ -64,6 +99,12 @@ def read_drill(run_dir: Path) -> dict[str, Any]:
     try:
         drill = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if (Path(run_dir) / "stream" / "run.json").is_file():
+            raise RunDirError(
+                f"{run_dir} has no drill.json: its process ended before the watch block did "
+                f"(killed?); `trainlens diagnose {run_dir}` builds the drill from the records "
+                "it streamed"
+            ) from None
         raise RunDirError(
             f"{run_dir} has no drill.json: not a finished trainlens run directory"
         ) from None
@@ -139,6 +180,9 @@ def render_markdown(drill: dict[str, Any], sections: Sequence[tuple[str, str]] =
         + (f" · **Duration:** {drill['duration_s']:.1f} s" if drill.get("duration_s") else ""),
         "",
     ]
+    how = ended_text(drill.get("ended"))
+    if how and drill["ended"].get("how") != "completed":
+        lines += [f"**Ended:** {how}.", ""]
     exc = drill.get("exception")
     if exc:
         where = f" in `{exc['module'] or '(model)'}`" if exc.get("module") is not None else ""

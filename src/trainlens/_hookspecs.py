@@ -73,3 +73,12 @@ def trainlens_report_sections(drill: dict[str, Any], records: Records) -> list[t
 
     Sections from all plugins appear after the findings, built-in ones first.
     """
+
+
+@hookspec
+def trainlens_drill_fields(drill: dict[str, Any], records: Records) -> dict[str, Any] | None:
+    """Top-level fields to add to `drill.json` before it is written (e.g. `overfit`).
+
+    Called once the findings are in `drill`; keys the drill already has are not
+    replaced. Return JSON-able values.
+    """

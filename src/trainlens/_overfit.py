@@ -24,7 +24,6 @@ from torch.nn.modules.loss import _Loss
 from ._errors import TrainlensError, UsageError
 from ._finding import Finding
 from ._hookspecs import hookimpl
-from ._io import atomic_write_text
 from ._probes._batchdep import batch_size_hint
 from ._probes._state import suspended
 
@@ -248,9 +247,12 @@ def overfit_one_batch(
     captured = isinstance(loss_fn, _Loss)  # nn losses are recorded by watch itself
     section = _Section()
     losses: list[float] = []
+    # what the verdict needs, handed to the run before it is written (drill["overfit"])
+    section.run = _RunFacts(kind, baseline, opt_desc, _batch_size(targets), losses)
     error: BaseException | None = None
     accuracy: float | None = None
     lens = watch(model_c, opt_c, run_dir=run_dir, quiet=True, plugins=[section])
+    section.lens = lens
     bar = _Progress(steps) if not quiet else None
     try:
         with batch_size_hint(_batch_size(targets)), lens:
@@ -278,6 +280,7 @@ def overfit_one_batch(
                 if _loss_target_met(kind, value, losses[0], baseline):
                     break
             accuracy = _accuracy(model_c, inputs, targets, kind)
+            section.run.accuracy = accuracy
             section.facts = _facts(kind, losses, accuracy, baseline)
             # the rules read the verdict so far: a batch that was not memorised is a
             # failure to explain even when the loss curve shows no symptom of its own
@@ -299,38 +302,25 @@ def overfit_one_batch(
     finally:
         if bar is not None:
             bar.close()
-    drill = lens.drill or {}
-    meta = lens.records.meta if lens.records is not None else {}
-    memorised, criterion = _memorised(kind, losses, accuracy, baseline)
-    if error is not None:
-        memorised = False
-    errors = [f for f in lens.findings if f.severity == "error"]
-    init = _initial_loss_check(meta.get("initial_loss"), drill.get("findings", []))
-    init_ok = init is None or init["ok"] is not False
-    passed = memorised and init_ok and not errors and error is None
-    result = OverfitResult(
-        passed=passed,
-        losses=losses,
-        findings=list(lens.findings),
-        run_dir=lens.run_dir,
-        drill=drill,
-        verdict="",
-        criterion=criterion,
-        kind=kind,
-        steps=len(losses),
-        optimizer=opt_desc,
-        initial_loss=init,
-        batch_dependency=meta.get("batch_dependency"),
-        accuracy=accuracy,
-        memorised=memorised,
-        error=None if error is None else f"{type(error).__name__}: {error}"[:500],
-        details={"baseline": baseline, "batch_size": _batch_size(targets)},
-    )
-    result.verdict = _verdict(result)
-    if drill:
-        drill["overfit"] = {k: v for k, v in result.to_json().items() if k != "drill"}
-        atomic_write_text(lens.run_dir / "drill.json", _dumps(drill))
+    result = section.result
+    if result is None:  # the run could not be written: the verdict all the same
+        meta = lens.records.meta if lens.records is not None else {}
+        result = section.verdict(lens.drill or {}, meta, error)
+    result.findings, result.run_dir = list(lens.findings), lens.run_dir
+    result.drill = lens.drill or {}
     return result
+
+
+@dataclass
+class _RunFacts:
+    """What the overfit run knows besides the records, for its verdict."""
+
+    kind: str
+    baseline: float | None
+    optimizer: str
+    batch_size: int | None
+    losses: list[float]
+    accuracy: float | None = None
 
 
 # --- the criterion ---------------------------------------------------------------------
@@ -551,6 +541,57 @@ class _Section:
 
     def __init__(self) -> None:
         self.facts: dict[str, Any] | None = None
+        self.run: _RunFacts | None = None
+        self.result: OverfitResult | None = None
+        self.lens: Any = None
+
+    @hookimpl
+    def trainlens_drill_fields(self, drill: dict[str, Any], records: Any) -> dict[str, Any]:
+        """The verdict, decided on the findings just made, as the drill's `overfit` field."""
+        exc = records.meta.get("exception")
+        ended = records.meta.get("ended") or {}
+        error = None
+        if exc and ended.get("how", "raised") == "raised":
+            error = f"{exc.get('type')}: {exc.get('message')}"[:500]
+        self.result = self.verdict(drill, records.meta, error)
+        return {"overfit": {k: v for k, v in self.result.to_json().items() if k != "drill"}}
+
+    def verdict(
+        self, drill: dict[str, Any], meta: dict[str, Any], error: BaseException | str | None
+    ) -> OverfitResult:
+        run = self.run
+        assert run is not None
+        losses, accuracy, kind, baseline = run.losses, run.accuracy, run.kind, run.baseline
+        memorised, criterion = _memorised(kind, losses, accuracy, baseline)
+        if error is not None:
+            memorised = False
+        if isinstance(error, BaseException):
+            error = f"{type(error).__name__}: {error}"[:500]
+        findings = drill.get("findings", [])
+        errors = [f for f in findings if f.get("severity") == "error"]
+        init = _initial_loss_check(meta.get("initial_loss"), findings)
+        init_ok = init is None or init["ok"] is not False
+        passed = memorised and init_ok and not errors and error is None
+        result = OverfitResult(
+            passed=passed,
+            losses=losses,
+            findings=[Finding.from_dict(f) for f in findings],
+            run_dir=Path(self.lens.run_dir) if self.lens is not None else Path("."),
+            drill=drill,
+            verdict="",
+            criterion=criterion,
+            kind=kind,
+            steps=len(losses),
+            optimizer=run.optimizer,
+            initial_loss=init,
+            batch_dependency=meta.get("batch_dependency"),
+            accuracy=accuracy,
+            memorised=memorised,
+            error=error,
+            details={"baseline": baseline, "batch_size": run.batch_size},
+        )
+        result.verdict = _verdict(result)
+        return result
 
     @hookimpl
     def trainlens_report_sections(self, drill: dict[str, Any], records: Any) -> list[Any]:
@@ -677,11 +718,3 @@ def _g(x: float) -> str:
 
 def _json_float(x: float) -> float | str:
     return x if math.isfinite(x) else str(x)
-
-
-def _dumps(drill: dict[str, Any]) -> str:
-    import json
-
-    from ._finding import _jsonable
-
-    return json.dumps(_jsonable(drill), indent=2) + "\n"

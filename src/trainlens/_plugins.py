@@ -58,56 +58,101 @@ def catalogue_for(pm: pluggy.PluginManager) -> Catalogue:
     return load_catalogue([data_dir("recipes"), *extra])
 
 
-def diagnose(pm: pluggy.PluginManager, records: Records, catalogue: Catalogue) -> list[Finding]:
-    """Run every rule; a rule that crashes is reported and skipped, never fatal.
+#: what a failing implementation of each hook costs, for its warning and the drill
+_WHAT = {
+    "trainlens_diagnose": "rule {name!r} failed and was skipped",
+    "trainlens_artifacts": "report plugin {name!r} could not write its files",
+    "trainlens_report_sections": "report section plugin {name!r} failed and was left out",
+    "trainlens_drill_fields": "drill-field plugin {name!r} failed and its fields were left out",
+}
 
-    Each implementation is called on its own so one broken third-party rule cannot hide
-    the findings of the others.
+
+def call_each(
+    pm: pluggy.PluginManager,
+    hook: str,
+    failures: list[dict[str, str]] | None = None,
+    *,
+    skip: Iterable[str] = (),
+    **offered: Any,
+) -> list[Any]:
+    """Call every implementation of `hook` on its own, in registration order (built-ins
+    first; `trylast` ones at the end), and return their results.
+
+    The one failure policy of trainlens's plugin calls: an implementation that raises
+    is skipped and the others still run; the failure is appended to `failures` (the
+    drill lists them under `plugin_errors`, and the caller names them in its one
+    warning), or, without a `failures` list, a RuntimeWarning names it at once. A broken
+    third-party rule, artifact or report section never breaks the user's run.
     """
-    findings: list[Finding] = []
-    for impl in pm.hook.trainlens_diagnose.get_hookimpls():
-        offered = {"records": records, "catalogue": catalogue}
-        try:
-            found = impl.function(**{k: offered[k] for k in impl.argnames})
-        except Exception as exc:
-            warnings.warn(
-                f"trainlens rule {impl.plugin_name!r} failed and was skipped: "
-                f"{type(exc).__name__}: {exc}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    results = []
+    impls = getattr(pm.hook, hook).get_hookimpls()  # registration order, trylast first
+    impls = sorted(impls, key=lambda i: i.trylast)  # stable: registration order kept
+    skip = set(skip)  # plugin names the caller renders its own way
+    for impl in impls:
+        if impl.plugin_name in skip:
             continue
-        findings.extend(found or [])
-    return rank_findings(merge_findings(findings), catalogue)
+        try:
+            out = impl.function(**{k: offered[k] for k in impl.argnames})
+        except Exception as exc:
+            what = _WHAT.get(hook, "plugin {name!r} failed").format(name=impl.plugin_name)
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            if failures is None:
+                warnings.warn(f"trainlens {what}: {error}", RuntimeWarning, stacklevel=3)
+            else:
+                failures.append(
+                    {"plugin": str(impl.plugin_name), "hook": hook, "error": error, "what": what}
+                )
+            continue
+        if out is not None:
+            results.append(out)
+    return results
+
+
+def diagnose(
+    pm: pluggy.PluginManager,
+    records: Records,
+    catalogue: Catalogue,
+    failures: list[dict[str, str]] | None = None,
+) -> list[Finding]:
+    """Run every rule; a rule that crashes is reported and skipped, never fatal."""
+    found = call_each(pm, "trainlens_diagnose", failures, records=records, catalogue=catalogue)
+    return rank_findings(merge_findings([f for batch in found for f in batch]), catalogue)
 
 
 def write_artifacts(
-    pm: pluggy.PluginManager, run_dir: Path, drill: dict[str, Any], records: Records
+    pm: pluggy.PluginManager,
+    run_dir: Path,
+    drill: dict[str, Any],
+    records: Records,
+    failures: list[dict[str, str]] | None = None,
 ) -> list[str]:
-    """Let report plugins write their files; a plugin that fails is reported and skipped."""
-    written: list[str] = []
-    # registration order, but `trylast` ones (the run dir's README, listing the files) at
-    # the end; a stable sort keeps the rest as they were
-    impls = sorted(pm.hook.trainlens_artifacts.get_hookimpls(), key=lambda i: i.trylast)
-    for impl in impls:
-        offered = {"run_dir": run_dir, "drill": drill, "records": records}
-        try:
-            names = impl.function(**{k: offered[k] for k in impl.argnames})
-        except Exception as exc:
-            warnings.warn(
-                f"trainlens report plugin {impl.plugin_name!r} could not write its files: "
-                f"{type(exc).__name__}: {exc}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            continue
-        written.extend(names or [])
-    return written
+    """Let report plugins write their files (the run dir's README, `trylast`, at the end)."""
+    names = call_each(
+        pm, "trainlens_artifacts", failures, run_dir=run_dir, drill=drill, records=records
+    )
+    return [n for batch in names for n in batch]
 
 
 def report_sections(
-    pm: pluggy.PluginManager, drill: dict[str, Any], records: Records
+    pm: pluggy.PluginManager,
+    drill: dict[str, Any],
+    records: Records,
+    failures: list[dict[str, str]] | None = None,
 ) -> list[tuple[str, str]]:
-    # pluggy calls the last registered first; built-ins were registered first
-    results = pm.hook.trainlens_report_sections(drill=drill, records=records)
-    return [section for sections in reversed(results) for section in (sections or [])]
+    """`(title, markdown)` sections of every plugin, built-in ones first."""
+    found = call_each(pm, "trainlens_report_sections", failures, drill=drill, records=records)
+    return [section for batch in found for section in batch]
+
+
+def drill_fields(
+    pm: pluggy.PluginManager,
+    drill: dict[str, Any],
+    records: Records,
+    failures: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Top-level fields plugins add to the drill before it is written (never core keys)."""
+    fields: dict[str, Any] = {}
+    for batch in call_each(pm, "trainlens_drill_fields", failures, drill=drill, records=records):
+        if isinstance(batch, dict):
+            fields.update({k: v for k, v in batch.items() if k not in drill})
+    return fields

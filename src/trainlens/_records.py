@@ -140,7 +140,7 @@ def policy_for(table: str) -> Thinning | None:
 class Table:
     """An append-only columnar buffer of Python values, bounded by its `Thinning` policy."""
 
-    __slots__ = ("_data", "_limit", "_width", "columns", "dropped", "policy", "seen")
+    __slots__ = ("_data", "_limit", "_width", "columns", "dropped", "generation", "policy", "seen")
 
     def __init__(self, columns: Sequence[str], policy: Thinning | None = DEFAULT_THINNING):
         self.columns = tuple(columns)
@@ -151,6 +151,7 @@ class Table:
         self._width = 1  # current bucket width in steps
         self.seen = 0  # rows appended in all
         self.dropped = 0  # rows thinned away or refused
+        self.generation = 0  # +1 at each compaction: rows before it may have moved
 
     def append(self, *row: Any) -> None:
         for col, value in zip(self._data, row, strict=True):
@@ -172,8 +173,13 @@ class Table:
             return []
         return self._data[self.columns.index(column)][-n:]
 
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(dict(zip(self.columns, self._data, strict=True)))
+    def frame(self, start: int = 0) -> pd.DataFrame:
+        """Rows `start:` as a DataFrame. A row half appended when a signal unwound the
+        run (columns of unequal length) is left out."""
+        n = min(len(col) for col in self._data)
+        return pd.DataFrame(
+            {c: col[start:n] for c, col in zip(self.columns, self._data, strict=True)}
+        )
 
     def thinning(self) -> dict[str, Any]:
         """What a rule should know about this table's resolution (for `records.meta`)."""
@@ -190,7 +196,7 @@ class Table:
             for col in self._data:
                 del col[policy.max_rows :]
             self.dropped += n - len(self)
-            return
+            return  # the kept rows did not move: no new generation
         steps = (
             _int_array(self._data[self.columns.index("step")]) if "step" in self.columns else None
         )
@@ -215,6 +221,7 @@ class Table:
         keep = np.sort(np.concatenate([np.flatnonzero(in_head), pool[kept]])).tolist()
         self._data = [[col[i] for i in keep] for col in self._data]
         self.dropped += n - len(keep)
+        self.generation += 1
         # the next compaction after max_rows - len(keep) more rows (amortised O(1) a row)
         self._limit = policy.max_rows
 
@@ -379,7 +386,7 @@ class Records:
             if frame.empty:  # a table with no rows reads back the same from its absence
                 (run_dir / f"{name}.parquet").unlink(missing_ok=True)
                 continue
-            atomic_write_bytes(run_dir / f"{name}.parquet", _parquet_bytes(frame))
+            atomic_write_bytes(run_dir / f"{name}.parquet", parquet_bytes(frame))
         atomic_write_text(run_dir / "run.json", json.dumps(self.meta, indent=2, default=str))
 
     @classmethod
@@ -403,7 +410,7 @@ class Records:
         return cls(frames, meta)
 
 
-def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
     import io
 
     buf = io.BytesIO()

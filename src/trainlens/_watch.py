@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import secrets
+import signal
 import time
 import warnings
 from collections.abc import Iterable
@@ -15,22 +16,18 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-from . import _distributed
-from ._drill import build_drill, write_drill
+from . import _distributed, _rundir, _stream, _wrappers
 from ._errors import RunDirError, UsageError
 from ._finding import Finding
+from ._finish import Written, finish_run, problems_message
 from ._meta import describe_modules, describe_optimizer, describe_params
-from ._plugins import (
-    catalogue_for,
-    diagnose,
-    get_plugin_manager,
-    report_sections,
-    write_artifacts,
-)
+from ._plugins import get_plugin_manager
 from ._probes import DEFAULT_PROBES, LossProbe, ProbeSet, WatchState
+from ._probes._checkpoint import CheckpointProbe
 from ._probes._state import DEFAULT_SAMPLE_EVERY, Sampling
 from ._records import Records
 from ._release import release_after_block
+from ._signals import SigtermGuard, TerminatedBySignal
 
 # run dirs of the blocks active right now: two nested blocks must not write one folder
 _ACTIVE_RUN_DIRS: set[Path] = set()
@@ -97,7 +94,7 @@ class Lens:
             )
         self._checkpoint = checkpoint
         # hooks go on the module that holds the layers, names without `module.`/`_orig_mod.`
-        self.model = _distributed.unwrap_model(model)
+        self.model = _wrappers.unwrap_model(model)
         self._outer_model = model
         self.optimizer = optimizer
         self.run_id = run_id or _distributed.shared_run_id_if_distributed() or new_run_id()
@@ -117,6 +114,9 @@ class Lens:
         self._entered = False
         self._started_at = ""
         self._dist: _distributed.RankRun | None = None
+        self._guard = SigtermGuard()
+        self._lock: _rundir.RunDirLock | None = None
+        self._stream: _stream.RecordStream | None = None
 
     # --- notebook display (IPython's rich display protocol) ---------------------------
     def __repr__(self) -> str:
@@ -138,8 +138,22 @@ class Lens:
         if self._entered:
             raise UsageError("a Lens can be entered once; call trainlens.watch(...) again")
         self._entered = True
-        self._dist = _distributed.RankRun.start(self, _prepare_run_dir)  # None: one process
-        self.run_dir = _prepare_run_dir(self.run_dir)
+        # one process: None; a rank of a DDP run writes into run_dir/rank-<r>/
+        self._dist = _distributed.RankRun.start(self.run_dir, _prepare_root)
+        if self._dist is not None:
+            self.run_dir, self._guard = self._dist.dir, self._dist.guard
+        self.run_dir = _resolve(self.run_dir)
+        self._lock = _rundir.claim(self.run_dir)  # refused if another run owns it
+        try:
+            self._start()
+        except BaseException:
+            self._uninstall()
+            self._release_lock()
+            raise
+        self._guard.install()  # SIGTERM unwinds the block, the drill is written
+        return self
+
+    def _start(self) -> None:
         self._started_at = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         state = WatchState(self.model, self.optimizer, self._sampling)
         state.checkpoint, state.run_dir = self._checkpoint, self.run_dir
@@ -147,45 +161,52 @@ class Lens:
         if self._dist is not None:
             state.extra_meta["distributed"] = self._dist.describe()
         if self._outer_model is not self.model:
-            state.extra_meta["wrappers"] = _distributed.wrappers(self._outer_model)
+            state.extra_meta["wrappers"] = _wrappers.wrappers(self._outer_model)
         self._state = state
         _ACTIVE_RUN_DIRS.add(self.run_dir)
-        try:
-            self._probe_set = ProbeSet.install(state, DEFAULT_PROBES)
-        except BaseException:
-            self._uninstall()
-            raise
+        self._probe_set = ProbeSet.install(state, DEFAULT_PROBES)
         self._probes = list(self._probe_set)
         self._loss_probe = self._probe_set.get(LossProbe)
-        return self
+        self._start_stream(state)
+
+    def _start_stream(self, state: WatchState) -> None:
+        """Stream the records to the run dir while the run goes (see `_stream`)."""
+        stream = _stream.RecordStream(self.run_dir, state.tables, lambda: self._meta(state, None))
+        stream.listeners += [p.persist for p in self._probes if isinstance(p, CheckpointProbe)]
+        every = _stream.STREAM_EVERY_S
+
+        def write(now: float) -> None:
+            stream.write(state.step)
+            state.stream_due = now + every if stream.error is None else float("inf")
+
+        self._stream = stream
+        stream.write(state.step)  # run.json at once: a run killed early still says so
+        state.on_stream = write
+        state.stream_due = _stream.FIRST_STREAM_S
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        dist = self._dist
         failed_at = time.time() if exc is not None else None
-        if dist is not None:
-            dist.hold_sigterm()  # a launcher's SIGTERM waits until the files are written
+        guard = self._guard
+        guard.hold()  # SIGTERM and a second Ctrl-C wait until the files are written
         try:
             try:
                 self._uninstall()
             finally:
                 try:
-                    self._conclude(exc)
-                    if dist is not None:
-                        dist.finish(self, exc, failed_at)  # rank 0 merges the ranks' drills
+                    self._conclude(exc, failed_at)
                 except Exception as err:
-                    if exc is None:
-                        raise
-                    # never let our own trouble replace the user's exception
+                    # trainlens's own trouble never replaces the user's exception nor
+                    # turns a finished run into a crash
                     warnings.warn(
-                        f"trainlens could not write the drill for run {self.run_id}: "
-                        f"{type(err).__name__}: {err}",
+                        f"trainlens could not write the drill for run {self.run_id} to "
+                        f"{self.run_dir}: {type(err).__name__}: {err}",
                         RuntimeWarning,
                         stacklevel=2,
                     )
         finally:
-            if dist is not None:
-                dist.release_sigterm()
+            self._release_lock()
             release_after_block(self)  # the recording buffers and pyarrow's pages (issue 20)
+            guard.release()  # after a SIGTERM: the process ends here, as SIGTERM would
         return False  # the user's exception, if any, goes on unchanged
 
     def log_loss(self, loss: torch.Tensor | float, split: str | None = None) -> None:
@@ -260,30 +281,63 @@ class Lens:
         finally:
             _ACTIVE_RUN_DIRS.discard(self.run_dir)
 
-    def _conclude(self, exc: BaseException | None) -> None:
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def _conclude(self, exc: BaseException | None, failed_at: float | None) -> None:
         state = self._state
         assert state is not None
+        state.on_stream, state.stream_due = None, float("inf")
+        lost: list[str] = []
         if self._probe_set is not None:
-            # a probe may read what only the end of the run knows (the exception, memory)
-            self._probe_set.finish(exc)
+            # a probe may read what only the end of the run knows (the exception, memory);
+            # one that failed (then or during the run) is named in what was lost
+            lost += self._probe_set.finish(exc)
         state.deferred.flush()
         thinned = {n: t.thinning() for n, t in state.tables.items() if t.dropped}
         if thinned:  # long runs: rules can see which tables lost resolution, and how much
             state.extra_meta["thinning"] = thinned
         meta = self._meta(state, exc)
+        meta["ended"] = _ended(exc, state.step, self._guard)
+        if meta["ended"]["how"] == "exited" and meta["ended"].get("exit_code") in (0, None):
+            meta["exception"] = None  # sys.exit(0): a clean early stop
         self.records = Records({n: t.frame() for n, t in state.tables.items()}, meta)
-        pm = get_plugin_manager(self._plugins)
-        catalogue = catalogue_for(pm)
-        self.findings = diagnose(pm, self.records, catalogue)
-        self.drill = build_drill(self.run_id, self.findings, meta)
-        self.records.save(self.run_dir)
-        write_artifacts(pm, self.run_dir, self.drill, self.records)
-        write_drill(self.run_dir, self.drill, report_sections(pm, self.drill, self.records))
-        if not self._quiet:
-            _print_summary(self)
+        written = finish_run(
+            get_plugin_manager(self._plugins), self.run_dir, self.run_id, self.records
+        )
+        self._take(written)
+        lost += written.lost
+        plugin_errors = list(written.plugin_errors)
+        dist = self._dist
+        if dist is not None:
+            merged = dist.finish(self.run_id, self.drill, exc, failed_at, self._plugins)
+            if merged is not None:  # rank 0: the merged run is the run
+                self._take(merged)
+                lost += merged.lost
+                plugin_errors += merged.plugin_errors
+        stream = self._stream
+        if lost and stream is not None and stream.error is not None:
+            lost.append(
+                f"records streamed after step {stream.error_step} "
+                f"({type(stream.error).__name__}: {stream.error})"
+            )
+        if not self._quiet and (dist is None or dist.rank == 0):
+            try:
+                _print_summary(self)
+            except Exception as err:  # a closed stderr pipe
+                lost.append(f"the summary line on stderr ({type(err).__name__}: {err})")
+        message = problems_message(self.run_id, self.run_dir, lost, plugin_errors)
+        if message:
+            warnings.warn(message, RuntimeWarning, 3)
+
+    def _take(self, written: Written) -> None:
+        self.drill, self.findings = written.drill, written.findings
+        self.records, self.run_dir = written.records, written.run_dir
 
     def _meta(self, state: WatchState, exc: BaseException | None) -> dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         model, opt = self.model, self.optimizer
         params = [p for p in model.parameters() if not is_lazy(p)]
@@ -363,18 +417,37 @@ def _check_args(model: Any, optimizer: Any, sample_every: Any, run_id: Any) -> N
         )
     if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 1:
         raise UsageError(f"sample_every must be a positive integer, got {sample_every!r}")
-    if run_id is not None and (not isinstance(run_id, str) or not run_id or "/" in run_id):
-        raise UsageError(f"run_id must be a non-empty string without '/', got {run_id!r}")
+    _rundir.check_run_id(run_id)
 
 
-def _prepare_run_dir(run_dir: Path) -> Path:
-    """Create `run_dir` and prove it is writable now, before any training."""
-    run_dir = run_dir.expanduser().resolve()
+def _ended(exc: BaseException | None, step: int, guard: SigtermGuard) -> dict[str, Any]:
+    """How the block ended, for `drill["ended"]`."""
+    if isinstance(exc, TerminatedBySignal) or (exc is None and guard.signalled is not None):
+        signum = exc.signum if isinstance(exc, TerminatedBySignal) else guard.signalled
+        return {"how": "terminated", "signal": signal.Signals(signum).name, "step": step}
+    if exc is None:
+        return {"how": "completed", "step": step}
+    if isinstance(exc, KeyboardInterrupt):
+        return {"how": "interrupted", "step": step}
+    if isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, (int, type(None))) else str(exc.code)[:200]
+        return {"how": "exited", "exit_code": code, "step": step}
+    return {"how": "raised", "step": step}
+
+
+def _resolve(run_dir: Path) -> Path:
+    run_dir = Path(run_dir).expanduser().resolve()
     if run_dir in _ACTIVE_RUN_DIRS:
         raise UsageError(
             f"run_dir {run_dir} is already used by an enclosing trainlens.watch block; "
             "give the inner block its own run_dir"
         )
+    return run_dir
+
+
+def _prepare_root(run_dir: Path) -> Path:
+    """The shared root of a DDP run: created and writable (each rank claims its own dir)."""
+    run_dir = _resolve(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{secrets.token_hex(4)}"
@@ -391,22 +464,14 @@ def _prepare_run_dir(run_dir: Path) -> Path:
 def _print_summary(lens: Lens) -> None:
     from rich.console import Console
 
-    console = Console(stderr=True, highlight=False)
-    drill = lens.drill or {}
-    status = drill.get("status")
-    color = {"healthy": "green", "warning": "yellow"}.get(str(status), "red")
-    where = _relative(lens.run_dir / "drill.md")
-    console.print(
-        f"[bold]trainlens[/]: run {lens.run_id} [{color}]{status}[/], "
-        f"{drill.get('steps', 0)} steps; drill: {where}",
-        soft_wrap=True,
-    )
-    for f in lens.findings:
-        console.print(f"  - {f.summary()}", markup=False, soft_wrap=True)
+    from ._report.summary import RunSummary
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    # rich answers a closed pipe by pointing stdout at /dev/null and raising SystemExit:
+    # that would end the user's program; raise the error for the caller to report instead
+    console.on_broken_pipe = _broken_pipe  # type: ignore[method-assign]
+    console.print(RunSummary(lens.drill or {}, lens.findings, lens.run_dir))
 
 
-def _relative(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+def _broken_pipe() -> None:
+    raise BrokenPipeError(32, "Broken pipe (stderr closed)")

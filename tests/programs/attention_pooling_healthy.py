@@ -34,7 +34,7 @@ def main(run_dir):
     model = AttentionPool()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True) as lens:
-        for _epoch in range(2):
+        for _epoch in range(6):
             for i in range(0, len(x), 32):
                 loss = F.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
                 lens.log_loss(loss)

@@ -359,6 +359,7 @@ class ProbeSet:
         with contextlib.ExitStack() as stack:
             forwards = ForwardDispatch(state)
             state.forwards = forwards
+            stack.callback(setattr, state, "forwards", None)  # no cycle outlives the block
             stack.callback(forwards.remove)
             stack.enter_context(_RecursionRoom(state.model))
             probes: list[Probe] = []
@@ -389,8 +390,15 @@ class ProbeSet:
         except Exception as err:  # pragma: no cover - torch handles do not raise
             warnings.warn(f"trainlens could not remove a hook: {err}", RuntimeWarning, stacklevel=3)
 
-    def finish(self, exc: BaseException | None) -> None:
-        """Each running probe's `finish(exc)`; a failure stops only that probe."""
+    def finish(self, exc: BaseException | None) -> list[str]:
+        """Each running probe's `finish(exc)`; a failure stops only that probe.
+
+        Returns what a failing `finish` lost ("CheckpointProbe's end (OSError: ...)"), for
+        the one warning the block's end gives about what could not be written. Probes
+        stopped during the run are in the drill (`probes_stopped`) and get one line on
+        stderr here.
+        """
+        lost = []
         for probe in self.probes:
             finish = getattr(probe, "finish", None)
             if getattr(probe, "stopped", False) or finish is None:
@@ -399,10 +407,14 @@ class ProbeSet:
                 finish(exc)
             except Exception as err:
                 stop(probe, err, "finish")
+                lost.append(f"{type(probe).__name__}'s end ({type(err).__name__}: {err})")
         for rec in self.state.extra_meta.get("probes_stopped", ()):
+            if rec["where"] == "finish":
+                continue
             note = (
                 f"trainlens: warning: probe {rec['probe']} stopped at step {rec['step']}: "
                 f"{rec['error']}; its records end there (your training was not affected)\n"
             )
             with contextlib.suppress(Exception):  # a closed stderr must not cost the drill
                 sys.stderr.write(note)
+        return lost

@@ -46,6 +46,7 @@ class CheckpointProbe(Probe):
         self._nonfinite: torch.Tensor | None = None
         self._checked_step = -1
         self._frozen = False
+        self._on_disk = False  # checkpoint.pt holds the weights of `_saved_step`
 
     def install(self) -> None:
         if not self.on:
@@ -106,21 +107,39 @@ class CheckpointProbe(Probe):
             }
         self._saved_step, self._reason = step, reason
 
-    def finish(self, exc: BaseException | None) -> None:
-        if not self.on:
+    def persist(self) -> None:
+        """Write the latest good weights now (called when the records are streamed), so a
+        killed run leaves its checkpoint on disk, and free the in-memory copy."""
+        if self._weights is None or self.state.run_dir is None:
             return
-        self._decide_val()
-        if not self._seen_val and not self._frozen:
-            self._check_finite(self.state.step, "final weights: every loss was finite")
+        self._write(durable=False)
+        self._weights = None
+        self._meta()
+
+    def _write(self, durable: bool) -> None:
+        assert self.state.run_dir is not None
+        buf = io.BytesIO()
+        torch.save(self._weights, buf)
+        atomic_write_bytes(self.state.run_dir / FILENAME, buf.getvalue(), durable=durable)
+        self._on_disk = True
+
+    def _meta(self) -> None:
         meta: dict[str, Any] = {"file": None, "step": self._saved_step, "reason": self._reason}
-        if self._weights is not None and self.state.run_dir is not None:
-            buf = io.BytesIO()
-            torch.save(self._weights, buf)
-            atomic_write_bytes(self.state.run_dir / FILENAME, buf.getvalue())
+        if self._on_disk:
             meta["file"] = FILENAME
             if self._seen_val:
                 meta["val_loss"] = self._best
         else:
             meta["reason"] = "no good weights seen (the first loss was already non-finite)"
         self.state.extra_meta["checkpoint"] = meta
+
+    def finish(self, exc: BaseException | None) -> None:
+        if not self.on:
+            return
+        self._decide_val()
+        if not self._seen_val and not self._frozen:
+            self._check_finite(self.state.step, "final weights: every loss was finite")
+        if self._weights is not None and self.state.run_dir is not None:
+            self._write(durable=True)
+        self._meta()
         self._weights = None

@@ -39,7 +39,7 @@ _GLOBAL_HOOK_WARNING = r"Using `torch.compile\(module\)` when there are global h
 
 def compiled_wrapper(outer: nn.Module) -> nn.Module | None:
     """The torch.compile wrapper (OptimizedModule) among the wrappers the user passed."""
-    from .._distributed import unwrap_one
+    from .._wrappers import unwrap_one
 
     module = outer
     while True:

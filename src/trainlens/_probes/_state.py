@@ -163,6 +163,9 @@ class WatchState:
         self.threads: set[int] = {threading.get_ident()}
         # the run's shared per-forward dispatch (`_base.ForwardDispatch`), set by ProbeSet
         self.forwards: Any = None
+        # streaming the records to the run dir (set by the Lens): due at this step clock
+        self.stream_due = float("inf")
+        self.on_stream: Any = None
 
     def split(self) -> str:
         """SPEC: "train" when grad is enabled and the watched model is training, else "val".
@@ -175,18 +178,15 @@ class WatchState:
         return "train" if torch.is_grad_enabled() and self.model.training else "val"
 
     def end_step(self, lr: float) -> None:
-        self.tables["steps"].append(
-            self.step,
-            time.perf_counter() - self.t0,
-            lr,
-            self.backward_in_step,
-            self.sampled,
-        )
+        now = time.perf_counter() - self.t0
+        self.tables["steps"].append(self.step, now, lr, self.backward_in_step, self.sampled)
         self.step += 1
         self.backward_in_step = 0
         self.sampled = self.sampling(self.step)
-        if self.step % self.sampling.flush_every == 0:
+        if self.step % self.sampling.flush_every == 0 or now >= self.stream_due:
             self.deferred.flush()
+            if now >= self.stream_due and self.on_stream is not None:
+                self.on_stream(now)  # the run's records to disk, every few seconds
 
     def event(self, kind: str, module: str | None, message: str, **data: Any) -> None:
         """Record a one-off observation; the same (kind, module, message) only once."""

@@ -11,7 +11,6 @@ input: they are validated when loaded and every string from them is printed thro
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 from pathlib import Path
@@ -22,7 +21,6 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from .._drill import render_markdown
 from .._errors import UsageError
 from .._format import num, terminal_safe
 from .._io import atomic_write_text
@@ -225,6 +223,11 @@ def compare_runs(
     failed_dir: str | os.PathLike[str], fixed_dir: str | os.PathLike[str]
 ) -> Comparison:
     """Fill `result_after_fix` of every finding of the failed run and write it back."""
+    from .._finish import finish_run
+    from .._plugins import get_plugin_manager, report_sections
+    from .html import FILENAME as HTML
+    from .html import drill_html
+
     failed_path, fixed_path = Path(failed_dir), Path(fixed_dir)
     failed, fixed = load_run(failed_path), load_run(fixed_path)
     if failed.run_id == fixed.run_id:
@@ -233,47 +236,32 @@ def compare_runs(
             "failed run first and the rerun after the fix second"
         )
     results = [result_for(f, failed, fixed, fixed_path) for f in failed.drill["findings"]]
-    write_error = None
+    write_error: str | None = None
     if results:
         drill = failed.drill
         for f, r in zip(drill["findings"], results, strict=True):
             f["result_after_fix"] = r
-        write_error = _write_back(failed_path, drill, failed.records)
-    return Comparison(failed, fixed, results, write_error)
-
-
-def _write_back(run_dir: Path, drill: dict[str, Any], records: Records) -> str | None:
-    """Write the filled drill into the failed run dir; what went wrong, or None.
-
-    A read-only run dir (a colleague's, a mounted archive) is no reason to hide the
-    comparison: the caller shows it and says it was not saved.
-    """
-    from .._plugins import get_plugin_manager
-    from .html import FILENAME as HTML
-    from .html import drill_html
-
-    sections = _sections(get_plugin_manager(), drill, records)
-    try:
-        atomic_write_text(run_dir / "drill.json", json.dumps(drill, indent=2) + "\n")
-        atomic_write_text(run_dir / "drill.md", render_markdown(drill, sections))
-        atomic_write_text(run_dir / HTML, drill_html(drill, sections, run_dir))
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        return (
-            f"{reason} ({exc.filename or run_dir}); copy the run dir somewhere writable "
-            "and run compare there"
+        pm = get_plugin_manager()
+        written = finish_run(
+            pm,
+            failed_path,
+            failed.run_id,
+            failed.records,
+            drill=drill,
+            save_records=False,
+            artifacts=False,
         )
-    return None
-
-
-def _sections(pm: Any, drill: dict[str, Any], records: Records) -> list[tuple[str, str]]:
-    """drill.md's report sections; one plugin failing on odd records loses its section only."""
-    out: list[tuple[str, str]] = []
-    # registration order (built-ins first), as `_plugins.report_sections` gives them
-    for impl in pm.hook.trainlens_report_sections.get_hookimpls():
-        offered = {"drill": drill, "records": records}
-        try:
-            out.extend(impl.function(**{k: offered[k] for k in impl.argnames}) or [])
-        except Exception:  # untrusted records: drill.md is written without that section
-            continue
-    return out
+        lost = list(written.lost)
+        if not lost:  # drill.html embeds drill.md's content: rewritten with it
+            try:
+                sections = report_sections(pm, written.drill, failed.records)
+                html = drill_html(written.drill, sections, failed_path)
+                atomic_write_text(failed_path / HTML, html)
+            except OSError as exc:
+                lost.append(f"{HTML} ({exc.strerror or type(exc).__name__})")
+        if lost:  # a read-only run dir is no reason to hide the comparison: shown, not saved
+            write_error = (
+                f"could not write into {failed_path}: {'; '.join(lost)}; copy the run dir "
+                "somewhere writable and run compare there"
+            )
+    return Comparison(failed, fixed, results, write_error)

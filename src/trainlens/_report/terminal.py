@@ -538,18 +538,21 @@ def _layer_table(rec: Records) -> list[Any]:
 
 
 def extra_sections(pm: Any, drill: dict[str, Any], records: Records) -> list[tuple[str, str]]:
-    """Sections of report plugins the terminal does not render natively (a team's own)."""
-    out: list[tuple[str, str]] = []
-    for impl in pm.hook.trainlens_report_sections.get_hookimpls():
-        if impl.plugin_name in NATIVE_SECTION_PLUGINS:
-            continue
-        offered = {"drill": drill, "records": records}
-        try:
-            sections = impl.function(**{k: offered[k] for k in impl.argnames})
-        except Exception as exc:  # a broken plugin must not hide the report
-            out.append((f"(plugin {impl.plugin_name} failed)", f"`{type(exc).__name__}: {exc}`"))
-            continue
-        out.extend(sections or [])
+    """Sections of report plugins the terminal does not render natively (a team's own);
+    a broken plugin shows as a section saying so, never hides the report."""
+    from .._plugins import call_each
+
+    failures: list[dict[str, str]] = []
+    found = call_each(
+        pm,
+        "trainlens_report_sections",
+        failures,
+        skip=NATIVE_SECTION_PLUGINS,
+        drill=drill,
+        records=records,
+    )
+    out = [section for sections in found for section in sections]
+    out += [(f"(plugin {f['plugin']} failed)", f"`{f['error']}`") for f in failures]
     return out
 
 
