@@ -170,7 +170,7 @@ class _Watch:
         # the first-batch checks (batch dependency, initial loss) run once a run, not once
         # a step: a chunk is a new run, so they are taken out of the steady state here
         for probe in self.lens._probes:
-            if hasattr(probe, "retire"):
+            if getattr(probe, "once", False):
                 probe.retire()
 
     def __exit__(self, *exc) -> None:

@@ -31,7 +31,7 @@ def test_the_recording_state_is_freed_when_the_block_ends_and_the_records_stay(r
                 loss.backward()
                 opt.step()
             assert sum(len(t) for t in tables.values()) > 20
-        assert lens._state is None and not lens._removed_probes
+        assert lens._state is None and lens._probe_set is None
         # emptied at once: the state and its probes point at each other, and a full
         # collection in a process with torch takes about half a second
         assert all(len(t) == 0 for t in tables.values())

@@ -60,6 +60,8 @@ def build_drill(
     }
     if isinstance(ended, dict):
         drill["ended"] = ended
+    if meta.get("probes_stopped"):  # what trainlens stopped recording, and why
+        drill["probes_stopped"] = meta["probes_stopped"]
     return drill
 
 

@@ -33,7 +33,7 @@ def release_after_block(lens: Any) -> None:
             for column in getattr(table, "_data", ()):
                 column.clear()
         lens._state = None
-        lens._removed_probes = []
+        lens._probe_set = None
         lens._loss_probe = None
         pyarrow = sys.modules.get("pyarrow")  # never imported only for this
         if pyarrow is not None:

@@ -22,7 +22,7 @@ from ._finding import Finding
 from ._finish import Written, finish_run, problems_message
 from ._meta import describe_modules, describe_optimizer, describe_params
 from ._plugins import get_plugin_manager
-from ._probes import DEFAULT_PROBES, LossProbe, WatchState
+from ._probes import DEFAULT_PROBES, LossProbe, ProbeSet, WatchState
 from ._probes._checkpoint import CheckpointProbe
 from ._probes._state import DEFAULT_SAMPLE_EVERY, Sampling
 from ._records import Records
@@ -109,7 +109,7 @@ class Lens:
         self._quiet = quiet
         self._state: WatchState | None = None
         self._probes: list[Any] = []
-        self._removed_probes: list[Any] = []
+        self._probe_set: ProbeSet | None = None
         self._loss_probe: LossProbe | None = None
         self._entered = False
         self._started_at = ""
@@ -164,12 +164,9 @@ class Lens:
             state.extra_meta["wrappers"] = _wrappers.wrappers(self._outer_model)
         self._state = state
         _ACTIVE_RUN_DIRS.add(self.run_dir)
-        for probe_cls in DEFAULT_PROBES:
-            probe = probe_cls(state)
-            self._probes.append(probe)
-            probe.install()
-            if isinstance(probe, LossProbe):
-                self._loss_probe = probe
+        self._probe_set = ProbeSet.install(state, DEFAULT_PROBES)
+        self._probes = list(self._probe_set)
+        self._loss_probe = self._probe_set.get(LossProbe)
         self._start_stream(state)
 
     def _start_stream(self, state: WatchState) -> None:
@@ -293,17 +290,12 @@ class Lens:
 
     # --- leaving ---------------------------------------------------------------------
     def _uninstall(self) -> None:
-        probes, self._probes = self._probes, []
-        self._removed_probes.extend(probes)
-        handles = [h for probe in probes for h in probe.handles]
-        for handle in reversed(handles):
-            try:
-                handle.remove()
-            except Exception as err:  # pragma: no cover - torch handles do not raise
-                warnings.warn(
-                    f"trainlens could not remove a hook: {err}", RuntimeWarning, stacklevel=3
-                )
-        _ACTIVE_RUN_DIRS.discard(self.run_dir)
+        self._probes = []
+        try:
+            if self._probe_set is not None:
+                self._probe_set.close()  # every hook, patch and filter, whatever fails
+        finally:
+            _ACTIVE_RUN_DIRS.discard(self.run_dir)
 
     def _release_lock(self) -> None:
         lock, self._lock = self._lock, None
@@ -315,14 +307,10 @@ class Lens:
         assert state is not None
         state.on_stream, state.stream_due = None, float("inf")
         lost: list[str] = []
-        for probe in self._removed_probes:
-            # a probe may read what only the end of the run knows (the exception, memory)
-            finish = getattr(probe, "finish", None)
-            if finish is not None:
-                try:
-                    finish(exc)
-                except Exception as err:  # e.g. checkpoint.pt on a full disk: the rest goes on
-                    lost.append(f"{type(probe).__name__}'s end ({type(err).__name__}: {err})")
+        if self._probe_set is not None:
+            # a probe may read what only the end of the run knows (the exception, memory);
+            # one that failed (then or during the run) is named in what was lost
+            lost += self._probe_set.finish(exc)
         state.deferred.flush()
         thinned = {n: t.thinning() for n, t in state.tables.items() if t.dropped}
         if thinned:  # long runs: rules can see which tables lost resolution, and how much

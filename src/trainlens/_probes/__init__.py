@@ -1,16 +1,16 @@
 """Probes: hooks that record numbers into the run's tables. A probe never decides what is wrong.
 
-A probe is built from the run's `WatchState`, registers its hooks in `install()` and keeps
-every `RemovableHandle` in `probe.handles` (also hooks it adds later, e.g. once lazy
-parameters exist); `watch` removes them all in a `finally`, so no hook outlives its block.
-After removal, an optional `probe.finish(exc)` runs (exc is the block's exception or None)
-for what only the end of the run knows; run-level facts go into `state.extra_meta`, which
-becomes part of `records.meta`.
+Every probe is a `Probe` (`_base.py` states the contract: install / retire / finish, the
+handles it owns, the one guard its hooks run behind, and how a failing probe stops
+without touching the user's program). `watch` holds a `ProbeSet`:
+`ProbeSet.install(state, DEFAULT_PROBES)` on entry, `.close()` in a `finally` (no hook,
+patch or filter outlives the block), then `.finish(exc)`.
 """
 
 from __future__ import annotations
 
 from ._attention import AttentionProbe
+from ._base import Probe, ProbeSet
 from ._batchdep import BatchDependencyProbe
 from ._checkpoint import CheckpointProbe
 from ._compile import CompileProbe
@@ -51,6 +51,8 @@ __all__ = [
     "InitialLossProbe",
     "LossProbe",
     "ModuleProbe",
+    "Probe",
+    "ProbeSet",
     "StepProbe",
     "WatchState",
     "suspended",

@@ -30,13 +30,15 @@ from __future__ import annotations
 import functools
 import json
 import math
+import threading
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._state import _SUSPENDED, WatchState, compiling, hook_modules
+from ._base import Probe, guarded, hook
+from ._state import WatchState, compiling, hook_modules, suspended_here
 
 #: score entries one recomputation may build (samples first, then query rows are thinned)
 MAX_ELEMENTS = 1 << 21
@@ -46,10 +48,11 @@ MAP_SIZE = 64
 MASKED_BELOW = -1e4
 
 
-class AttentionProbe:
+class AttentionProbe(Probe):
+    name = "attention"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[Any] = []
+        super().__init__(state)
         self.mha_names: set[str] = set()
         self._recorded: dict[str, int] = {}  # module -> last step recorded (once per step)
         self._maps: dict[str, list[Any]] = {}  # module -> [first (step, map), latest]
@@ -63,7 +66,7 @@ class AttentionProbe:
                 self.mha_names.add(name)
                 mha[module] = self._mha_hook(name)
         if mha:
-            self.handles.append(hook_modules(mha, with_kwargs=True))
+            self.handles.append(hook_modules(mha, with_kwargs=True, owner=self))
         self.handles.append(_patch_sdpa(self))
         from ._manual_attention import ManualAttention
 
@@ -72,7 +75,7 @@ class AttentionProbe:
     # --- sources ---------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:
         state = self.state
-        if compiling() or not state.sampled or _SUSPENDED[0] or state.split() != "train":
+        if compiling() or not state.sampled or suspended_here() or state.split() != "train":
             return False
         return self._recorded.get(name) != state.step
 
@@ -84,15 +87,17 @@ class AttentionProbe:
 
         return hook
 
+    @hook
     def on_sdpa(self, args: tuple, kwargs: dict, output: Any) -> None:
         stack = self.state.call_stack
-        if not stack:
+        if not stack or threading.get_ident() not in self.state.threads:
             return
         name = stack[-1][0]
         if name in self.mha_names or not self._wanted(name):
             return  # nn.MultiheadAttention calls SDPA itself; its hook records it
         self._guarded(self._record_sdpa, name, args, kwargs, output)
 
+    @guarded
     def log(self, name: str, weights: torch.Tensor, mask: torch.Tensor | None) -> None:
         if not self._wanted(name):
             return
@@ -360,7 +365,7 @@ def _patch_sdpa(probe: AttentionProbe) -> _SdpaHandle:
         @functools.wraps(original)
         def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
-            if _LISTENERS and not _SUSPENDED[0] and not compiling():
+            if _LISTENERS and not compiling() and not suspended_here():
                 for listener in tuple(_LISTENERS):
                     listener.on_sdpa(args, kwargs, out)
             return out

@@ -42,7 +42,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, WatchState, compiling, suspended
+from ._base import Probe, hook
+from ._state import WatchState, suspended
 from ._tensors import tensor_leaves
 
 #: a slice with gradient norm below this fraction of the own sample's counts as zero
@@ -462,16 +463,18 @@ def batch_size_hint(n: int | None) -> Iterator[None]:
         _BATCH_HINT[0] = old
 
 
-class BatchDependencyProbe:
+class BatchDependencyProbe(Probe):
     """Runs the check once, right after the first training forward of the watched model.
 
     After, not before: when the model itself raises, the user's real forward raises
     first and is recorded as usual; the check only runs on a model that worked.
     """
 
+    name = "batch_dependency"
+    once = True
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self._done = False
 
     def install(self) -> None:
@@ -487,10 +490,11 @@ class BatchDependencyProbe:
         for handle in self.handles:
             handle.remove()
 
+    @hook
     def _on_forward(
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
     ) -> None:
-        if compiling() or self._done or _SUSPENDED[0] or self.state.split() != "train":
+        if self._done or self.state.split() != "train":
             return
         self.retire()
         hint = _BATCH_HINT[0]

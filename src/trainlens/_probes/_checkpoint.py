@@ -20,7 +20,8 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from .._io import atomic_write_bytes
-from ._state import WatchState, is_suspended
+from ._base import Probe, guarded, hook
+from ._state import WatchState
 
 FILENAME = "checkpoint.pt"
 
@@ -28,10 +29,11 @@ FILENAME = "checkpoint.pt"
 MODES = (True, "best")
 
 
-class CheckpointProbe:
+class CheckpointProbe(Probe):
+    name = "checkpoint"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self.on = state.checkpoint in MODES
         self._weights: dict[str, torch.Tensor] | None = None
         self._saved_step: int | None = None
@@ -57,11 +59,14 @@ class CheckpointProbe:
             # decide on an evaluation before the next step changes the weights
             self.handles.append(self.state.optimizer.register_step_pre_hook(self._pre_step))
 
+    @hook(in_compiled=True)
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not is_suspended():
-            self._decide_val()
+        self._decide_val()
 
+    @guarded
     def _on_loss(self, split: str, value: torch.Tensor) -> None:
+        if value.device.type == "meta":
+            return  # a dry run on the meta device: no values to judge weights by
         if split == "val":
             v = value.detach().reshape(()).float()
             self._val_sum = v if self._val_sum is None else self._val_sum + v

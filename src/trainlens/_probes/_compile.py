@@ -20,10 +20,10 @@ import warnings
 from typing import Any
 
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
+from ._base import Probe, hook
 from ._modules import ModuleProbe
-from ._state import _SUSPENDED, WatchState
+from ._state import WatchState
 from ._tensors import signature, tensor_leaves
 
 NOT_RECORDED = "per-module shapes, activation statistics and losses computed inside compiled code"
@@ -51,49 +51,61 @@ def compiled_wrapper(outer: nn.Module) -> nn.Module | None:
         module = inner
 
 
-class CompileProbe:
+class _WarningFilter:
+    """A warnings filter owned like a hook: `remove()` takes exactly this one out."""
+
+    def __init__(self, message: str):
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        self._filter: Any = warnings.filters[0]
+
+    def remove(self) -> None:
+        if self._filter is None:
+            return
+        try:
+            warnings.filters.remove(self._filter)
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+        except (ValueError, AttributeError):
+            pass
+        self._filter = None
+
+
+class CompileProbe(Probe):
+    name = "compile"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
-        self._filter: Any = None
+        super().__init__(state)
         self._wrapper: nn.Module | None = None
         self._seen: set[Any] = set()
+        self._boundary = ModuleProbe(state)  # only for its recording helpers
+        self._type_name = type(state.model).__name__
 
     def install(self) -> None:
-        warnings.filterwarnings("ignore", message=_GLOBAL_HOOK_WARNING, category=UserWarning)
-        self._filter = warnings.filters[0]
+        # removed with the hooks, whatever fails before (a handle like the others)
+        self.handles.append(_WarningFilter(_GLOBAL_HOOK_WARNING))
         wrapper = compiled_wrapper(self.state.outer)
         if wrapper is None:
             return
         self._wrapper = wrapper
-        boundary = ModuleProbe(self.state)  # only for its recording helpers
-        state = self.state
-        type_name = type(state.model).__name__
+        self.handles.append(wrapper.register_forward_pre_hook(self._pre))
+        self.handles.append(wrapper.register_forward_hook(self._post))
 
-        def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if not _SUSPENDED[0] and state.sampled:
-                boundary._record_input(args)
+    # the wrapper's own call runs eagerly: these hooks are never traced
+    @hook(in_compiled=True)
+    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.state.sampled:
+            self._boundary._record_input(args)
 
-        def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if _SUSPENDED[0] or output is None:
-                return
-            ins, outs = tensor_leaves(args), tensor_leaves(output)
-            sig = (signature(ins), signature(outs))
-            if sig not in self._seen and len(self._seen) < 8:
-                self._seen.add(sig)
-                boundary._record_shapes("", type_name, 1, ins, outs)
-
-        self.handles.append(wrapper.register_forward_pre_hook(pre))
-        self.handles.append(wrapper.register_forward_hook(post))
+    @hook(in_compiled=True)
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if output is None:
+            return
+        ins, outs = tensor_leaves(args), tensor_leaves(output)
+        sig = (signature(ins), signature(outs))
+        if sig not in self._seen and len(self._seen) < 8:
+            self._seen.add(sig)
+            self._boundary._record_shapes("", self._type_name, 1, ins, outs)
 
     def finish(self, exc: BaseException | None) -> None:
-        if self._filter is not None:
-            try:
-                warnings.filters.remove(self._filter)
-                warnings._filters_mutated()  # type: ignore[attr-defined]
-            except (ValueError, AttributeError):
-                pass
-            self._filter = None
         state = self.state
         if not state.compiled and self._wrapper is None:
             return

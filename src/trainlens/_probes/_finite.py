@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.loss import _Loss
-from torch.utils.hooks import RemovableHandle
 
+from ._base import Probe, hook
 from ._loss import loss_name
-from ._state import _SUSPENDED, WatchState, compiling, hook_modules
-from ._tensors import tensor_leaves
+from ._state import WatchState
+from ._tensors import distinct, has_values, tensor_leaves
 
 #: steps of per-module checks after a non-finite loss was noticed between samples
 ALARM_STEPS = 20
@@ -66,10 +66,11 @@ class _NonFiniteRows:
             self.table.append(step, split, kind, name, order, value)
 
 
-class FiniteProbe:
+class FiniteProbe(Probe):
+    name = "finite"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self._rows = _NonFiniteRows(state.tables["nonfinite"])
         self._step = -1
         self._look = False
@@ -86,9 +87,14 @@ class FiniteProbe:
     def install(self) -> None:
         model = self.state.model
         self.handles.append(model.register_forward_pre_hook(self._on_input))
-        outputs = {module: self._on_output(name) for name, module in model.named_modules()}
-        # one global hook: the model's modules, and loss modules wherever they live
-        self.handles.append(hook_modules(outputs, fallback=self._on_loss))
+        # the model's modules through the shared dispatch; loss modules wherever they live
+        outputs = {
+            module: self._on_output(name)
+            for name, module in model.named_modules()
+            if not isinstance(module, _Loss)
+        }
+        self.state.forwards.post(self, outputs)
+        self.state.forwards.loss(self, self._on_loss)
 
     def finish(self, exc: BaseException | None) -> None:
         self._emit()
@@ -132,27 +138,23 @@ class FiniteProbe:
         if len(self._counts) >= MAX_PENDING:
             self._emit()
         with torch.no_grad():
-            self._counts.append(t.detach().sum(dtype=torch.float32))
+            self._counts.append(distinct(t.detach()).sum(dtype=torch.float32))
         self._labels.append((kind, name, self.state.split(), self._order))
         self._order += 1
 
     # --- hooks -----------------------------------------------------------------------
+    @hook
     def _on_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if compiling() or _SUSPENDED[0]:
-            return
         self._sync_step()
         if not self._look:
             return
         for i, t in enumerate(tensor_leaves(args)):
-            if t.is_floating_point() and t.numel() > 0:
+            if t.is_floating_point() and has_values(t) and t.numel() > 0:
                 self._count("input", f"input {i}", t)
 
     def _on_output(self, name: str):
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if isinstance(module, _Loss):  # a loss module inside the model
-                self._on_loss(module, args, output)
-                return
-            if compiling() or not self._look or _SUSPENDED[0]:
+            if not self._look:
                 return
             out = _first_float(output)
             if out is None:
@@ -167,20 +169,18 @@ class FiniteProbe:
         return post
 
     def _on_loss(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if compiling() or not isinstance(module, _Loss) or _SUSPENDED[0]:
-            return
         self._sync_step()
         if not self._look:
             return
         name = loss_name(self.state, module)
         if len(args) >= 2 and isinstance(args[1], torch.Tensor):
             target = args[1]
-            if target.is_floating_point() and target.numel() > 0:
+            if target.is_floating_point() and has_values(target) and target.numel() > 0:
                 self._count("target", name, target)
 
 
 def _first_float(value: Any) -> torch.Tensor | None:
     for t in tensor_leaves(value):
-        if t.is_floating_point() and t.numel() > 0:
+        if t.is_floating_point() and has_values(t) and t.numel() > 0:
             return t
     return None

@@ -22,10 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
-from torch.utils.hooks import RemovableHandle
 
+from ._base import Probe, guarded, hook
 from ._loss import loss_name
-from ._state import _SUSPENDED, WatchState, compiling
+from ._state import WatchState
+from ._tensors import dense_values, float32_norms, has_values
 
 #: losses whose input and target reveal a bug of the input pipeline or the head
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
@@ -35,20 +36,21 @@ REGRESSION_LOSSES = (nn.MSELoss,)
 MAX_ROWS = 1024
 
 
-class LossInputProbe:
+class LossInputProbe(Probe):
+    name = "loss_inputs"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self._seen: dict[tuple[int, str], int] = {}  # (loss id, split) -> last step recorded
         # (loss id, split) -> running target statistics over the sampled steps, on device:
         # the prior of one batch underestimates the entropy of many classes
         self._running: dict[tuple[int, str], dict[str, Any]] = {}
 
     def install(self) -> None:
-        self.handles.append(nn.modules.module.register_module_forward_hook(self._on_forward))
+        self.state.forwards.loss(self, self._on_forward)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if compiling() or not self.state.sampled or _SUSPENDED[0]:
+        if not self.state.sampled:
             return
         if not isinstance(module, CLASSIFICATION_LOSSES + REGRESSION_LOSSES) or len(args) < 2:
             return
@@ -57,6 +59,8 @@ class LossInputProbe:
             return
         if not x.is_floating_point() or x.numel() == 0 or t.numel() == 0:
             return
+        if not (has_values(x) and has_values(t)):
+            return  # sparse, nested or meta: no statistics to take
         state = self.state
         split = state.split()
         key = (id(module), split)
@@ -134,10 +138,11 @@ def _regression_stats(
     return torch.stack([xf.min(), xf.max(), nan, nan, baseline])
 
 
-class GradCarryProbe:
+class GradCarryProbe(Probe):
+    name = "grad_carry"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self.params: list[torch.Tensor] = []
         self._task: int | None = None
         self._step = -1
@@ -159,6 +164,7 @@ class GradCarryProbe:
         else:
             self._track()
 
+    @guarded
     def _track(self) -> None:
         # `optimizer.zero_grad()` resets only its own parameters: look at those alone
         in_opt = {id(p) for group in self.state.optimizer.param_groups for p in group["params"]}
@@ -169,18 +175,18 @@ class GradCarryProbe:
         ]
         self.handles.extend(p.register_hook(self._on_grad) for p in self.params)
 
+    @hook(in_compiled=True)
     def _on_grad(self, grad: torch.Tensor) -> None:
         """The first parameter hook of a step's first backward pass: nothing added yet."""
         state = self.state
-        if _SUSPENDED[0] or not state.sampled or self._task is not None:
+        if not state.sampled or self._task is not None:
             return  # later hooks, and later (accumulating) backward passes of the step
         self._task, self._step = torch._C._current_graph_task_id(), state.step
         with torch.no_grad():
             self._carried = _total_norm(self.params, grad.device)
 
+    @hook(in_compiled=True)
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if _SUSPENDED[0]:
-            return
         carried = self._carried
         if carried is not None:
             with torch.no_grad():
@@ -192,12 +198,8 @@ class GradCarryProbe:
 
 def _total_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """[norm of all `.grad`s together, share of parameters holding a non-zero one]."""
-    grads = [_dense(p.grad) for p in params if p.grad is not None]
+    grads = [dense_values(p.grad) for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(2, device=device)
-    norms = torch.stack([n.to(device) for n in torch._foreach_norm(grads, 2)]).float()
+    norms = torch.stack([n.to(device) for n in float32_norms(grads)])
     return torch.stack([norms.square().sum().sqrt(), (norms > 0).sum() / len(params)])
-
-
-def _dense(g: torch.Tensor) -> torch.Tensor:
-    return g.coalesce().values() if g.is_sparse else g.detach()

@@ -12,37 +12,34 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.loss import _Loss
-from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, WatchState, compiling
+from ._base import Probe
+from ._state import WatchState
+from ._tensors import has_values
 
 #: losses whose first value has an expected level at a uniform guess
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss, nn.BCELoss)
 
 
-class InitialLossProbe:
+class InitialLossProbe(Probe):
+    name = "initial_loss"
+    once = True
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self._value: torch.Tensor | None = None
         self._info: dict[str, Any] | None = None
         self._done = False
 
     def install(self) -> None:
-        self.handles.append(nn.modules.module.register_module_forward_hook(self._on_forward))
+        self.state.forwards.loss(self, self._on_forward)
 
     def retire(self) -> None:
-        """Done for this run: the global hook goes, so later steps do not pay for it."""
+        """Done for this run: the loss subscription goes, so later steps do not pay for it."""
         self._done = True
-        if self.state.compiled:
-            return  # changing the hooks would make dynamo guard, recompile the model
-        for handle in self.handles:
-            handle.remove()
+        super().retire()
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if compiling() or not isinstance(module, _Loss) or _SUSPENDED[0]:
-            return
         if self._done or self.state.split() != "train" or not isinstance(output, torch.Tensor):
             return
         self.retire()  # only the first training loss matters
@@ -53,8 +50,8 @@ class InitialLossProbe:
         self._info["step"] = self.state.step
 
     def finish(self, exc: BaseException | None) -> None:
-        if self._info is None or self._value is None:
-            return
+        if self._info is None or self._value is None or not has_values(self._value):
+            return  # none seen, or a dry run on the meta device: no value to read
         self._info["value"] = float(self._value)
         self.state.extra_meta["initial_loss"] = self._info
 
@@ -83,7 +80,7 @@ def describe_loss(loss: Any, pred: torch.Tensor, target: torch.Tensor) -> dict[s
 
 
 def _range(t: torch.Tensor) -> list[float] | None:
-    if t.numel() == 0 or not t.is_floating_point():
+    if t.numel() == 0 or not t.is_floating_point() or not has_values(t):
         return None
     with torch.no_grad():
         return [float(t.min()), float(t.max())]

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.modules.loss import _Loss
-from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, Failure, WatchState, compiling
+from ._base import Probe, guarded
+from ._state import Failure, WatchState
 from ._tensors import dtype_names, shapes, tensor_leaves
 
 #: losses that compare input and target element by element: their shapes must match
@@ -45,18 +45,19 @@ def loss_name(state: WatchState, module: nn.Module) -> str:
     return state.module_names.get(id(module), type(module).__name__)
 
 
-class LossProbe:
+class LossProbe(Probe):
+    name = "losses"
+
     def __init__(self, state: WatchState):
-        self.state = state
+        super().__init__(state)
         self._checked: set[tuple[int, Any, Any]] = set()
-        self.handles: list[RemovableHandle] = []
         self.count = 0  # losses logged so far (integrations log a loss only if none came)
 
     def install(self) -> None:
-        self.handles = [
-            nn.modules.module.register_module_forward_hook(self._on_forward, always_call=True)
-        ]
+        # every loss module of the run's threads, also when its forward raises
+        self.state.forwards.loss(self, self._on_forward, always=True)
 
+    @guarded
     def log(self, loss: torch.Tensor | float, split: str | None, source: str) -> None:
         state = self.state
         if source == "log_loss" and _seen_already(getattr(self, "_recent", ()), state.step, loss):
@@ -84,7 +85,7 @@ class LossProbe:
             listener(split, value)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if compiling() or not isinstance(module, _Loss) or _SUSPENDED[0]:
+        if not isinstance(module, _Loss):
             return
         state = self.state
         name = loss_name(state, module)

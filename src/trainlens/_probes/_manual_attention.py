@@ -153,16 +153,17 @@ class ManualAttention:
         root = self.state.model
         if all(type(m).__module__.startswith("torch.") for m in root.modules()):
             return []  # only torch's own modules: no forward written by hand to look into
+        enter, leave = self._caught(self._enter), self._caught(self._leave)
         if _fast_path_sensitive(root):
             # a per-module hook on a TransformerEncoderLayer would change its eval path
             self._handles = [
-                hook_modules({root: lambda m, a: self._enter()}, pre=True),
-                hook_modules({root: lambda m, a, o: self._leave()}, always_call=True),
+                hook_modules({root: lambda m, a: enter()}, pre=True),
+                hook_modules({root: lambda m, a, o: leave()}, always_call=True),
             ]
         else:
             self._handles = [
-                root.register_forward_pre_hook(lambda m, a: self._enter()),
-                root.register_forward_hook(lambda m, a, o: self._leave(), always_call=True),
+                root.register_forward_pre_hook(lambda m, a: enter()),
+                root.register_forward_hook(lambda m, a, o: leave(), always_call=True),
             ]
         return [self]  # removed with the probe's handles: `remove()` below
 
@@ -196,8 +197,8 @@ class ManualAttention:
         # hand, but the other probes' statistics run in their hooks: the mode steps aside
         # there, so looking costs one call per op of the user's own forward code only
         self._switch = [
-            glob.register_module_forward_pre_hook(self._child_pre),
-            glob.register_module_forward_hook(self._child_post, always_call=True),
+            glob.register_module_forward_pre_hook(self._caught(self._child_pre)),
+            glob.register_module_forward_hook(self._caught(self._child_post), always_call=True),
         ]
 
     def _child_pre(self, module: nn.Module, args: tuple) -> None:
@@ -250,6 +251,19 @@ class ManualAttention:
             if not self.state.compiled:  # (changing hooks would recompile a compiled model)
                 for handle in self._handles:
                     handle.remove()
+
+    def _caught(self, fn: Any) -> Any:
+        """`fn` with its failure confined to the attention probe. Not skipped while suspended
+        or stopped: entering and leaving must stay paired."""
+
+        def caught(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception as err:
+                self.fail(err)
+                self.probe.stop(err, getattr(fn, "__name__", "hook"))
+
+        return caught
 
     def fail(self, err: BaseException) -> None:
         if not self.done:

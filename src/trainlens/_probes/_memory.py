@@ -32,9 +32,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, WatchState, compiling, suspended
+from ._base import Probe, hook
+from ._state import WatchState, suspended
 from ._tensors import tensor_leaves
 
 #: sentinels of older steps tracked at once; past it the count saturates (a leak is a leak)
@@ -155,10 +155,11 @@ def step_reader(device: torch.device) -> tuple[str, Callable[[], int | None]]:
     return "cpu_rss", cpu_rss
 
 
-class MemoryProbe:
+class MemoryProbe(Probe):
+    name = "memory"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self.device = torch.device("cpu")
         self._kind, self._read = step_reader(self.device)
         self._tracked: list[tuple[int, weakref.ref[_Sentinel]]] = []
@@ -176,11 +177,12 @@ class MemoryProbe:
         self.handles.append(model.register_forward_hook(self._post))
 
     # --- per step ----------------------------------------------------------------------
+    @hook
     def _pre(self, module: Any, args: tuple[Any, ...]) -> None:
         state = self.state
         # sampled steps only (every step of the first 100, then 1 in `sample_every`): a
         # leak shows as a trend, and reading the heap costs ~10 us on a 0.2 ms step
-        if compiling() or not state.sampled or state.step == self._row_step or _SUSPENDED[0]:
+        if not state.sampled or state.step == self._row_step:
             return
         if state.split() != "train":
             return
@@ -202,9 +204,10 @@ class MemoryProbe:
             alive[0][0] if alive else None,
         )
 
+    @hook
     def _post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         state = self.state
-        if compiling() or not state.sampled or state.step == self._marked_step or _SUSPENDED[0]:
+        if not state.sampled or state.step == self._marked_step:
             return
         if output is None:
             return

@@ -8,14 +8,24 @@ modules on sampled training steps, and statistics of the model's input.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, Failure, WatchState, compiling, hook_modules
-from ._tensors import dtype_names, first_float, nbytes, shapes, signature, tensor_leaves
+from ._base import Probe
+from ._state import Failure, WatchState
+from ._tensors import (
+    distinct,
+    dtype_names,
+    first_float,
+    has_values,
+    nbytes,
+    shapes,
+    signature,
+    tensor_leaves,
+)
 
 #: distinct shape signatures recorded per module; past it shapes "vary" and are not traced
 MAX_SIGNATURES = 8
@@ -23,11 +33,12 @@ MAX_SIGNATURES = 8
 ACTIVATION_SAMPLE = 65_536
 
 
-class ModuleProbe:
+class ModuleProbe(Probe):
+    name = "modules"
+
     def __init__(self, state: WatchState):
-        self.state = state
+        super().__init__(state)
         self._signatures: dict[str, set[tuple[Any, ...]]] = {}
-        self.handles: list[RemovableHandle] = []
 
     def install(self) -> None:
         pres, posts = {}, {}
@@ -35,27 +46,18 @@ class ModuleProbe:
             leaf = next(module.children(), None) is None
             pres[module] = self._pre_hook(name)
             posts[module] = self._post_hook(name, leaf)
-        root, state = self.state.model, self.state
-
-        def on_compiling(module: nn.Module) -> None:
-            if module is root:
-                state.compiled = True  # inside compiled code: only note that it ran
-
-        self.handles.append(hook_modules(pres, pre=True, on_compiling=on_compiling))
-        self.handles.append(hook_modules(posts, always_call=True))
+        # the shared dispatch runs these behind the guard (compiling, suspended, stopped)
+        self.state.forwards.pre(self, pres)
+        self.state.forwards.post(self, posts, always=True)
 
     def _pre_hook(self, name: str):
         state = self.state
         is_root = name == ""
+        get_ident = threading.get_ident
 
         def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if compiling():
-                if is_root:
-                    state.compiled = True  # inside compiled code: only note that it ran
-                return
-            if _SUSPENDED[0]:
-                return
             if is_root:
+                state.threads.add(get_ident())  # loss modules of this thread are the run's
                 state.call_index = 0
                 state.call_stack.clear()  # a forward that raised earlier and was caught
                 if state.sampled:
@@ -72,8 +74,6 @@ class ModuleProbe:
 
         def post(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             nonlocal type_name
-            if _SUSPENDED[0] or compiling():
-                return
             stack = state.call_stack
             call = stack.pop()[1] if stack and stack[-1][0] == name else None
             if type_name is None:
@@ -136,7 +136,7 @@ class ModuleProbe:
             # than a sum (measured on 1M elements, one thread). max_abs is exact (aminmax
             # allocates nothing); zero_frac and mean_abs of a large output come from a
             # strided sample of about ACTIVATION_SAMPLE elements (a fraction's error ~0.4%)
-            o = out.detach()
+            o = distinct(out.detach())
             lo, hi = torch.aminmax(o)
             n = o.numel()
             if n > 2 * ACTIVATION_SAMPLE and o.is_contiguous():
@@ -161,7 +161,7 @@ class ModuleProbe:
             return
         state = self.state
         with torch.no_grad():
-            x = x.detach()
+            x = distinct(x.detach())
             # few kernels, all on device: one pass for finiteness, two reductions
             finite = torch.isfinite(x)
             xf = torch.where(finite, x, 0).to(torch.float32)
@@ -204,7 +204,7 @@ class ModuleProbe:
 def _int_range(ins: list[torch.Tensor]) -> list[int] | None:
     """Min and max of an integer input (token ids): an embedding's crash needs them."""
     for t in ins:
-        if not t.is_floating_point() and not t.is_complex() and t.numel() > 0:
+        if not t.is_floating_point() and not t.is_complex() and has_values(t) and t.numel() > 0:
             with torch.no_grad():
                 return [int(t.min()), int(t.max())]
     return None

@@ -15,15 +15,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, WatchState, compiling
+from ._base import Probe
+from ._state import WatchState
 
 
-class AttentionQKGradProbe:
+class AttentionQKGradProbe(Probe):
+    name = "attention_qk_grad"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self._seen: dict[str, list[Any]] = {}  # module -> [q max, k max, sampled steps]
 
     def install(self) -> None:
@@ -31,13 +32,13 @@ class AttentionQKGradProbe:
             w = getattr(m, "in_proj_weight", None)
             if not isinstance(m, nn.MultiheadAttention) or w is None or not w.requires_grad:
                 continue
-            self.handles.append(w.register_hook(self._hook(name, int(m.embed_dim))))
+            self.handles.append(w.register_hook(self.guard(self._hook(name, int(m.embed_dim)))))
 
     def _hook(self, name: str, dim: int) -> Any:
         steps: set[int] = set()
 
         def on_grad(grad: torch.Tensor) -> None:
-            if compiling() or _SUSPENDED[0] or not self.state.sampled:
+            if not self.state.sampled:
                 return
             if grad.layout != torch.strided:  # (a gradient is training: no split check)
                 return

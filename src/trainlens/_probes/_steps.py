@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 from torch.nn.parameter import is_lazy
-from torch.utils.hooks import RemovableHandle
 
-from ._state import _SUSPENDED, WatchState
+from ._base import Probe, guarded, hook
+from ._state import WatchState
+from ._tensors import float32_norms
 
 UPDATE_SAMPLE = 4096
 #: skipped steps recorded one by one in the events table; past it only counted
@@ -38,10 +39,11 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
     return g.coalesce().values() if g.is_sparse else g
 
 
-class StepProbe:
+class StepProbe(Probe):
+    name = "steps"
+
     def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[RemovableHandle] = []
+        super().__init__(state)
         self.names: list[str] = []
         self.params: list[torch.Tensor] = []
         self.prefix_modules: list[str] = []
@@ -73,6 +75,7 @@ class StepProbe:
         else:
             self._track_params()
 
+    @guarded
     def _track_params(self) -> None:
         named = [
             (n, p)
@@ -86,10 +89,9 @@ class StepProbe:
         self.handles.extend(p.register_hook(self._on_grad) for p in self.params)
 
     # --- backward ----------------------------------------------------------------------
+    @hook(in_compiled=True)
     def _on_grad(self, grad: torch.Tensor) -> None:
         """Runs per parameter gradient; only the first one of each backward pass counts."""
-        if _SUSPENDED[0]:
-            return
         task = torch._C._current_graph_task_id()
         if task == self._graph_task:
             return
@@ -107,6 +109,7 @@ class StepProbe:
         state.phase = "backward"
         torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
 
+    @guarded
     def _on_backward_end(self) -> None:
         state = self.state
         state.phase = "other"
@@ -154,9 +157,8 @@ class StepProbe:
         state.backward_in_step = 0
 
     # --- optimizer step ----------------------------------------------------------------
+    @hook(in_compiled=True)
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
-        if _SUSPENDED[0]:
-            return None
         if self._zeroed_after is not None:
             self._cleared_before_step()
         self.state.phase = "step"
@@ -184,9 +186,8 @@ class StepProbe:
             return args, {**kwargs, "closure": closure_then_snapshot}
         return (args[0], closure_then_snapshot, *args[2:]), kwargs
 
+    @hook(in_compiled=True)
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if _SUSPENDED[0]:
-            return
         state = self.state
         self._in_step = False
         if state.sampled and self._before is not None:
@@ -215,9 +216,10 @@ class StepProbe:
         self.handles.append(_patch_zero_grad(opt, self._on_zero_grad))
         self.handles.append(_patch_scheduler_step(opt, self._on_scheduler_step))
 
+    @hook(in_compiled=True)
     def _on_zero_grad(self, set_to_none: Any) -> None:
         state = self.state
-        if _SUSPENDED[0] or self._in_step or not state.backward_in_step:
+        if self._in_step or not state.backward_in_step:
             return  # before backward (or after the step): the usual places
         self._zeroed_after = state.backward_passes
         self._zeroed_to_none = set_to_none is not False
@@ -239,9 +241,8 @@ class StepProbe:
                 "set_to_none=True" if self._zeroed_to_none else "set_to_none=False"
             )
 
+    @hook(in_compiled=True)
     def _on_scheduler_step(self, scheduler: Any) -> None:
-        if _SUSPENDED[0]:
-            return
         info = self.state.extra_meta.get("loop_order")
         if info is None:
             return
@@ -251,11 +252,12 @@ class StepProbe:
         entry["last_step"] = self.state.step
 
     # --- statistics --------------------------------------------------------------------
+    @guarded
     def _snapshot_grads(self) -> None:
         grads = [p.grad for p in self.params]
         self._has_grad = [g is not None for g in grads]
         present = [_dense(g) for g in grads if g is not None]
-        norms = torch._foreach_norm(present, 2, dtype=torch.float32) if present else []
+        norms = float32_norms(present)
         it = iter(norms)
         nan = None
         full = []
@@ -276,7 +278,7 @@ class StepProbe:
     def _update_norms(self) -> list[torch.Tensor]:
         with torch.no_grad():
             diffs = torch._foreach_sub(self._views, self._before)
-            norms = torch._foreach_norm(diffs, 2, dtype=torch.float32)
+            norms = float32_norms(diffs)
             return torch._foreach_mul(norms, self._scales)
 
     def _record(self, update: list[torch.Tensor] | None) -> None:
@@ -284,7 +286,7 @@ class StepProbe:
             return
         state = self.state
         with torch.no_grad():
-            pnorms = torch._foreach_norm([p.detach() for p in self.params], 2, dtype=torch.float32)
+            pnorms = float32_norms([p.detach() for p in self.params])
             if update is None:
                 update = [torch.full_like(n, math.nan) for n in pnorms]
             device = pnorms[0].device

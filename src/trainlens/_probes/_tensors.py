@@ -31,12 +31,36 @@ def tensor_leaves(value: Any, out: list[torch.Tensor] | None = None) -> list[tor
     return out
 
 
+def has_values(t: torch.Tensor) -> bool:
+    """A plain tensor whose values statistics can be taken of: strided, not nested, not
+    on the `meta` device (sparse COO/CSR and nested tensors lack most reductions, and a
+    meta tensor has no values at all)."""
+    return t.layout == torch.strided and not t.is_nested and t.device.type != "meta"
+
+
+def distinct(t: torch.Tensor) -> torch.Tensor:
+    """The elements of a broadcast view (`expand`, stride 0) without their repeats.
+
+    Each element of the base repeats equally often, so the mean, spread, range and
+    finiteness are those of the view, at the cost of the real data: statistics of
+    `x[:1].expand(2**40, d)` must not sum 2**40 rows.
+    """
+    for d, (size, stride) in enumerate(zip(t.shape, t.stride(), strict=True)):
+        if stride == 0 and size > 1:
+            t = t.narrow(d, 0, 1)
+    return t
+
+
+def _dim(d: Any) -> Any:
+    return d if type(d) is int else str(d)  # a nested tensor's ragged dim is symbolic
+
+
 def signature(tensors: list[torch.Tensor]) -> tuple[Any, ...]:
-    return tuple((t.shape, t.dtype) for t in tensors)
+    return tuple((tuple(_dim(d) for d in t.shape), t.dtype) for t in tensors)
 
 
 def shapes(tensors: list[torch.Tensor]) -> list[list[int]]:
-    return [list(t.shape) for t in tensors]
+    return [[_dim(d) for d in t.shape] for t in tensors]
 
 
 def dtype_names(tensors: list[torch.Tensor]) -> list[str]:
@@ -44,11 +68,55 @@ def dtype_names(tensors: list[torch.Tensor]) -> list[str]:
 
 
 def nbytes(tensors: list[torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes of the tensors' elements (sparse: the stored values; nested: left out)."""
+    total = 0
+    for t in tensors:
+        if t.is_nested:
+            continue
+        if t.layout != torch.strided:
+            t = t.values()
+        total += t.numel() * t.element_size()
+    return total
 
 
 def first_float(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     for t in tensors:
-        if t.is_floating_point() and t.numel() > 0:
+        if t.is_floating_point() and has_values(t) and t.numel() > 0:
             return t
     return None
+
+
+def dense_values(t: torch.Tensor) -> torch.Tensor:
+    """What a norm of `t` is taken of: the stored values of a sparse tensor."""
+    if t.layout == torch.sparse_coo:
+        return t.coalesce().values()
+    if t.layout != torch.strided:
+        return t.values()
+    return t.detach()
+
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def float32_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """L2 norms as float32 scalars, in bulk, for any floating or complex dtype.
+
+    `torch._foreach_norm(..., dtype=float32)` refuses double and complex tensors (that
+    would narrow); half precision is accumulated in float32 so a large norm does not
+    overflow. Tensors of one kind go through one `_foreach_norm` call.
+    """
+    if all(t.dtype == torch.float32 or t.dtype in _LOW for t in tensors):
+        return list(torch._foreach_norm(tensors, 2, dtype=torch.float32)) if tensors else []
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    groups: dict[bool, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.dtype == torch.float32 or t.dtype in _LOW, []).append(i)
+    for widen, idx in groups.items():
+        group = [tensors[i] for i in idx]
+        if widen:
+            norms = torch._foreach_norm(group, 2, dtype=torch.float32)
+        else:
+            norms = [n.to(torch.float32) for n in torch._foreach_norm(group, 2)]
+        for i, n in zip(idx, norms, strict=True):
+            out[i] = n
+    return out  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""A drill.md section for what the run's setup hid from trainlens (torch.compile)."""
+"""A drill.md section for what trainlens could not see: torch.compile, stopped probes."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ from .._records import Records
 @hookimpl
 def trainlens_report_sections(drill: dict[str, Any], records: Records) -> list[tuple[str, str]]:
     compiled = records.meta.get("compile")
-    if not compiled:
+    parts = [f"**Warning:** {compiled['warning']}"] if compiled else []
+    for stop in records.meta.get("probes_stopped") or ():
+        parts.append(
+            f"**Warning:** probe `{stop['probe']}` stopped at step {stop['step']}: "
+            f"{stop['error']}. Its records end there; the training itself was not touched."
+        )
+    if not parts:
         return []
-    return [("What trainlens could not see", f"**Warning:** {compiled['warning']}")]
+    return [("What trainlens could not see", "\n\n".join(parts))]

@@ -1,0 +1,420 @@
+"""The probe contract: what every probe is, and the one place its hooks are guarded.
+
+A probe is built from the run's `WatchState` and has three moments:
+
+- `install()` registers its hooks. Every handle it gets (a torch `RemovableHandle`, or
+  anything with `remove()`: a patch, a filter, a forward subscription) goes into
+  `probe.handles`, also the ones it adds later (once lazy parameters exist).
+- `retire()` removes its hooks early, when it has seen all it needs (left in place under
+  torch.compile: changing hooks would make dynamo recompile the user's model).
+- `finish(exc)` runs after every hook of the run is gone, for what only the end of the
+  run knows (exc is the block's exception or None); run-level facts go into
+  `state.extra_meta`, which becomes part of `records.meta`.
+
+trainlens never breaks the user's program. Every hook runs behind one guard: the
+decorator `hook` (or `ForwardDispatch`, for the per-module forward hooks it shares
+between probes) returns at once while torch.compile traces (`compiling()` is asked
+first, so dynamo folds the hook away) or while trainlens runs the model itself
+(`suspended()`), and turns an exception of the probe's own code into `probe.stop(err)`:
+the probe is off for the rest of the run, the drill says which probe stopped, at which
+step and why, and the user's loop goes on as without it. The user's own exceptions never
+pass through a guard: hooks call no user code.
+
+`ProbeSet` is what `watch` holds: it installs the probes, owns all their handles in one
+`contextlib.ExitStack` (so `close()` removes every hook and patch whatever fails) and
+finishes them one by one, each failure confined to its probe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar, TypeVar
+
+from torch import nn
+from torch.nn.modules.loss import _Loss
+
+from ._state import _ANY_SUSPENDED, _LOCAL, WatchState, compiling
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: frames a hooked module call adds over a plain one (torch's `inner()` closure), per
+#: level of nesting, plus room for the hooks themselves at the deepest level
+_FRAMES_PER_LEVEL = 1
+_HOOK_FRAMES = 64
+
+
+class Probe:
+    """Base of every probe: its state, its handles, and whether it is still on."""
+
+    #: the name the drill uses when this probe stops ("probe steps stopped at step 3: ...")
+    name: ClassVar[str] = "probe"
+    #: a first-batch check: it looks once a run, then `retire()`s itself
+    once: ClassVar[bool] = False
+
+    def __init__(self, state: WatchState):
+        self.state = state
+        self.handles: list[Any] = []
+        self.stopped = False
+
+    def install(self) -> None:
+        """Register hooks; keep every handle in `self.handles`."""
+
+    def finish(self, exc: BaseException | None) -> None:
+        """After all hooks are gone: what only the end of the run knows."""
+
+    def retire(self) -> None:
+        """Done for this run: the hooks go, so later steps do not pay for them."""
+        if self.state.compiled:
+            return  # changing the hooks would make dynamo guard, recompile the model
+        remove_all(self.handles)
+
+    def stop(self, err: BaseException, where: str = "") -> None:
+        """Switch the probe off after a failure of its own code, and say so in the drill."""
+        stop(self, err, where)
+
+    def guard(self, fn: Callable[..., Any], *, in_compiled: bool = False) -> Callable[..., Any]:
+        """`fn` (a closure registered as a hook) behind this probe's guard, as `hook` does."""
+        probe = self
+
+        def guarded_closure(*args: Any) -> Any:
+            if (not in_compiled and compiling()) or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
+                return None
+            if probe.stopped:
+                return None
+            try:
+                return fn(*args)
+            except Exception as err:
+                probe.stop(err, getattr(fn, "__name__", "hook"))
+                return None
+
+        return guarded_closure
+
+
+def stop(probe: Any, err: BaseException, where: str = "") -> None:
+    """`Probe.stop` for any probe object (also one written before the base class)."""
+    if getattr(probe, "stopped", False):
+        return
+    probe.stopped = True
+    state = probe.state
+    name = getattr(probe, "name", None) or type(probe).__name__
+    detail = f"{type(err).__name__}: {str(err)[:300]}"
+    record = {"probe": name, "step": state.step, "where": where, "error": detail}
+    state.extra_meta.setdefault("probes_stopped", []).append(record)
+    with contextlib.suppress(Exception):
+        state.event(
+            "probe_stopped", None, f"probe {name} stopped at step {state.step}: {detail}", **record
+        )
+
+
+def hook(fn: F | None = None, *, in_compiled: bool = False) -> Any:
+    """The one guard of a probe's hook method (the probe is its first argument).
+
+    Returns None at once while torch.compile traces (asked first, so dynamo folds the
+    hook away), while trainlens runs the model in this thread, or once the probe has
+    stopped; an exception of the hook stops the probe. `in_compiled=True` for optimizer
+    and autograd hooks, which run as before when the user compiles the step: they count
+    the steps, and dynamo traces them as it did.
+    """
+
+    def wrap(fn: F) -> F:
+        if in_compiled:
+
+            @functools.wraps(fn)
+            def guarded_hook(probe: Probe, *args: Any, **kwargs: Any) -> Any:
+                if (_ANY_SUSPENDED[0] and _LOCAL.suspended) or probe.stopped:
+                    return None
+                try:
+                    return fn(probe, *args, **kwargs)
+                except Exception as err:
+                    probe.stop(err, fn.__name__)
+                    return None
+
+        else:
+
+            @functools.wraps(fn)
+            def guarded_hook(probe: Probe, *args: Any, **kwargs: Any) -> Any:
+                if compiling() or (_ANY_SUSPENDED[0] and _LOCAL.suspended) or probe.stopped:
+                    return None
+                try:
+                    return fn(probe, *args, **kwargs)
+                except Exception as err:
+                    probe.stop(err, fn.__name__)
+                    return None
+
+        return guarded_hook  # type: ignore[return-value]
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def guarded(fn: F) -> F:
+    """Like `hook`, for probe code that is not a hook (what an API call or `finish` runs):
+    no compile or suspension check, only the failure confined to the probe."""
+
+    @functools.wraps(fn)
+    def safe(probe: Probe, *args: Any, **kwargs: Any) -> Any:
+        if probe.stopped:
+            return None
+        try:
+            return fn(probe, *args, **kwargs)
+        except Exception as err:
+            probe.stop(err, fn.__name__)
+            return None
+
+    return safe  # type: ignore[return-value]
+
+
+def remove_all(handles: list[Any]) -> None:
+    """Remove handles newest first; every one is tried, the first error is raised after."""
+    first: BaseException | None = None
+    while handles:
+        handle = handles.pop()
+        try:
+            handle.remove()
+        except Exception as err:  # pragma: no cover - torch handles do not raise
+            first = first or err
+    if first is not None:
+        raise first
+
+
+# --- shared per-forward dispatch --------------------------------------------------------
+Post = Callable[[nn.Module, tuple[Any, ...], Any], None]
+Pre = Callable[[nn.Module, tuple[Any, ...]], None]
+
+
+class _Subscription:
+    def __init__(self, dispatch: ForwardDispatch, kind: str, key: int | None, item: Any):
+        self._args = (kind, key, item)
+        self._dispatch = dispatch
+
+    def remove(self) -> None:
+        self._dispatch._unsubscribe(*self._args)
+
+
+class ForwardDispatch:
+    """One global forward pre-hook and one post-hook for all the probes of a run.
+
+    Global hooks rather than per-module ones: `nn.TransformerEncoderLayer` leaves its
+    fused eval fast path when it has hooks of its own, and computes slightly different
+    numbers. Several probes need the same facts of every forward (is it one of the
+    model's modules, is it a loss module, does it fail): they are found once here, and
+    only the interested probes are called, each behind the guard. Loss modules are
+    process-wide (`loss_fn = nn.CrossEntropyLoss()` lives outside the model): only those
+    called in the run's threads (`state.threads`) count.
+    """
+
+    def __init__(self, state: WatchState):
+        self.state = state
+        self._pre: dict[int, list[tuple[Probe, Pre]]] = {}
+        self._post: dict[int, list[tuple[Probe, Post, bool]]] = {}
+        self._loss: list[tuple[Probe, Post, bool]] = []
+        self._handles: list[Any] = []
+
+    def pre(self, probe: Probe, hooks: dict[nn.Module, Pre]) -> None:
+        """`hooks[module](module, args)` before the forward of each module named."""
+        self._ensure()
+        for module, fn in hooks.items():
+            item = (probe, fn)
+            self._pre[id(module)] = [*self._pre.get(id(module), ()), item]
+            probe.handles.append(_Subscription(self, "pre", id(module), item))
+
+    def post(self, probe: Probe, hooks: dict[nn.Module, Post], *, always: bool = False) -> None:
+        """`hooks[module](module, args, output)` after each module named. With `always`,
+        also when the forward raised (output None, the exception in `sys.exc_info()`)."""
+        self._ensure()
+        for module, fn in hooks.items():
+            item = (probe, fn, always)
+            self._post[id(module)] = [*self._post.get(id(module), ()), item]
+            probe.handles.append(_Subscription(self, "post", id(module), item))
+
+    def loss(self, probe: Probe, fn: Post, *, always: bool = False) -> None:
+        """`fn(module, args, output)` after every `torch.nn` loss module of the run."""
+        self._ensure()
+        item = (probe, fn, always)
+        self._loss = [*self._loss, item]
+        probe.handles.append(_Subscription(self, "loss", None, item))
+
+    def _unsubscribe(self, kind: str, key: int | None, item: Any) -> None:
+        # copy on write: a dispatch in progress keeps iterating the list it started with
+        if kind == "loss":
+            self._loss = [x for x in self._loss if x is not item]
+            return
+        table: dict[int, Any] = self._pre if kind == "pre" else self._post
+        subs = [x for x in table.get(key, ()) if x is not item]  # type: ignore[arg-type]
+        if subs:
+            table[key] = subs  # type: ignore[index]
+        else:
+            table.pop(key, None)  # type: ignore[arg-type]
+
+    def remove(self) -> None:
+        remove_all(self._handles)
+
+    def _ensure(self) -> None:
+        if self._handles:
+            return
+        glob = nn.modules.module
+        self._handles.append(glob.register_module_forward_pre_hook(self._dispatch_pre))
+        self._handles.append(
+            glob.register_module_forward_hook(self._dispatch_post, always_call=True)
+        )
+
+    def _dispatch_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if compiling():
+            if module is self.state.model:
+                self.state.compiled = True  # inside compiled code: only note that it ran
+            return
+        if _ANY_SUSPENDED[0] and _LOCAL.suspended:
+            return
+        subs = self._pre.get(id(module))
+        if subs is None:
+            return
+        for probe, fn in subs:
+            if not probe.stopped:
+                try:
+                    fn(module, args)
+                except Exception as err:
+                    probe.stop(err, "forward pre-hook")
+
+    def _dispatch_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if compiling() or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
+            return
+        subs = self._post.get(id(module))
+        loss = self._loss if isinstance(module, _Loss) else None
+        if subs is None and loss is None:
+            return
+        # always_call: torch also calls this hook when the forward raised
+        failing = output is None and sys.exc_info()[1] is not None
+        if subs is not None:
+            for probe, fn, always in subs:
+                if not probe.stopped and (always or not failing):
+                    try:
+                        fn(module, args, output)
+                    except Exception as err:
+                        probe.stop(err, "forward hook")
+        if loss and threading.get_ident() in self.state.threads:
+            for probe, fn, always in loss:
+                if not probe.stopped and (always or not failing):
+                    try:
+                        fn(module, args, output)
+                    except Exception as err:
+                        probe.stop(err, "loss hook")
+
+
+# --- the probes of one run --------------------------------------------------------------
+class _RecursionRoom:
+    """Raise the recursion limit by the frames the hooks add to the deepest model call.
+
+    A hooked module call runs through one more frame of torch's than a plain one, so a
+    model nested ~200 modules deep that runs plain would hit the limit under watch. The
+    room of every active run is added to the limit found before the first one; when a
+    run ends the limit shrinks back, unless the program set its own meanwhile.
+    """
+
+    _lock = threading.Lock()
+    _active: ClassVar[dict[int, int]] = {}
+    _limits: ClassVar[dict[str, int]] = {"base": 0, "set": 0}
+
+    def __init__(self, model: nn.Module):
+        depth = max((name.count(".") + 1 for name, _ in model.named_modules() if name), default=0)
+        self.extra = depth * _FRAMES_PER_LEVEL + _HOOK_FRAMES
+
+    def __enter__(self) -> _RecursionRoom:
+        with self._lock:
+            limits = self._limits
+            if not self._active or sys.getrecursionlimit() != limits["set"]:
+                limits["base"] = sys.getrecursionlimit()
+                self._active.clear()  # the program set its own limit: start from it
+            self._active[id(self)] = self.extra
+            limits["set"] = limits["base"] + sum(self._active.values())
+            sys.setrecursionlimit(limits["set"])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            limits = self._limits
+            if self._active.pop(id(self), None) is None:
+                return
+            if sys.getrecursionlimit() == limits["set"]:
+                limits["set"] = limits["base"] + sum(self._active.values())
+                with contextlib.suppress(RecursionError):
+                    sys.setrecursionlimit(limits["set"])
+
+
+class ProbeSet:
+    """The probes of one watched run and every hook they own (see the module docstring)."""
+
+    def __init__(self, state: WatchState, probes: list[Probe], stack: contextlib.ExitStack):
+        self.state = state
+        self.probes = probes
+        self._stack = stack
+
+    @classmethod
+    def install(cls, state: WatchState, probe_classes: Iterable[type[Probe]]) -> ProbeSet:
+        """Build and install the probes. A probe that fails to install is stopped; the
+        others go on. Nothing stays installed if this raises."""
+        with contextlib.ExitStack() as stack:
+            forwards = ForwardDispatch(state)
+            state.forwards = forwards
+            stack.callback(setattr, state, "forwards", None)  # no cycle outlives the block
+            stack.callback(forwards.remove)
+            stack.enter_context(_RecursionRoom(state.model))
+            probes: list[Probe] = []
+            for probe_cls in probe_classes:
+                probe = probe_cls(state)
+                probes.append(probe)
+                # every handle the probe holds at close time, also those added later
+                stack.callback(lambda p=probe: remove_all(p.handles))
+                try:
+                    probe.install()
+                except Exception as err:
+                    stop(probe, err, "install")
+                    remove_all(probe.handles)
+            return cls(state, probes, stack.pop_all())
+
+    def __iter__(self) -> Iterator[Probe]:
+        return iter(self.probes)
+
+    def get(self, cls: type[Probe]) -> Any:
+        """The installed probe of a class, or None."""
+        return next((p for p in self.probes if isinstance(p, cls)), None)
+
+    def close(self) -> None:
+        """Remove every hook, patch and filter of the run (idempotent)."""
+        stack, self._stack = self._stack, contextlib.ExitStack()
+        try:
+            stack.close()
+        except Exception as err:  # pragma: no cover - torch handles do not raise
+            warnings.warn(f"trainlens could not remove a hook: {err}", RuntimeWarning, stacklevel=3)
+
+    def finish(self, exc: BaseException | None) -> list[str]:
+        """Each running probe's `finish(exc)`; a failure stops only that probe.
+
+        Returns what a failing `finish` lost ("CheckpointProbe's end (OSError: ...)"), for
+        the one warning the block's end gives about what could not be written. Probes
+        stopped during the run are in the drill (`probes_stopped`) and get one line on
+        stderr here.
+        """
+        lost = []
+        for probe in self.probes:
+            finish = getattr(probe, "finish", None)
+            if getattr(probe, "stopped", False) or finish is None:
+                continue
+            try:
+                finish(exc)
+            except Exception as err:
+                stop(probe, err, "finish")
+                lost.append(f"{type(probe).__name__}'s end ({type(err).__name__}: {err})")
+        for rec in self.state.extra_meta.get("probes_stopped", ()):
+            if rec["where"] == "finish":
+                continue
+            note = (
+                f"trainlens: warning: probe {rec['probe']} stopped at step {rec['step']}: "
+                f"{rec['error']}; its records end there (your training was not affected)\n"
+            )
+            with contextlib.suppress(Exception):  # a closed stderr must not cost the drill
+                sys.stderr.write(note)
+        return lost

@@ -1,0 +1,466 @@
+"""Issue 16 §2: trainlens never breaks the user's program.
+
+A probe whose own code fails is switched off for the rest of the run, the drill names it,
+and the user's loop ends with exactly the parameters it has without trainlens. Models of
+every dtype and layout train under watch as they do without it. Two blocks in two
+threads each record only their own run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import trainlens
+from trainlens._probes import (
+    DEFAULT_PROBES,
+    AttentionProbe,
+    CheckpointProbe,
+    FiniteProbe,
+    InitialLossProbe,
+    LossInputProbe,
+    LossProbe,
+    ModuleProbe,
+    StepProbe,
+    _batchdep,
+    _flat,
+    _initloss,
+    _memory,
+)
+from trainlens._probes import _compile as _compile_probe
+from trainlens._probes._qkgrad import AttentionQKGradProbe
+
+# --- a small model with every kind of probe food: attention, a loss module, Adam ------
+
+
+class TinyAttentionNet(nn.Module):
+    def __init__(self, d: int = 8, classes: int = 3):
+        super().__init__()
+        self.embed = nn.Linear(4, d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.embed(x))
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.head((h + a).mean(1))
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(6, 5, 4, generator=g), torch.randint(0, 3, (6,), generator=g)
+
+
+def _train(run_dir: Path | None, steps: int = 5) -> tuple[dict[str, torch.Tensor], Any]:
+    torch.manual_seed(0)
+    model = TinyAttentionNet()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = _data()
+
+    def loop() -> None:
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+
+    lens = None
+    if run_dir is None:
+        loop()
+    else:
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True, checkpoint=True) as lens:
+            loop()
+    return {k: v.clone() for k, v in model.state_dict().items()}, lens
+
+
+def _boom(*args: Any, **kwargs: Any) -> Any:
+    raise TypeError("injected failure")
+
+
+def _failing_reader(device: torch.device) -> tuple[str, Callable[[], int]]:
+    return "cpu_heap", _boom
+
+
+# (probe name, what to break): each target runs inside that probe's hook, patch or finish
+INJECTIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "modules": lambda mp: mp.setattr(ModuleProbe, "_record_shapes", _boom),
+    "losses": lambda mp: mp.setattr(LossProbe, "log", _boom),
+    "steps": lambda mp: mp.setattr(StepProbe, "_record", _boom),
+    "attention": lambda mp: mp.setattr(AttentionProbe, "_wanted", _boom),
+    "loss_inputs": lambda mp: mp.setattr(LossInputProbe, "_on_forward", _boom),
+    "grad_carry": lambda mp: mp.setattr(_flat, "_total_norm", _boom),
+    "memory": lambda mp: mp.setattr(_memory, "step_reader", _failing_reader),
+    "checkpoint": lambda mp: mp.setattr(CheckpointProbe, "_snapshot", _boom),
+    "finite": lambda mp: mp.setattr(FiniteProbe, "_count", _boom),
+    "compile": lambda mp: mp.setattr(_compile_probe, "compiled_wrapper", _boom),
+    "batch_dependency": lambda mp: mp.setattr(_batchdep, "check_batch_dependency", _boom),
+    "initial_loss": lambda mp: mp.setattr(_initloss, "describe_loss", _boom),
+    "attention_qk_grad": lambda mp: mp.setattr(
+        AttentionQKGradProbe, "_hook", lambda self, name, dim: _boom
+    ),
+}
+
+
+def test_every_default_probe_has_a_failure_injected_below():
+    assert {cls.name for cls in DEFAULT_PROBES} == set(INJECTIONS)
+
+
+@pytest.mark.parametrize("probe", sorted(INJECTIONS))
+def test_a_failing_probe_stops_alone_and_the_training_is_untouched(probe, tmp_path, monkeypatch):
+    plain, _ = _train(None)
+    INJECTIONS[probe](monkeypatch)
+    watched, lens = _train(tmp_path / "run")
+
+    for key in plain:
+        assert torch.equal(plain[key], watched[key]), key
+    drill = json.loads((tmp_path / "run" / "drill.json").read_text())
+    stopped = drill["probes_stopped"]
+    assert [s["probe"] for s in stopped] == [probe]
+    assert "TypeError: injected failure" in stopped[0]["error"]
+    assert isinstance(stopped[0]["step"], int)
+    md = (tmp_path / "run" / "drill.md").read_text()
+    assert f"probe `{probe}` stopped at step {stopped[0]['step']}" in md
+    events = lens.records.events
+    assert (events["kind"] == "probe_stopped").sum() == 1
+
+
+class HandWrittenAttention(nn.Module):
+    """nanoGPT-style causal self-attention through F.scaled_dot_product_attention."""
+
+    def __init__(self, d: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).contiguous().view(b, t, d))
+
+
+def test_a_failing_listener_of_the_patched_sdpa_leaves_its_output_alone(tmp_path, monkeypatch):
+    def run(watched: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), HandWrittenAttention(), nn.Linear(8, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(3, 5, 4), torch.randn(3, 5, 1)
+        block = trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True)
+        with block if watched else contextlib.nullcontext():
+            for _ in range(3):
+                opt.zero_grad()
+                nn.MSELoss()(model(x), y).backward()
+                opt.step()
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    plain = run(False)
+    monkeypatch.setattr(AttentionProbe, "_wanted", _boom)
+    watched = run(True)
+    for key in plain:
+        assert torch.equal(plain[key], watched[key]), key
+    drill = json.loads((tmp_path / "run" / "drill.json").read_text())
+    assert [s["probe"] for s in drill["probes_stopped"]] == ["attention"]
+    assert drill["probes_stopped"][0]["where"] == "on_sdpa"
+
+
+def test_a_failing_finish_stops_only_that_probe(tmp_path, monkeypatch):
+    monkeypatch.setattr(InitialLossProbe, "finish", _boom)
+    _, lens = _train(tmp_path / "run")
+    stopped = lens.drill["probes_stopped"]
+    assert [(s["probe"], s["where"]) for s in stopped] == [("initial_loss", "finish")]
+    assert "memory" in lens.records.meta  # the other probes finished
+
+
+def test_the_users_exception_passes_through_a_stopped_probe_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setattr(ModuleProbe, "_record_shapes", _boom)
+    model = TinyAttentionNet()
+    x, y = _data()
+    mine = ValueError("the user's own")
+    with pytest.raises(ValueError) as raised:
+        with trainlens.watch(model, run_dir=tmp_path / "run", quiet=True) as lens:
+            nn.CrossEntropyLoss()(model(x), y).backward()
+            raise mine
+    assert raised.value is mine
+    assert lens.drill["exception"]["type"] == "ValueError"
+    assert lens.drill["probes_stopped"][0]["probe"] == "modules"
+
+
+def test_no_hook_or_filter_survives_a_failing_finish(tmp_path, monkeypatch):
+    import warnings
+
+    from torch.nn.modules import module as M
+
+    filters = list(warnings.filters)
+    hooks = (len(M._global_forward_hooks), len(M._global_forward_pre_hooks))
+    monkeypatch.setattr(ModuleProbe, "finish", _boom)
+    _train(tmp_path / "run", steps=2)
+    assert (len(M._global_forward_hooks), len(M._global_forward_pre_hooks)) == hooks
+    assert warnings.filters == filters
+
+
+# --- every dtype and layout ------------------------------------------------------------
+
+
+def _loop(model: nn.Module, opt: Any, batch: Callable[[], torch.Tensor], steps: int = 4):
+    for _ in range(steps):
+        if isinstance(opt, torch.optim.LBFGS):  # LBFGS evaluates the closure itself
+            opt.step(batch)
+            continue
+        opt.zero_grad()
+        loss = batch()
+        loss.backward()
+        opt.step()
+
+
+def _mlp(dtype: torch.dtype) -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1)).to(dtype)
+
+
+def _float_case(dtype: torch.dtype, opt_cls: Any = torch.optim.Adam):
+    def make():
+        model = _mlp(dtype)
+        opt = opt_cls(model.parameters(), lr=1e-2)
+        x, y = torch.randn(16, 4, dtype=dtype), torch.randn(16, 1, dtype=dtype)
+        return model, opt, lambda: nn.MSELoss()(model(x), y)
+
+    return make
+
+
+def _lbfgs_float64():
+    model = _mlp(torch.float64)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=3)
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    return model, opt, closure
+
+
+def _complex():
+    model = nn.Linear(4, 2, dtype=torch.complex64)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(16, 4, dtype=torch.complex64)
+    y = torch.randn(16, 2, dtype=torch.complex64)
+    return model, opt, lambda: (model(x) - y).abs().pow(2).mean()
+
+
+def _int_tokens():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Flatten(), nn.Linear(24, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randint(0, 10, (16, 3)), torch.randint(0, 3, (16,))
+    return model, opt, lambda: nn.CrossEntropyLoss()(model(x), y)
+
+
+class GCNLayer(nn.Module):
+    """One graph convolution, `A @ (X W)` with a sparse normalised adjacency (Kipf & Welling)."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+
+    def forward(self, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(adj, self.lin(x))
+
+
+def _gcn(layout: str):
+    def make():
+        model = GCNLayer(4, 3)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        n = 10
+        dense = torch.eye(n) + torch.diag(torch.ones(n - 1), 1) + torch.diag(torch.ones(n - 1), -1)
+        dense = dense / dense.sum(1, keepdim=True)
+        adj = dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()
+        x, y = torch.randn(n, 4), torch.randint(0, 3, (n,))
+        return model, opt, lambda: nn.CrossEntropyLoss()(model(adj, x), y)
+
+    return make
+
+
+def _nested():
+    model = nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.nested.nested_tensor([torch.randn(3, 4), torch.randn(5, 4)], layout=torch.jagged)
+    return model, opt, lambda: model(x).values().pow(2).mean()
+
+
+class Tagged(torch.Tensor):
+    """A tensor subclass that only carries a Python-side tag (as libraries do)."""
+
+
+def _subclass():
+    model = _mlp(torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(16, 4).as_subclass(Tagged)
+    y = torch.randn(16, 1).as_subclass(Tagged)
+    return model, opt, lambda: nn.MSELoss()(model(x), y)
+
+
+class Nest(nn.Module):
+    def __init__(self, inner: nn.Module | None):
+        super().__init__()
+        self.inner = inner
+        self.lin = nn.Linear(4, 4) if inner is None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) if self.inner is None else self.inner(x)
+
+
+def _deep():
+    model: nn.Module | None = None
+    for _ in range(200):
+        model = Nest(model)
+    assert model is not None
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 4), torch.randn(8, 4)
+    return model, opt, lambda: nn.MSELoss()(model(x), y)
+
+
+CASES = {
+    "float64-adam": _float_case(torch.float64),
+    "float64-lbfgs": _lbfgs_float64,
+    "bfloat16": _float_case(torch.bfloat16, torch.optim.SGD),
+    "float16": _float_case(torch.float16, torch.optim.SGD),
+    "complex64": _complex,
+    "int-tokens": _int_tokens,
+    "sparse-coo": _gcn("coo"),
+    "sparse-csr": _gcn("csr"),
+    "nested-jagged": _nested,
+    "tensor-subclass": _subclass,
+    "nested-200-modules": _deep,
+}
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_dtype_and_layout_trains_identically_under_watch(case, tmp_path):
+    results = []
+    for watched in (False, True):
+        torch.manual_seed(0)
+        model, opt, batch = CASES[case]()
+        if watched:
+            with trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True) as lens:
+                _loop(model, opt, batch)
+        else:
+            _loop(model, opt, batch)
+        results.append({k: v.clone() for k, v in model.state_dict().items()})
+    plain, watched = results
+    for key in plain:
+        assert torch.equal(plain[key], watched[key]), key
+    assert "probes_stopped" not in lens.drill, lens.drill.get("probes_stopped")
+    assert lens.drill["steps"] == 4
+
+
+def test_a_dry_run_on_the_meta_device_works_under_watch(tmp_path):
+    model = _mlp(torch.float32).to("meta")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(16, 4, device="meta"), torch.randn(16, 1, device="meta")
+    with trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True) as lens:
+        _loop(model, opt, lambda: nn.MSELoss()(model(x), y))
+    assert "probes_stopped" not in lens.drill
+    assert lens.drill["steps"] == 4
+    assert len(lens.records.shapes) > 0  # shapes are known on meta; values are not
+
+
+def test_the_recursion_limit_is_given_back_after_a_deep_model(tmp_path):
+    import sys
+
+    before = sys.getrecursionlimit()
+    model, opt, batch = _deep()
+    with trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True):
+        assert sys.getrecursionlimit() > before
+        _loop(model, opt, batch, steps=1)
+    assert sys.getrecursionlimit() == before
+
+
+# --- two blocks in two threads ------------------------------------------------------------
+
+
+def test_two_blocks_in_two_threads_each_record_only_their_own_run(tmp_path):
+    """Thread A's batch check (trainlens's own extra forward) runs while thread B trains
+    its steps: B loses none of them, and neither block records the other's losses."""
+    a_checking = threading.Event()
+    b_done_while_a_checks = threading.Event()
+    a_trained = threading.Event()  # B's block stays open until A has trained
+    errors: list[BaseException] = []
+    lenses: dict[str, Any] = {}
+
+    class PausingNet(nn.Module):
+        """Its second call (the batch check's extra pass) waits for thread B's steps."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+            self.calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            if self.calls == 2:
+                a_checking.set()
+                b_done_while_a_checks.wait(timeout=30)
+            return self.lin(x)
+
+    def run_a() -> None:
+        try:
+            torch.manual_seed(1)
+            model = PausingNet()
+            opt = torch.optim.SGD(model.parameters(), lr=0.1)
+            x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+            with trainlens.watch(model, opt, run_dir=tmp_path / "a", quiet=True) as lens:
+                for _ in range(7):
+                    opt.zero_grad()
+                    nn.CrossEntropyLoss()(model(x), y).backward()
+                    opt.step()
+                a_trained.set()
+            lenses["a"] = lens
+        except BaseException as err:  # pragma: no cover - reported below
+            a_trained.set()
+            errors.append(err)
+
+    def run_b() -> None:
+        try:
+            torch.manual_seed(2)
+            model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+            opt = torch.optim.SGD(model.parameters(), lr=0.01)
+            x, y = torch.randn(8, 3), torch.randn(8, 1)
+            with trainlens.watch(model, opt, run_dir=tmp_path / "b", quiet=True) as lens:
+                a_checking.wait(timeout=30)
+                for _ in range(11):
+                    opt.zero_grad()
+                    nn.MSELoss()(model(x), y).backward()
+                    opt.step()
+                b_done_while_a_checks.set()
+                a_trained.wait(timeout=30)  # A's losses are computed while this block runs
+            lenses["b"] = lens
+        except BaseException as err:  # pragma: no cover - reported below
+            b_done_while_a_checks.set()
+            errors.append(err)
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    a, b = lenses["a"], lenses["b"]
+    assert a.records.meta["batch_dependency"]["checked"]  # the check did run in A
+    assert (a.drill["steps"], b.drill["steps"]) == (7, 11)
+    assert a.records.losses["source"].tolist() == ["CrossEntropyLoss"] * 7
+    assert b.records.losses["source"].tolist() == ["MSELoss"] * 11
+    assert sorted(set(b.records.steps["step"])) == list(range(11))
+    for lens in (a, b):
+        assert not any(f.symptom == "diverging" for f in lens.findings), lens.findings
