@@ -16,12 +16,13 @@ SRC = Path(trainlens.__file__).parent
 #: The first matching prefix names a module's layer (longest prefixes first).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("_errors", "_finding", "_format", "_io", "_resources", "_signals", "_meta",
-              "_wrappers", "_version")),
-    ("records", ("_records", "_catalogue", "_hookspecs", "_rundir")),
+              "_wrappers", "_version", "_release")),
+    ("records", ("_records", "_catalogue", "_hookspecs", "_rundir", "_views")),
     ("probes", ("_probes", "_stream")),
     ("rules", ("_rules",)),
-    ("drill", ("_drill", "_plugins", "_run")),
-    ("report", ("_report",)),
+    ("drill", ("_drill", "_plugins")),
+    # reading a finished run back (load_run) belongs with rendering it
+    ("report", ("_report", "_run")),
     ("finish", ("_finish", "_merge", "_distributed")),
     ("watch", ("_watch",)),
     ("commands", ("_report.compare", "_diagnose", "_overfit", "_target", "_demo", "_cli",

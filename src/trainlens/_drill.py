@@ -8,20 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import RunDirError
-from ._finding import Finding
+from ._finding import Finding, finding_markdown
 from ._io import atomic_write_text
 
 SCHEMA_VERSION = 1
-
-#: the six fields of a failure drill, in the order a course asks for them
-DRILL_FIELDS = (
-    "run_id",
-    "symptom",
-    "first_check",
-    "likely_cause",
-    "fix_attempt",
-    "result_after_fix",
-)
 
 
 def run_status(failed: bool, findings: Sequence[Any]) -> str:
@@ -203,35 +193,7 @@ def render_markdown(drill: dict[str, Any], sections: Sequence[tuple[str, str]] =
             "",
         ]
     for i, f in enumerate(findings, 1):
-        lines += _finding_markdown(i, drill["run_id"], f)
+        lines += finding_markdown(i, drill["run_id"], f)
     for title, body in sections:
         lines += [f"## {title}", "", body.rstrip(), ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _finding_markdown(i: int, run_id: str, f: dict[str, Any]) -> list[str]:
-    where = f" in `{f['module'] or '(model)'}`" if f["module"] is not None else ""
-    when = f" at step {f['step']}" if f["step"] is not None else ""
-    result = f["result_after_fix"]
-    if isinstance(result, dict):
-        result = result.get("summary") or json.dumps(result)
-    values = {
-        "run_id": f"`{run_id}`",
-        "symptom": f"`{f['symptom']}`",
-        "first_check": f["first_check"],
-        "likely_cause": f"`{f['likely_cause']}`",
-        "fix_attempt": f["fix_attempt"],
-        "result_after_fix": result
-        or "_not yet: rerun with the fix, then `trainlens compare THIS_RUN_DIR FIXED_RUN_DIR`_",
-    }
-    out = [f"### {i}. {f['symptom']} ({f['severity']}){where}{when}", ""]
-    out += [f"- **{k}:** {_one_paragraph(values[k])}" for k in DRILL_FIELDS]
-    out += ["", "Likely causes, most likely first:", ""]
-    for n, c in enumerate(f["likely_causes"], 1):
-        out.append(f"{n}. `{c['id']}` (confidence {c['confidence']:.2f}): {c['evidence']}")
-    out.append("")
-    return out
-
-
-def _one_paragraph(text: str) -> str:
-    return " ".join(str(text).split())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,14 +124,12 @@ class Finding:
 
     # notebook displays (IPython's rich display protocol)
     def _repr_html_(self) -> str:
-        from ._report.html import finding_html
+        from markdown_it import MarkdownIt  # rich's own Markdown parser: always installed
 
-        return finding_html(self.to_dict())
+        return MarkdownIt("commonmark", {"html": False}).render(self._repr_markdown_())
 
     def _repr_markdown_(self) -> str:
-        from ._drill import _finding_markdown
-
-        return "\n".join(_finding_markdown(1, "-", self.to_dict())).replace("### 1. ", "### ", 1)
+        return "\n".join(finding_markdown(1, "-", self.to_dict())).replace("### 1. ", "### ", 1)
 
 
 def merge_findings(findings: list[Finding]) -> list[Finding]:
@@ -179,3 +178,43 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/Inf; keep them readable
     return value
+
+
+#: the six fields of a failure drill, in the order a course asks for them
+DRILL_FIELDS = (
+    "run_id",
+    "symptom",
+    "first_check",
+    "likely_cause",
+    "fix_attempt",
+    "result_after_fix",
+)
+
+
+def finding_markdown(i: int, run_id: str, f: dict[str, Any]) -> list[str]:
+    """drill.md's section for one finding (a dict as in drill.json): the six fields, the causes."""
+    where = f" in `{f['module'] or '(model)'}`" if f["module"] is not None else ""
+    when = f" at step {f['step']}" if f["step"] is not None else ""
+    result = f["result_after_fix"]
+    if isinstance(result, dict):
+        result = result.get("summary") or json.dumps(result)
+    values = {
+        "run_id": f"`{run_id}`",
+        "symptom": f"`{f['symptom']}`",
+        "first_check": f["first_check"],
+        "likely_cause": f"`{f['likely_cause']}`",
+        "fix_attempt": f["fix_attempt"],
+        "result_after_fix": result
+        or "_not yet: rerun with the fix, then `trainlens compare THIS_RUN_DIR FIXED_RUN_DIR`_",
+    }
+    out = [f"### {i}. {f['symptom']} ({f['severity']}){where}{when}", ""]
+    out += [f"- **{k}:** {one_paragraph(values[k])}" for k in DRILL_FIELDS]
+    out += ["", "Likely causes, most likely first:", ""]
+    for n, c in enumerate(f["likely_causes"], 1):
+        out.append(f"{n}. `{c['id']}` (confidence {c['confidence']:.2f}): {c['evidence']}")
+    out.append("")
+    return out
+
+
+def one_paragraph(text: str) -> str:
+    return " ".join(str(text).split())

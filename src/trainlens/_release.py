@@ -32,6 +32,12 @@ def release_after_block(lens: Any) -> None:
         for table in getattr(state, "tables", {}).values():
             for column in getattr(table, "_data", ()):
                 column.clear()
+        if state is not None:  # the streaming closure points back at the state
+            state.on_stream = None
+        stream = getattr(lens, "_stream", None)
+        if stream is not None:
+            stream.listeners = []
+        lens._stream = None
         lens._state = None
         lens._probe_set = None
         lens._loss_probe = None

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import threading
 from typing import Any
 
@@ -37,11 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._attention_math import (
+    _as_bhls,
+    _combine,
+    _mask_kind,
+    _no_autocast,
+    _samples_to_keep,
+    _softmax,
+    _thin,
+)
 from ._base import Probe, guarded, hook
 from ._state import WatchState, compiling, hook_modules, suspended_here
 
-#: score entries one recomputation may build (samples first, then query rows are thinned)
-MAX_ELEMENTS = 1 << 21
 #: side of the weight map kept per layer for attention.png
 MAP_SIZE = 64
 #: an additive mask entry at or below this is a masked key (-inf, or the common -1e9)
@@ -379,60 +385,3 @@ def _patch_sdpa(probe: AttentionProbe) -> _SdpaHandle:
 
 def sdpa_is_patched() -> bool:
     return bool(getattr(F.scaled_dot_product_attention, "__trainlens_wrapper__", False))
-
-
-# --- tensor helpers ------------------------------------------------------------------------
-def _as_bhls(t: torch.Tensor) -> torch.Tensor:
-    """[..., L, S] as [batch, heads, L, S]: dim -3 is the head, the rest folds into batch."""
-    if t.dim() == 2:
-        return t[None, None]
-    if t.dim() == 3:
-        return t[:, None]
-    return t.reshape(-1, *t.shape[-3:])
-
-
-def _samples_to_keep(n: int, h: int, q: int, k: int) -> int:
-    return max(1, min(n, MAX_ELEMENTS // max(1, h * q * k)))
-
-
-def _thin(scores: torch.Tensor, allowed: torch.Tensor | None):
-    """Keep every s-th query row when one sample alone exceeds the budget."""
-    stride = math.ceil(scores.numel() / MAX_ELEMENTS)
-    if stride <= 1:
-        return scores, allowed
-    scores = scores[:, :, ::stride]
-    if allowed is not None and allowed.shape[-2] > 1:
-        allowed = allowed[:, :, ::stride]
-    return scores, allowed
-
-
-def _combine(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
-    return b if a is None else a & b
-
-
-def _softmax(scores: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, -math.inf)
-    return torch.softmax(scores, dim=-1)
-
-
-def _mask_kind(attn_mask: Any, kpm: Any, is_causal: bool) -> str | None:
-    kinds = []
-    if attn_mask is not None:
-        kinds.append("causal" if is_causal else "attn_mask")
-    if kpm is not None:
-        kinds.append("key_padding_mask")
-    return "+".join(kinds) or None
-
-
-class _no_autocast:
-    """Recompute in float32 even inside the user's autocast region."""
-
-    def __init__(self, like: torch.Tensor):
-        self._ctx = torch.autocast(like.device.type, enabled=False)
-
-    def __enter__(self) -> None:
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ctx.__exit__(*exc)

@@ -433,7 +433,7 @@ class ManualAttention:
             probe._guarded(self._record, name, out, info)
 
     def _record(self, name: str, weights: torch.Tensor, info: _Scores) -> None:
-        from ._attention import _as_bhls, _no_autocast, _samples_to_keep, _thin
+        from ._attention_math import _as_bhls, _no_autocast, _samples_to_keep, _thin
 
         with torch.no_grad(), _no_autocast(weights):
             w = weights.detach()

@@ -116,9 +116,9 @@ def run_dir_html(run_dir: Path) -> str:
 
 def finding_html(finding: dict[str, Any], run_id: str | None = None) -> str:
     """One finding (its six drill fields and ranked causes) as an HTML fragment."""
-    from .._drill import _finding_markdown
+    from .._finding import finding_markdown
 
-    lines = _finding_markdown(1, run_id or "-", finding)
+    lines = finding_markdown(1, run_id or "-", finding)
     lines[0] = lines[0].replace("### 1. ", "### ", 1)
     return _fragment("\n".join(lines), None)
 

@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .._drill import DRILL_FIELDS
+from .._finding import DRILL_FIELDS
 from .._format import FIELD_CHARS, num, terminal_safe
 from .._records import Records
 from .curves import LossMarks, loss_marks
