@@ -327,6 +327,7 @@ def test_a_1_mb_evidence_string_is_cut_and_says_so(copy, capsys):
 def test_compare_into_a_read_only_run_dir_shows_the_comparison_and_says_so(
     copy, capsys, monkeypatch
 ):
+    from trainlens import _finish
     from trainlens._report import compare
 
     failed, fixed = copy("failed"), copy("fixed")
@@ -335,7 +336,10 @@ def test_compare_into_a_read_only_run_dir_shows_the_comparison_and_says_so(
     def read_only(path, text):
         raise PermissionError(13, "Permission denied", str(path))
 
+    # as root a chmod does not stop writes: refuse them where compare and the one
+    # finishing path write
     monkeypatch.setattr(compare, "atomic_write_text", read_only)
+    monkeypatch.setattr(_finish, "atomic_write_text", read_only)
     code, out, err = cli(capsys, "compare", str(failed), str(fixed))
     assert code == 2
     assert "Fixed: shape_mismatch is gone" in " ".join(out.split())  # the comparison

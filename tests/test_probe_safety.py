@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import trainlens
@@ -32,6 +33,7 @@ from trainlens._probes import (
     StepProbe,
     _batchdep,
     _flat,
+    _functional_loss,
     _initloss,
     _memory,
 )
@@ -72,6 +74,8 @@ def _train(run_dir: Path | None, steps: int = 5) -> tuple[dict[str, torch.Tensor
             loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()
+            with torch.no_grad():  # a functional validation loss: food for that probe
+                F.cross_entropy(model(x), y)
 
     lens = None
     if run_dir is None:
@@ -104,6 +108,7 @@ INJECTIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "compile": lambda mp: mp.setattr(_compile_probe, "compiled_wrapper", _boom),
     "batch_dependency": lambda mp: mp.setattr(_batchdep, "check_batch_dependency", _boom),
     "initial_loss": lambda mp: mp.setattr(_initloss, "describe_loss", _boom),
+    "functional_losses": lambda mp: mp.setattr(_functional_loss, "_observe", _boom),
     "attention_qk_grad": lambda mp: mp.setattr(
         AttentionQKGradProbe, "_hook", lambda self, name, dim: _boom
     ),

@@ -129,6 +129,13 @@ def problems_message(
             "; ".join(f"{e.get('what', e['plugin'])}: {e['error']}" for e in plugin_errors)
             + " (listed in the drill's plugin_errors)"
         )
+    ended = [x for x in lost if "'s end (" in x]  # a probe's finish() failed: not the disk
+    lost = [x for x in lost if x not in ended]
+    if ended:
+        parts.append(
+            "could not finish " + "; ".join(ended) + " (what that probe records at the end "
+            "of a run is missing from the drill; the rest is complete)"
+        )
     if lost:
         parts.append(
             f"could not write all of run {run_id} to {run_dir}: lost "

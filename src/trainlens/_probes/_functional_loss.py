@@ -49,7 +49,8 @@ from torch import nn
 from torch.nn import _reduction
 from torch.nn.modules.loss import _Loss
 
-from ._state import _SUSPENDED, Failure, WatchState, compiling
+from ._base import Probe
+from ._state import _SUSPENDED, Failure, compiling
 from ._tensors import dtype_names, shapes, tensor_leaves
 
 #: `torch.nn.functional` loss -> the `nn` loss module computing the same thing
@@ -103,11 +104,10 @@ _PATCH: dict[str, tuple[Any, Any]] = {}
 _DEPTH = [0]
 
 
-class FunctionalLossProbe:
-    def __init__(self, state: WatchState):
-        self.state = state
-        self.handles: list[Any] = []
-        self._failed = False
+class FunctionalLossProbe(Probe):
+    """`torch.nn.functional` losses seen as the calls of stand-in loss modules."""
+
+    name = "functional_losses"
 
     def install(self) -> None:
         self.handles.append(_Handle(self, _patch(self)))
@@ -130,13 +130,8 @@ class FunctionalLossProbe:
         )
 
     def warn_once(self, err: BaseException) -> None:
-        if not self._failed:
-            self._failed = True
-            self.state.event(
-                "probe_error",
-                None,
-                f"functional loss probe skipped: {type(err).__name__}: {err}",
-            )
+        if not self.stopped:  # off for the rest of the run; the drill names it
+            self.stop(err, "a torch.nn.functional loss")
 
 
 class _Spec:
@@ -293,7 +288,8 @@ def _make_wrapper(spec: _Spec) -> Any:
             _DEPTH[0] -= 1
         _DEPTH[0] += 1
         try:
-            _observe(spec, caller, args, kwargs, out)
+            if any(not p.stopped for p in _LISTENERS):
+                _observe(spec, caller, args, kwargs, out)
         except Exception as err:
             for probe in tuple(_LISTENERS):
                 probe.warn_once(err)

@@ -254,7 +254,7 @@ def compare_runs(
         lost = list(written.lost)
         if not lost:  # drill.html embeds drill.md's content: rewritten with it
             try:
-                sections = report_sections(pm, written.drill, failed.records)
+                sections = report_sections(pm, written.drill, failed.records, [])  # said above
                 html = drill_html(written.drill, sections, failed_path)
                 atomic_write_text(failed_path / HTML, html)
             except OSError as exc:
