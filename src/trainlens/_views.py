@@ -34,8 +34,8 @@ OOM_MESSAGE = re.compile(r"out of memory|can't allocate memory|cannot allocate m
 
 #: columns of `param_stats`, so an empty view still has them
 PARAM_STAT_COLUMNS = (
-    "module", "rows", "has_grad", "grad_pos", "grad", "rel_grad", "ratio", "update_rows",
-    "changed", "norm", "in_optimizer", "numel", "ndim",
+    "module", "rows", "has_grad", "grad_pos", "grad_zero", "grad", "rel_grad", "ratio",
+    "update_rows", "changed", "norm", "in_optimizer", "numel", "ndim",
 )  # fmt: skip
 
 
@@ -75,7 +75,8 @@ def param_stats(records: Records) -> pd.DataFrame:
     """One row per tracked parameter (index: its name), in model order.
 
     Over the sampled steps: `rows` sampled, `has_grad` share of steps with a gradient,
-    `grad_pos` share with a non-zero one, `grad` median gradient norm, `rel_grad` median
+    `grad_pos` share with a non-zero one, `grad_zero` every recorded gradient norm was
+    exactly 0 (at least one recorded), `grad` median gradient norm, `rel_grad` median
     grad/param, `ratio` median update/param, `update_rows` steps with an update norm,
     `changed` share of those where the parameter moved, `norm` last parameter norm; from
     the run's meta: `in_optimizer`, `numel`, `ndim`.
@@ -86,6 +87,8 @@ def param_stats(records: Records) -> pd.DataFrame:
         return pd.DataFrame(columns=list(PARAM_STAT_COLUMNS))
     p = p.assign(
         grad_pos=(p["grad_norm"] > 0) & p["has_grad"].astype(bool),
+        grad_seen=p["grad_norm"].notna(),
+        grad_zero=p["grad_norm"] == 0,
         ratio=p["update_norm"] / p["param_norm"].where(p["param_norm"] > 0),
         rel_grad=p["grad_norm"] / p["param_norm"].where(p["param_norm"] > 0),
     )
@@ -94,6 +97,8 @@ def param_stats(records: Records) -> pd.DataFrame:
         rows=("step", "size"),
         has_grad=("has_grad", "mean"),
         grad_pos=("grad_pos", "mean"),
+        grad_seen=("grad_seen", "sum"),
+        grad_zero=("grad_zero", "sum"),
         grad=("grad_norm", "median"),
         rel_grad=("rel_grad", "median"),
         ratio=("ratio", "median"),
@@ -101,6 +106,8 @@ def param_stats(records: Records) -> pd.DataFrame:
         changed=("update_norm", lambda u: float((u.dropna() > 0).mean())),
         norm=("param_norm", "last"),
     )
+    agg["grad_zero"] = (agg["grad_zero"] == agg["grad_seen"]) & (agg["grad_seen"] > 0)
+    agg = agg.drop(columns="grad_seen")
     agg["in_optimizer"] = [
         meta_params.get(n, {}).get("in_optimizer") is not False for n in agg.index
     ]
