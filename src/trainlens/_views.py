@@ -19,6 +19,7 @@ from ._records import Records
 
 __all__ = [
     "OOM_MESSAGE",
+    "constant_baseline",
     "exception_info",
     "is_oom",
     "json_float",
@@ -69,6 +70,22 @@ def json_float(x: float) -> float | None:
     """6 significant digits, None for NaN/Inf (JSON has neither)."""
     x = float(x)
     return float(f"{x:.6g}") if math.isfinite(x) else None
+
+
+def constant_baseline(records: Records) -> tuple[float, str, float] | None:
+    """The training loss of the best constant prediction (class prior, mean target), as
+    the loss probes recorded it: `(value, loss type, classes)`; `classes` is NaN for a
+    regression loss. None when no loss recorded one."""
+    li = records.table("loss_inputs")
+    li = li[(li["split"] == "train") & li["baseline"].notna()]
+    if li.empty:
+        return None
+    kind = li["type"].mode().iloc[0]
+    li = li[li["type"] == kind]
+    value = float(li["baseline"].median())
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return value, str(kind), float(li["classes"].median())
 
 
 def param_stats(records: Records) -> pd.DataFrame:
