@@ -59,7 +59,12 @@ def test_a_healthy_model_memorises_its_batch_and_exits_0(factory, cli_env, tmp_p
     assert drill["status"] == "healthy" and drill["findings"] == []
     assert drill["overfit"]["passed"] is True
     assert drill["overfit"]["losses"][-1] < 0.05 or drill["overfit"]["accuracy"] == 1.0
-    assert "## Overfit one batch" in (run_dir / "drill.md").read_text()
+    # one renderer: drill.md's section says what the terminal said, line for line
+    md = (run_dir / "drill.md").read_text()
+    section = md[md.index("## Overfit one batch") :]
+    head, *rest = drill["overfit"]["verdict"].splitlines()
+    assert f"**{head}**" in section
+    assert all(f"- {line}" in section for line in rest)
 
 
 def test_the_default_optimizer_is_said_and_lr_is_honoured(cli_env, tmp_path):

@@ -100,5 +100,6 @@ def test_a_usage_error_fails_with_one_clear_line_not_trainlens_source(project):
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*overfit_one_batch: steps must be a positive integer, got 0*"])
     out = result.stdout.str()
-    assert "_overfit.py" not in out and "pytest_plugin.py" not in out
+    assert "_overfit/" not in out and "_overfit.py" not in out
+    assert "pytest_plugin.py" not in out
     assert "raise UsageError" not in out

@@ -163,9 +163,10 @@ def test_layer_table_highlights_tiny_updates_and_missing_gradients(run_dir):
             super().__init__()
             self.used = nn.Linear(4, 1)
             self.unused = nn.Linear(4, 1)  # never called: no gradient
+            self.muted = nn.Linear(4, 1)  # called, times 0: a gradient of exactly 0
 
         def forward(self, x):
-            return self.used(x)
+            return self.used(x) + 0.0 * self.muted(x)
 
     model = TwoBranches()
     opt = torch.optim.SGD(model.parameters(), lr=1e-7)  # updates ~1e-8 of the weights
@@ -180,10 +181,11 @@ def test_layer_table_highlights_tiny_updates_and_missing_gradients(run_dir):
     rows = {
         line.split()[0]: line
         for line in text.splitlines()
-        if line.strip().startswith(("used", "unused"))
+        if line.strip().startswith(("used", "unused", "muted"))
     }
     assert "tiny updates" in rows["used.weight"]
     assert "no gradient" in rows["unused.weight"]
+    assert "zero gradient" in rows["muted.weight"]
     assert "parameters stand out" in text
 
 

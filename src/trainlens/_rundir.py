@@ -161,12 +161,8 @@ def _busy_message(run_dir: Path, owner: dict[str, Any]) -> str:
     )
 
 
-def claim(run_dir: Path, *, fresh: bool = True) -> RunDirLock:
-    """Create `run_dir`, prove it writable, lock it, and move an earlier run's files aside.
-
-    Raises RunDirError before any training when the folder cannot be written or is
-    owned by a live run.
-    """
+def ensure_writable(run_dir: Path) -> None:
+    """Create `run_dir` and prove it writable; RunDirError before any training if not."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{secrets.token_hex(4)}"
@@ -177,6 +173,15 @@ def claim(run_dir: Path, *, fresh: bool = True) -> RunDirLock:
             f"cannot write to run_dir {run_dir} ({err.strerror or err}); pass "
             "run_dir= a folder you can write to"
         ) from None
+
+
+def claim(run_dir: Path, *, fresh: bool = True) -> RunDirLock:
+    """Create `run_dir`, prove it writable, lock it, and move an earlier run's files aside.
+
+    Raises RunDirError before any training when the folder cannot be written or is
+    owned by a live run.
+    """
+    ensure_writable(run_dir)
     lock = RunDirLock(run_dir)
     lock.acquire()
     if fresh:

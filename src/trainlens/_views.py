@@ -19,6 +19,7 @@ from ._records import Records
 
 __all__ = [
     "OOM_MESSAGE",
+    "constant_baseline",
     "exception_info",
     "is_oom",
     "json_float",
@@ -34,8 +35,8 @@ OOM_MESSAGE = re.compile(r"out of memory|can't allocate memory|cannot allocate m
 
 #: columns of `param_stats`, so an empty view still has them
 PARAM_STAT_COLUMNS = (
-    "module", "rows", "has_grad", "grad_pos", "grad", "rel_grad", "ratio", "update_rows",
-    "changed", "norm", "in_optimizer", "numel", "ndim",
+    "module", "rows", "has_grad", "grad_pos", "grad_zero", "grad", "rel_grad", "ratio",
+    "update_rows", "changed", "norm", "in_optimizer", "numel", "ndim",
 )  # fmt: skip
 
 
@@ -71,11 +72,28 @@ def json_float(x: float) -> float | None:
     return float(f"{x:.6g}") if math.isfinite(x) else None
 
 
+def constant_baseline(records: Records) -> tuple[float, str, float] | None:
+    """The training loss of the best constant prediction (class prior, mean target), as
+    the loss probes recorded it: `(value, loss type, classes)`; `classes` is NaN for a
+    regression loss. None when no loss recorded one."""
+    li = records.table("loss_inputs")
+    li = li[(li["split"] == "train") & li["baseline"].notna()]
+    if li.empty:
+        return None
+    kind = li["type"].mode().iloc[0]
+    li = li[li["type"] == kind]
+    value = float(li["baseline"].median())
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return value, str(kind), float(li["classes"].median())
+
+
 def param_stats(records: Records) -> pd.DataFrame:
     """One row per tracked parameter (index: its name), in model order.
 
     Over the sampled steps: `rows` sampled, `has_grad` share of steps with a gradient,
-    `grad_pos` share with a non-zero one, `grad` median gradient norm, `rel_grad` median
+    `grad_pos` share with a non-zero one, `grad_zero` every recorded gradient norm was
+    exactly 0 (at least one recorded), `grad` median gradient norm, `rel_grad` median
     grad/param, `ratio` median update/param, `update_rows` steps with an update norm,
     `changed` share of those where the parameter moved, `norm` last parameter norm; from
     the run's meta: `in_optimizer`, `numel`, `ndim`.
@@ -86,6 +104,8 @@ def param_stats(records: Records) -> pd.DataFrame:
         return pd.DataFrame(columns=list(PARAM_STAT_COLUMNS))
     p = p.assign(
         grad_pos=(p["grad_norm"] > 0) & p["has_grad"].astype(bool),
+        grad_seen=p["grad_norm"].notna(),
+        grad_zero=p["grad_norm"] == 0,
         ratio=p["update_norm"] / p["param_norm"].where(p["param_norm"] > 0),
         rel_grad=p["grad_norm"] / p["param_norm"].where(p["param_norm"] > 0),
     )
@@ -94,6 +114,8 @@ def param_stats(records: Records) -> pd.DataFrame:
         rows=("step", "size"),
         has_grad=("has_grad", "mean"),
         grad_pos=("grad_pos", "mean"),
+        grad_seen=("grad_seen", "sum"),
+        grad_zero=("grad_zero", "sum"),
         grad=("grad_norm", "median"),
         rel_grad=("rel_grad", "median"),
         ratio=("ratio", "median"),
@@ -101,6 +123,8 @@ def param_stats(records: Records) -> pd.DataFrame:
         changed=("update_norm", lambda u: float((u.dropna() > 0).mean())),
         norm=("param_norm", "last"),
     )
+    agg["grad_zero"] = (agg["grad_zero"] == agg["grad_seen"]) & (agg["grad_seen"] > 0)
+    agg = agg.drop(columns="grad_seen")
     agg["in_optimizer"] = [
         meta_params.get(n, {}).get("in_optimizer") is not False for n in agg.index
     ]

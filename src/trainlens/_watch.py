@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from . import _distributed, _rundir, _stream, _wrappers
-from ._errors import RunDirError, UsageError
+from ._errors import UsageError
 from ._finding import Finding
 from ._finish import Written, finish_run, problems_message
 from ._meta import describe_modules, describe_optimizer, describe_params
@@ -464,16 +464,7 @@ def _resolve(run_dir: Path) -> Path:
 def _prepare_root(run_dir: Path) -> Path:
     """The shared root of a DDP run: created and writable (each rank claims its own dir)."""
     run_dir = _resolve(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{secrets.token_hex(4)}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise RunDirError(
-            f"cannot write to run_dir {run_dir} ({err.strerror or err}); pass "
-            "run_dir= a folder you can write to"
-        ) from None
+    _rundir.ensure_writable(run_dir)
     return run_dir
 
 

@@ -26,6 +26,7 @@ from .._format import num, terminal_safe
 from .._io import atomic_write_text
 from .._records import Records
 from .._run import Run, load_run
+from .._views import json_float
 
 
 def loss_summary(records: Records) -> dict[str, dict[str, Any] | None]:
@@ -39,19 +40,13 @@ def loss_summary(records: Records) -> dict[str, dict[str, Any] | None]:
         finite = s[s.map(math.isfinite)]
         bad = s[~s.map(math.isfinite)]
         out[split] = {
-            "first": _json_float(s.iloc[0]),
-            "last": _json_float(s.iloc[-1]),
-            "best": _json_float(finite.min()) if len(finite) else None,
+            "first": json_float(s.iloc[0]),
+            "last": json_float(s.iloc[-1]),
+            "best": json_float(finite.min()) if len(finite) else None,
             "best_step": int(finite.idxmin()) if len(finite) else None,
             "first_non_finite_step": int(bad.index[0]) if len(bad) else None,
         }
     return out
-
-
-def _json_float(x: float) -> float | None:
-    """6 significant digits, None for NaN/Inf (JSON has neither)."""
-    x = float(x)
-    return float(f"{x:.6g}") if math.isfinite(x) else None
 
 
 def _loss_text(s: dict[str, Any] | None) -> str:

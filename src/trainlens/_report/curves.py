@@ -10,7 +10,6 @@ title instead. Matplotlib with the Agg canvas directly (no pyplot state, no disp
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from .._format import num
 from .._hookspecs import hookimpl
 from .._io import atomic_write_bytes
 from .._records import Records
+from .._views import constant_baseline
 
 FILENAME = "curves.png"
 
@@ -117,20 +117,12 @@ def loss_marks(records: Records) -> LossMarks:
 
 def constant_prediction_baseline(records: Records) -> tuple[float | None, str | None]:
     """The training loss of predicting a constant (class prior, mean target), if known."""
-    li = records.table("loss_inputs")
-    if li.empty:
+    found = constant_baseline(records)
+    if found is None:
         return None, None
-    li = li[(li["split"] == "train") & li["baseline"].notna()]
-    if li.empty:
-        return None, None
-    kind = li["type"].mode().iloc[0]
-    li = li[li["type"] == kind]
-    value = float(li["baseline"].median())
-    if not math.isfinite(value) or value <= 0:
-        return None, None
+    value, kind, classes = found
     if kind == "MSELoss":
         return value, "the target variance: always predicting the mean"
-    classes = li["classes"].median()
     if classes == classes and classes >= 2:
         return value, f"the class prior over {int(classes)} classes"
     return value, "the class prior"
@@ -191,25 +183,16 @@ def curves_png(records: Records) -> bytes | None:
             ax.plot(finite.index, finite.values, style, label=f"{split} loss", markersize=3)
             drawn += [float(finite.min()), float(finite.max())]
     log = bool(drawn) and min(drawn) > 0 and max(drawn) / min(drawn) > LOG_SPAN
-    refs = []
-    if marks.start is not None:
-        refs.append(marks.start)
-        ax.axhline(
-            marks.start,
-            color="0.55",
-            linestyle=":",
-            linewidth=1,
-            label=f"start level {num(marks.start)}",
-        )
-    if marks.baseline is not None:
-        refs.append(marks.baseline)
-        ax.axhline(
-            marks.baseline,
-            color="tab:purple",
-            linestyle="--",
-            linewidth=1,
-            label=f"best constant prediction {num(marks.baseline)}",
-        )
+    refs = []  # the reference levels: where the loss started, a constant guess's loss
+    for value, color, linestyle, label in (
+        (marks.start, "0.55", ":", "start level"),
+        (marks.baseline, "tab:purple", "--", "best constant prediction"),
+    ):
+        if value is not None:
+            refs.append(value)
+            ax.axhline(
+                value, color=color, linestyle=linestyle, linewidth=1, label=f"{label} {num(value)}"
+            )
     if log:
         ax.set_yscale("log")
     elif drawn:

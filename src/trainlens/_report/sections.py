@@ -13,6 +13,7 @@ import pandas as pd
 from .._format import human_bytes, markdown_table, num
 from .._hookspecs import hookimpl
 from .._records import Records
+from .._views import param_stats
 
 #: a shape trace longer than this keeps its first rows (and the failing module)
 MAX_ROWS = 200
@@ -79,18 +80,16 @@ def shape_trace(records: Records) -> pd.DataFrame:
 
 def layer_table(records: Records) -> pd.DataFrame:
     """Median gradient norm and update/param ratio per parameter over sampled steps."""
-    df = records.params
-    if df.empty:
+    stats = param_stats(records)
+    if stats.empty:
         return pd.DataFrame()
-    df = df.assign(ratio=df["update_norm"] / df["param_norm"].where(df["param_norm"] > 0))
-    g = df.groupby("param", sort=False)
     out = pd.DataFrame(
         {
-            "parameter": list(g.groups),
-            "grad norm (median)": g["grad_norm"].median().map(num).values,
-            "param norm (last)": g["param_norm"].last().map(num).values,
-            "update/param (median)": g["ratio"].median().map(num).values,
-            "steps with grad": g["has_grad"].mean().map(lambda x: f"{x:.0%}").values,
+            "parameter": stats.index,
+            "grad norm (median)": stats["grad"].map(num).values,
+            "param norm (last)": stats["norm"].map(num).values,
+            "update/param (median)": stats["ratio"].map(num).values,
+            "steps with grad": stats["has_grad"].map(lambda x: f"{x:.0%}").values,
         }
     )
     return out.head(MAX_ROWS)

@@ -27,6 +27,7 @@ from rich.text import Text
 from .._finding import DRILL_FIELDS
 from .._format import FIELD_CHARS, num, terminal_safe
 from .._records import Records
+from .._views import param_stats
 from .curves import LossMarks, loss_marks
 from .sections import shape_trace
 
@@ -211,23 +212,20 @@ CONVERGED_FRACTION = 0.01
 
 
 def layer_stats(records: Records) -> pd.DataFrame:
-    """Per trainable parameter: median gradient norm, last norm, median update/param
-    ratio; `attrs["converged"]` says whether the training loss converged."""
-    df = records.params
-    if df.empty:
+    """Per trainable parameter (the shared `param_stats` view): median gradient norm, last
+    norm, median update/param ratio; `attrs["converged"]` says whether the training loss
+    converged."""
+    stats = param_stats(records)
+    if stats.empty:
         return pd.DataFrame()
-    df = df.assign(ratio=df["update_norm"] / df["param_norm"].where(df["param_norm"] > 0))
-    g = df.groupby("param", sort=False)
     out = pd.DataFrame(
         {
-            "param": list(g.groups),
-            "grad": g["grad_norm"].median().values,
-            "norm": g["param_norm"].last().values,
-            "ratio": g["ratio"].median().values,
-            "has_grad": g["has_grad"].mean().values,
-            "zero_grad": g["grad_norm"]
-            .apply(lambda s: bool((s.dropna() == 0).all()) and s.notna().any())
-            .values,
+            "param": stats.index,
+            "grad": stats["grad"].values,
+            "norm": stats["norm"].values,
+            "ratio": stats["ratio"].values,
+            "has_grad": stats["has_grad"].values,
+            "zero_grad": stats["grad_zero"].values,
         }
     )
     out.attrs["converged"] = _converged(records.train_loss())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._format import num, shape_str
 from .._views import (
+    constant_baseline,
     exception_info,
     is_oom,
     leaf_activations,
@@ -14,6 +15,7 @@ from .._views import (
 )
 
 __all__ = [
+    "constant_baseline",
     "exception_info",
     "is_oom",
     "leaf_activations",

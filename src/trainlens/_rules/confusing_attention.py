@@ -16,6 +16,8 @@ from .._catalogue import Catalogue
 from .._finding import Finding
 from .._hookspecs import hookimpl
 from .._records import Records
+from ._common import model_module as _model_module
+from ._common import names as _names
 from ._common import num
 
 SYMPTOM = "confusing_attention"
@@ -309,11 +311,6 @@ def _layer(records: Records, module: str) -> dict[str, Any]:
     return rows.iloc[0].to_dict() if not rows.empty else {}
 
 
-def _model_module(records: Records, name: str) -> str | None:
-    """SPEC: `module` is a dotted name of the model; a log_attention name may be none."""
-    return name if name in records.meta.get("modules", {}) else None
-
-
 def _scale_text(layer: dict[str, Any]) -> str:
     scale = layer.get("scale")
     return num(float(scale)) if scale is not None and scale == scale else "not recorded"
@@ -334,8 +331,3 @@ def _scale_note(layer: dict[str, Any], too: str) -> str:
 def _ent(x: float) -> str:
     """Entropies live in [0, 1]: three decimals, so 0.9996 does not read as 1."""
     return num(x) if x < 0.01 else f"{x:.3f}"
-
-
-def _names(modules: list[str]) -> str:
-    shown = ", ".join(f"`{m}`" for m in modules[:4])
-    return shown + (f" and {len(modules) - 4} more" if len(modules) > 4 else "")

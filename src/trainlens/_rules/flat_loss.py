@@ -28,7 +28,7 @@ from .._finding import Cause, Finding
 from .._hookspecs import hookimpl
 from .._records import Records
 from . import _initial_loss, _loss_seen
-from ._common import exception_info, leaf_activations, num, param_stats
+from ._common import constant_baseline, exception_info, leaf_activations, num, param_stats
 from ._common import names as _names
 
 SYMPTOM = "flat_loss"
@@ -186,18 +186,13 @@ def _curve(records: Records, min_steps: int) -> tuple[pd.Series | None, str]:
 
 def _baseline(records: Records) -> tuple[float | None, str | None]:
     """The loss of the best constant prediction for the training targets, if known."""
-    li = records.loss_inputs
-    li = li[(li["split"] == "train") & li["baseline"].notna()]
-    if li.empty:
+    found = constant_baseline(records)
+    if found is None:
         return None, None
-    kind = li["type"].mode().iloc[0]
-    li = li[li["type"] == kind]
-    value = float(li["baseline"].median())
-    if not math.isfinite(value) or value <= 0:
-        return None, None
+    value, kind, classes_median = found
     if kind == "MSELoss":
         return value, "the target variance, the MSE of predicting the mean target"
-    classes = int(li["classes"].median())
+    classes = int(classes_median)
     return value, (
         f"the class-prior entropy over {classes} classes (ln {classes} = "
         f"{num(math.log(classes))} when balanced)"

@@ -16,6 +16,7 @@ import trainlens
 import trainlens._watch
 
 from .. import _distributed
+from .._probes._state import DEFAULT_SAMPLE_EVERY
 
 
 def missing_extra(framework: str, extra: str) -> ImportError:
@@ -37,6 +38,35 @@ def inner_optimizer(optimizer: Any) -> torch.optim.Optimizer | None:
             break
         optimizer, seen = inner, seen + 1
     return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+
+
+class SessionCallback:
+    """What both framework callbacks share: their arguments, their session, `lens`.
+
+    A framework callback class lists this first (`class C(SessionCallback, Callback)`)
+    and sets up its own state in `_start_state`.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str] | None = None,
+        *,
+        run_id: str | None = None,
+        sample_every: int = DEFAULT_SAMPLE_EVERY,
+        plugins: Iterable[Any] = (),
+        quiet: bool = False,
+    ):
+        super().__init__()
+        self._session = Session(run_dir, run_id, sample_every, plugins, quiet)
+        self._start_state()
+
+    def _start_state(self) -> None:
+        """The framework's own per-callback state (counters, handles)."""
+
+    @property
+    def lens(self) -> Any:
+        """The last watched run (`trainlens.Lens`), or None before the first one."""
+        return self._session.last
 
 
 class Session:

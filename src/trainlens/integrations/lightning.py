@@ -14,14 +14,11 @@ cause, drill path) goes to the trainer's loggers as hyperparameters.
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
-from collections.abc import Iterable
 from typing import Any
 
-from .._probes._state import DEFAULT_SAMPLE_EVERY
-from ._session import Session, headline, loss_of, missing_extra
+from ._session import SessionCallback, headline, loss_of, missing_extra
 
 try:
     from lightning.pytorch.callbacks import Callback
@@ -34,27 +31,16 @@ except ImportError:  # the standalone package
 __all__ = ["TrainlensCallback"]
 
 
-class TrainlensCallback(Callback):
-    """Watch a Lightning fit. After it: `callback.lens` (findings, drill, run_dir)."""
+class TrainlensCallback(SessionCallback, Callback):
+    """Watch a Lightning fit. After it: `callback.lens` (findings, drill, run_dir).
 
-    def __init__(
-        self,
-        run_dir: str | os.PathLike[str] | None = None,
-        *,
-        run_id: str | None = None,
-        sample_every: int = DEFAULT_SAMPLE_EVERY,
-        plugins: Iterable[Any] = (),
-        quiet: bool = False,
-    ):
-        super().__init__()
-        self._session = Session(run_dir, run_id, sample_every, plugins, quiet)
+    `TrainlensCallback(run_dir=None, *, run_id=None, sample_every=..., plugins=(),
+    quiet=False)`: the arguments of `trainlens.watch`.
+    """
+
+    def _start_state(self) -> None:
         self._count = -1
         self._logged = False
-
-    @property
-    def lens(self) -> Any:
-        """The last watched run (`trainlens.Lens`), or None before the first fit."""
-        return self._session.last
 
     # --- opening and closing ---------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

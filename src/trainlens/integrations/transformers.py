@@ -21,13 +21,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import os
 import sys
-from collections.abc import Iterable
 from typing import Any
 
-from .._probes._state import DEFAULT_SAMPLE_EVERY, compiling, is_suspended
-from ._session import Session, loss_of, missing_extra
+from .._probes._state import compiling, is_suspended
+from ._session import SessionCallback, loss_of, missing_extra
 
 try:
     from transformers import TrainerCallback
@@ -37,28 +35,18 @@ except ImportError:
 __all__ = ["TrainlensCallback"]
 
 
-class TrainlensCallback(TrainerCallback):
-    """Watch `transformers.Trainer.train`. After it: `callback.lens`."""
+class TrainlensCallback(SessionCallback, TrainerCallback):
+    """Watch `transformers.Trainer.train`. After it: `callback.lens`.
 
-    def __init__(
-        self,
-        run_dir: str | os.PathLike[str] | None = None,
-        *,
-        run_id: str | None = None,
-        sample_every: int = DEFAULT_SAMPLE_EVERY,
-        plugins: Iterable[Any] = (),
-        quiet: bool = False,
-    ):
-        self._session = Session(run_dir, run_id, sample_every, plugins, quiet)
+    `TrainlensCallback(run_dir=None, *, run_id=None, sample_every=..., plugins=(),
+    quiet=False)`: the arguments of `trainlens.watch`.
+    """
+
+    def _start_state(self) -> None:
         self._handles: list[Any] = []
         self._counts: list[int] = []
         self._wrapped: set[int] = set()  # ids of the trainers whose train() we wrapped
         self._in_wrapped_train = False
-
-    @property
-    def lens(self) -> Any:
-        """The last watched run (`trainlens.Lens`), or None before the first train."""
-        return self._session.last
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         trainer = _calling_trainer()
