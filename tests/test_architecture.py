@@ -1,9 +1,7 @@
 """Issue 17 §2: the import graph of src/trainlens, built from the source with `ast`, has no
 cycle and no import from a lower layer into a higher one. Imports under
 `if TYPE_CHECKING:` are annotations only and do not count; imports inside functions do
-(a lazy import is still a dependency), except inside IPython's display hooks
-(`_repr_html_`, `_repr_markdown_`): there the report layer renders a lower object for a
-notebook, which is presentation of that object, not a dependency of it."""
+(a lazy import is still a dependency, also inside a notebook display method)."""
 
 from __future__ import annotations
 
@@ -30,10 +28,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("commands", ("_report.compare", "_diagnose", "_overfit", "_target", "_demo", "_cli",
                   "__main__", "integrations", "pytest_plugin", "")),
 ]  # fmt: skip
-
-
-#: IPython's rich display protocol: a notebook asks an object to render itself
-DISPLAY_HOOKS = frozenset({"_repr_html_", "_repr_markdown_", "_repr_png_", "_repr_svg_"})
 
 
 def layer_of(module: str) -> int:
@@ -65,8 +59,6 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             for child in node.body:
                 lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-        elif isinstance(node, ast.FunctionDef) and node.name in DISPLAY_HOOKS:
-            lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     return lines
 
 
