@@ -361,3 +361,17 @@ def test_the_console_script_keeps_the_promise(copy):
     assert result.returncode == 2 and result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert "drill.json is not a valid trainlens drill" in line and "likely_causes" in line
+
+
+def test_diagnose_reads_a_hostile_run_dir_like_report_does(copy, capsys):
+    # the rules rerun on records from elsewhere: what they name reaches the terminal escaped
+    run = copy("failed")
+    meta = json.loads((run / "run.json").read_text())
+    meta["run_id"] = "evil\x1b]0;owned\x07\x1b[2J"
+    (run / "run.json").write_text(json.dumps(meta))
+    code, out, err = cli(capsys, "diagnose", str(run))
+    assert code == 1, err  # the broadcast bug is found again
+    assert "\x1b" not in out and "\\x1b" in out
+    broken = copy("fixed")
+    (broken / "losses.parquet").write_bytes(b"not parquet at all")
+    assert_one_line_error(*cli(capsys, "diagnose", str(broken)))

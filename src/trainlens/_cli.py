@@ -189,6 +189,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     from ._diagnose import diagnose_run
     from ._drill import ended_text
     from ._errors import RunDirError
+    from ._format import terminal_safe
 
     written = diagnose_run(args.run_dir)
     if written.lost:
@@ -200,13 +201,16 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         print(json.dumps(drill, indent=2, default=str))
     else:
         how = ended_text(drill.get("ended"))
+        # what a run dir says reaches the terminal escaped (run dirs are untrusted input)
         print(
-            f"trainlens: run {drill['run_id']} {drill['status']}, {drill['steps']} steps"
-            + (f"; {how}" if how else "")
-            + f"; drill: {written.run_dir / 'drill.md'}"
+            terminal_safe(
+                f"trainlens: run {drill['run_id']} {drill['status']}, {drill['steps']} steps"
+                + (f"; {how}" if how else "")
+                + f"; drill: {written.run_dir / 'drill.md'}"
+            )
         )
         for f in written.findings:
-            print(f"  - {f.summary()}")
+            print(terminal_safe(f"  - {f.summary()}"))
     return 1 if drill["status"] == "failed" else 0
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from ._errors import RunDirError
 from ._finish import Written, finish_run
 from ._plugins import get_plugin_manager
-from ._records import Records
+from ._run import check_records, load_records
 from ._rundir import RunDirLock
 from ._stream import has_stream, load_stream
 
@@ -34,12 +34,13 @@ def diagnose_run(run_dir: str | os.PathLike[str], *, entry_points: bool = True) 
         ) from None
     try:
         rebuilt = not (path / "run.json").is_file() and has_stream(path)
+        # run dirs are untrusted input: the records are checked like `report` checks them
         if rebuilt:
-            records = load_stream(path)
+            records = check_records(path, lambda: load_stream(path))
             records.meta["ended"] = {"how": "rebuilt", "step": _int(records.meta.get("steps"))}
             records.meta["exception"] = None
         else:
-            records = Records.load(path)
+            records = load_records(path)
         run_id = records.meta.get("run_id")
         if not isinstance(run_id, str) or not run_id:
             run_id = path.resolve().name

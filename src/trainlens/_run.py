@@ -104,9 +104,15 @@ def load_drill(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def load_records(run_dir: str | os.PathLike[str]) -> Records:
     """The records of a run directory, checked: RunDirError naming the file and column."""
     path = Path(run_dir)
+    return check_records(path, lambda: Records.load(path))
+
+
+def check_records(path: Path, load: Any) -> Records:
+    """Records from `load()` (the final files, or the parts a killed run streamed),
+    checked like `load_records` checks them: RunDirError naming the file and column."""
     meta_path = path / "run.json"
     try:
-        records = Records.load(path)
+        records = load()
     except RecursionError:
         raise RunDirError(_nested(meta_path)) from None
     except UnicodeDecodeError:
@@ -158,6 +164,9 @@ def drill_problem(drill: Any) -> str | None:
     return None
 
 
+_NUMBER_KINDS = frozenset({"integer", "floating", "mixed-integer-float", "boolean", "decimal"})
+
+
 def frame_problem(name: str, frame: pd.DataFrame) -> str | None:
     """A records table missing a declared column, or holding the wrong kind of values."""
     columns = TABLES.get(name)
@@ -177,7 +186,11 @@ def frame_problem(name: str, frame: pd.DataFrame) -> str | None:
         elif values.isna().all():
             continue
         elif not (
-            pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype)
+            pd.api.types.is_numeric_dtype(values.dtype)
+            or pd.api.types.is_bool_dtype(values.dtype)
+            # streamed parts where a column was all-null in some parts concatenate to
+            # object dtype: still numbers (and nulls)
+            or pd.api.types.infer_dtype(values, skipna=True) in _NUMBER_KINDS
         ):
             return f"has non-numeric values ({values.dtype}) in the number column {column!r}"
         elif column == "step" and not values.dropna().abs().lt(2**53).all():
