@@ -14,7 +14,6 @@ from torch.nn.modules.loss import _Loss
 
 from .._errors import TrainlensError, UsageError
 from .._format import num
-from .._probes._batchdep import batch_size_hint
 from . import _criterion as crit
 from ._progress import Progress
 from ._setup import Setup, batch_size, call_model, clone_batch
@@ -105,7 +104,8 @@ def overfit_one_batch(
     section.lens = lens
     bar = Progress(steps) if not quiet else None
     try:
-        with batch_size_hint(batch_size(targets)), lens:
+        with lens:
+            lens.note("batch_size", batch_size(targets))  # the batch check's batch axis
             model_c.train()
             step = 0
             while step < steps:

@@ -32,7 +32,6 @@ the user's own buffers keep their bits and their autograd versions.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from collections.abc import Iterator
@@ -449,20 +448,6 @@ def _replace(value: Any, old: torch.Tensor, new: torch.Tensor) -> Any:
     return value
 
 
-#: the batch size, when the caller knows it (overfit-one-batch: the number of targets)
-_BATCH_HINT: list[int | None] = [None]
-
-
-@contextlib.contextmanager
-def batch_size_hint(n: int | None) -> Iterator[None]:
-    """Tell the probe of the next watched run which size the batch axis has."""
-    old, _BATCH_HINT[0] = _BATCH_HINT[0], n
-    try:
-        yield
-    finally:
-        _BATCH_HINT[0] = old
-
-
 class BatchDependencyProbe(Probe):
     """Runs the check once, right after the first training forward of the watched model.
 
@@ -497,7 +482,10 @@ class BatchDependencyProbe(Probe):
         if self._done or self.state.split() != "train":
             return
         self.retire()
-        hint = _BATCH_HINT[0]
+        # the batch size, when the caller handed it in (`lens.note("batch_size", n)`:
+        # overfit-one-batch knows its number of targets)
+        hint = self.state.extra_meta.get("batch_size")
+        hint = hint if isinstance(hint, int) and not isinstance(hint, bool) else None
         ids, data = _ids_and_targets(args, kwargs)
         result = check_batch_dependency(module, args, kwargs, batch_size=hint, data=data)
         record(self.state, result)
