@@ -3,6 +3,7 @@ through the real console script."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -17,8 +18,8 @@ from rich.console import Console
 import trainlens
 from report_runs import TeamPlugin, normalise, regression_run
 from trainlens import _hookspecs
-from trainlens._drill import build_drill
-from trainlens._plugins import catalogue_for, diagnose
+from trainlens._drill import build_drill, render_markdown
+from trainlens._plugins import DEFAULT_PLUGINS, catalogue_for, diagnose, report_sections
 from trainlens._report.terminal import DrillReport, extra_sections, load_report
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -137,6 +138,49 @@ def test_report_with_several_findings_matches_its_golden_file(run_dir):
     assert [f["symptom"] for f in drill["findings"]] == ["shape_mismatch", "flat_loss"]
     assert "loss_plateau_team" in text and "Team notes" in text and "team rule" in text
     check_golden("report_findings.txt", text)
+
+
+def normalise_markdown(text: str, run_ids: list[str]) -> str:
+    """`normalise` for drill.md: also its duration and its Memory section, which reads
+    this machine's heap and free memory."""
+    text = re.sub(r"(\*\*Duration:\*\*) \d+\.\d s", r"\1 X.X s", text)
+    head, sep, rest = text.partition("\n## Memory\n")
+    memory, after, tail = rest.partition("\n## ")
+    memory = re.sub(r"\d+(\.\d+)? (B|KB|MB|GB|TB|PB)\b", "N XB", memory)
+    memory = re.sub(r"peak N XB at step \d+", "peak N XB at step N", memory)
+    return normalise(head + sep + memory + after + tail, run_ids)
+
+
+def test_healthy_drill_md_matches_its_golden_file(run_dir):
+    """drill.md as the finishing path wrote it; `UPDATE_GOLDEN=1` rewrites the file."""
+    lens = regression_run(run_dir, fixed=True)
+    text = normalise_markdown((run_dir / "drill.md").read_text(encoding="utf-8"), [lens.run_id])
+    assert "**Status:** healthy" in text and "No problems found" in text
+    for title in ("## Shape trace", "## Per-layer gradients and updates", "## Curves"):
+        assert title in text, title
+    check_golden("drill_healthy.md", text)
+
+
+def test_drill_md_with_several_findings_matches_its_golden_file(run_dir):
+    """The run and fixed rules of the terminal golden above, with trainlens's own report
+    sections and the team's one: what drill.md shows of two findings."""
+    lens = regression_run(run_dir, fixed=False)
+    pm = pluggy.PluginManager(_hookspecs.PROJECT)
+    pm.add_hookspecs(_hookspecs)
+    from trainlens._rules import shape_mismatch
+
+    pm.register(shape_mismatch)
+    for name in DEFAULT_PLUGINS:
+        if name.startswith("trainlens._report."):
+            pm.register(importlib.import_module(name), name=name)
+    pm.register(TeamPlugin())
+    findings = diagnose(pm, lens.records, catalogue_for(pm))
+    drill = build_drill(lens.run_id, findings, lens.records.meta)
+    text = render_markdown(drill, report_sections(pm, drill, lens.records))
+    text = normalise_markdown(text, [lens.run_id])
+    assert [f["symptom"] for f in drill["findings"]] == ["shape_mismatch", "flat_loss"]
+    assert "**Status:** failed" in text and "## Team notes" in text
+    check_golden("drill_findings.md", text)
 
 
 def test_report_fits_80_columns_and_a_pipe_gets_no_ansi_codes(run_dir):
