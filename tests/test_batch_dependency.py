@@ -20,7 +20,7 @@ from batch_axis_models import (
     train_rnn_by_hand,
 )
 from models import SmallCNN, image_data, train
-from trainlens._probes._batchdep import check_batch_dependency
+from trainlens._probes._batch_dependency import check_batch_dependency
 
 
 class ViewForPermute(nn.Module):

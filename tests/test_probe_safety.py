@@ -31,10 +31,10 @@ from trainlens._probes import (
     LossProbe,
     ModuleProbe,
     StepProbe,
-    _batchdep,
+    _batch_dependency,
     _flat,
     _functional_loss,
-    _initloss,
+    _initial_loss,
     _memory,
 )
 from trainlens._probes import _compile as _compile_probe
@@ -106,8 +106,8 @@ INJECTIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "checkpoint": lambda mp: mp.setattr(CheckpointProbe, "_snapshot", _boom),
     "finite": lambda mp: mp.setattr(FiniteProbe, "_count", _boom),
     "compile": lambda mp: mp.setattr(_compile_probe, "compiled_wrapper", _boom),
-    "batch_dependency": lambda mp: mp.setattr(_batchdep, "check_batch_dependency", _boom),
-    "initial_loss": lambda mp: mp.setattr(_initloss, "describe_loss", _boom),
+    "batch_dependency": lambda mp: mp.setattr(_batch_dependency, "check_batch_dependency", _boom),
+    "initial_loss": lambda mp: mp.setattr(_initial_loss, "describe_loss", _boom),
     "functional_losses": lambda mp: mp.setattr(_functional_loss, "_observe", _boom),
     "attention_qk_grad": lambda mp: mp.setattr(
         AttentionQKGradProbe, "_hook", lambda self, name, dim: _boom

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from ._attention import AttentionProbe
 from ._base import Probe, ProbeSet
-from ._batchdep import BatchDependencyProbe
+from ._batch_dependency import BatchDependencyProbe
 from ._checkpoint import CheckpointProbe
 from ._compile import CompileProbe
 from ._finite import FiniteProbe
 from ._flat import GradCarryProbe, LossInputProbe
 from ._functional_loss import FunctionalLossProbe
-from ._initloss import InitialLossProbe
+from ._initial_loss import InitialLossProbe
 from ._loss import LossProbe
 from ._memory import MemoryProbe
 from ._modules import ModuleProbe

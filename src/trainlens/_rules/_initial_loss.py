@@ -4,7 +4,7 @@ An untrained classifier should guess uniformly, so its first cross-entropy is cl
 ln(C) for C classes (ln 2 for binary cross-entropy). Far above it: logits are huge from
 the start (a bad init, a missing scaling). Below zero: the loss got the wrong kind of
 input (`NLLLoss` on probabilities instead of log-probabilities) or targets outside
-their range. Reads `meta["initial_loss"]` (`_probes/_initloss.py`).
+their range. Reads `meta["initial_loss"]` (`_probes/_initial_loss.py`).
 
 A cause of the `flat_loss` symptom, owned by `flat_loss.py` (which calls `finding`);
 the numbers are decided here, the words are `recipes/flat_loss.toml`'s.

@@ -1,7 +1,7 @@
 """shape_mismatch: a layer or loss crashed on a shape, or a loss silently broadcast.
 
 Batch mixing comes from the batch-dependency check (`meta["batch_dependency"]`, see
-`_probes/_batchdep.py`): the gradient of one sample's output w.r.t. the other samples'
+`_probes/_batch_dependency.py`): the gradient of one sample's output w.r.t. the other samples'
 inputs, and the first module on the way whose tensors mix samples.
 
 Evidence comes from the failure record (`meta["exception"]`: the innermost module whose
