@@ -235,24 +235,15 @@ def curves_png(records: Records) -> bytes | None:
         ax.set_ylabel("learning rate")
         ax.set_title("learning rate (first param group)", fontsize=10, loc="left")
 
+    lines = [  # (step, colour, style, legend): on every panel, named once
+        (marks.best_val_step, "tab:green", "-.", "best val"),
+        (marks.first_nonfinite_step, "red", "--", "first non-finite"),
+    ]
     for n, ax in enumerate(axes):
-        first = n == 0
-        if marks.best_val_step is not None:
-            ax.axvline(
-                marks.best_val_step,
-                color="tab:green",
-                linestyle="-.",
-                linewidth=1,
-                label=f"best val (step {marks.best_val_step})" if first else None,
-            )
-        if marks.first_nonfinite_step is not None:
-            ax.axvline(
-                marks.first_nonfinite_step,
-                color="red",
-                linestyle="--",
-                linewidth=1,
-                label=f"first non-finite (step {marks.first_nonfinite_step})" if first else None,
-            )
+        for step, colour, style, what in lines:
+            if step is not None:
+                label = f"{what} (step {step})" if n == 0 else None
+                ax.axvline(step, color=colour, linestyle=style, linewidth=1, label=label)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     axes[-1].set_xlabel("step")
