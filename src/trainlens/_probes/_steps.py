@@ -255,7 +255,11 @@ class StepProbe:
         grads = [p.grad for p in self.params]
         self._has_grad = [g is not None for g in grads]
         present = [_dense(g) for g in grads if g is not None]
-        norms = torch._foreach_norm(present, 2, dtype=torch.float32) if present else []
+        # float32 accumulation for low precision; float64 tensors cannot narrow inside the norm
+        if any(t.dtype == torch.float64 for t in present):
+            norms = [n.float() for n in torch._foreach_norm(present, 2)]
+        else:
+            norms = torch._foreach_norm(present, 2, dtype=torch.float32) if present else []
         it = iter(norms)
         nan = None
         full = []
@@ -276,7 +280,10 @@ class StepProbe:
     def _update_norms(self) -> list[torch.Tensor]:
         with torch.no_grad():
             diffs = torch._foreach_sub(self._views, self._before)
-            norms = torch._foreach_norm(diffs, 2, dtype=torch.float32)
+            if any(t.dtype == torch.float64 for t in diffs):
+                norms = [n.float() for n in torch._foreach_norm(diffs, 2)]
+            else:
+                norms = torch._foreach_norm(diffs, 2, dtype=torch.float32)
             return torch._foreach_mul(norms, self._scales)
 
     def _record(self, update: list[torch.Tensor] | None) -> None:
@@ -284,7 +291,11 @@ class StepProbe:
             return
         state = self.state
         with torch.no_grad():
-            pnorms = torch._foreach_norm([p.detach() for p in self.params], 2, dtype=torch.float32)
+            detached = [p.detach() for p in self.params]
+            if any(t.dtype == torch.float64 for t in detached):
+                pnorms = [n.float() for n in torch._foreach_norm(detached, 2)]
+            else:
+                pnorms = torch._foreach_norm(detached, 2, dtype=torch.float32)
             if update is None:
                 update = [torch.full_like(n, math.nan) for n in pnorms]
             device = pnorms[0].device

@@ -200,14 +200,15 @@ def carried_gradients(view: _View) -> Cause | None:
 
 
 def probabilities_into_logits_loss(view: _View, shown: str | None) -> Cause | None:
-    """`softmax_before_loss`: `CrossEntropyLoss` (it expects logits) fed normalised rows.
+    """`softmax_before_loss`: `CrossEntropyLoss` / `BCEWithLogitsLoss` (they expect logits)
+    fed normalised rows / sigmoid outputs.
 
     On a run that looks fine, only probabilities count: log-probabilities into
     `CrossEntropyLoss` are harmless (log-softmax is idempotent), and NLL on log-probs right.
     """
     li = view.records.loss_inputs
-    li = li[(li["split"] == "train") & li["type"].isin(("CrossEntropyLoss", "NLLLoss"))]
-    if li.empty or li["type"].mode().iloc[0] != "CrossEntropyLoss":
+    li = li[(li["split"] == "train") & li["type"].isin(flat_loss.LOGIT_LOSSES)]
+    if li.empty or li["type"].mode().iloc[0] == "NLLLoss":
         return None  # NLLLoss expects log-probabilities: probabilities there are initial_loss's
     cause = flat_loss._softmax_before_loss(view.ctx)
     if cause is None:
