@@ -16,7 +16,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import trainlens
 
-EXPECT = {"symptom": "shape_mismatch", "cause": "batch_dim_mixing", "module": "encoder.layers.0.self_attn"}
+EXPECT = {
+    "symptom": "shape_mismatch",
+    "cause": "batch_dim_mixing",
+    "module": "encoder.layers.0.self_attn",
+}
 BATCH_FIRST = False  # the bug: the layer's default; True is what the code assumes
 
 

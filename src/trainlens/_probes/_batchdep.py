@@ -196,13 +196,12 @@ def _check(
     if first is not None:
         n = first.shape[0]
         for t in inputs:
-            if t is not first and t.dim() == 2 and t.shape[0] == t.shape[1] == n:
-                if t.layout != torch.strided or first.dim() == 2:
-                    raise _Skip(
-                        f"the rows of the input {list(first.shape)} are related by an "
-                        f"[{n}, {n}] input (a graph's adjacency): they are not independent "
-                        "samples"
-                    )
+            square = t is not first and t.dim() == 2 and t.shape[0] == t.shape[1] == n
+            if square and (t.layout != torch.strided or first.dim() == 2):
+                raise _Skip(
+                    f"the rows of the input {list(first.shape)} are related by an "
+                    f"[{n}, {n}] input (a graph's adjacency): they are not independent samples"
+                )
     trace = _Trace(model, float_input=x is not None)
     try:
         if x is not None:

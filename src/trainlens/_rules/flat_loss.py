@@ -576,7 +576,6 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
     flowing = used[used["grad_pos"] > 0.5] if not used.empty else used
     modules = {meta_params.get(n, {}).get("module", n.rpartition(".")[0]) for n in stopped}
     module = max(modules, key=ctx.forward_pos)
-    mtype = ctx.modules.get(module, {}).get("type", "?")
     parts = []
     if none:
         parts.append(f"{len(none)} never received a gradient (None: {_names(none)})")
@@ -586,6 +585,14 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
         )
     if zero:
         parts.append(f"{len(zero)} got only zero gradients ({_names(zero)})")
+    # weights that are exactly zero pass no signal forward and no gradient back: an
+    # all-zero initialisation, the root of the zero gradients rather than a cut graph
+    zeroed = [n for n in zero if pp.at[n, "ndim"] >= 2 and pp.at[n, "norm"] == 0]
+    if zeroed:
+        parts.append(
+            f"{_names(zeroed)} are exactly zero themselves (an all-zero initialisation: "
+            "zero weights pass no signal forward and no gradient back)"
+        )
     others = (
         f"; {len(flowing)} others do get gradients (median norm "
         f"{num(float(flowing['grad'].median()))})"
@@ -600,6 +607,10 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
         confidence = 0.5 + 0.3 * share
     else:
         confidence = 0.45 + 0.2 * share
+    if zeroed:  # the first zero layer is where the signal stops
+        module = min((pp.at[n, "module"] for n in zeroed), key=ctx.forward_pos)
+        confidence = max(confidence, 0.8)
+    mtype = ctx.modules.get(module, {}).get("type", "?")
     return ctx.cause(
         "no_gradient_flow",
         confidence,
@@ -621,6 +632,13 @@ def _dead_relu(ctx: _Context) -> Cause | None:
     if dead.empty:
         return None
     worst = max(dead.index, key=lambda m: (round(float(dead[m]), 3), -ctx.forward_pos(m)))
+    # a dead ReLU sits in its negative zone; one fed exact zeros (a layer before it that
+    # outputs nothing but 0, e.g. all-zero weights) is not dead: the signal is gone upstream
+    leaves = leaf_activations(ctx.records)
+    leaves = leaves[(leaves["step"] >= act["step"].median()) & ~leaves["type"].isin(RELU_FAMILY)]
+    silent = leaves.groupby("module", sort=False)["max_abs"].median()
+    if any(silent[m] == 0 and ctx.forward_pos(m) < ctx.forward_pos(worst) for m in silent.index):
+        return None
     frac = float(dead[worst])
     rows = act[act["module"] == worst]
     mtype = str(rows["type"].iloc[0])
@@ -755,9 +773,12 @@ def _lr_too_high(ctx: _Context) -> Cause | None:
     param, n0, n1 = growth["up"]
     lr = ctx.lr
     lr_text = f"lr {num(lr)} ({ctx.optimizer_class})" if math.isfinite(lr) else "the lr"
+    # 0.5 at the thresholds, more the further above them
+    confidence = 0.5 + 0.2 * min(1.5, math.log10(ratio / high))
+    confidence += 0.1 * min(1.0, math.log10(growth["median"] / growth_min))
     return ctx.cause(
         "lr_too_high",
-        0.5 + 0.2 * min(1.5, math.log10(ratio / high)) + 0.1 * min(1.0, math.log10(growth["median"]) - 1),
+        confidence,
         f"median update/param ratio {num(ratio)} (healthy ~1e-3) at {lr_text}, and the "
         f"weights' norms grew {num(growth['median'])}x over the run (median of "
         f"{growth['weights']}; `{param}` {num(n0)} -> {num(n1)}) while the loss stayed at "
@@ -901,6 +922,14 @@ def _unknown(ctx: _Context) -> Cause | None:
         if flat.baseline is not None
         else ""
     )  # fmt: skip
+    growth = _weight_growth(ctx)
+    weights = ""
+    if growth is not None and growth["median"] < ctx.t("shrink_min", "label_mismatch"):
+        param, n0, n1 = growth["down"]
+        weights = ctx.catalogue.text(
+            SYMPTOM, "unknown", "shrinking", shrink=num(growth["median"]), param=param,
+            norm_start=num(n0), norm_end=num(n1),
+        )  # fmt: skip
     return ctx.cause(
         "unknown",
         ctx.t("fallback_confidence", "unknown"),
@@ -910,4 +939,5 @@ def _unknown(ctx: _Context) -> Cause | None:
         by=flat.by,
         level=level,
         ruled_out=_ids(ctx),
+        weights=weights,
     )
