@@ -58,11 +58,14 @@ def graph(n: int = 300, classes: int = 4, feats: int = 32):
     loops = torch.arange(n)
     rows = torch.cat([src, dst, loops])
     cols = torch.cat([dst, src, loops])
-    adj = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(len(rows)), (n, n))
+    adj = torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), torch.ones(len(rows)), (n, n), check_invariants=True
+    )
     adj = adj.coalesce()
     deg = torch.sparse.sum(adj, dim=1).to_dense()
     values = adj.values() / deg[adj.indices()[0]]
-    adj = torch.sparse_coo_tensor(adj.indices(), values, (n, n)).coalesce()
+    adj = torch.sparse_coo_tensor(adj.indices(), values, (n, n), check_invariants=True)
+    adj = adj.coalesce()
     return features, adj, labels
 
 

@@ -197,7 +197,8 @@ def _check(
         n = first.shape[0]
         for t in inputs:
             square = t is not first and t.dim() == 2 and t.shape[0] == t.shape[1] == n
-            if square and (t.layout != torch.strided or first.dim() == 2):
+            node_features = first.dim() == 2 and first.is_floating_point()
+            if square and (t.layout != torch.strided or node_features):
                 raise _Skip(
                     f"the rows of the input {list(first.shape)} are related by an "
                     f"[{n}, {n}] input (a graph's adjacency): they are not independent samples"
