@@ -1,6 +1,6 @@
 """A scientific-computing regression in double precision, the way physics and PDE-surrogate
 code is written: `torch.set_default_dtype` left alone, the model cast with `.double()`,
-float64 data from NumPy-like generation, LBFGS-free Adam loop with a StepLR per epoch.
+float64 data, an Adam loop with a StepLR per epoch.
 Healthy: trainlens must run it clean (a float64 model once crashed a probe)."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """pytorch/examples mnist-style `Net` (two convs, max-pool, dropout, two linears,
-`log_softmax` + `F.nll_loss`, Adadelta-free SGD loop). The bug, from countless "loss not
-decreasing" threads (e.g. anuragranj/spynet#3 "images not normalized"): the images are fed
-as raw 0-255 pixel values, the `ToTensor()` / `Normalize` step replaced by a plain
-`.float()` on the uint8 array."""
+`log_softmax` + `F.nll_loss`; SGD with momentum where the example uses Adadelta). The
+bug, from "loss not decreasing" threads (e.g. anuragranj/spynet#3 "images not
+normalized"): the images are fed as raw 0-255 pixel values, the `ToTensor()` /
+`Normalize` step replaced by a plain `.float()` on the uint8 array."""
 
 from __future__ import annotations
 
