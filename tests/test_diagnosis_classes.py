@@ -79,3 +79,17 @@ def test_zero_initialised_weights_are_no_gradient_flow_not_dead_relus(run_dir):
     ids = [c["id"] for c in f["likely_causes"]]
     assert ids[0] == "no_gradient_flow" and "dead_relu" not in ids
     assert f["module"] == "fc1" and "exactly zero themselves" in f["likely_causes"][0]["evidence"]
+
+
+def test_head_swapped_in_after_the_optimizer_is_named_though_the_loss_falls(run_dir):
+    drill, _ = run("cnn_finetune_head_replaced_after_optimizer", run_dir)
+    f = flat(drill)
+    assert f["severity"] == "warning" and f["module"] == "fc"  # the run looks fine
+    top = f["likely_causes"][0]
+    assert top["id"] == "params_not_in_optimizer"
+    assert "never change" in top["evidence"] and "fresh" in top["evidence"]
+
+
+def test_a_pretrained_backbone_left_out_of_the_optimizer_is_a_freeze(run_dir):
+    drill, _ = run("finetune_head_only_optimizer_pretrained_healthy", run_dir)
+    assert drill["status"] == "healthy"
