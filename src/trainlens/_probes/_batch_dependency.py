@@ -191,6 +191,18 @@ def _check(
     # differentiated) or features; a float hidden state passed after ids is not the data
     first = next((t for t in inputs if t.dim() >= 1), None)
     x = first if first is not None and first.is_floating_point() else None
+    # an [N, N] operator over the N rows (a graph's adjacency, sparse or beside [N, F]
+    # node features) says the rows are nodes the model relates on purpose, not samples
+    if first is not None:
+        n = first.shape[0]
+        for t in inputs:
+            square = t is not first and t.dim() == 2 and t.shape[0] == t.shape[1] == n
+            node_features = first.dim() == 2 and first.is_floating_point()
+            if square and (t.layout != torch.strided or node_features):
+                raise _Skip(
+                    f"the rows of the input {list(first.shape)} are related by an "
+                    f"[{n}, {n}] input (a graph's adjacency): they are not independent samples"
+                )
     trace = _Trace(model, float_input=x is not None)
     try:
         if x is not None:

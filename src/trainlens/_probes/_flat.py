@@ -29,7 +29,7 @@ from ._state import WatchState
 from ._tensors import dense_values, float32_norms, has_values
 
 #: losses whose input and target reveal a bug of the input pipeline or the head
-CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
+CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss)
 REGRESSION_LOSSES = (nn.MSELoss,)
 #: rows of a classification loss's input whose statistics are taken (a large-vocabulary
 #: LM's logits are [batch * seq, vocab]: a slice tells probabilities from logits as well)
@@ -86,6 +86,22 @@ class LossInputProbe(Probe):
 def _classification_stats(
     module: nn.Module, x: torch.Tensor, t: torch.Tensor, running: dict[str, Any]
 ) -> tuple[int, torch.Tensor | None]:
+    if isinstance(module, nn.BCEWithLogitsLoss):
+        # it applies the sigmoid itself: inputs all in [0, 1] are sigmoid outputs; the best
+        # constant prediction (the mean target) scores its binary entropy
+        xf = x.reshape(-1)[: MAX_ROWS * 64].float()
+        nan = torch.full((), math.nan, device=x.device)
+        baseline = nan
+        plain = module.reduction == "mean" and module.weight is None and module.pos_weight is None
+        if plain and t.shape == x.shape and t.is_floating_point() and t.dim() >= 1:
+            tf = t.float()
+            if running.get("shape") != tf.shape[1:]:
+                running.update(shape=tf.shape[1:], n=0, sum=0.0)
+            running["n"] += tf.shape[0]
+            running["sum"] = running["sum"] + tf.sum(0)
+            p = (running["sum"] / running["n"]).clamp(1e-7, 1 - 1e-7)
+            baseline = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
+        return 2, torch.stack([xf.min(), xf.max(), nan, nan, baseline])
     cdim = 1 if x.dim() >= 2 else 0
     classes = x.shape[cdim]
     # the row statistics of a slice suffice; every target counts for the prior

@@ -47,6 +47,7 @@ BORROWS = frozenset(
         "no_gradient_flow",
         "optimizer_not_stepping",
         "lr_too_low",
+        "params_not_in_optimizer",
     }
 )
 
@@ -155,6 +156,9 @@ def direct_causes(view: _View, shown: str | None) -> list[Cause]:
         no_grad = params_without_gradient(view, warn_only=shown is None)
         if no_grad is not None:
             causes.append(no_grad)
+        outside = params_outside_optimizer(view)
+        if outside is not None:
+            causes.append(outside)
     return causes
 
 
@@ -200,14 +204,15 @@ def carried_gradients(view: _View) -> Cause | None:
 
 
 def probabilities_into_logits_loss(view: _View, shown: str | None) -> Cause | None:
-    """`softmax_before_loss`: `CrossEntropyLoss` (it expects logits) fed normalised rows.
+    """`softmax_before_loss`: `CrossEntropyLoss` / `BCEWithLogitsLoss` (they expect logits)
+    fed normalised rows / sigmoid outputs.
 
     On a run that looks fine, only probabilities count: log-probabilities into
     `CrossEntropyLoss` are harmless (log-softmax is idempotent), and NLL on log-probs right.
     """
     li = view.records.loss_inputs
-    li = li[(li["split"] == "train") & li["type"].isin(("CrossEntropyLoss", "NLLLoss"))]
-    if li.empty or li["type"].mode().iloc[0] != "CrossEntropyLoss":
+    li = li[(li["split"] == "train") & li["type"].isin(flat_loss.LOGIT_LOSSES)]
+    if li.empty or li["type"].mode().iloc[0] == "NLLLoss":
         return None  # NLLLoss expects log-probabilities: probabilities there are initial_loss's
     cause = flat_loss._softmax_before_loss(view.ctx)
     if cause is None:
@@ -235,6 +240,54 @@ def params_without_gradient(view: _View, *, warn_only: bool) -> Cause | None:
         if used.empty or none["numel"].sum() < NO_GRAD_WARN_SHARE * used["numel"].sum():
             return None
     return cause
+
+
+def params_outside_optimizer(view: _View) -> Cause | None:
+    """`params_not_in_optimizer`: parameters get gradients, sit in no param group of the
+    optimizer given to `watch`, and never change. A loss can still fall (the rest of the
+    model adapts to a part frozen at its initialisation: a head swapped in after the
+    optimizer was built). Parameters that do change are trained by something else (a
+    second optimizer, a hand-written update), and pretrained-looking ones left out on
+    purpose are a freeze (`SGD(model.head.parameters())`): no evidence. Weights that still
+    look like their layer type's fresh default init were never meant to be left out."""
+    if view.records.params.empty:
+        return None
+    ctx = view.ctx
+    if ctx.sampled_steps < 3:
+        return None
+    cause = flat_loss._params_not_in_optimizer(ctx)
+    if cause is None:
+        return None
+    pp = ctx.per_param
+    outside = pp[~pp["in_optimizer"] & (pp["grad_pos"] >= 0.5)]
+    if (outside["update_rows"] == 0).any() or (outside["changed"] > 0).any():
+        return None
+    meta_params = view.records.meta.get("params", {})
+    tol = ctx.t("fresh_rms_tolerance", "no_gradient_flow")
+    # their rms from the recorded norm (they never change); no absmax is kept for them
+    rms = {
+        n: float(outside.at[n, "norm"]) / math.sqrt(max(1, int(outside.at[n, "numel"])))
+        for n in outside.index
+    }
+    looks = [
+        (n, v)
+        for n in outside.index
+        if (
+            v := flat_loss._fresh_init(
+                ctx, n, {**meta_params.get(n, {}), "rms": rms[n], "absmax": 0.0}, tol
+            )
+        )
+        is not None
+    ]
+    fresh = [(n, v) for n, v in looks if v[1]]
+    if not looks or sum(v[0] for _, v in fresh) < 0.5 * sum(v[0] for _, v in looks):
+        return None
+    name, (_, _, info) = fresh[0]
+    return dataclasses.replace(
+        cause,
+        evidence=f"{cause.evidence}; `{name}` still looks like a fresh {info['init']} (rms "
+        f"{num(info['rms'])}, expected {num(info['expected_rms'])}): never meant to be left out",
+    )
 
 
 def grads_cleared_before_step(records: Records, catalogue: Catalogue) -> Cause | None:

@@ -36,14 +36,16 @@ SYMPTOM = "flat_loss"
 CAUSES = frozenset({
     "optimizer_not_stepping", "params_not_in_optimizer", "zero_grad_missing",
     "softmax_before_loss", "no_gradient_flow", "dead_relu", "vanishing_gradient",
-    "lr_too_low", "unnormalized_input", "label_mismatch", "bad_initial_loss", "unknown",
-    "no_loss_recorded",
+    "lr_too_low", "lr_too_high", "unnormalized_input", "label_mismatch", "bad_initial_loss",
+    "unknown", "no_loss_recorded",
 })  # fmt: skip
 
 #: activations that output exact zeros for negative inputs
 RELU_FAMILY = ("ReLU", "ReLU6", "Threshold", "Hardsigmoid")
 #: modules that normalise a model's output into (log-)probabilities
 SOFTMAX_MODULES = ("Softmax", "LogSoftmax", "Softmax2d", "Softmin")
+#: losses that normalise raw logits themselves (softmax, log-softmax, sigmoid)
+LOGIT_LOSSES = ("CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss")
 
 
 @hookimpl
@@ -68,6 +70,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         _dead_relu,
         _vanishing_gradient,
         _lr_too_low,
+        _lr_too_high,
         _unnormalized_input,
         _label_mismatch,
     )
@@ -192,6 +195,8 @@ def _baseline(records: Records) -> tuple[float | None, str | None]:
     value, kind, classes_median = found
     if kind == "MSELoss":
         return value, "the target variance, the MSE of predicting the mean target"
+    if kind == "BCEWithLogitsLoss":
+        return value, "the binary entropy of the mean target (ln 2 = 0.693 when balanced)"
     classes = int(classes_median)
     return value, (
         f"the class-prior entropy over {classes} classes (ln {classes} = "
@@ -375,16 +380,22 @@ def _zero_grad_missing(ctx: _Context) -> Cause | None:
 
 def _softmax_before_loss(ctx: _Context) -> Cause | None:
     li = ctx.records.loss_inputs
-    li = li[(li["split"] == "train") & li["type"].isin(("CrossEntropyLoss", "NLLLoss"))]
+    li = li[(li["split"] == "train") & li["type"].isin(LOGIT_LOSSES)]
     if li.empty:
         return None
     tol = ctx.t("row_tolerance", "softmax_before_loss")
-    probs = (li["min"] >= -1e-6) & (li["prob_dev"] <= tol)
+    binary = li["type"] == "BCEWithLogitsLoss"
+    # rows summing to 1, or (a sigmoid loss) every value inside [0, 1]
+    probs = (li["min"] >= -1e-6) & ((li["prob_dev"] <= tol) | (binary & (li["max"] <= 1 + 1e-6)))
     logprobs = (li["max"] <= 1e-6) & (li["logprob_dev"] <= tol) & (li["type"] != "NLLLoss")
     need = ctx.t("steps_share", "softmax_before_loss") * len(li)
     loss = str(li["type"].mode().iloc[0])
     classes = int(li["classes"].median())
-    if probs.sum() >= need:
+    if probs.sum() >= need and loss == "BCEWithLogitsLoss":
+        rows, kind = li[probs], "probabilities (every value in [0, 1])"
+        dev = "no negative value, none above 1"
+        floor = math.log1p(math.exp(-1.0))  # -log(sigmoid(1)): a "certain" 1 scores no less
+    elif probs.sum() >= need:
         rows, kind = li[probs], "probabilities (non-negative, each row sums to 1)"
         dev = f"mean |row sum - 1| {num(float(rows['prob_dev'].median()))}"
         floor = -math.log(math.e / (math.e + classes - 1)) if classes > 1 else 0.0
@@ -394,9 +405,11 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
         floor = 0.0
     else:
         return None
-    softmaxes = [n for n, m in ctx.modules.items() if m.get("type") in SOFTMAX_MODULES]
+    sigmoid = loss == "BCEWithLogitsLoss"
+    kinds = ("Sigmoid",) if sigmoid else SOFTMAX_MODULES
+    softmaxes = [n for n, m in ctx.modules.items() if m.get("type") in kinds]
     module = max(softmaxes, key=ctx.forward_pos) if softmaxes else None
-    module_type = ctx.modules[module]["type"] if module else "softmax"
+    module_type = ctx.modules[module]["type"] if module else ("sigmoid" if sigmoid else "softmax")
     where = f" (from `{module}`, {module_type})" if module else ""
     return ctx.cause(
         "softmax_before_loss",
@@ -410,6 +423,10 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
         kind=kind,
         module_type=module_type,
         floor=num(floor),
+        printout="`output.min()`, `output.max()`"
+        if sigmoid
+        else "`output.sum(dim=1)[:4]` and `output.min()`",
+        applies="the sigmoid" if sigmoid else "log-softmax",
     )
 
 
@@ -554,7 +571,6 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
     flowing = used[used["grad_pos"] > 0.5] if not used.empty else used
     modules = {meta_params.get(n, {}).get("module", n.rpartition(".")[0]) for n in stopped}
     module = max(modules, key=ctx.forward_pos)
-    mtype = ctx.modules.get(module, {}).get("type", "?")
     parts = []
     if none:
         parts.append(f"{len(none)} never received a gradient (None: {_names(none)})")
@@ -564,6 +580,14 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
         )
     if zero:
         parts.append(f"{len(zero)} got only zero gradients ({_names(zero)})")
+    # weights that are exactly zero pass no signal forward and no gradient back: an
+    # all-zero initialisation, the root of the zero gradients rather than a cut graph
+    zeroed = [n for n in zero if pp.at[n, "ndim"] >= 2 and pp.at[n, "norm"] == 0]
+    if zeroed:
+        parts.append(
+            f"{_names(zeroed)} are exactly zero themselves (an all-zero initialisation: "
+            "zero weights pass no signal forward and no gradient back)"
+        )
     others = (
         f"; {len(flowing)} others do get gradients (median norm "
         f"{num(float(flowing['grad'].median()))})"
@@ -578,6 +602,10 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
         confidence = 0.5 + 0.3 * share
     else:
         confidence = 0.45 + 0.2 * share
+    if zeroed:  # the first zero layer is where the signal stops
+        module = min((pp.at[n, "module"] for n in zeroed), key=ctx.forward_pos)
+        confidence = max(confidence, 0.8)
+    mtype = ctx.modules.get(module, {}).get("type", "?")
     return ctx.cause(
         "no_gradient_flow",
         confidence,
@@ -599,6 +627,13 @@ def _dead_relu(ctx: _Context) -> Cause | None:
     if dead.empty:
         return None
     worst = max(dead.index, key=lambda m: (round(float(dead[m]), 3), -ctx.forward_pos(m)))
+    # a dead ReLU sits in its negative zone; one fed exact zeros (a layer before it that
+    # outputs nothing but 0, e.g. all-zero weights) is not dead: the signal is gone upstream
+    leaves = leaf_activations(ctx.records)
+    leaves = leaves[(leaves["step"] >= act["step"].median()) & ~leaves["type"].isin(RELU_FAMILY)]
+    silent = leaves.groupby("module", sort=False)["max_abs"].median()
+    if any(silent[m] == 0 and ctx.forward_pos(m) < ctx.forward_pos(worst) for m in silent.index):
+        return None
     frac = float(dead[worst])
     rows = act[act["module"] == worst]
     mtype = str(rows["type"].iloc[0])
@@ -691,6 +726,69 @@ def _lr_too_low(ctx: _Context) -> Cause | None:
     )
 
 
+def _weight_growth(ctx: _Context) -> dict[str, Any] | None:
+    """How the trained weights' norms moved from the first to the last sampled step.
+
+    The median of last/first over the matrices (ndim >= 2; biases start near 0 and say
+    nothing), and the weight that moved most, both ways: steps too large throw weights
+    outward, a decay too strong pulls them to 0; a healthy run moves them by a few %."""
+    p = ctx.records.params
+    pp = ctx.per_param
+    if p.empty or pp.empty:
+        return None
+    weights = [n for n in pp.index if pp.at[n, "in_optimizer"] and pp.at[n, "ndim"] >= 2]
+    p = p[p["param"].isin(weights)].sort_values("step")
+    ends = p.groupby("param", sort=False)["param_norm"].agg(["first", "last"])
+    ends = ends[(ends["first"] > 0) & ends["last"].notna()]
+    if ends.empty or p["step"].nunique() < 2:
+        return None
+    growth = ends["last"] / ends["first"]
+    up, down = growth.idxmax(), growth.idxmin()
+    return {
+        "median": float(growth.median()),
+        "up": (str(up), float(ends.at[up, "first"]), float(ends.at[up, "last"])),
+        "down": (str(down), float(ends.at[down, "first"]), float(ends.at[down, "last"])),
+        "weights": len(ends),
+    }
+
+
+def _lr_too_high(ctx: _Context) -> Cause | None:
+    """Steps so large the weights are thrown about while the loss stays put: the loss
+    sits at (or noisily around) the constant prediction, not rising enough to diverge."""
+    ratio = _update_ratio(ctx)
+    growth = _weight_growth(ctx)
+    if ratio is None or growth is None:
+        return None
+    high = ctx.t("ratio_high", "lr_too_high")
+    growth_min = ctx.t("growth_min", "lr_too_high")
+    if ratio < high or growth["median"] < growth_min:
+        return None
+    if _zero_grad_missing(ctx) is not None:
+        return None  # the steps are large because gradients pile up, not because of the lr
+    param, n0, n1 = growth["up"]
+    lr = ctx.lr
+    lr_text = f"lr {num(lr)} ({ctx.optimizer_class})" if math.isfinite(lr) else "the lr"
+    # 0.5 at the thresholds, more the further above them
+    confidence = 0.5 + 0.2 * min(1.5, math.log10(ratio / high))
+    confidence += 0.1 * min(1.0, math.log10(growth["median"] / growth_min))
+    return ctx.cause(
+        "lr_too_high",
+        confidence,
+        f"median update/param ratio {num(ratio)} (healthy ~1e-3) at {lr_text}, and the "
+        f"weights' norms grew {num(growth['median'])}x over the run (median of "
+        f"{growth['weights']}; `{param}` {num(n0)} -> {num(n1)}) while the loss stayed at "
+        f"{num(ctx.flat.end)}: the steps throw the weights about instead of fitting",
+        module=ctx.per_param.at[param, "module"] if param in ctx.per_param.index else None,
+        lr=num(lr) if math.isfinite(lr) else "the current value",
+        ratio=num(ratio),
+        growth=num(growth["median"]),
+        param=param,
+        norm_start=num(n0),
+        norm_end=num(n1),
+        loss_end=num(ctx.flat.end),
+    )
+
+
 def _input_scale(ctx: _Context) -> dict[str, float] | None:
     inputs = ctx.records.inputs
     inputs = inputs[inputs["split"] == "train"]
@@ -758,6 +856,9 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
     hi = ctx.t("update_ratio_max", "label_mismatch")
     if ratio is None or not lo <= ratio <= hi:
         return None
+    growth = _weight_growth(ctx)
+    if growth is not None and growth["median"] < ctx.t("shrink_min", "label_mismatch"):
+        return None  # the weights are being decayed toward 0, not fitted: not healthy
     depth = _gradient_depth(ctx)
     if depth is not None and depth[1] < ctx.t("first_last_ratio", "vanishing_gradient"):
         return None
@@ -816,6 +917,14 @@ def _unknown(ctx: _Context) -> Cause | None:
         if flat.baseline is not None
         else ""
     )  # fmt: skip
+    growth = _weight_growth(ctx)
+    weights = ""
+    if growth is not None and growth["median"] < ctx.t("shrink_min", "label_mismatch"):
+        param, n0, n1 = growth["down"]
+        weights = ctx.catalogue.text(
+            SYMPTOM, "unknown", "shrinking", shrink=num(growth["median"]), param=param,
+            norm_start=num(n0), norm_end=num(n1),
+        )  # fmt: skip
     return ctx.cause(
         "unknown",
         ctx.t("fallback_confidence", "unknown"),
@@ -825,4 +934,5 @@ def _unknown(ctx: _Context) -> Cause | None:
         by=flat.by,
         level=level,
         ruled_out=_ids(ctx),
+        weights=weights,
     )

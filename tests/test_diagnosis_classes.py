@@ -1,0 +1,95 @@
+"""Bug classes found by running the program collection (tests/programs/) as a user would:
+the evidence behind each diagnosis, and the healthy programs that once broke trainlens.
+
+`tests/test_programs.py` asserts each program's symptom, first cause and module; here the
+numbers and words of the findings that make those diagnoses right."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from diagnosis import PROGRAMS, load_program  # noqa: E402
+
+
+def run(name: str, run_dir: Path) -> tuple[dict, dict]:
+    load_program(PROGRAMS / f"{name}.py").main(run_dir)
+    drill = json.loads((run_dir / "drill.json").read_text())
+    meta = json.loads((run_dir / "run.json").read_text())
+    return drill, meta
+
+
+def flat(drill: dict) -> dict:
+    return next(f for f in drill["findings"] if f["symptom"] == "flat_loss")
+
+
+def test_float64_model_runs_clean_with_its_update_statistics(run_dir):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        drill, _ = run("mlp_float64_healthy", run_dir)
+    assert drill["status"] == "healthy"
+    assert not [w for w in seen if "trainlens" in str(w.message)]  # nothing lost
+    params = pd.read_parquet(run_dir / "params.parquet")
+    assert params["update_norm"].notna().any() and (params["grad_norm"] > 0).all()
+
+
+def test_graph_with_a_sparse_adjacency_is_not_batch_mixing(run_dir):
+    drill, meta = run("gcn_sparse_adjacency_healthy", run_dir)
+    assert drill["status"] == "healthy"
+    check = meta["batch_dependency"]
+    assert not check["checked"] and "adjacency" in check["skipped"]
+
+
+def test_oversized_steps_under_a_flat_loss_are_lr_too_high(run_dir):
+    f = flat(run("cnn_sgd_lr_far_too_high", run_dir)[0])
+    top = f["likely_causes"][0]
+    assert top["id"] == "lr_too_high"
+    assert "update/param ratio" in top["evidence"] and "grew" in top["evidence"]
+    assert "Divide the learning rate by 10" in f["fix_attempt"]
+
+
+def test_decayed_weights_are_no_healthy_machinery_for_label_mismatch(run_dir):
+    f = flat(run("mlp_adam_weight_decay_huge", run_dir)[0])
+    ids = [c["id"] for c in f["likely_causes"]]
+    assert ids == ["unknown"] and f["severity"] == "warning"
+    assert "weight_decay" in f["likely_causes"][0]["evidence"]
+
+
+def test_labels_shuffled_apart_stay_label_mismatch(run_dir):
+    f = flat(run("mlp_labels_shuffled_separately", run_dir)[0])
+    assert f["likely_cause"] == "label_mismatch" and f["severity"] == "warning"
+
+
+def test_sigmoid_into_bce_with_logits_is_probabilities_into_a_logits_loss(run_dir):
+    f = flat(run("mlp_sigmoid_before_bce_with_logits", run_dir)[0])
+    top = f["likely_causes"][0]
+    assert top["id"] == "softmax_before_loss" and f["module"] == "net.4"
+    assert "BCEWithLogitsLoss" in top["evidence"] and "[0, 1]" in top["evidence"]
+    assert "sigmoid" in f["first_check"] and "log-softmax" not in f["first_check"]
+
+
+def test_zero_initialised_weights_are_no_gradient_flow_not_dead_relus(run_dir):
+    f = flat(run("mlp_all_weights_zero_init", run_dir)[0])
+    ids = [c["id"] for c in f["likely_causes"]]
+    assert ids[0] == "no_gradient_flow" and "dead_relu" not in ids
+    assert f["module"] == "fc1" and "exactly zero themselves" in f["likely_causes"][0]["evidence"]
+
+
+def test_head_swapped_in_after_the_optimizer_is_named_though_the_loss_falls(run_dir):
+    drill, _ = run("cnn_finetune_head_replaced_after_optimizer", run_dir)
+    f = flat(drill)
+    assert f["severity"] == "warning" and f["module"] == "fc"  # the run looks fine
+    top = f["likely_causes"][0]
+    assert top["id"] == "params_not_in_optimizer"
+    assert "never change" in top["evidence"] and "fresh" in top["evidence"]
+
+
+def test_a_pretrained_backbone_left_out_of_the_optimizer_is_a_freeze(run_dir):
+    drill, _ = run("finetune_head_only_optimizer_pretrained_healthy", run_dir)
+    assert drill["status"] == "healthy"
