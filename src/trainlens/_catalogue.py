@@ -296,11 +296,36 @@ def rank_findings(findings: Iterable[Finding], catalogue: Catalogue) -> list[Fin
     found") is dropped when another finding is an error with a specific cause: that
     cause is the explanation to check first, and a "not sure" beside it only blurs it.
     """
-    ranked = [catalogue.rank_finding(f) for f in findings]
+    ranked = [_across_findings(catalogue.rank_finding(f), findings, catalogue) for f in findings]
     specific = any(f.severity == "error" and not catalogue.is_fallback(f.top.id) for f in ranked)
     if not specific:
         return ranked
     return [f for f in ranked if any(not catalogue.is_fallback(c.id) for c in f.likely_causes)]
+
+
+def _across_findings(
+    finding: Finding, findings: Iterable[Finding], catalogue: Catalogue
+) -> Finding:
+    """A warning whose first cause another finding's error cause can produce, and whose
+    evidence came no earlier (zero_grad_missing under flat_loss, then a loss that swings:
+    lr_too_high under diverging), says so: the user fixes the root first."""
+    if finding.severity != "warning":
+        return finding
+    top = finding.top
+    for other in findings:
+        root = other.top
+        if other is finding or other.severity != "error":
+            continue
+        if top.id not in catalogue.produces(root.id):
+            continue
+        if root.onset is not None and top.onset is not None and root.onset > top.onset:
+            continue  # the timing says this came first
+        note = f"likely a consequence of {root.id} (the {other.symptom} finding)"
+        if note in top.evidence:
+            return finding
+        causes = [dataclasses.replace(top, evidence=f"{top.evidence}; {note}")]
+        return dataclasses.replace(finding, likely_causes=[*causes, *finding.likely_causes[1:]])
+    return finding
 
 
 def load_catalogue(dirs: Iterable[Path]) -> Catalogue:
