@@ -52,3 +52,16 @@ def test_program_drill(path: Path, run_dir: Path):
     # `{field}` left over; code in the words may hold braces: `{id(p) for p in ...}`)
     assert not re.search(r"\{\w+\}", finding["first_check"] + finding["fix_attempt"])
     assert any(ch.isdigit() for ch in finding["likely_causes"][0]["evidence"])
+
+
+def test_a_consequence_in_another_symptom_names_its_root(tmp_path):
+    # zero_grad missing: the flat_loss error names the root; the loss swings that follow
+    # (a diverging warning) say they are likely its consequence, so the user fixes one bug
+    program = load_program(ROOT / "tests" / "programs" / "mlp_zero_grad_missing_relus_die.py")
+    program.main(tmp_path / "run")
+    drill = json.loads((tmp_path / "run" / "drill.json").read_text())
+    errors = [f for f in drill["findings"] if f["severity"] == "error"]
+    assert [f["likely_cause"] for f in errors] == ["zero_grad_missing"]
+    for f in drill["findings"]:
+        if f["severity"] == "warning":
+            assert "likely a consequence of zero_grad_missing" in f["likely_causes"][0]["evidence"]
