@@ -137,8 +137,8 @@ class FiniteProbe(Probe):
         self._summed[id(t)] = weakref.ref(t)
         if len(self._counts) >= MAX_PENDING:
             self._emit()
-        with torch.no_grad():
-            self._counts.append(distinct(t.detach()).sum(dtype=torch.float32))
+        # a detached tensor records no graph: no `no_grad()` context (~9 Python calls)
+        self._counts.append(distinct(t.detach()).sum(dtype=torch.float32))
         self._labels.append((kind, name, self.state.split(), self._order))
         self._order += 1
 
