@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import weakref
 from typing import Any
 
 import torch
@@ -34,6 +35,8 @@ MAX_SIGNATURES = 8
 ACTIVATION_SAMPLE = 65_536
 #: outputs up to this many elements take the kernel-lean path of `_record_activation`
 SMALL_ACTIVATION = 4096
+#: neighbouring elements per block of a large activation's sample
+SAMPLE_BLOCK = 64
 
 
 class _RawRows:
@@ -99,6 +102,7 @@ class ModuleProbe(Probe):
                 state.threads.add(get_ident())  # loss modules of this thread are the run's
                 state.call_index = 0
                 state.call_stack.clear()  # a forward that raised earlier and was caught
+                state.extrema.clear()
                 if state.sampled:
                     self._record_input(args)
             state.call_index += 1
@@ -175,22 +179,32 @@ class ModuleProbe(Probe):
         # each kernel saved is a few microseconds of the sampled step on a small model
         o = distinct(out.detach())
         lo, hi = torch.aminmax(o)  # max_abs exact (aminmax allocates nothing)
+        if lo.dtype != torch.float32:
+            lo, hi = lo.to(torch.float32), hi.to(torch.float32)
+        # the finiteness probe reads these extremes instead of summing the output again
+        self.state.extrema[id(out)] = (weakref.ref(out), lo, hi)
         n = o.numel()
         if n <= SMALL_ACTIVATION:
             # two reductions that need no temporary: fewest kernels for a small output
-            nonzero = torch.linalg.vector_norm(o, 0, dtype=torch.float32)
-            total = torch.linalg.vector_norm(o, 1, dtype=torch.float32)
+            wide = {} if o.dtype == torch.float64 else {"dtype": torch.float32}
+            nonzero = torch.linalg.vector_norm(o, 0, **wide).to(torch.float32)
+            total = torch.linalg.vector_norm(o, 1, **wide).to(torch.float32)
         else:
             # on CPU the 0- and 1-norm of a large tensor are 5-20x slower than a sum;
-            # a large output's zero_frac and mean_abs come from a strided sample of
-            # about ACTIVATION_SAMPLE elements (a fraction's error ~0.4%)
+            # a large output's zero_frac and mean_abs come from a sample of about
+            # ACTIVATION_SAMPLE elements (a fraction's error ~0.4%): blocks of
+            # SAMPLE_BLOCK neighbours spread evenly over the tensor, so the sample
+            # touches a fraction of the memory (single elements at a stride would
+            # touch every cache line)
             if n > 2 * ACTIVATION_SAMPLE and o.is_contiguous():
-                o = o.view(-1)[:: n // ACTIVATION_SAMPLE]
+                blocks = n // SAMPLE_BLOCK
+                step = max(1, blocks // (ACTIVATION_SAMPLE // SAMPLE_BLOCK))
+                o = o.view(-1)[: blocks * SAMPLE_BLOCK].view(blocks, SAMPLE_BLOCK)[::step]
                 n = o.numel()
             a = o.abs()
             nonzero = a.sign().sum(dtype=torch.float32)
             total = a.sum(dtype=torch.float32)
-        stats = torch.stack([nonzero, total, lo.to(torch.float32), hi.to(torch.float32)])
+        stats = torch.stack([nonzero, total, lo, hi])
         state = self.state
         state.deferred.add(self._activation_rows, [(state.step, name, type_name, n)], stats[None])
 
