@@ -137,10 +137,11 @@ class FiniteProbe(Probe):
         if len(self._counts) >= MAX_PENDING:
             self._emit()
         ext = self.state.extrema.get(id(t))
-        if ext is not None and ext[0]() is t:
-            # the activation statistics took its extremes: min + max is non-finite exactly
-            # when the sum is (NaN, +Inf, -Inf alike), without another pass over it
-            self._counts.append(ext[1] + ext[2])
+        if ext is not None and ext[0]() is t and ext[1] == t._version:
+            # the activation statistics took its extremes (and nothing wrote to it in place
+            # since): min + max is non-finite exactly when the sum is (NaN, +Inf, -Inf
+            # alike), without another pass over the tensor
+            self._counts.append(ext[2] + ext[3])
         else:
             # a detached tensor records no graph: no `no_grad()` context (~9 Python calls)
             self._counts.append(distinct(t.detach()).sum(dtype=torch.float32))

@@ -182,7 +182,7 @@ class ModuleProbe(Probe):
         if lo.dtype != torch.float32:
             lo, hi = lo.to(torch.float32), hi.to(torch.float32)
         # the finiteness probe reads these extremes instead of summing the output again
-        self.state.extrema[id(out)] = (weakref.ref(out), lo, hi)
+        self.state.extrema[id(out)] = (weakref.ref(out), out._version, lo, hi)
         n = o.numel()
         if n <= SMALL_ACTIVATION:
             # two reductions that need no temporary: fewest kernels for a small output
