@@ -68,12 +68,12 @@ class LossInputProbe(Probe):
             return  # one look per loss and step: a per-token loop stays cheap
         self._seen[key] = state.step
         running = self._running.setdefault(key, {})
-        with torch.no_grad():
-            if isinstance(module, CLASSIFICATION_LOSSES):
-                classes, stats = _classification_stats(module, x.detach(), t.detach(), running)
-            else:
-                classes = 0
-                stats = _regression_stats(module, x.detach(), t.detach(), running)
+        # detached tensors record no graph: no `no_grad()` context (~9 Python calls)
+        if isinstance(module, CLASSIFICATION_LOSSES):
+            classes, stats = _classification_stats(module, x.detach(), t.detach(), running)
+        else:
+            classes = 0
+            stats = _regression_stats(module, x.detach(), t.detach(), running)
         if stats is None:
             return
         state.deferred.add(
@@ -106,16 +106,20 @@ def _classification_stats(
     classes = x.shape[cdim]
     # the row statistics of a slice suffice; every target counts for the prior
     xf = (x[:MAX_ROWS] if x.dim() >= 2 else x).float()
-    prob_dev = (xf.sum(cdim) - 1).abs().mean()
-    logprob_dev = torch.logsumexp(xf, cdim).abs().mean()
-    baseline = torch.full((), math.nan, device=x.device)
+    # few kernels: both row deviations in one stack, one |.| and one mean
+    rows = torch.stack([xf.sum(cdim) - 1, torch.logsumexp(xf, cdim)])
+    devs = rows.abs().reshape(2, -1).mean(1)
+    baseline = None
     if getattr(module, "reduction", "mean") == "mean" and getattr(module, "weight", None) is None:
         mass = None
         if not t.is_floating_point():
-            # class indices: count them without boolean indexing (no host sync)
+            # class indices: count them without boolean indexing (no host sync). The
+            # forward succeeded, so every target is a class or the ignore index
             ignore = getattr(module, "ignore_index", -100)
-            valid = ((t >= 0) & (t < classes) & (t != ignore)).reshape(-1).float()
-            idx = t.reshape(-1).clamp(0, classes - 1).long()
+            valid = (t != ignore).reshape(-1).float()
+            idx = t.reshape(-1).clamp(0, classes - 1)
+            if idx.dtype != torch.int64:
+                idx = idx.long()
             mass = torch.zeros(classes, device=x.device).scatter_add_(0, idx, valid)
         elif t.shape == x.shape:
             mass = t.float().movedim(cdim, -1).reshape(-1, classes).sum(0)
@@ -123,12 +127,16 @@ def _classification_stats(
             total = running.get("mass")
             total = mass if total is None or total.shape != mass.shape else total + mass
             running["mass"] = total
-            prior = total / total.sum().clamp_min(1e-12)
+            q = total / total.sum().clamp_min(1e-12)
             eps = float(getattr(module, "label_smoothing", 0.0) or 0.0)
-            q = (1 - eps) * prior + eps / classes
+            if eps:
+                q = (1 - eps) * q + eps / classes
             # the loss of the best constant prediction (predict the prior) is its entropy
-            baseline = -(q * torch.log(q.clamp_min(1e-12))).sum()
-    stats = torch.stack([xf.min(), xf.max(), prob_dev, logprob_dev, baseline.to(xf.device)])
+            baseline = torch.special.entr(q).sum()[None]
+    if baseline is None:
+        baseline = torch.full((1,), math.nan, device=x.device)
+    lo, hi = torch.aminmax(xf)
+    stats = torch.cat([torch.stack([lo, hi]), devs, baseline.to(xf.device)])
     return classes, stats
 
 
@@ -163,6 +171,8 @@ class GradCarryProbe(Probe):
         self._task: int | None = None
         self._step = -1
         self._carried: torch.Tensor | None = None
+        # positions of self.params in the StepProbe's parameter list (found once)
+        self._shared: tuple[list[torch.Tensor], list[int] | None] | None = None
 
     def install(self) -> None:
         state = self.state
@@ -206,10 +216,38 @@ class GradCarryProbe(Probe):
         carried = self._carried
         if carried is not None:
             with torch.no_grad():
-                now = _total_norm(self.params, carried.device)
-                stats = torch.stack([carried[0], now[0], carried[1]])
+                now = self._shared_norm(carried.device)
+                if now is None:
+                    now = _total_norm(self.params, carried.device)[0]
+                stats = torch.stack([carried[0], now, carried[1]])
             self.state.deferred.add(self.state.tables["grad_carry"], [(self._step,)], stats[None])
         self._task, self._carried = None, None
+
+    def _shared_norm(self, device: torch.device) -> torch.Tensor | None:
+        """The norm of all `.grad`s from the norms StepProbe took at this step, if it did:
+        the gradients are the same ones, and a norm of a large model costs a pass over
+        all of them."""
+        shared = self.state.grad_norms
+        # StepProbe's post-step hook, which runs first, has already advanced state.step
+        if shared is None or shared[0] != self._step:
+            return None
+        _, params, has_grad, norms = shared
+        if self._shared is None or self._shared[0] is not params:
+            where = {id(p): i for i, p in enumerate(params)}
+            idx = [where.get(id(p)) for p in self.params]
+            self._shared = (params, None if None in idx else idx)  # type: ignore[arg-type]
+        idx = self._shared[1]
+        if idx is None:
+            return None
+        if len(idx) != len(params):
+            has_grad = [has_grad[i] for i in idx]
+            norms = [norms[i] for i in idx]
+        present = [n for n, h in zip(norms, has_grad, strict=True) if h]
+        if not present:
+            return torch.zeros((), device=device)
+        if any(n.device != device for n in present):
+            return None
+        return torch.linalg.vector_norm(torch.stack(present))
 
 
 def _total_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -217,5 +255,10 @@ def _total_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tenso
     grads = [dense_values(p.grad) for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(2, device=device)
-    norms = torch.stack([n.to(device) for n in float32_norms(grads)])
-    return torch.stack([norms.square().sum().sqrt(), (norms > 0).sum() / len(params)])
+    norms = float32_norms(grads)
+    if any(n.device != device for n in norms):
+        norms = [n.to(device) for n in norms]
+    norms_t = torch.stack(norms)
+    # the 2-norm of the norms is the norm of all together; the 0-norm counts non-zero ones
+    share = torch.linalg.vector_norm(norms_t, 0) / len(params)
+    return torch.stack([torch.linalg.vector_norm(norms_t), share])

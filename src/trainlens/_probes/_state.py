@@ -163,6 +163,13 @@ class WatchState:
         self.threads: set[int] = {threading.get_ident()}
         # the run's shared per-forward dispatch (`_base.ForwardDispatch`), set by ProbeSet
         self.forwards: Any = None
+        # (step, params, has_grad, norms): the gradient norms StepProbe took at this step's
+        # `optimizer.step()`, for other probes that need the same norms (GradCarryProbe)
+        # id(output) -> (weakref, version, min, max) of the model's outputs this forward,
+        # from the activation statistics, for the finiteness check (min + max is finite
+        # exactly when the tensor is, and NaN / +Inf / -Inf like its sum)
+        self.extrema: dict[int, tuple[Any, int, torch.Tensor, torch.Tensor]] = {}
+        self.grad_norms: tuple[int, list[Any], list[bool], list[Any]] | None = None
         # streaming the records to the run dir (set by the Lens): due at this step clock
         self.stream_due = float("inf")
         self.on_stream: Any = None

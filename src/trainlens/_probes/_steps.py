@@ -269,6 +269,7 @@ class StepProbe(Probe):
                     nan = torch.full((), math.nan, device=p.device)
                 full.append(nan)
         self._grad_norms = full
+        self.state.grad_norms = (self.state.step, self.params, self._has_grad, full)
 
     def _snapshot_params(self) -> None:
         with torch.no_grad():
@@ -287,17 +288,15 @@ class StepProbe(Probe):
         state = self.state
         with torch.no_grad():
             pnorms = float32_norms([p.detach() for p in self.params])
+            n = len(pnorms)
             if update is None:
-                update = [torch.full_like(n, math.nan) for n in pnorms]
+                update = [torch.full_like(pnorms[0], math.nan)] * n
+            scalars = [*self._grad_norms, *pnorms, *update]
             device = pnorms[0].device
-            values = torch.stack(
-                [
-                    torch.stack([g.to(device) for g in self._grad_norms]),
-                    torch.stack([n.to(device) for n in pnorms]),
-                    torch.stack([u.to(device) for u in update]),
-                ],
-                dim=1,
-            )
+            if any(t.device != device for t in scalars):  # a model split over devices
+                scalars = [t.to(device) for t in scalars]
+            # one stack for the step: [3n] -> [n, 3] (grad, param, update per parameter)
+            values = torch.stack(scalars).view(3, n).t()
         step = state.step
         prefixes = [
             (step, n, m, h)
