@@ -15,10 +15,11 @@ from ._batch_dependency import BatchDependencyProbe
 from ._checkpoint import CheckpointProbe
 from ._compile import CompileProbe
 from ._finite import FiniteProbe
-from ._flat import GradCarryProbe, LossInputProbe
 from ._functional_loss import FunctionalLossProbe
+from ._grad_carry import GradCarryProbe
 from ._initial_loss import InitialLossProbe
 from ._loss import LossProbe
+from ._loss_inputs import LossInputProbe
 from ._memory import MemoryProbe
 from ._modules import ModuleProbe
 from ._qkgrad import AttentionQKGradProbe

@@ -1,17 +1,10 @@
-"""Evidence for a loss that does not move: what the loss is fed, and stale gradients.
+"""What the loss is fed: evidence for a loss that does not move.
 
-`LossInputProbe` looks at the input and target of `CrossEntropyLoss`, `NLLLoss` and
-`MSELoss` on sampled steps: whether the input rows are already probabilities or
-log-probabilities (rows summing to 1, or whose exp sums to 1), and the loss of the best
-constant prediction for the targets seen so far (class-prior entropy, target variance).
-
-`GradCarryProbe` looks at the optimizer's parameters' `.grad` when the first backward
-pass of a sampled optimizer step is about to add to them (its first parameter hook, before
-any accumulation), and again at `optimizer.step()`: a gradient still there at the start was
-not reset after the previous step. Gradient accumulation zeroes after each step, so it
-carries nothing.
-
-Both keep their statistics on the device and hand them to `state.deferred`.
+`LossInputProbe` looks at the input and target of `CrossEntropyLoss`, `NLLLoss`,
+`BCEWithLogitsLoss` and `MSELoss` on sampled steps: whether the input rows are already
+probabilities or log-probabilities (rows summing to 1, or whose exp sums to 1), and the loss
+of the best constant prediction for the targets seen so far (class-prior entropy, target
+variance).
 """
 
 from __future__ import annotations
@@ -21,12 +14,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parameter import is_lazy
 
-from ._base import Probe, guarded, hook
+from ._base import Probe
 from ._loss import loss_name
 from ._state import WatchState
-from ._tensors import dense_values, float32_norms, has_values
+from ._tensors import has_values
 
 #: losses whose input and target reveal a bug of the input pipeline or the head
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss)
@@ -160,105 +152,3 @@ def _regression_stats(
     # predicting the mean target for every sample scores the target variance under MSE
     baseline = (running["sq"] / running["n"] - mean.square()).clamp_min(0).mean()
     return torch.stack([xf.min(), xf.max(), nan, nan, baseline])
-
-
-class GradCarryProbe(Probe):
-    name = "grad_carry"
-
-    def __init__(self, state: WatchState):
-        super().__init__(state)
-        self.params: list[torch.Tensor] = []
-        self._task: int | None = None
-        self._step = -1
-        self._carried: torch.Tensor | None = None
-        # positions of self.params in the StepProbe's parameter list (found once)
-        self._shared: tuple[list[torch.Tensor], list[int] | None] | None = None
-
-    def install(self) -> None:
-        state = self.state
-        if state.optimizer is None:
-            return  # without an optimizer a step is a backward pass: nothing to carry over
-        self.handles.append(state.optimizer.register_step_post_hook(self._post_step))
-        if any(is_lazy(p) for p in state.model.parameters()):
-
-            def after_first_forward(module: Any, args: Any, output: Any) -> None:
-                once.remove()
-                self._track()
-
-            once = state.model.register_forward_hook(after_first_forward)
-            self.handles.append(once)
-        else:
-            self._track()
-
-    @guarded
-    def _track(self) -> None:
-        # `optimizer.zero_grad()` resets only its own parameters: look at those alone
-        in_opt = {id(p) for group in self.state.optimizer.param_groups for p in group["params"]}
-        self.params = [
-            p
-            for p in self.state.model.parameters()
-            if p.requires_grad and not is_lazy(p) and id(p) in in_opt
-        ]
-        self.handles.extend(p.register_hook(self._on_grad) for p in self.params)
-
-    @hook(in_compiled=True)
-    def _on_grad(self, grad: torch.Tensor) -> None:
-        """The first parameter hook of a step's first backward pass: nothing added yet."""
-        state = self.state
-        if not state.sampled or self._task is not None:
-            return  # later hooks, and later (accumulating) backward passes of the step
-        self._task, self._step = torch._C._current_graph_task_id(), state.step
-        with torch.no_grad():
-            self._carried = _total_norm(self.params, grad.device)
-
-    @hook(in_compiled=True)
-    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        carried = self._carried
-        if carried is not None:
-            with torch.no_grad():
-                now = self._shared_norm(carried.device)
-                if now is None:
-                    now = _total_norm(self.params, carried.device)[0]
-                stats = torch.stack([carried[0], now, carried[1]])
-            self.state.deferred.add(self.state.tables["grad_carry"], [(self._step,)], stats[None])
-        self._task, self._carried = None, None
-
-    def _shared_norm(self, device: torch.device) -> torch.Tensor | None:
-        """The norm of all `.grad`s from the norms StepProbe took at this step, if it did:
-        the gradients are the same ones, and a norm of a large model costs a pass over
-        all of them."""
-        shared = self.state.grad_norms
-        # StepProbe's post-step hook, which runs first, has already advanced state.step
-        if shared is None or shared[0] != self._step:
-            return None
-        _, params, has_grad, norms = shared
-        if self._shared is None or self._shared[0] is not params:
-            where = {id(p): i for i, p in enumerate(params)}
-            idx = [where.get(id(p)) for p in self.params]
-            self._shared = (params, None if None in idx else idx)  # type: ignore[arg-type]
-        idx = self._shared[1]
-        if idx is None:
-            return None
-        if len(idx) != len(params):
-            has_grad = [has_grad[i] for i in idx]
-            norms = [norms[i] for i in idx]
-        present = [n for n, h in zip(norms, has_grad, strict=True) if h]
-        if not present:
-            return torch.zeros((), device=device)
-        if any(n.device != device for n in present):
-            return None
-        return torch.linalg.vector_norm(torch.stack(present))
-
-
-def _total_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """[norm of all `.grad`s together, share of parameters holding a non-zero one]."""
-    grads = [dense_values(p.grad) for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(2, device=device)
-    norms = float32_norms(grads)
-    if any(n.device != device for n in norms):
-        norms = [n.to(device) for n in norms]
-    norms_t = torch.stack(norms)
-    # the 2-norm of the norms is the norm of all together; the 0-norm counts non-zero ones
-    share = torch.linalg.vector_norm(norms_t, 0) / len(params)
-    return torch.stack([torch.linalg.vector_norm(norms_t), share])
