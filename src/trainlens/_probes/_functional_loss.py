@@ -50,8 +50,8 @@ from torch.nn import _reduction
 from torch.nn.modules.loss import _Loss
 
 from ._base import Probe
-from ._state import _SUSPENDED, Failure, compiling
-from ._tensors import dtype_names, shapes, tensor_leaves
+from ._state import _SUSPENDED, compiling
+from ._tensors import tensor_leaves
 
 #: `torch.nn.functional` loss -> the `nn` loss module computing the same thing
 LOSSES: dict[str, type[_Loss]] = {
@@ -118,16 +118,8 @@ class FunctionalLossProbe(Probe):
         if state.failure is not None and state.failure.exc_id == id(exc):
             return
         ins = tensor_leaves(spec.forward_args(args, kwargs))
-        state.failure = Failure(
-            exc_id=id(exc),
-            phase="loss",
-            module=spec.display,
-            module_type=spec.cls.__name__,
-            inputs=shapes(ins),
-            dtypes=dtype_names(ins),
-            path=[n for n, _ in state.call_stack] + [spec.display],
-            call=None,
-        )
+        path = [n for n, _ in state.call_stack] + [spec.display]
+        state.record_failure(exc, "loss", spec.display, spec.cls.__name__, ins, path)
 
     def warn_once(self, err: BaseException) -> None:
         if not self.stopped:  # off for the rest of the run; the drill names it

@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 
 from ._base import Probe, guarded
-from ._state import Failure, WatchState
-from ._tensors import dtype_names, shapes, tensor_leaves
+from ._state import WatchState
+from ._tensors import tensor_leaves
 
 #: losses that compare input and target element by element: their shapes must match
 ELEMENTWISE_LOSSES = (
@@ -129,19 +129,8 @@ class LossProbe(Probe):
     def _record_failure(
         self, exc: BaseException, name: str, module: nn.Module, args: tuple[Any, ...]
     ) -> None:
-        state = self.state
-        if state.failure is not None and state.failure.exc_id == id(exc):
-            return
-        ins = tensor_leaves(args)
-        state.failure = Failure(
-            exc_id=id(exc),
-            phase="loss",
-            module=name,
-            module_type=type(module).__name__,
-            inputs=shapes(ins),
-            dtypes=dtype_names(ins),
-            path=[name],
-            call=None,
+        self.state.record_failure(
+            exc, "loss", name, type(module).__name__, tensor_leaves(args), path=[name]
         )
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import Probe
-from ._state import Failure, WatchState
+from ._state import WatchState
 from ._tensors import (
     distinct,
     dtype_names,
@@ -239,20 +239,12 @@ class ModuleProbe(Probe):
         stack: list[tuple[str, int]],
     ) -> None:
         """The innermost module sees the exception first; outer modules keep its record."""
-        state = self.state
-        if state.failure is not None and state.failure.exc_id == id(exc):
-            return
+        if self.state.failure is not None and self.state.failure.exc_id == id(exc):
+            return  # cheap early out: the outer modules of a raising call see it again
         ins = tensor_leaves(args)
-        state.failure = Failure(
-            exc_id=id(exc),
-            phase="forward",
-            module=name,
-            module_type=type(module).__name__,
-            inputs=shapes(ins),
-            dtypes=dtype_names(ins),
-            path=[n for n, _ in stack] + [name],
-            call=call,
-            int_range=_int_range(ins),
+        path = [n for n, _ in stack] + [name]
+        self.state.record_failure(
+            exc, "forward", name, type(module).__name__, ins, path, call, _int_range(ins)
         )
 
 

@@ -195,6 +195,35 @@ class WatchState:
             if now >= self.stream_due and self.on_stream is not None:
                 self.on_stream(now)  # the run's records to disk, every few seconds
 
+    def record_failure(
+        self,
+        exc: BaseException,
+        phase: str,
+        module: str,
+        module_type: str,
+        inputs: list[torch.Tensor],
+        path: list[str],
+        call: int | None = None,
+        int_range: list[int] | None = None,
+    ) -> None:
+        """Where `exc` was first seen: the innermost hooked call sees it first; the calls it
+        unwinds through afterwards keep that record."""
+        if self.failure is not None and self.failure.exc_id == id(exc):
+            return
+        from ._tensors import dtype_names, shapes
+
+        self.failure = Failure(
+            exc_id=id(exc),
+            phase=phase,
+            module=module,
+            module_type=module_type,
+            inputs=shapes(inputs),
+            dtypes=dtype_names(inputs),
+            path=path,
+            call=call,
+            int_range=int_range,
+        )
+
     def event(self, kind: str, module: str | None, message: str, **data: Any) -> None:
         """Record a one-off observation; the same (kind, module, message) only once."""
         key = (kind, module, message)

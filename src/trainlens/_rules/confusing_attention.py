@@ -129,7 +129,14 @@ def _saturated(df: pd.DataFrame, catalogue: Catalogue) -> dict[str, Any] | None:
     sharp = (heads["entropy_norm"] < catalogue.threshold(SYMPTOM, "saturated_entropy", cause)) & (
         heads["max_weight"] > catalogue.threshold(SYMPTOM, "saturated_max_weight", cause)
     )
-    if sharp.mean() < catalogue.threshold(SYMPTOM, "saturated_head_frac", cause):
+    return _sharp_heads(df, heads, sharp, first_step, catalogue)
+
+
+def _sharp_heads(
+    df: pd.DataFrame, heads: pd.DataFrame, sharp: pd.Series, first_step: int, catalogue: Catalogue
+) -> dict[str, Any] | None:
+    """The numbers of a saturated layer, when enough of its heads are sharp from the start."""
+    if sharp.mean() < catalogue.threshold(SYMPTOM, "saturated_head_frac", "attention_saturated"):
         return None
     last_step = int(df["step"].max())
     last = _per_head(df[df["step"] == last_step])
@@ -161,20 +168,8 @@ def _saturated_by_scale(
     heads = _per_head(df[df["step"] == first_step])
     limit = catalogue.threshold(SYMPTOM, "saturated_entropy_overscaled", cause)
     sharp = heads["entropy_norm"] < limit
-    if sharp.mean() < catalogue.threshold(SYMPTOM, "saturated_head_frac", cause):
-        return None
-    last_step = int(df["step"].max())
-    last = _per_head(df[df["step"] == last_step])
-    return {
-        "step": first_step,
-        "heads": len(heads),
-        "sharp_heads": int(sharp.sum()),
-        "entropy": float(heads.loc[sharp, "entropy_norm"].mean()),
-        "max_weight": float(heads.loc[sharp, "max_weight"].mean()),
-        "last_step": last_step,
-        "last_entropy": float(last["entropy_norm"].mean()),
-        "overscaled": True,
-    }
+    found = _sharp_heads(df, heads, sharp, first_step, catalogue)
+    return None if found is None else {**found, "overscaled": True}
 
 
 def _saturated_finding(
