@@ -77,5 +77,7 @@ def test_distribution_name_is_ours_in_pyproject_and_readme():
     readme = (ROOT / "README.md").read_text()
     installs = [line for line in readme.splitlines() if line.lstrip().startswith("pip install")]
     assert installs, "the README says how to install"
-    for line in installs:
-        assert "trainlens-debugger" in line, line
+    for line in installs:  # this project (by name or from the checkout), never `trainlens`
+        target = line.split()[2].strip('"')
+        assert target.startswith((".", "trainlens-debugger")), line
+    assert "trainlens-debugger" in readme
