@@ -40,8 +40,9 @@ browser:
 					&& apt-get install -y -q chromium >/dev/null 2>&1; }; }; } \
 		|| echo "no Chromium here (not root, or no apt-get): the drill.html browser test will skip"
 
+# one pytest worker per core (pytest-xdist): every test makes its own files and ports
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 clean:
 	rm -rf $(VENV) trainlens-runs .pytest_cache build dist
