@@ -15,6 +15,7 @@ EXPECT = {
     "module": "blocks.0.attn",
 }
 SCALE = "inverted"  # the planted bug; "sqrt" is the healthy twin
+ZERO_QK = False  # True: gpt_manual_attention_zero_qk
 
 
 class CausalSelfAttention(nn.Module):
@@ -88,6 +89,12 @@ def main(run_dir):
         data[i] = (data[i - 2] + 1) % 16
     data[torch.rand(len(data), generator=g) < 0.1] = 0
     model = GPT()
+    if ZERO_QK:
+        with torch.no_grad():
+            for block in model.blocks:
+                n = block.attn.n_embd
+                block.attn.c_attn.weight[: 2 * n].zero_()
+                block.attn.c_attn.bias[: 2 * n].zero_()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True) as lens:
         for _ in range(STEPS):
