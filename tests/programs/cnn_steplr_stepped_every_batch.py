@@ -26,15 +26,19 @@ class SmallCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def main(run_dir):
-    torch.manual_seed(0)
-    N = 320
+def quadrant_images(N=320):
     # a bright 4x4 patch in one quadrant of a noisy 8x8 image: the label is the quadrant
     labels = torch.randint(0, 4, (N,))
     images = 0.5 * torch.randn(N, 1, 8, 8)
     for i, q in enumerate(labels.tolist()):
         r, c = 4 * (q // 2), 4 * (q % 2)
         images[i, 0, r : r + 4, c : c + 4] += 1.0
+    return images, labels
+
+
+def main(run_dir):
+    torch.manual_seed(0)
+    images, labels = quadrant_images()
     loader = [(images[i : i + 16], labels[i : i + 16]) for i in range(0, len(images), 16)]
     model = SmallCNN()
     criterion = nn.CrossEntropyLoss()

@@ -1,11 +1,11 @@
 """Healthy twin of gpt_warmup_never_ends: nanoGPT's loop shape with a warm-up that ends,
 cosine decay, and gradient accumulation (loss / k, zero_grad(set_to_none=True) after the step)."""
 
-import math
+import importlib.util
+from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import trainlens
 
@@ -18,35 +18,16 @@ lr_decay_iters = max_iters
 gradient_accumulation_steps = 4
 
 
-class TinyLM(nn.Module):
-    def __init__(self, n_embd=32):
-        super().__init__()
-        self.wte = nn.Embedding(vocab, n_embd)
-        self.wpe = nn.Embedding(block_size, n_embd)
-        self.mlp = nn.Sequential(
-            nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd)
-        )
-        self.ln_f = nn.LayerNorm(n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab, bias=False)
-
-    def forward(self, idx, targets=None):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1)))
-        x = x + self.mlp(x)
-        logits = self.lm_head(self.ln_f(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
-
-
-def get_lr(it):
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-    return min_lr + coeff * (learning_rate - min_lr)
+# the model and `get_lr(it)` are the bug program's, read with this run's settings
+_path = Path(__file__).with_name("gpt_warmup_never_ends.py")
+_spec = importlib.util.spec_from_file_location("_gpt_warmup_twin", _path)
+assert _spec is not None and _spec.loader is not None
+_twin = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_twin)
+_twin.block_size, _twin.vocab = block_size, vocab
+_twin.learning_rate, _twin.min_lr = learning_rate, min_lr
+_twin.warmup_iters, _twin.lr_decay_iters = warmup_iters, lr_decay_iters
+TinyLM, get_lr = _twin.TinyLM, _twin.get_lr
 
 
 def main(run_dir):

@@ -1,28 +1,19 @@
 """Healthy: CosineAnnealingLR to eta_min=0 over the epochs, stepped per epoch; the lr is
 ~0 at the very end, after the loss has fallen."""
 
-import torch
-from torch import nn
+from __future__ import annotations
 
-import trainlens
+import importlib.util
+from pathlib import Path
 
 EXPECT = None
 
 
-def main(run_dir):
-    torch.manual_seed(0)
-    x = torch.randn(384, 12)
-    y = (x @ torch.randn(12, 3)).argmax(1)
-    loader = [(x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)]
-    model = nn.Sequential(nn.Linear(12, 48), nn.ReLU(), nn.Linear(48, 3))
-    epochs = 6
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - 1, eta_min=0.0)
-    loss_fn = nn.CrossEntropyLoss()
-    with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        for _epoch in range(epochs):
-            for xb, yb in loader:
-                optimizer.zero_grad()
-                loss_fn(model(xb), yb).backward()
-                optimizer.step()
-            scheduler.step()
+def main(run_dir) -> None:
+    path = Path(__file__).with_name("mlp_onecycle_per_batch.py")
+    spec = importlib.util.spec_from_file_location("_mlp_cosine_annealing_per_epoch_twin", path)
+    assert spec is not None and spec.loader is not None
+    program = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(program)
+    program.PER_BATCH = False
+    program.main(run_dir)

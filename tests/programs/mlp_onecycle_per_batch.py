@@ -7,6 +7,7 @@ from torch import nn
 import trainlens
 
 EXPECT = None
+PER_BATCH = True  # False: mlp_cosine_annealing_per_epoch's CosineAnnealingLR, per epoch
 
 
 def main(run_dir):
@@ -17,9 +18,14 @@ def main(run_dir):
     model = nn.Sequential(nn.Linear(12, 48), nn.ReLU(), nn.Linear(48, 3))
     epochs = 6
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=0.2, epochs=epochs, steps_per_epoch=len(loader)
-    )
+    if PER_BATCH:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=0.2, epochs=epochs, steps_per_epoch=len(loader)
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=epochs - 1, eta_min=0.0
+        )
     loss_fn = nn.CrossEntropyLoss()
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
         for _epoch in range(epochs):
@@ -27,4 +33,7 @@ def main(run_dir):
                 optimizer.zero_grad()
                 loss_fn(model(xb), yb).backward()
                 optimizer.step()
+                if PER_BATCH:
+                    scheduler.step()
+            if not PER_BATCH:
                 scheduler.step()
