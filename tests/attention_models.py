@@ -100,6 +100,17 @@ class EncoderClassifier(nn.Module):
         return self.out((h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True))
 
 
+def run_loop(loop, model: nn.Module, opt, run_dir: Path | None, watch: bool):
+    """`loop(lens)` under `trainlens.watch` (`lens` is None with `watch=False`): the lens or
+    None. The train_* helpers here and in manual_attention_models.py share it."""
+    if not watch:
+        loop(None)
+        return None
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        loop(lens)
+    return lens
+
+
 def train_gpt(model: nn.Module, run_dir: Path | None, *, steps: int = 60, watch: bool = True,
               data=None, lr: float = 3e-3):  # fmt: skip
     """Adam on the copy task; `watch=False` runs the same loop unwatched."""
@@ -107,7 +118,7 @@ def train_gpt(model: nn.Module, run_dir: Path | None, *, steps: int = 60, watch:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
 
-    def loop() -> None:
+    def loop(lens) -> None:
         for s in range(steps):
             i = (s * 16) % len(x)
             logits = model(x[i : i + 16])
@@ -116,12 +127,7 @@ def train_gpt(model: nn.Module, run_dir: Path | None, *, steps: int = 60, watch:
             loss.backward()
             opt.step()
 
-    if not watch:
-        loop()
-        return None
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        loop()
-    return lens
+    return run_loop(loop, model, opt, run_dir, watch)
 
 
 def train_encoder(model: nn.Module, run_dir: Path | None, *, steps: int = 60,
@@ -130,7 +136,7 @@ def train_encoder(model: nn.Module, run_dir: Path | None, *, steps: int = 60,
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
 
-    def loop() -> None:
+    def loop(lens) -> None:
         for s in range(steps):
             i = (s * 16) % len(ids)
             model.train()
@@ -139,9 +145,4 @@ def train_encoder(model: nn.Module, run_dir: Path | None, *, steps: int = 60,
             loss.backward()
             opt.step()
 
-    if not watch:
-        loop()
-        return None
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        loop()
-    return lens
+    return run_loop(loop, model, opt, run_dir, watch)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import trainlens
+from attention_models import run_loop
 
 VOCAB, BLOCK = 16, 16
 
@@ -113,7 +114,7 @@ def train_gpt(model: nn.Module, run_dir: Path | None, *, steps: int = 60, lr: fl
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     crit = nn.CrossEntropyLoss()
 
-    def loop() -> None:
+    def loop(lens) -> None:
         for s in range(steps):
             i = (s * batch) % len(x)
             logits, _ = model(x[i : i + batch])
@@ -122,12 +123,7 @@ def train_gpt(model: nn.Module, run_dir: Path | None, *, steps: int = 60, lr: fl
             loss.backward()
             opt.step()
 
-    if not watch:
-        loop()
-        return None
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        loop()
-    return lens
+    return run_loop(loop, model, opt, run_dir, watch)
 
 
 # --- annotated-transformer ---------------------------------------------------------------
@@ -217,25 +213,20 @@ def train_encoder(model: nn.Module, run_dir: Path | None, *, steps: int = 60,
     src, tgt = tagging_batches()
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-9)
 
-    def loop() -> None:
+    def loop(lens) -> None:
         for s in range(steps):
             i = (s * 16) % len(src)
             s_b, t_b = src[i : i + 16], tgt[i : i + 16]
             src_mask = (s_b != 0).unsqueeze(-2)  # [B, 1, S]
             out = model(s_b, src_mask)
             loss = F.cross_entropy(out.reshape(-1, out.size(-1)), t_b.reshape(-1))
-            if watch:
+            if lens is not None:
                 lens.log_loss(loss)
             opt.zero_grad()
             loss.backward()
             opt.step()
 
-    if not watch:
-        loop()
-        return None
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        loop()
-    return lens
+    return run_loop(loop, model, opt, run_dir, watch)
 
 
 # --- softmaxes that are not attention ----------------------------------------------------
