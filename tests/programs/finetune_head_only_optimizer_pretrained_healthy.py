@@ -19,7 +19,7 @@ EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("finetune_frozen_pretrained_backbone.py")
+    path = Path(__file__).with_name("finetune_frozen_fresh_backbone.py")
     spec = importlib.util.spec_from_file_location("_pretrained_backbone", path)
     assert spec is not None and spec.loader is not None
     base = importlib.util.module_from_spec(spec)
@@ -27,7 +27,7 @@ def main(run_dir) -> None:
     torch.manual_seed(0)
     loader = DataLoader(base.dataset(), batch_size=32, shuffle=False)
     model = base.FineTuneModel()
-    base.pretrain(model, loader, base.PRETRAIN_STEPS)
+    base.pretrain(model, loader, 150)  # as finetune_frozen_pretrained_backbone does
     model.classifier = nn.Linear(128, 4)  # a new head for the downstream task
     optimizer = torch.optim.AdamW(model.classifier.parameters(), lr=3e-3, weight_decay=0.01)
     criterion = nn.CrossEntropyLoss()
