@@ -18,33 +18,27 @@ lr_decay_iters = max_iters
 gradient_accumulation_steps = 4
 
 
-# the model and `get_lr(it)` are the bug program's, read with this run's settings
+# the model, `get_lr(it)` and `get_batch` are the bug program's, read with this run's settings
 _path = Path(__file__).with_name("gpt_warmup_never_ends.py")
 _spec = importlib.util.spec_from_file_location("_gpt_warmup_twin", _path)
 assert _spec is not None and _spec.loader is not None
 _twin = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_twin)
-_twin.block_size, _twin.vocab = block_size, vocab
+_twin.block_size, _twin.batch_size, _twin.vocab = block_size, batch_size, vocab
 _twin.learning_rate, _twin.min_lr = learning_rate, min_lr
 _twin.warmup_iters, _twin.lr_decay_iters = warmup_iters, lr_decay_iters
-TinyLM, get_lr = _twin.TinyLM, _twin.get_lr
+TinyLM, get_lr, get_batch = _twin.TinyLM, _twin.get_lr, _twin.get_batch
 
 
 def main(run_dir):
     torch.manual_seed(0)
     data = torch.tensor([(3 * i) % vocab for i in range(4000)])
 
-    def get_batch():
-        ix = torch.randint(len(data) - block_size, (batch_size,))
-        x = torch.stack([data[i : i + block_size] for i in ix])
-        y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix])
-        return x, y
-
     model = TinyLM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
     criterion = nn.CrossEntropyLoss()
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
-        X, Y = get_batch()
+        X, Y = get_batch(data)
         for it in range(max_iters):
             for param_group in optimizer.param_groups:
                 param_group["lr"] = get_lr(it)
@@ -52,7 +46,7 @@ def main(run_dir):
                 logits, _ = model(X)
                 loss = criterion(logits.view(-1, vocab), Y.view(-1))
                 loss = loss / gradient_accumulation_steps
-                X, Y = get_batch()
+                X, Y = get_batch(data)
                 loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

@@ -53,16 +53,17 @@ def get_lr(it):
     return min_lr + coeff * (learning_rate - min_lr)
 
 
+def get_batch(data):
+    ix = torch.randint(len(data) - block_size, (batch_size,))
+    x = torch.stack([data[i : i + block_size] for i in ix])
+    y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix])
+    return x, y
+
+
 def main(run_dir):
     torch.manual_seed(0)
     data = torch.tensor([i % vocab for i in range(4000)])
     data = (data + torch.randint(0, 2, (4000,))) % vocab
-
-    def get_batch():
-        ix = torch.randint(len(data) - block_size, (batch_size,))
-        x = torch.stack([data[i : i + block_size] for i in ix])
-        y = torch.stack([data[i + 1 : i + 1 + block_size] for i in ix])
-        return x, y
 
     model = TinyLM()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.1)
@@ -72,7 +73,7 @@ def main(run_dir):
             lr = get_lr(it)
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr
-            X, Y = get_batch()
+            X, Y = get_batch(data)
             logits, _ = model(X)
             loss = criterion(logits.view(-1, vocab), Y.view(-1))
             loss.backward()
