@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jsonschema
@@ -12,6 +13,12 @@ import torch
 from trainlens._resources import schema_path
 
 _VALIDATOR = jsonschema.Draft202012Validator(json.loads(schema_path().read_text()))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one worker per core already fills the machine: torch's own threads (and those of the
+    # programs tests start) would only fight over the same cores
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)
