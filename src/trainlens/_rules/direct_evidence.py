@@ -424,7 +424,7 @@ OVERFIT_CHECKS: tuple[tuple[str, str], ...] = (
     ("_lr_too_low", "updates too small against the weights"),
     ("_unnormalized_input", "inputs far from unit scale"),
 )
-#: checked by their own rules on every run (initial_loss.py, shape_mismatch.py)
+#: checked by their own rules on every run (_initial_loss.py via flat_loss, shape_mismatch.py)
 OVERFIT_ALSO_RULED_OUT = (
     "a loss at initialisation far from a uniform guess",
     "samples of the batch mixing",
