@@ -65,3 +65,15 @@ def test_a_consequence_in_another_symptom_names_its_root(tmp_path):
     for f in drill["findings"]:
         if f["severity"] == "warning":
             assert "likely a consequence of zero_grad_missing" in f["likely_causes"][0]["evidence"]
+
+
+def test_a_model_that_never_moves_gets_no_divergence_blamed_on_its_lr(tmp_path):
+    # gradients cleared between backward() and step(): the weights never change, so the
+    # loss swings only with the batches; that is no lr_too_high
+    name = "mlp_zero_grad_between_backward_and_step.py"
+    program = load_program(ROOT / "tests" / "programs" / name)
+    program.main(tmp_path / "run")
+    drill = json.loads((tmp_path / "run" / "drill.json").read_text())
+    assert [(f["symptom"], f["likely_cause"]) for f in drill["findings"]] == [
+        ("flat_loss", "optimizer_not_stepping")
+    ]

@@ -229,6 +229,10 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         return []
     onset = _first_above(loss.iloc[low:], max(start, best) * t("rise_ratio"))
     dyn = dynamics(records, onset=onset)
+    if dyn is None and oscillates and not (rose or rebound):
+        # swings with no recorded update to blame (the weights never moved, e.g. gradients
+        # cleared before `step()`): batch-to-batch noise of a fixed model, not a lr too high
+        return []
     loss_fields = dict(loss_start=num(start), loss_end=num(end))
     if rose:
         how = f"train loss rose from {num(start)} to {num(end)} (median of the last {k} steps)"
