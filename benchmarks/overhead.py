@@ -1,5 +1,5 @@
 """Per-step cost of trainlens.watch against a plain loop and against the hook floor,
-in both phases of a run: its first 100 steps (every step sampled) and the steady state.
+in both phases of a run: its first 100 steps and the steady state.
 
     python benchmarks/overhead.py            # all workloads, prints a table, writes JSON
     python benchmarks/overhead.py --quick    # fewer repetitions
@@ -12,20 +12,23 @@ every repetition) so machine noise hits all of them alike:
 - `floor`: a no-op forward pre- and post-hook on every module and a no-op optimizer step
   hook: what any hook-based tool pays at least;
 - `watch`: trainlens with its defaults (`sample_every=20`), in steady state;
-- `dense`: trainlens while every step is sampled, as in a run's first 100 steps (the
-  first-batch checks, once a run, are left out as in `watch`).
+- `dense`: trainlens in a run's first 100 steps, with its defaults: the step count
+  goes back to 0 every 100 steps, so every chunk times steps 0-99 of a default run, with
+  its sampling schedule (every step of the first 10, then thinning out; see
+  `Sampling`). The first-batch checks, once a run, are left out as in `watch`.
 
 Both phases are checked against their own target (`WORKLOADS`); the table prints the
 hook floor beside them.
 
-A watched run samples every step of its first 100, then one in `sample_every`. To time
-the steady state without paying 100 dense steps per repetition (the transformer takes a
-second a step on a busy machine), each `watch` chunk enters `trainlens.watch` with its
-defaults and continues the step count where the workload's previous `watch` chunk left
-it, starting at step 100: the chunks together are steps 100, 101, ... of one default run,
-with its sampled steps (one in 20) and read-backs (one in 50) where that run has them,
-whatever a chunk's length. Leaving a block (rules, drill) is not timed: it happens once
-per run, not per step (see benchmarks/memory.py).
+A watched run samples every step of its first 10, then ever fewer, down to one in
+`sample_every` from step 160. To time the steady state without paying the first steps
+per repetition (the transformer takes a second a step on a busy machine), each `watch`
+chunk enters `trainlens.watch` with its defaults and continues the step count where the
+workload's previous `watch` chunk left it, starting at step 160: the chunks together are
+steps 160, 161, ... of one default run, with its sampled steps (one in 20) and read-
+backs (one in 50) where that run has them, whatever a chunk's length. Leaving a block
+(rules, drill) is not timed: it happens once per run, not per step (see
+benchmarks/memory.py).
 
 Per mode and repetition both wall time and process CPU time are taken. With one thread
 (`torch.set_num_threads(1)`, as the targets are stated) CPU time is the work the step
@@ -159,11 +162,33 @@ class _Watch:
 
     counter = 0
 
-    def __init__(self, model, opt, tmp: Path, sampling: Sampling, next_step: list[int]):
+    def __init__(
+        self,
+        model,
+        opt,
+        tmp: Path,
+        sampling: Sampling,
+        next_step: list[int],
+        wrap: int | None = None,
+    ):
         self.model, self.opt, self.tmp = model, opt, tmp
-        self.sampling, self.next_step = sampling, next_step
+        self.sampling, self.next_step, self.wrap = sampling, next_step, wrap
 
-    def __enter__(self) -> None:
+    def steps(self, step: Step) -> Step:
+        """`step`, with the run's step count going back to 0 every `wrap` steps."""
+        if self.wrap is None:
+            return step
+        state, wrap = self.state, self.wrap
+
+        def wrapped() -> None:
+            if state.step >= wrap:
+                state.step = 0
+                state.sampled = True
+            step()
+
+        return wrapped
+
+    def __enter__(self) -> _Watch:
         _Watch.counter += 1
         run_dir = self.tmp / f"run-{_Watch.counter}"
         self.lens = trainlens.watch(self.model, self.opt, run_dir=run_dir, quiet=True)
@@ -177,6 +202,7 @@ class _Watch:
         for probe in self.lens._probes:
             if getattr(probe, "once", False):
                 probe.retire()
+        return self
 
     def __exit__(self, *exc) -> None:
         self.next_step[0] = self.state.step
@@ -195,25 +221,25 @@ def _chunk(step: Step, n: int) -> tuple[float, float]:
 
 def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
     model, opt, step = _workload(name)
-    watch_steps, dense_steps = [Sampling().dense_steps], [Sampling().dense_steps]
+    watch_steps, first_steps = [160], [0]
     for _ in range(max(20, steps)):
         step()  # warm-up: allocator, kernels, lazy init
     contexts = {
         "plain": lambda: _Plain(),
         "floor": lambda: _Floor(model, opt),
-        # steady state: step 100 onwards of a default run; dense: every step sampled
+        # steady state: step 160 onwards of a default run; dense: its steps 0-99
         "watch": lambda: _Watch(model, opt, tmp, Sampling(), watch_steps),
-        "dense": lambda: _Watch(model, opt, tmp, Sampling(every=1), dense_steps),
+        "dense": lambda: _Watch(model, opt, tmp, Sampling(), first_steps, wrap=100),
     }
     for mode in MODES:  # one untimed chunk each: first-call costs out of the way
-        with contexts[mode]():
-            _chunk(step, min(steps, 10))
+        with contexts[mode]() as ctx:
+            _chunk(ctx.steps(step) if ctx else step, min(steps, 10))
     times: dict[str, dict[str, list[float]]] = {m: {"wall": [], "cpu": []} for m in MODES}
     for rep in range(reps):
         order = MODES[rep % len(MODES) :] + MODES[: rep % len(MODES)]
         for mode in order:
-            with contexts[mode]():
-                wall, cpu = _chunk(step, steps)
+            with contexts[mode]() as ctx:
+                wall, cpu = _chunk(ctx.steps(step) if ctx else step, steps)
             times[mode]["wall"].append(wall)
             times[mode]["cpu"].append(cpu)
     out: dict = {"steps_per_chunk": steps, "reps": reps}

@@ -85,7 +85,7 @@ def test_a_learning_rate_of_zero_is_optimizer_not_stepping_with_the_lr(run_dir):
     f = flat_finding(lens, run_dir)
     assert ranked(f)[0] == "optimizer_not_stepping"
     assert "lr_too_low" not in ranked(f)  # nothing moved at all: not a small step
-    assert "never changed over 40 sampled steps" in f["likely_causes"][0]["evidence"]
+    assert re.search(r"never changed over \d+ sampled steps", f["likely_causes"][0]["evidence"])
     assert "lr is 0" in f["likely_causes"][0]["evidence"]
 
 

@@ -79,7 +79,7 @@ def _reads_per_step(make_model, data, watched: bool, steps: int, tmp_path) -> li
     ids=["mlp", "cnn", "transformer"],
 )
 def test_no_value_is_read_back_per_step(make_model, data, tmp_path):
-    # 100 dense steps, then sampled steps (every 20) and read-backs (every 50) in steady state
+    # the first steps sampled, thinning out to one in 20, and read-backs (every 50)
     steps = 125
     plain = _reads_per_step(make_model, data, False, steps, tmp_path)
     watched = _reads_per_step(make_model, data, True, steps, tmp_path)

@@ -186,10 +186,10 @@ def test_grad_scaler_skipping_a_few_overflowing_steps_stays_clean(run_dir):
 
 
 def test_a_nan_on_a_step_that_was_not_sampled_names_the_step_and_how_to_look(run_dir):
-    model = nn.Sequential(nn.Linear(8, 16), LogOfZeroAt(112), nn.Linear(16, 3))
-    run(model, run_dir, steps=115, sample_every=1000)  # dense for 100 steps, then sparse
+    model = nn.Sequential(nn.Linear(8, 16), LogOfZeroAt(113), nn.Linear(16, 3))
+    run(model, run_dir, steps=116, sample_every=1000)  # step 113 is not sampled
     f = finding(run_dir)
-    assert (f["likely_cause"], f["step"]) == ("numerical_instability", 112)
+    assert (f["likely_cause"], f["step"]) == ("numerical_instability", 113)
     assert "not a sampled step" in f["likely_causes"][0]["evidence"]
     assert "sample_every=1" in f["first_check"]
 

@@ -202,11 +202,16 @@ def test_sampling_thins_out_costly_statistics_after_the_dense_steps(run_dir):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x, y = torch.randn(4, 2), torch.randn(4, 1)
     with trainlens.watch(model, opt, run_dir=run_dir, quiet=True, sample_every=25) as lens:
-        for _ in range(160):
+        for _ in range(260):
             loss = nn.MSELoss()(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
     steps = sorted(set(lens.records.params["step"]))
-    assert steps == [*range(100), 100, 125, 150]
-    assert len(lens.records.losses) == 160  # the loss is cheap: every step
+    # every step of the first 10, then every 2nd, 4th, 8th, 16th as the run doubles, then
+    # one in sample_every
+    assert steps == [
+        *range(10), *range(10, 20, 2), *range(20, 40, 4), *range(40, 80, 8),
+        *range(80, 160, 16), *range(175, 260, 25),
+    ]  # fmt: skip
+    assert len(lens.records.losses) == 260  # the loss is cheap: every step

@@ -316,7 +316,7 @@ class Deferred:
 
     def add(self, table: Table, prefixes: list[tuple[Any, ...]], values: torch.Tensor) -> None:
         """`values` is `[len(prefixes), k]`: row i is `prefixes[i] + values[i]`."""
-        self._items.append((table, prefixes, values.detach()))
+        self._items.append((table, prefixes, values.detach() if values.requires_grad else values))
 
     def __len__(self) -> int:
         return len(self._items)

@@ -53,8 +53,8 @@ def watch(
 
     Use as a context manager. Leaving the block runs the rules and writes the drill to
     `run_dir` (default `./trainlens-runs/<run_id>`); an exception raised in the block is
-    re-raised unchanged after that. `sample_every` sets how often, after the first 100
-    steps, the costlier statistics are taken. `plugins` adds rule or report plugins
+    re-raised unchanged after that. `sample_every` sets how often, once the run's first
+    steps are past, the costlier statistics are taken. `plugins` adds rule or report plugins
     without entry points. `quiet` silences the one-line summary printed on exit.
     `checkpoint=True` (or `"best"`) keeps the last good weights as `checkpoint.pt` in
     `run_dir`: those of the best validation loss, else the last with a finite loss.

@@ -35,8 +35,10 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
+import torch
 from torch import nn
 from torch.nn.modules.loss import _Loss
+from torch.nn.parameter import is_lazy
 
 from ._state import _ANY_SUSPENDED, _LOCAL, WatchState, compiling
 
@@ -304,6 +306,87 @@ class ForwardDispatch:
                         probe.stop(err, "loss hook")
 
 
+class BackwardDispatch:
+    """One gradient hook per trainable parameter for all the probes of a run, calling
+    subscribers once per backward pass, at its first parameter gradient (before any of
+    them is accumulated into `.grad`).
+
+    A per-parameter hook runs for every parameter of every backward pass: a model of
+    10 000 small tensors pays for each Python call made there. So the hook is one lean
+    closure (a graph-task comparison) and only the first gradient of a pass calls the
+    probes, behind the guard. Lazy parameters get their hooks after the first forward.
+    """
+
+    def __init__(self, state: WatchState):
+        self.state = state
+        self._subs: list[tuple[Probe, Callable[[Any], None]]] = []
+        self._handles: list[Any] = []
+        self.params: list[nn.Parameter] = []
+
+    def first_grad(self, probe: Probe, fn: Callable[[Any], None]) -> None:
+        """`fn(grad)` at the first parameter gradient of each backward pass."""
+        if not self._handles:
+            self._install()
+        item = (probe, fn)
+        self._subs = [*self._subs, item]
+        probe.handles.append(_Removal(lambda: self._unsubscribe(item)))
+
+    def _unsubscribe(self, item: Any) -> None:
+        self._subs = [x for x in self._subs if x is not item]  # copy on write
+
+    def remove(self) -> None:
+        remove_all(self._handles)
+
+    def _install(self) -> None:
+        model = self.state.model
+        if any(is_lazy(p) for p in model.parameters()):
+            # lazy layers get their parameters in the first forward: hook them after it
+            def after_first_forward(module: Any, args: Any, output: Any) -> None:
+                once.remove()
+                self._hook_params()
+
+            once = model.register_forward_hook(after_first_forward)
+            self._handles.append(once)
+        else:
+            self._hook_params()
+
+    def _hook_params(self) -> None:
+        self.params = [
+            p for p in self.state.model.parameters() if p.requires_grad and not is_lazy(p)
+        ]
+        current_task = torch._C._current_graph_task_id
+        last = [-1]
+        first = self._first
+
+        def on_grad(grad: Any) -> None:
+            task = current_task()
+            if task != last[0]:
+                last[0] = task
+                first(grad)
+
+        self._handles.extend(p.register_hook(on_grad) for p in self.params)
+
+    def _first(self, grad: Any) -> None:
+        if _ANY_SUSPENDED[0] and _LOCAL.suspended:
+            return
+        for probe, fn in self._subs:
+            if not probe.stopped:
+                try:
+                    fn(grad)
+                except Exception as err:
+                    probe.stop(err, "gradient hook")
+
+
+class _Removal:
+    def __init__(self, undo: Callable[[], None]):
+        self._undo: Callable[[], None] | None = undo
+
+    def remove(self) -> None:
+        undo, self._undo = self._undo, None
+        if undo is not None:
+            undo()
+
+
 # --- the probes of one run --------------------------------------------------------------
 class _RecursionRoom:
     """Raise the recursion limit by the frames the hooks add to the deepest model call.
@@ -361,6 +444,10 @@ class ProbeSet:
             state.forwards = forwards
             stack.callback(setattr, state, "forwards", None)  # no cycle outlives the block
             stack.callback(forwards.remove)
+            backwards = BackwardDispatch(state)
+            state.backwards = backwards
+            stack.callback(setattr, state, "backwards", None)
+            stack.callback(backwards.remove)
             stack.enter_context(_RecursionRoom(state.model))
             probes: list[Probe] = []
             for probe_cls in probe_classes:

@@ -25,7 +25,7 @@ class GradCarryProbe(Probe):
     def __init__(self, state: WatchState):
         super().__init__(state)
         self.params: list[torch.Tensor] = []
-        self._task: int | None = None
+        self._task: bool | None = None
         self._step = -1
         self._carried: torch.Tensor | None = None
         # positions of self.params in the StepProbe's parameter list (found once)
@@ -36,6 +36,7 @@ class GradCarryProbe(Probe):
         if state.optimizer is None:
             return  # without an optimizer a step is a backward pass: nothing to carry over
         self.handles.append(state.optimizer.register_step_post_hook(self._post_step))
+        state.backwards.first_grad(self, self._on_grad)
         if any(is_lazy(p) for p in state.model.parameters()):
 
             def after_first_forward(module: Any, args: Any, output: Any) -> None:
@@ -56,15 +57,13 @@ class GradCarryProbe(Probe):
             for p in self.state.model.parameters()
             if p.requires_grad and not is_lazy(p) and id(p) in in_opt
         ]
-        self.handles.extend(p.register_hook(self._on_grad) for p in self.params)
 
-    @hook(in_compiled=True)
     def _on_grad(self, grad: torch.Tensor) -> None:
-        """The first parameter hook of a step's first backward pass: nothing added yet."""
+        """The first parameter gradient of a step's first backward pass: nothing added yet."""
         state = self.state
         if not state.sampled or self._task is not None:
-            return  # later hooks, and later (accumulating) backward passes of the step
-        self._task, self._step = torch._C._current_graph_task_id(), state.step
+            return  # later (accumulating) backward passes of the step
+        self._task, self._step = True, state.step
         with torch.no_grad():
             self._carried = _total_norm(self.params, grad.device)
 

@@ -39,7 +39,9 @@ def loss_name(state: WatchState, module: nn.Module) -> str:
     A functional loss (`_functional_loss.py`) is shown as a stand-in module named after
     the function it stands for (`F.cross_entropy`).
     """
-    functional = getattr(module, "_trainlens_name", None)
+    # the instance dict: a missing attribute through `nn.Module.__getattr__` costs an
+    # exception, a few microseconds on every step
+    functional = module.__dict__.get("_trainlens_name")
     if functional is not None:
         return functional
     return state.module_names.get(id(module), type(module).__name__)
@@ -52,6 +54,7 @@ class LossProbe(Probe):
         super().__init__(state)
         self._checked: set[tuple[int, Any, Any]] = set()
         self.count = 0  # losses logged so far (integrations log a loss only if none came)
+        self._recent: list[tuple[int, torch.Tensor]] = []
 
     def install(self) -> None:
         # every loss module of the run's threads, also when its forward raises
@@ -60,29 +63,28 @@ class LossProbe(Probe):
     @guarded
     def log(self, loss: torch.Tensor | float, split: str | None, source: str) -> None:
         state = self.state
-        if source == "log_loss" and _seen_already(getattr(self, "_recent", ()), state.step, loss):
-            return  # `lens.log_loss(F.cross_entropy(...))`: captured already, once is enough
-        if source != "log_loss":
-            # the losses captured this step, so that logging one by hand does not double it
-            recent = getattr(self, "_recent", None)
-            if recent is None or (recent and recent[0][0] != state.step):
-                recent = self._recent = []
-            if len(recent) < 8 and isinstance(loss, torch.Tensor):
-                recent.append((state.step, loss.detach()))
+        step = state.step
+        recent = self._recent  # the losses captured this step, so logging one by hand
+        if recent and recent[0][0] != step:  # does not double it
+            recent.clear()
+        is_tensor = isinstance(loss, torch.Tensor)
+        value = loss.detach() if is_tensor else None
+        if source == "log_loss":
+            if _seen_already(recent, step, loss):
+                return  # `lens.log_loss(F.cross_entropy(...))`: captured already, once is enough
+        elif is_tensor and len(recent) < 8:
+            recent.append((step, value))
         self.count += 1
         split = split or state.split()
-        if isinstance(loss, torch.Tensor):
-            value = loss.detach()
-            if value.numel() != 1:
-                value = value.float().mean()
-        else:
+        if value is None:
             value = torch.tensor(float(loss))
+        elif value.numel() != 1:
+            value = value.float().mean()
         # always deferred, so rows stay in the order the losses were seen
-        state.deferred.add(
-            state.tables["losses"], [(state.step, split, source)], value.reshape(1, 1)
-        )
-        for listener in tuple(state.loss_listeners.values()):
-            listener(split, value)
+        state.deferred.add(state.tables["losses"], [(step, split, source)], value.reshape(1, 1))
+        if state.loss_listeners:
+            for listener in tuple(state.loss_listeners.values()):
+                listener(split, value)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not isinstance(module, _Loss):

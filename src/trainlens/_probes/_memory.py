@@ -180,7 +180,7 @@ class MemoryProbe(Probe):
     @hook
     def _pre(self, module: Any, args: tuple[Any, ...]) -> None:
         state = self.state
-        # sampled steps only (every step of the first 100, then 1 in `sample_every`): a
+        # sampled steps only (`Sampling`: every step at first, then thinning out): a
         # leak shows as a trend, and reading the heap costs ~10 us on a 0.2 ms step
         if not state.sampled or state.step == self._row_step:
             return

@@ -76,7 +76,8 @@ compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 # and recompile the user's graph. The call costs well under a microsecond.
 
 
-#: after the dense first 100 steps, one step in this many gets the costly statistics: a
+#: once sampling has thinned out (step 160 with the defaults), one step in this many gets
+#: the costly statistics: a
 #: trend over thousands of steps needs no finer grain, and every probe's statistics land
 #: on the same sampled step, so this knob is most of the steady-state cost
 DEFAULT_SAMPLE_EVERY = 20
@@ -86,16 +87,24 @@ DEFAULT_SAMPLE_EVERY = 20
 class Sampling:
     """Which steps get the expensive statistics.
 
-    Every step of the first `dense_steps` is sampled (short runs, where most bugs show,
-    are seen in full), then one step in `every`.
+    Every step of the first `dense_steps` is sampled (where a run goes wrong fastest,
+    each step is seen), then the interval doubles each time the step count does (every
+    2nd step up to 2 x `dense_steps`, every 4th up to 4 x, ...) until it reaches `every`:
+    steps 0-9, 10, 12, ... 18, 20, 24, ... 36, 40, 48, ... 72, 80, 96, then one in 20 with
+    the defaults. The trend of a short run keeps its shape at a quarter of the cost of
+    sampling all of its first 100 steps.
     """
 
     every: int = DEFAULT_SAMPLE_EVERY
-    dense_steps: int = 100
+    dense_steps: int = 10
     flush_every: int = 50
 
     def __call__(self, step: int) -> bool:
-        return step < self.dense_steps or step % self.every == 0
+        dense = self.dense_steps
+        if step < dense:
+            return True
+        interval = self.every if dense <= 0 else min(self.every, 2 ** (step // dense).bit_length())
+        return step % interval == 0
 
 
 @dataclass
@@ -163,6 +172,8 @@ class WatchState:
         self.threads: set[int] = {threading.get_ident()}
         # the run's shared per-forward dispatch (`_base.ForwardDispatch`), set by ProbeSet
         self.forwards: Any = None
+        # the run's shared first-gradient-of-a-backward-pass dispatch (`_base.BackwardDispatch`)
+        self.backwards: Any = None
         # (step, params, has_grad, norms): the gradient norms StepProbe took at this step's
         # `optimizer.step()`, for other probes that need the same norms (GradCarryProbe)
         # id(output) -> (weakref, version, min, max) of the model's outputs this forward,

@@ -48,7 +48,6 @@ class StepProbe(Probe):
         self.params: list[torch.Tensor] = []
         self.prefix_modules: list[str] = []
         self._scales: list[float] = []
-        self._graph_task = -1
         self._views: list[torch.Tensor] | None = None
         self._before: list[torch.Tensor] | None = None
         self._grad_norms: list[torch.Tensor] | None = None
@@ -59,6 +58,7 @@ class StepProbe(Probe):
         self._zeroed_to_none = True
 
     def install(self) -> None:
+        self.state.backwards.first_grad(self, self._on_grad)
         opt = self.state.optimizer
         if opt is not None:
             self.handles.append(opt.register_step_pre_hook(self._pre_step))
@@ -86,16 +86,10 @@ class StepProbe(Probe):
         self.params = [p for _, p in named]
         self.prefix_modules = [n.rpartition(".")[0] for n in self.names]
         self._scales = [math.sqrt(p.numel() / max(1, _sample_view(p).numel())) for p in self.params]
-        self.handles.extend(p.register_hook(self._on_grad) for p in self.params)
 
     # --- backward ----------------------------------------------------------------------
-    @hook(in_compiled=True)
     def _on_grad(self, grad: torch.Tensor) -> None:
-        """Runs per parameter gradient; only the first one of each backward pass counts."""
-        task = torch._C._current_graph_task_id()
-        if task == self._graph_task:
-            return
-        self._graph_task = task
+        """The first parameter gradient of each backward pass (the shared dispatch)."""
         state = self.state
         if (
             state.backward_in_step
@@ -329,8 +323,12 @@ def _patch_zero_grad(opt: Any, seen: Any) -> _Restore:
     original = opt.zero_grad
 
     def zero_grad(*args: Any, **kwargs: Any) -> Any:
-        with contextlib.suppress(Exception):  # recording never breaks the user's loop
+        # try/except, not contextlib.suppress: this runs on every step, and a context
+        # manager costs an object and two calls
+        try:  # noqa: SIM105
             seen(kwargs.get("set_to_none", args[0] if args else True))
+        except Exception:  # recording never breaks the user's loop
+            pass
         return original(*args, **kwargs)
 
     opt.zero_grad = zero_grad

@@ -620,7 +620,9 @@ def _dead_relu(ctx: _Context) -> Cause | None:
     act = leaf_activations(ctx.records, RELU_FAMILY)
     if act.empty:
         return None
-    late = act[act["step"] >= act["step"].median()]
+    # the later half of the run in steps, not in samples: sampling thins out over a run
+    half = (act["step"].min() + act["step"].max()) / 2
+    late = act[act["step"] >= half]
     zf = late.groupby("module", sort=False)["zero_frac"].median()
     limit = ctx.t("zero_frac", "dead_relu")
     dead = zf[zf >= limit]
@@ -630,7 +632,7 @@ def _dead_relu(ctx: _Context) -> Cause | None:
     # a dead ReLU sits in its negative zone; one fed exact zeros (a layer before it that
     # outputs nothing but 0, e.g. all-zero weights) is not dead: the signal is gone upstream
     leaves = leaf_activations(ctx.records)
-    leaves = leaves[(leaves["step"] >= act["step"].median()) & ~leaves["type"].isin(RELU_FAMILY)]
+    leaves = leaves[(leaves["step"] >= half) & ~leaves["type"].isin(RELU_FAMILY)]
     silent = leaves.groupby("module", sort=False)["max_abs"].median()
     if any(silent[m] == 0 and ctx.forward_pos(m) < ctx.forward_pos(worst) for m in silent.index):
         return None
