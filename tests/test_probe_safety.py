@@ -101,7 +101,7 @@ INJECTIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "steps": lambda mp: mp.setattr(StepProbe, "_record", _boom),
     "attention": lambda mp: mp.setattr(AttentionProbe, "_wanted", _boom),
     "loss_inputs": lambda mp: mp.setattr(LossInputProbe, "_on_forward", _boom),
-    "grad_carry": lambda mp: mp.setattr(_grad_carry, "_total_norm", _boom),
+    "grad_carry": lambda mp: mp.setattr(_grad_carry.GradCarryProbe, "_shared_norm", _boom),
     "memory": lambda mp: mp.setattr(_memory, "step_reader", _failing_reader),
     "checkpoint": lambda mp: mp.setattr(CheckpointProbe, "_snapshot", _boom),
     "finite": lambda mp: mp.setattr(FiniteProbe, "_count", _boom),

@@ -28,6 +28,7 @@ class GradCarryProbe(Probe):
         self._task: bool | None = None
         self._step = -1
         self._carried: torch.Tensor | None = None
+        self._nothing_rows = _NothingCarried(state.tables["grad_carry"])
         # positions of self.params in the StepProbe's parameter list (found once)
         self._shared: tuple[list[torch.Tensor], list[int] | None] | None = None
 
@@ -64,13 +65,23 @@ class GradCarryProbe(Probe):
         if not state.sampled or self._task is not None:
             return  # later (accumulating) backward passes of the step
         self._task, self._step = True, state.step
+        if all(p.grad is None for p in self.params):
+            self._carried = _NOTHING  # zero_grad(set_to_none=True): no kernel needed
+            return
         with torch.no_grad():
             self._carried = _total_norm(self.params, grad.device)
 
     @hook(in_compiled=True)
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         carried = self._carried
-        if carried is not None:
+        if carried is _NOTHING:
+            now = self._shared_norm(None)
+            if now is None:
+                with torch.no_grad():
+                    now = _total_norm(self.params, None)[0]
+            # (step, 0, now, 0): the zeros are added on the host at the flush
+            self.state.deferred.add(self._nothing_rows, [(self._step,)], now.reshape(1, 1))
+        elif carried is not None:
             with torch.no_grad():
                 now = self._shared_norm(carried.device)
                 if now is None:
@@ -79,7 +90,7 @@ class GradCarryProbe(Probe):
             self.state.deferred.add(self.state.tables["grad_carry"], [(self._step,)], stats[None])
         self._task, self._carried = None, None
 
-    def _shared_norm(self, device: torch.device) -> torch.Tensor | None:
+    def _shared_norm(self, device: torch.device | None) -> torch.Tensor | None:
         """The norm of all `.grad`s from the norms StepProbe took at this step, if it did:
         the gradients are the same ones, and a norm of a large model costs a pass over
         all of them."""
@@ -100,16 +111,33 @@ class GradCarryProbe(Probe):
             norms = [norms[i] for i in idx]
         present = [n for n, h in zip(norms, has_grad, strict=True) if h]
         if not present:
-            return torch.zeros((), device=device)
+            return None if device is None else torch.zeros((), device=device)
+        device = present[0].device if device is None else device
         if any(n.device != device for n in present):
             return None
         return torch.linalg.vector_norm(torch.stack(present))
 
 
-def _total_norm(params: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+#: the carried-over gradients were None at the start of the step: nothing carried
+_NOTHING = object()
+
+
+class _NothingCarried:
+    """Deferred sink for a step that started without gradients: (step, 0, now, 0)."""
+
+    def __init__(self, table: Any):
+        self.table = table
+
+    def append(self, step: int, now: float) -> None:
+        self.table.append(step, 0.0, now, 0.0)
+
+
+def _total_norm(params: list[torch.Tensor], device: torch.device | None) -> torch.Tensor:
     """[norm of all `.grad`s together, share of parameters holding a non-zero one]."""
     grads = [dense_values(p.grad) for p in params if p.grad is not None]
     if not grads:
+        if device is None:
+            device = params[0].device if params else torch.device("cpu")
         return torch.zeros(2, device=device)
     norms = float32_norms(grads)
     if any(n.device != device for n in norms):

@@ -48,6 +48,9 @@ class StepProbe(Probe):
         self.params: list[torch.Tensor] = []
         self.prefix_modules: list[str] = []
         self._scales: list[float] = []
+        self._scaled = False
+        self._scale_t: torch.Tensor | None = None
+        self._view_cache: list[Any] | None = None
         self._views: list[torch.Tensor] | None = None
         self._before: list[torch.Tensor] | None = None
         self._grad_norms: list[torch.Tensor] | None = None
@@ -86,6 +89,9 @@ class StepProbe(Probe):
         self.params = [p for _, p in named]
         self.prefix_modules = [n.rpartition(".")[0] for n in self.names]
         self._scales = [math.sqrt(p.numel() / max(1, _sample_view(p).numel())) for p in self.params]
+        self._scaled = any(s != 1.0 for s in self._scales)
+        self._scale_t = None
+        self._view_cache = None
 
     # --- backward ----------------------------------------------------------------------
     def _on_grad(self, grad: torch.Tensor) -> None:
@@ -113,7 +119,7 @@ class StepProbe(Probe):
         # user's own code did to the parameters since the previous backward pass
         if state.sampled:
             self._snapshot_grads()
-            self._record(update=self._update_norms() if self._before is not None else None)
+            self._record(update=self._before is not None)
         if state.sampling(state.step + 1):
             self._snapshot_params()  # the next step's update is measured from here
         else:
@@ -185,7 +191,7 @@ class StepProbe(Probe):
         state = self.state
         self._in_step = False
         if state.sampled and self._before is not None:
-            self._record(update=self._update_norms())
+            self._record(update=True)
         self._before = None
         state.phase = "other"
         lr = optimizer.param_groups[0].get("lr", math.nan)
@@ -267,30 +273,50 @@ class StepProbe(Probe):
 
     def _snapshot_params(self) -> None:
         with torch.no_grad():
-            self._views = [_sample_view(p) for p in self.params]
-            self._before = [v.clone() for v in self._views]
+            self._views = views = self._sample_views()
+            # one kernel for all the copies (a clone per parameter is a Python call each)
+            self._before = list(torch._foreach_mul(views, 1.0)) if views else []
 
-    def _update_norms(self) -> list[torch.Tensor]:
-        with torch.no_grad():
-            diffs = torch._foreach_sub(self._views, self._before)
-            norms = float32_norms(diffs)
-            return torch._foreach_mul(norms, self._scales)
+    def _sample_views(self) -> list[torch.Tensor]:
+        """What the update is measured on: a small parameter itself, a strided sample of
+        a large one (cached while the parameter keeps its storage)."""
+        cache = self._view_cache
+        if cache is None or len(cache) != len(self.params):
+            cache = self._view_cache = [None] * len(self.params)
+        views = []
+        for i, p in enumerate(self.params):
+            if p.numel() <= UPDATE_SAMPLE:
+                views.append(p)
+                continue
+            hit = cache[i]
+            if hit is None or hit[0] != p.data_ptr():
+                hit = cache[i] = (p.data_ptr(), _sample_view(p))
+            views.append(hit[1])
+        return views
 
-    def _record(self, update: list[torch.Tensor] | None) -> None:
+    def _record(self, update: bool) -> None:
+        """One row per parameter: gradient, parameter and update norm, from one norm call
+        and one stack for the step (the update norms scaled to the full parameter)."""
         if not self.params or self._grad_norms is None:
             return
         state = self.state
+        n = len(self.params)
         with torch.no_grad():
-            pnorms = float32_norms([p.detach() for p in self.params])
-            n = len(pnorms)
-            if update is None:
-                update = [torch.full_like(pnorms[0], math.nan)] * n
-            scalars = [*self._grad_norms, *pnorms, *update]
-            device = pnorms[0].device
+            if update:
+                torch._foreach_sub_(self._before, self._views)  # before - now: same norm
+                norms = float32_norms([*self.params, *self._before])
+            else:
+                norms = float32_norms(self.params)
+                norms += [torch.full_like(norms[0], math.nan)] * n
+            scalars = [*self._grad_norms, *norms]
+            device = norms[0].device
             if any(t.device != device for t in scalars):  # a model split over devices
                 scalars = [t.to(device) for t in scalars]
             # one stack for the step: [3n] -> [n, 3] (grad, param, update per parameter)
-            values = torch.stack(scalars).view(3, n).t()
+            values = torch.stack(scalars).view(3, n)
+            if update and self._scaled:
+                values[2].mul_(self._scale_tensor(device))
+            values = values.t()
         step = state.step
         prefixes = [
             (step, n, m, h)
@@ -298,6 +324,12 @@ class StepProbe(Probe):
         ]
         state.deferred.add(state.tables["params"], prefixes, values)
         self._grad_norms = None
+
+    def _scale_tensor(self, device: torch.device) -> torch.Tensor:
+        cached = self._scale_t
+        if cached is None or cached.device != device:
+            cached = self._scale_t = torch.tensor(self._scales, device=device)
+        return cached
 
 
 def _float_or_none(value: Any) -> float | None:
