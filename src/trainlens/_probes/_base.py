@@ -211,25 +211,34 @@ class ForwardDispatch:
 
     def __init__(self, state: WatchState):
         self.state = state
-        self._pre: dict[int, list[tuple[Probe, Pre]]] = {}
-        self._post: dict[int, list[tuple[Probe, Post, bool]]] = {}
+        self._pre: dict[int, list[tuple[Probe, Pre, bool]]] = {}
+        self._post: dict[int, list[tuple[Probe, Post, bool, bool]]] = {}
         self._loss: list[tuple[Probe, Post, bool]] = []
         self._handles: list[Any] = []
 
-    def pre(self, probe: Probe, hooks: dict[nn.Module, Pre]) -> None:
-        """`hooks[module](module, args)` before the forward of each module named."""
+    def pre(self, probe: Probe, hooks: dict[nn.Module, Pre], *, sampled: bool = False) -> None:
+        """`hooks[module](module, args)` before the forward of each module named; with
+        `sampled`, on sampled steps only (asked once here, not in every hook)."""
         self._ensure()
         for module, fn in hooks.items():
-            item = (probe, fn)
+            item = (probe, fn, sampled)
             self._pre[id(module)] = [*self._pre.get(id(module), ()), item]
             probe.handles.append(_Subscription(self, "pre", id(module), item))
 
-    def post(self, probe: Probe, hooks: dict[nn.Module, Post], *, always: bool = False) -> None:
+    def post(
+        self,
+        probe: Probe,
+        hooks: dict[nn.Module, Post],
+        *,
+        always: bool = False,
+        sampled: bool = False,
+    ) -> None:
         """`hooks[module](module, args, output)` after each module named. With `always`,
-        also when the forward raised (output None, the exception in `sys.exc_info()`)."""
+        also when the forward raised (output None, the exception in `sys.exc_info()`);
+        with `sampled`, on sampled steps only."""
         self._ensure()
         for module, fn in hooks.items():
-            item = (probe, fn, always)
+            item = (probe, fn, always, sampled)
             self._post[id(module)] = [*self._post.get(id(module), ()), item]
             probe.handles.append(_Subscription(self, "post", id(module), item))
 
@@ -274,8 +283,9 @@ class ForwardDispatch:
         subs = self._pre.get(id(module))
         if subs is None:
             return
-        for probe, fn in subs:
-            if not probe.stopped:
+        sampled = self.state.sampled
+        for probe, fn, only_sampled in subs:
+            if not probe.stopped and (sampled or not only_sampled):
                 try:
                     fn(module, args)
                 except Exception as err:
@@ -291,8 +301,11 @@ class ForwardDispatch:
         # always_call: torch also calls this hook when the forward raised
         failing = output is None and sys.exc_info()[1] is not None
         if subs is not None:
-            for probe, fn, always in subs:
-                if not probe.stopped and (always or not failing):
+            sampled = self.state.sampled
+            for probe, fn, always, only_sampled in subs:
+                if probe.stopped or (only_sampled and not sampled):
+                    continue
+                if always or not failing:
                     try:
                         fn(module, args, output)
                     except Exception as err:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
-from ._base import Probe, hook
+from ._base import Probe
 from ._loss import loss_name
 from ._state import WatchState
 from ._tensors import distinct, has_values, tensor_leaves
@@ -86,7 +86,7 @@ class FiniteProbe(Probe):
 
     def install(self) -> None:
         model = self.state.model
-        self.handles.append(model.register_forward_pre_hook(self._on_input))
+        self.state.forwards.pre(self, {model: self._on_input})
         # the model's modules through the shared dispatch; loss modules wherever they live
         outputs = {
             module: self._on_output(name)
@@ -149,7 +149,6 @@ class FiniteProbe(Probe):
         self._order += 1
 
     # --- hooks -----------------------------------------------------------------------
-    @hook
     def _on_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self._sync_step()
         if not self._look:

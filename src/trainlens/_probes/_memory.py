@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ._base import Probe, hook
+from ._base import Probe
 from ._state import WatchState, suspended
 from ._tensors import tensor_leaves
 
@@ -173,11 +173,11 @@ class MemoryProbe(Probe):
         if param is not None:
             self.device = param.device
         self._kind, self._read = step_reader(self.device)
-        self.handles.append(model.register_forward_pre_hook(self._pre))
-        self.handles.append(model.register_forward_hook(self._post))
+        # through the run's shared dispatch, on sampled steps only: nothing runs otherwise
+        self.state.forwards.pre(self, {model: self._pre}, sampled=True)
+        self.state.forwards.post(self, {model: self._post}, sampled=True)
 
-    # --- per step ----------------------------------------------------------------------
-    @hook
+    # --- per step (behind the dispatch's guard) ---------------------------------------
     def _pre(self, module: Any, args: tuple[Any, ...]) -> None:
         state = self.state
         # sampled steps only (`Sampling`: every step at first, then thinning out): a
@@ -204,7 +204,6 @@ class MemoryProbe(Probe):
             alive[0][0] if alive else None,
         )
 
-    @hook
     def _post(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
         state = self.state
         if not state.sampled or state.step == self._marked_step:
