@@ -179,7 +179,7 @@ def _ctx(records: Records, catalogue: Catalogue) -> Any:
     loss = records.train_loss()
     values = loss.to_numpy(dtype=float) if len(loss) else np.array([math.nan])
     start, end = float(values[0]), float(values[-1])
-    baseline, what = flat_loss._baseline(records)
+    baseline, what, kind = flat_loss._baseline(records, catalogue)
     flat = flat_loss.Flatness(
         n=len(values),
         start=start,
@@ -189,6 +189,7 @@ def _ctx(records: Records, catalogue: Catalogue) -> Any:
         baseline=baseline,
         baseline_what=what,
         by="steps",
+        baseline_kind=kind,
     )
     return flat_loss._Context.build(records, catalogue, flat)
 
