@@ -418,7 +418,20 @@ def _zero_grad_missing(ctx: _Context) -> Cause | None:
     )
 
 
-def _softmax_before_loss(ctx: _Context) -> Cause | None:
+@dataclass(frozen=True)
+class NormalisedInput:
+    """A logits loss fed normalised outputs: which kind (`case`) and on which rows."""
+
+    case: str  # "sigmoid" (outputs in [0, 1]), "probabilities" or "log_probabilities"
+    loss: str
+    inputs: pd.DataFrame  # the loss's sampled train inputs
+    rows: pd.DataFrame  # those normalised
+    deviation: float  # how far from exactly normalised (NaN for the sigmoid case)
+    floor: float  # the lowest loss such inputs allow
+
+
+def normalised_input(ctx: _Context) -> NormalisedInput | None:
+    """The evidence of `softmax_before_loss`, in numbers (also read by direct_evidence)."""
     li = ctx.records.loss_inputs
     li = li[(li["split"] == "train") & li["type"].isin(LOGIT_LOSSES)]
     if li.empty:
@@ -445,6 +458,14 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
         floor = 0.0
     else:
         return None
+    return NormalisedInput(case, loss, li, rows, deviation, floor)
+
+
+def _softmax_before_loss(ctx: _Context) -> Cause | None:
+    found = normalised_input(ctx)
+    if found is None:
+        return None
+    loss, rows, case = found.loss, found.rows, found.case
     text = functools.partial(ctx.text, "softmax_before_loss")
     sigmoid = loss == "BCEWithLogitsLoss"
     squash = "sigmoid" if sigmoid else "softmax"  # the recipe's `<squash>_...` texts
@@ -460,15 +481,15 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
         loss=loss,
         kind=text(f"{case}_kind"),
         module_type=module_type,
-        floor=num(floor),
+        floor=num(found.floor),
         printout=text(f"{squash}_printout"),
         applies=text(f"{squash}_applies"),
         rows=len(rows),
-        sampled=len(li),
+        sampled=len(found.inputs),
         where=where,
         low=num(float(rows["min"].min())),
         high=num(float(rows["max"].max())),
-        deviation=text(f"{case}_deviation", deviation=num(deviation)),
+        deviation=text(f"{case}_deviation", deviation=num(found.deviation)),
     )
 
 
