@@ -168,7 +168,9 @@ def divergence_causes(
                 **{
                     **dict(
                         ratio=num(r0),
-                        lr=num(dyn.lr) if math.isfinite(dyn.lr) else "the current value",
+                        lr=num(dyn.lr)
+                        if math.isfinite(dyn.lr)
+                        else text("lr_too_high", "lr_unknown"),
                     ),
                     **loss_fields,
                 },
@@ -271,8 +273,8 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
                 "lr_too_high",
                 confidence=0.4,
                 evidence=f"{how}; {catalogue.text(SYMPTOM, 'lr_too_high', 'no_statistics')}",
-                ratio="unknown",
-                lr="the current value",
+                ratio=catalogue.text(SYMPTOM, "lr_too_high", "ratio_unknown"),
+                lr=catalogue.text(SYMPTOM, "lr_too_high", "lr_unknown"),
                 **loss_fields,
             )
         ]

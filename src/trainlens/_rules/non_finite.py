@@ -146,7 +146,9 @@ def _divergence(
         loss_start=num(start),
         loss_peak=num(peak),
         ratio=num(dyn.early_ratio),
-        lr=num(dyn.lr) if np.isfinite(dyn.lr) else "the current value",
+        lr=num(dyn.lr)
+        if np.isfinite(dyn.lr)
+        else catalogue.text(SYMPTOM, "lr_too_high", "lr_unknown"),
         grad_start=num(dyn.grad_start),
         grad_max=num(dyn.grad_max),
     )
