@@ -14,7 +14,8 @@ not memorise its batch (§5):
 - the run looks fine: a warning under the symptom family the cause belongs to.
 
 Causes keep their catalogue ids and texts; loop-order variants take their texts from
-`recipes/direct_evidence/loop_order.toml`.
+`recipes/direct_evidence/loop_order.toml`, and the words of an overfit verdict nothing
+explains from `recipes/direct_evidence/overfit.toml`.
 """
 
 from __future__ import annotations
