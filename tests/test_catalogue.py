@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
+import sys
 import types
 import warnings
 from pathlib import Path
@@ -19,6 +21,11 @@ from trainlens._catalogue import load_catalogue
 from trainlens._finding import Cause
 from trainlens._plugins import DEFAULT_PLUGINS, catalogue_for, get_plugin_manager
 from trainlens._resources import data_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = Path(trainlens.__file__).parent / "_rules"
@@ -102,6 +109,176 @@ def test_recipe_texts_only_use_fields_the_rules_fill():
                 assert name in ("module", "step") or filled, (
                     f"{symptom}.{cause.id} uses {{{name}}} that {symptom}.py never fills"
                 )
+        for key, text in entry.texts.items():  # the symptom's own texts
+            for name in re.findall(r"\{(\w+)\}", text):
+                assert f"{name}=" in rule, f"{symptom} [texts] {key} uses {{{name}}} never filled"
+
+
+# --- the words live in the recipes (issue 17 §4) -------------------------------------------
+#: a string in a rule module with this many words is a sentence: it belongs in a recipe,
+#: and the rule passes its numbers and names as fields
+PROSE_WORDS = 2
+#: a word: letters, maybe a possessive, maybe punctuation around it (not `grad_norm`, `x.T`)
+_WORD = re.compile(r"^\(?[A-Za-z][a-z]+(?:'[a-z]+)?[,.;:!?)]*$")
+#: strings a rule module may keep although they read like words: (file, string) -> why
+PROSE_ALLOWED: dict[tuple[str, str], str] = {
+    ("flat_loss.py", "backward passes"): "the unit of a curve read per backward pass when "
+    "the optimizer never stepped: a value of the finding's evidence (`curve_by`), as `steps`",
+    ("shape_mismatch.py", "output of "): "how the batch-dependency probe names the activation "
+    "it probed (`_probes/_batch_dependency.py`): read from the records, never shown as is",
+}
+
+
+def _rule_trees() -> dict[str, ast.Module]:
+    return {p.name: ast.parse(p.read_text(encoding="utf-8")) for p in sorted(RULES.glob("*.py"))}
+
+
+def _strings(tree: ast.Module) -> list[tuple[int, str]]:
+    """Every string a module builds, f-strings whole (a placeholder per field), left out:
+    docstrings and the patterns of `re` calls (they read other programs' messages)."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            skip.add(id(body[0].value))  # a docstring (or a bare expression: no output)
+        func = node.func if isinstance(node, ast.Call) else None
+        if isinstance(func, ast.Attribute) and ast.unparse(func.value) == "re":
+            skip.update(id(n) for arg in node.args for n in ast.walk(arg))
+        if isinstance(node, ast.JoinedStr):
+            skip.update(id(n) for n in ast.walk(node) if n is not node)
+    out = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            out.append((node.lineno, node.value))
+        elif isinstance(node, ast.JoinedStr):
+            parts = [v.value if isinstance(v, ast.Constant) else "{}" for v in node.values]
+            out.append((node.lineno, "".join(parts)))
+    return out
+
+
+def _words(text: str) -> int:
+    return sum(1 for token in text.split() if _WORD.match(token))
+
+
+def test_rule_modules_hold_no_sentences_the_recipes_supply_the_words():
+    found = [
+        f"_rules/{name}:{line}: {text!r}"
+        for name, tree in _rule_trees().items()
+        for line, text in _strings(tree)
+        if _words(text) >= PROSE_WORDS and (name, text) not in PROSE_ALLOWED
+    ]
+    assert not found, "words belong in recipes/*.toml (catalogue.text):\n" + "\n".join(found)
+
+
+def test_the_prose_check_sees_a_sentence_and_lets_keys_and_code_pass():
+    tree = ast.parse(
+        '"""A docstring may say anything at all."""\n'
+        "import re\n"
+        'a = f"{n} of {m} parameters never changed"\n'
+        'b = "the loss went up"\n'
+        'c = ("grads_cleared_before_step", "backward(), zero_grad(), step()", "the model")\n'
+        'd = re.compile(r"tried to allocate (\\d+)")\n'
+    )
+    found = [text for _, text in _strings(tree) if _words(text) >= PROSE_WORDS]
+    assert found == ["{} of {} parameters never changed", "the loss went up", "the model"]
+
+
+def _direct_evidence_texts() -> dict[str, set[str]]:
+    """recipes/direct_evidence/*.toml: table -> the keys of its text sections."""
+    out: dict[str, set[str]] = {}
+    for path in (data_dir("recipes") / "direct_evidence").glob("*.toml"):
+        for table, body in tomllib.loads(path.read_text(encoding="utf-8")).items():
+            for section, value in body.items():
+                if isinstance(value, dict) and section != "thresholds":
+                    out.setdefault(table, set()).update(value)
+    return out
+
+
+def _key_patterns(node: ast.expr) -> list[str | ast.JoinedStr]:
+    """The text keys a call argument can be: literals, both sides of `a if c else b`."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.IfExp):
+        return _key_patterns(node.body) + _key_patterns(node.orelse)
+    return [node] if isinstance(node, ast.JoinedStr) else []
+
+
+def _produces(pattern: ast.JoinedStr, key: str, literals: set[str]) -> bool:
+    """Whether the f-string can be `key` with each field one of the module's literals."""
+    parts = [v.value if isinstance(v, ast.Constant) else None for v in pattern.values]
+
+    def match(i: int, rest: str) -> bool:
+        if i == len(parts):
+            return rest == ""
+        if parts[i] is not None:
+            return rest.startswith(parts[i]) and match(i + 1, rest[len(parts[i]) :])
+        return any(rest.startswith(v) and match(i + 1, rest[len(v) :]) for v in literals if v)
+
+    return match(0, key)
+
+
+def test_every_text_a_rule_names_is_in_a_recipe_and_every_recipe_text_is_used():
+    """A misspelt key raises in the middle of a diagnosis; an unused text is dead weight.
+
+    Text calls are the calls of `text`, `*.text` and `*_text`: their last positional
+    argument is the key. `catalogue.text(SYMPTOM, "cause", key)` is checked against that
+    cause's texts, `ctx.text("cause", key)` against the texts of any cause of that id (or
+    direct-evidence table), and a helper's `text(key)` against every text of the recipes
+    (the helper may add a prefix: `f"{case}_{key}"`). A key written as an f-string must
+    come out as a text of the recipe with each field one of the module's own strings."""
+    cat = _catalogue()
+    exact: dict[tuple[str, str | None], set[str]] = {}
+    owners: dict[str | None, set[str]] = {None: set()}
+    for sid, entry in cat.symptoms.items():
+        exact[(sid, None)] = set(entry.texts)
+        owners[None] |= set(entry.texts)
+        for cause in entry.causes.values():
+            exact[(sid, cause.id)] = set(cause.texts)
+            owners.setdefault(cause.id, set()).update(cause.texts)
+    for table, keys in _direct_evidence_texts().items():
+        owners.setdefault(table, set()).update(keys)
+    everything = set().union(*owners.values())
+    used: set[str] = set()
+    wrong = []
+    for name, tree in _rule_trees().items():
+        module = importlib.import_module(f"trainlens._rules.{name[:-3]}")
+        nodes = ast.walk(tree)
+        literals = {
+            n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        }
+        used |= literals
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            func, args = node.func, node.args
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called != "text" and not called.endswith("_text"):
+                continue
+            scope = everything
+            if isinstance(func, ast.Attribute) and len(args) >= 3:
+                first, cause = args[0], args[1]
+                symptom = first.value if isinstance(first, ast.Constant) else None
+                symptom = symptom or getattr(module, ast.unparse(first), None)
+                if isinstance(cause, ast.Constant):
+                    scope = exact.get((symptom, cause.value), set())
+            elif len(args) == 2 and isinstance(args[0], ast.Constant):
+                scope = owners.get(args[0].value, set())
+            for key in _key_patterns(args[-1]):
+                if isinstance(key, str) and len(args) == 1:
+                    ok = any(k == key or k.endswith(f"_{key}") for k in scope)
+                elif isinstance(key, str):
+                    ok = key in scope
+                else:
+                    produced = {k for k in scope if _produces(key, k, literals)}
+                    used |= produced
+                    ok = bool(produced)
+                if not ok:
+                    wrong.append(f"_rules/{name}:{node.lineno}: {ast.unparse(node)[:100]}")
+    assert not wrong, "text keys no recipe sets:\n" + "\n".join(wrong)
+    unused = sorted(everything - used)
+    assert not unused, f"recipe texts no rule uses: {unused}"
 
 
 # --- ranking: roots before consequences, fallbacks last ----------------------------------

@@ -60,6 +60,8 @@ class Symptom:
     causes: Mapping[str, CauseEntry]
     thresholds: Mapping[str, Any]
     source: str
+    #: named texts of the symptom itself, not of one cause (`[texts]`: how a curve looks)
+    texts: Mapping[str, str] = field(default_factory=dict)
 
 
 class _Keep(dict):
@@ -103,15 +105,16 @@ class Catalogue:
                 + (f" (nor does its cause {cause!r})" if cause else "")
             ) from None
 
-    def text(self, symptom: str, cause_id: str, key: str, **fields: Any) -> str:
-        """One of a cause's named `texts` from the recipe, filled in."""
-        entry = self._cause(self[symptom], cause_id)
+    def text(self, symptom: str, cause_id: str | None, key: str, **fields: Any) -> str:
+        """One of a cause's named `texts` from the recipe, filled in; with `cause_id`
+        None, one of the symptom's own (`[texts]`)."""
+        entry = self[symptom]
+        texts = entry.texts if cause_id is None else self._cause(entry, cause_id).texts
         try:
-            return fill(entry.texts[key], fields)
+            return fill(texts[key], fields)
         except KeyError:
-            raise CatalogueError(
-                f"recipe {self[symptom].source} sets no text {key!r} for cause {cause_id!r}"
-            ) from None
+            owner = "" if cause_id is None else f" for cause {cause_id!r}"
+            raise CatalogueError(f"recipe {entry.source} sets no text {key!r}{owner}") from None
 
     def cause(
         self,
@@ -351,6 +354,7 @@ def _extend(base: Symptom | None, extra: Symptom) -> Symptom:
         causes=MappingProxyType({**base.causes, **extra.causes}),
         thresholds=MappingProxyType({**base.thresholds, **extra.thresholds}),
         source=f"{base.source} + {extra.source}",
+        texts=MappingProxyType({**base.texts, **extra.texts}),
     )
 
 
@@ -392,7 +396,7 @@ def _parse_recipe(path: Path) -> Symptom:
             produces=_ids(table.get("produces", []), path, f"{where} produces"),
             fallback=bool(table.get("fallback", False)),
             evidence=str(table.get("evidence", "")).strip(),
-            texts=MappingProxyType({k: str(v).strip() for k, v in table.get("texts", {}).items()}),
+            texts=_texts(table),
         )
     return Symptom(
         id=symptom,
@@ -403,4 +407,9 @@ def _parse_recipe(path: Path) -> Symptom:
         causes=MappingProxyType(causes),
         thresholds=MappingProxyType(dict(data.get("thresholds", {}))),
         source=path.name,
+        texts=_texts(data),
     )
+
+
+def _texts(table: Mapping[str, Any]) -> Mapping[str, str]:
+    return MappingProxyType({k: str(v).strip() for k, v in table.get("texts", {}).items()})

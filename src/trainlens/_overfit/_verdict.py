@@ -222,11 +222,11 @@ def _why_not_memorised(r: OverfitResult) -> list[str]:
         return [f"likely causes, most likely first: {ranked}"]
     if r.memorised:
         return []
-    from .._rules.direct_evidence import OVERFIT_NEXT, overfit_ruled_out
+    from .._rules.direct_evidence import overfit_next, overfit_ruled_out
 
     return [
         "no recorded evidence explains it; ruled out: " + "; ".join(overfit_ruled_out()),
-        f"print next: {OVERFIT_NEXT}",
+        f"print next: {overfit_next()}",
     ]
 
 

@@ -31,10 +31,9 @@ def finding(records: Records, catalogue: Catalogue) -> Finding | None:
         _SYMPTOM,
         CAUSE,
         confidence=1.0,
-        evidence=(
-            f"{steps} optimizer steps and {backward} backward passes were recorded, and 0 losses"
-        ),
         steps=max(steps, backward),
+        optimizer_steps=steps,
+        backward_passes=backward,
     )
     return catalogue.finding(
         _SYMPTOM,

@@ -99,7 +99,7 @@ def qk_without_gradient(
             if entropy is not None
             else ""
         ),
-        also=f"; also in {_names(list(stuck)[1:])}" if len(stuck) > 1 else "",
+        also=_also(catalogue, list(stuck)[1:]),
     )
     found = catalogue.cause(
         SYMPTOM,
@@ -109,8 +109,10 @@ def qk_without_gradient(
         module=_model_module(records, module),
         evidence_short=catalogue.text(SYMPTOM, cause, "qk_short", **fields),
         qk_params=f"{module}.in_proj_weight.grad[:{2 * dim or '2*embed_dim'}].abs().max()",
-        scale=_scale_text(layer),
-        loss_drop=(f"{num(loss[0])} -> {num(loss[1])}" if loss is not None else "not recorded"),
+        scale=_scale_text(catalogue, layer),
+        loss_drop=(
+            f"{num(loss[0])} -> {num(loss[1])}" if loss is not None else _not_recorded(catalogue)
+        ),
         uniform_entropy=num(catalogue.threshold(SYMPTOM, "uniform_entropy", cause)),
         **fields,
     )
@@ -176,18 +178,25 @@ def _saturated_finding(
     records: Records, catalogue: Catalogue, layers: list[tuple[str, dict[str, Any]]]
 ) -> Finding:
     module, s = layers[0]
-    which = "all" if s["sharp_heads"] == s["heads"] else f"{s['sharp_heads']} of"
-    sharp = "far sharper than at a healthy init" if s.get("overscaled") else "near one-hot"
-    evidence = (
-        f"`{module}`: mean normalised row entropy {_ent(s['entropy'])} at step {s['step']} "
-        f"in {which} {s['heads']} heads (healthy at init ~0.9), mean max weight "
-        f"{num(s['max_weight'])}: rows are {sharp} from the first observation"
+
+    def text(key: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "attention_saturated", key, **fields)
+
+    every = s["sharp_heads"] == s["heads"]
+    evidence = text(
+        "saturated",
+        module=module,
+        entropy=_ent(s["entropy"]),
+        step=s["step"],
+        which=text("all_heads") if every else text("some_heads", sharp_heads=s["sharp_heads"]),
+        heads=s["heads"],
+        max_weight=num(s["max_weight"]),
+        sharp=text("sharper_than_init" if s.get("overscaled") else "one_hot"),
     )
     if s["last_step"] != s["step"]:
-        evidence += f"; still {_ent(s['last_entropy'])} at step {s['last_step']}"
-    evidence += _scale_note(_layer(records, module), too="large")
-    if len(layers) > 1:
-        evidence += f"; also in {_names([m for m, _ in layers[1:]])}"
+        evidence += text("still", entropy=_ent(s["last_entropy"]), step=s["last_step"])
+    evidence += _scale_note(catalogue, _layer(records, module), too="large")
+    evidence += _also(catalogue, [m for m, _ in layers[1:]])
     cause = catalogue.cause(
         SYMPTOM,
         "attention_saturated",
@@ -197,11 +206,8 @@ def _saturated_finding(
         evidence=evidence,
         module=_model_module(records, module),
         step=s["step"],
-        evidence_short=(
-            f"the mean normalised row entropy is {_ent(s['entropy'])} at step {s['step']} "
-            "(healthy ~0.9)"
-        ),
-        scale=_scale_text(_layer(records, module)),
+        evidence_short=text("short", entropy=_ent(s["entropy"]), step=s["step"]),
+        scale=_scale_text(catalogue, _layer(records, module)),
     )
     return catalogue.finding(
         SYMPTOM,
@@ -248,17 +254,25 @@ def _uniform_finding(
     records: Records, catalogue: Catalogue, layers: list[tuple[str, dict[str, Any]]]
 ) -> Finding:
     module, u = layers[0]
-    loss_drop = f"fell from {num(u['loss_first'])} to {num(u['loss_last'])}"
-    evidence = (
-        f"`{module}`: mean normalised row entropy still {_ent(u['entropy'])} at step "
-        f"{u['step']} in all {u['heads']} heads (lowest head {_ent(u['min_entropy'])}; "
-        f"{_ent(u['first_entropy'])} at step {u['first_step']}; learning attention falls "
-        f"below ~0.9) while the train loss {loss_drop}"
+
+    def text(key: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "attention_uniform", key, **fields)
+
+    loss_drop = text("loss_fell", first=num(u["loss_first"]), last=num(u["loss_last"]))
+    evidence = text(
+        "uniform",
+        module=module,
+        entropy=_ent(u["entropy"]),
+        step=u["step"],
+        heads=u["heads"],
+        min_entropy=_ent(u["min_entropy"]),
+        first_entropy=_ent(u["first_entropy"]),
+        first_step=u["first_step"],
+        loss_drop=loss_drop,
     )
     layer = _layer(records, module)
-    evidence += _scale_note(layer, too="small")
-    if len(layers) > 1:
-        evidence += f"; also in {_names([m for m, _ in layers[1:]])}"
+    evidence += _scale_note(catalogue, layer, too="small")
+    evidence += _also(catalogue, [m for m, _ in layers[1:]])
     if layer.get("source") == "MultiheadAttention":
         dim = int(layer.get("heads") or 0) * int(layer.get("head_dim") or 0)
         qk = f"{module}.in_proj_weight.grad[:{2 * dim}].norm()"
@@ -274,12 +288,9 @@ def _uniform_finding(
         evidence=evidence,
         module=_model_module(records, module),
         step=u["step"],
-        evidence_short=(
-            f"Its mean normalised row entropy is {_ent(u['entropy'])} at step {u['step']} "
-            "(1 is uniform)"
-        ),
+        evidence_short=text("short", entropy=_ent(u["entropy"]), step=u["step"]),
         qk_params=qk,
-        scale=_scale_text(layer),
+        scale=_scale_text(catalogue, layer),
         loss_drop=loss_drop,
         uniform_entropy=num(u["limit"]),
     )
@@ -306,12 +317,23 @@ def _layer(records: Records, module: str) -> dict[str, Any]:
     return rows.iloc[0].to_dict() if not rows.empty else {}
 
 
-def _scale_text(layer: dict[str, Any]) -> str:
+def _scale_text(catalogue: Catalogue, layer: dict[str, Any]) -> str:
     scale = layer.get("scale")
-    return num(float(scale)) if scale is not None and scale == scale else "not recorded"
+    if scale is not None and scale == scale:
+        return num(float(scale))
+    return _not_recorded(catalogue)
 
 
-def _scale_note(layer: dict[str, Any], too: str) -> str:
+def _not_recorded(catalogue: Catalogue) -> str:
+    return catalogue.text(SYMPTOM, None, "not_recorded")
+
+
+def _also(catalogue: Catalogue, modules: list[str]) -> str:
+    """The other layers with the same finding, if any."""
+    return catalogue.text(SYMPTOM, None, "also", names=_names(modules)) if modules else ""
+
+
+def _scale_note(catalogue: Catalogue, layer: dict[str, Any], too: str) -> str:
     """The logit scale against 1/sqrt(head_dim) when it is off by more than 4x."""
     scale, dim = layer.get("scale"), layer.get("head_dim")
     if scale is None or dim is None or scale != scale or dim != dim or dim <= 0:
@@ -319,7 +341,9 @@ def _scale_note(layer: dict[str, Any], too: str) -> str:
     usual = float(dim) ** -0.5
     off = float(scale) / usual
     if (too == "large" and off > 4) or (too == "small" and off < 0.25):
-        return f"; the logits are scaled by {num(float(scale))}, 1/sqrt(head_dim) is {num(usual)}"
+        return catalogue.text(
+            SYMPTOM, None, "scale_note", scale=num(float(scale)), usual=num(usual)
+        )
     return ""
 
 

@@ -14,7 +14,8 @@ not memorise its batch (§5):
 - the run looks fine: a warning under the symptom family the cause belongs to.
 
 Causes keep their catalogue ids and texts; loop-order variants take their texts from
-`recipes/direct_evidence/loop_order.toml`.
+`recipes/direct_evidence/loop_order.toml`, and the words of an overfit verdict nothing
+explains from `recipes/direct_evidence/overfit.toml`.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def _ctx(records: Records, catalogue: Catalogue) -> Any:
     loss = records.train_loss()
     values = loss.to_numpy(dtype=float) if len(loss) else np.array([math.nan])
     start, end = float(values[0]), float(values[-1])
-    baseline, what = flat_loss._baseline(records)
+    baseline, what, kind = flat_loss._baseline(records, catalogue)
     flat = flat_loss.Flatness(
         n=len(values),
         start=start,
@@ -189,6 +190,7 @@ def _ctx(records: Records, catalogue: Catalogue) -> Any:
         baseline=baseline,
         baseline_what=what,
         by="steps",
+        baseline_kind=kind,
     )
     return flat_loss._Context.build(records, catalogue, flat)
 
@@ -214,10 +216,11 @@ def probabilities_into_logits_loss(view: _View, shown: str | None) -> Cause | No
     li = li[(li["split"] == "train") & li["type"].isin(flat_loss.LOGIT_LOSSES)]
     if li.empty or li["type"].mode().iloc[0] == "NLLLoss":
         return None  # NLLLoss expects log-probabilities: probabilities there are initial_loss's
+    found = flat_loss.normalised_input(view.ctx)
+    if found is None or (shown is None and found.case == "log_probabilities"):
+        return None
     cause = flat_loss._softmax_before_loss(view.ctx)
     if cause is None:
-        return None
-    if shown is None and "log-probabilities" in cause.evidence.split(" on ")[0]:
         return None
     return dataclasses.replace(cause, confidence=RANK["softmax_before_loss"])
 
@@ -283,11 +286,16 @@ def params_outside_optimizer(view: _View) -> Cause | None:
     if not looks or sum(v[0] for _, v in fresh) < 0.5 * sum(v[0] for _, v in looks):
         return None
     name, (_, _, info) = fresh[0]
-    return dataclasses.replace(
-        cause,
-        evidence=f"{cause.evidence}; `{name}` still looks like a fresh {info['init']} (rms "
-        f"{num(info['rms'])}, expected {num(info['expected_rms'])}): never meant to be left out",
+    fresh_init = view.catalogue.text(
+        HOME,
+        "params_not_in_optimizer",
+        "fresh_left_out",
+        param=name,
+        init=info["init"],
+        rms=num(info["rms"]),
+        expected_rms=num(info["expected_rms"]),
     )
+    return dataclasses.replace(cause, evidence=f"{cause.evidence}{fresh_init}")
 
 
 def grads_cleared_before_step(records: Records, catalogue: Catalogue) -> Cause | None:
@@ -302,20 +310,17 @@ def grads_cleared_before_step(records: Records, catalogue: Catalogue) -> Cause |
     # the step they were gone
     gc = records.grad_carry
     zero_at_step = float((gc["step_norm"] == 0).mean()) if len(gc) else math.nan
-    seen = f"; at `step()` the gradient norm was 0 on {zero_at_step:.0%} of sampled steps"
     order = str(info.get("order") or "backward(), zero_grad(), step()")
+    key = "grads_cleared_before_step"
+    fields = dict(order=order, cleared=cleared, steps=steps)
+    seen = _text(key, "seen", zero=f"{zero_at_step:.0%}") if math.isfinite(zero_at_step) else ""
     return _variant(
         catalogue,
-        "grads_cleared_before_step",
-        RANK["grads_cleared_before_step"],
-        f"on {cleared} of {steps} steps `zero_grad()` ran after `backward()` and before "
-        f"`step()` (call order seen: {order}), so every step found no gradient"
-        + (seen if math.isfinite(zero_at_step) else "")
-        + "; the parameters never move",
+        key,
+        RANK[key],
+        _text(key, "evidence", seen=seen, **fields),
         step=info.get("first_cleared_step"),
-        order=order,
-        cleared=cleared,
-        steps=steps,
+        **fields,
     )
 
 
@@ -359,83 +364,62 @@ def lr_collapsed(records: Records, catalogue: Catalogue) -> Cause | None:
     sched = max(schedulers.items(), key=lambda kv: kv[1].get("calls", 0), default=None)
     # still climbing at the end: a warm-up longer than the run, whoever sets the lr
     rising = float(lr.iloc[-1]) > 1.5 * float(lr.iloc[len(lr) // 2])
+    text = functools.partial(_text, "lr_collapsed")
     if sched is not None:
         name, entry = sched
         calls = int(entry.get("calls", 0))
         per_step = calls / max(1, n)
-        how = f" by {name}, stepped {calls} times in {n} optimizer steps"
+        how = text("by_scheduler", name=name, calls=calls, steps=n)
     else:
         name, per_step = "", 0.0
-        how = " by the code that sets `param_group['lr']` (no torch scheduler was stepped)"
+        how = text("by_code")
+    # which mistake the schedule shows: the recipe's `where_<case>` and `fix_<case>`
     if rising:
-        how += "; it was still rising at the end: a warm-up that never ends"
-        where = (
-            "Print the warm-up length your schedule uses against the number of steps you "
-            "train: a warm-up counted in tokens or samples instead of steps never ends."
-        )
-        fix = "Count the warm-up in optimizer steps (a few percent of the run)."
+        how += text("still_rising")
+        case = "warm_up"
     elif per_step >= float(t["per_batch_calls"]):
-        where = (
-            f"`{name}.step()` runs once per batch: look for it inside the batch loop "
-            "(most schedules are meant to step once per epoch)."
-        )
-        fix = (
-            f"Move `scheduler.step()` out of the batch loop, after the epoch's batches "
-            f"(or size the schedule in batches: {name}'s step_size / T_max / milestones "
-            f"count calls of `step()`)."
-        )
+        case = "per_batch"
     elif name:
-        where = f"Print {name}'s arguments (step_size, gamma, T_max, milestones, lr_lambda)."
-        fix = f"Fix {name}'s arguments so the lr stays in a useful range over the run."
+        case = "scheduler"
     else:
-        where = "Print the lr your schedule function returns for the first 20 steps."
-        fix = "Fix the schedule function so the lr stays near its base value early on."
-    return _variant(
-        catalogue,
-        "lr_collapsed",
-        RANK["lr_collapsed"],
-        f"the lr the optimizer used went {num(float(lr.iloc[0]))} -> {num(float(lr.iloc[-1]))} "
-        f"(the optimizer was built with {num(ref)}){how}; it is below {num(floor)} "
-        f"({float(t['lr_floor_ratio']):g} of {num(ref)}) from step "
-        f"{step} on ({low.mean():.0%} of the steps), while the train loss went "
-        f"{num(start)} -> {num(end)}",
+        case = "schedule_function"
+    fields = dict(
         step=step,
         lr_ref=num(ref),
         lr_end=num(float(lr.iloc[-1])),
         lr_floor=num(floor),
-        schedule=how,
+        schedule=f" {how}",  # after "built with {lr_ref}" in the first check
         loss_start=num(start),
         loss_end=num(end),
-        where=where,
-        fix=fix,
+        where=text(f"where_{case}", name=name),
+        fix=text(f"fix_{case}", name=name),
     )
+    evidence = text(
+        "evidence",
+        lr_start=num(float(lr.iloc[0])),
+        ratio=f"{float(t['lr_floor_ratio']):g}",
+        share=f"{low.mean():.0%}",
+        **fields,
+    )
+    return _variant(catalogue, "lr_collapsed", RANK["lr_collapsed"], evidence, **fields)
 
 
 # --- overfit-one-batch that did not memorise (§5) --------------------------------------
-#: flat_loss's evidence-based causes that need no flat curve, and what they rule out
-OVERFIT_CHECKS: tuple[tuple[str, str], ...] = (
-    ("_optimizer_not_stepping", "an optimizer that never changes the parameters"),
-    ("_params_not_in_optimizer", "parameters outside the optimizer"),
-    ("_zero_grad_missing", "gradients carried over from earlier steps"),
-    ("_softmax_before_loss", "probabilities or log-probabilities fed to a logits loss"),
-    ("_no_gradient_flow", "a part of the model without gradient"),
-    ("_dead_relu", "dead ReLU units"),
-    ("_vanishing_gradient", "gradients vanishing through depth"),
-    ("_lr_too_low", "updates too small against the weights"),
-    ("_unnormalized_input", "inputs far from unit scale"),
+#: flat_loss's evidence-based causes that need no flat curve (what each rules out, in words:
+#: `recipes/direct_evidence/overfit.toml`, keyed by the cause)
+OVERFIT_CHECKS: tuple[str, ...] = (
+    "_optimizer_not_stepping",
+    "_params_not_in_optimizer",
+    "_zero_grad_missing",
+    "_softmax_before_loss",
+    "_no_gradient_flow",
+    "_dead_relu",
+    "_vanishing_gradient",
+    "_lr_too_low",
+    "_unnormalized_input",
 )
 #: checked by their own rules on every run (_initial_loss.py via flat_loss, shape_mismatch.py)
-OVERFIT_ALSO_RULED_OUT = (
-    "a loss at initialisation far from a uniform guess",
-    "samples of the batch mixing",
-)
-#: what to print next when nothing recorded explains a batch that was not memorised
-OVERFIT_NEXT = (
-    "the loss every step with 10x the learning rate and 5x the steps (a capacity or "
-    "step-size limit shows as a steady fall); the model's output next to the targets "
-    "for 4 samples (are they the same kind, on the same scale?); the per-layer gradient "
-    "norms in drill.md"
-)
+OVERFIT_ALSO_RULED_OUT = ("bad_initial_loss", "batch_dim_mixing")
 
 
 def overfit_causes(view: _View) -> list[Cause]:
@@ -444,7 +428,7 @@ def overfit_causes(view: _View) -> list[Cause]:
         return []
     ctx = view.ctx
     out = []
-    for name, _ in OVERFIT_CHECKS:
+    for name in OVERFIT_CHECKS:
         check = getattr(flat_loss, name, None)
         cause = _quiet(lambda check=check: check(ctx)) if check is not None else None
         if cause is not None:
@@ -454,7 +438,13 @@ def overfit_causes(view: _View) -> list[Cause]:
 
 def overfit_ruled_out() -> list[str]:
     """What a failed overfit run's rules look at (for the verdict when none fits)."""
-    return [what for _, what in OVERFIT_CHECKS] + list(OVERFIT_ALSO_RULED_OUT)
+    causes = [name.lstrip("_") for name in OVERFIT_CHECKS] + list(OVERFIT_ALSO_RULED_OUT)
+    return [_text("overfit", cause, section="ruled_out") for cause in causes]
+
+
+def overfit_next() -> str:
+    """What to print next when nothing recorded explains a batch that was not memorised."""
+    return _text("overfit", "print_next")
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -468,8 +458,16 @@ def _merge(a: list[Cause], b: list[Cause]) -> list[Cause]:
 
 @functools.cache
 def _texts() -> dict[str, Any]:
-    path = data_dir("recipes") / "direct_evidence" / "loop_order.toml"
-    return tomllib.loads(path.read_text(encoding="utf-8"))
+    """Every table of `recipes/direct_evidence/*.toml`, by name."""
+    tables: dict[str, Any] = {}
+    for path in sorted((data_dir("recipes") / "direct_evidence").glob("*.toml")):
+        tables.update(tomllib.loads(path.read_text(encoding="utf-8")))
+    return tables
+
+
+def _text(table: str, key: str, *, section: str = "texts", **fields: Any) -> str:
+    """`[<table>.<section>]`'s text `key`, filled in (spaces as in first_check)."""
+    return fill(" ".join(_texts()[table][section][key].split()), fields)
 
 
 def _variant(
@@ -495,7 +493,7 @@ def _variant(
         module=module,
         step=None if step is None else int(step),
     )
-    values = {"module": module or "the model", "step": step, **fields}
+    values = {"module": module or catalogue.text(HOME, None, "the_model"), "step": step, **fields}
     return dataclasses.replace(
         cause,
         first_check=fill(" ".join(text["first_check"].split()), values),

@@ -12,6 +12,7 @@ moderate. Runs whose loss turns NaN/Inf are left to `non_finite`, which reuses
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +140,8 @@ def divergence_causes(
         if symptom == SYMPTOM
         else math.inf
     )
+    # the words of both causes are the diverging recipe's, also under `non_finite`
+    text = functools.partial(catalogue.text, SYMPTOM)
     causes = []
     r0 = dyn.early_ratio
     if math.isfinite(r0):
@@ -152,16 +155,22 @@ def divergence_causes(
                 symptom,
                 "lr_too_high",
                 confidence=max(0.05, conf),
-                evidence=f"update/param ratio {num(r0)} before the loss rose "
-                f"(median {num(dyn.median_ratio)} over the run; healthy ~1e-3)"
-                + (f", lr {num(dyn.lr)}" if math.isfinite(dyn.lr) else ""),
+                evidence=text(
+                    "lr_too_high",
+                    "update_ratio" if math.isfinite(dyn.lr) else "update_ratio_no_lr",
+                    ratio=num(r0),
+                    median_ratio=num(dyn.median_ratio),
+                    lr=num(dyn.lr),
+                ),
                 module=dyn.ratio_module,
                 step=step,
                 onset=_first_large(dyn, ratio_high),
                 **{
                     **dict(
                         ratio=num(r0),
-                        lr=num(dyn.lr) if math.isfinite(dyn.lr) else "the current value",
+                        lr=num(dyn.lr)
+                        if math.isfinite(dyn.lr)
+                        else text("lr_too_high", "lr_unknown"),
                     ),
                     **loss_fields,
                 },
@@ -174,13 +183,16 @@ def divergence_causes(
         conf = min(0.85, conf + 0.2 * dyn.monotone)  # exponential growth rises steadily
         if math.isfinite(r0) and r0 >= 10 * ratio_high:
             conf -= 0.25  # the updates were huge from the start: the lr came first
-        how = (
-            f"total gradient norm grew {dyn.growth_orders:.1f} orders of magnitude, "
-            f"{num(dyn.grad_start)} -> {num(dyn.grad_max)} at step {dyn.grad_max_step} "
-            f"(rising on {dyn.monotone:.0%} of sampled steps)"
-            if grows
-            else f"gradient norm spiked to {num(dyn.grad_max)} at step {dyn.grad_max_step}, "
-            f"{num(dyn.spike)}x its median {num(dyn.grad_median)}"
+        how = text(
+            "exploding_gradient",
+            "grew" if grows else "spiked",
+            orders=f"{dyn.growth_orders:.1f}",
+            grad_start=num(dyn.grad_start),
+            grad_max=num(dyn.grad_max),
+            step=dyn.grad_max_step,
+            rising=f"{dyn.monotone:.0%}",
+            spike=num(dyn.spike),
+            grad_median=num(dyn.grad_median),
         )
         causes.append(
             catalogue.cause(
@@ -234,19 +246,21 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         # cleared before `step()`): batch-to-batch noise of a fixed model, not a lr too high
         return []
     loss_fields = dict(loss_start=num(start), loss_end=num(end))
-    if rose:
-        how = f"train loss rose from {num(start)} to {num(end)} (median of the last {k} steps)"
-    elif oscillates:
-        how = (
-            f"train loss swung above {num(t('rise_ratio') * start)} ({t('rise_ratio')}x its "
-            f"start {num(start)}) on {swings:.0%} of the second half of the run, up to "
-            f"{num(float(late.max()))}"
-        )
-    else:
-        how = (
-            f"train loss fell from {num(start)} to {num(best)} at step {best_step}, "
-            f"then climbed back to {num(end)}"
-        )
+    # how the curve diverged: the evidence every cause shares (the recipe's own `[texts]`)
+    how = catalogue.text(
+        SYMPTOM,
+        None,
+        "rose" if rose else "swung" if oscillates else "rebounded",
+        start=num(start),
+        end=num(end),
+        window=k,
+        level=num(t("rise_ratio") * start),
+        rise_ratio=t("rise_ratio"),
+        share=f"{swings:.0%}",
+        peak=num(float(late.max())),
+        best=num(best),
+        best_step=best_step,
+    )
     causes = (
         divergence_causes(catalogue, SYMPTOM, dyn, loss_fields=loss_fields, step=None)
         if dyn is not None
@@ -258,9 +272,9 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
                 SYMPTOM,
                 "lr_too_high",
                 confidence=0.4,
-                evidence=f"{how}; no parameter statistics were recorded",
-                ratio="unknown",
-                lr="the current value",
+                evidence=f"{how}; {catalogue.text(SYMPTOM, 'lr_too_high', 'no_statistics')}",
+                ratio=catalogue.text(SYMPTOM, "lr_too_high", "ratio_unknown"),
+                lr=catalogue.text(SYMPTOM, "lr_too_high", "lr_unknown"),
                 **loss_fields,
             )
         ]

@@ -17,6 +17,7 @@ updates, vanishing or missing gradients), so the root cause is read first.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,12 +117,8 @@ class Flatness:
     baseline: float | None
     baseline_what: str | None
     by: str  # "step", or "backward pass" when no optimizer step ever ran
-
-    def describe(self) -> str:
-        return (
-            f"train loss {num(self.start)} -> {num(self.end)} (median of first/last windows) "
-            f"over {self.n} {self.by}"
-        )
+    #: the loss whose constant prediction `baseline` is (`MSELoss`: the mean target)
+    baseline_kind: str | None = None
 
 
 def _flatness(records: Records, catalogue: Catalogue) -> Flatness | None:
@@ -146,7 +143,7 @@ def _flatness(records: Records, catalogue: Catalogue) -> Flatness | None:
     if end > start * float(t("rise_limit")):
         return None  # rising: diverging, not flat
     drop = (start - end) / abs(start)
-    baseline, what = _baseline(records)
+    baseline, what, kind = _baseline(records, catalogue)
     by_progress = drop < float(t("max_drop"))
     tol = catalogue.threshold(SYMPTOM, "baseline_tolerance", "label_mismatch")
     # at the constant-prediction level only counts once the loss has stopped there: the
@@ -163,7 +160,7 @@ def _flatness(records: Records, catalogue: Catalogue) -> Flatness | None:
     )
     if not (by_progress or at_baseline):
         return None
-    return Flatness(n, start, end, drop, by_progress, baseline, what, by)
+    return Flatness(n, start, end, drop, by_progress, baseline, what, by, kind)
 
 
 def _steps_at(values: Any, level: float, tol: float, window: int) -> int:
@@ -187,21 +184,24 @@ def _curve(records: Records, min_steps: int) -> tuple[pd.Series | None, str]:
     return None, "steps"
 
 
-def _baseline(records: Records) -> tuple[float | None, str | None]:
-    """The loss of the best constant prediction for the training targets, if known."""
+def _baseline(
+    records: Records, catalogue: Catalogue
+) -> tuple[float | None, str | None, str | None]:
+    """The loss of the best constant prediction for the training targets, if known: its
+    value, what it is (in words) and the loss it was computed for."""
     found = constant_baseline(records)
     if found is None:
-        return None, None
+        return None, None, None
     value, kind, classes_median = found
     if kind == "MSELoss":
-        return value, "the target variance, the MSE of predicting the mean target"
+        return value, catalogue.text(SYMPTOM, None, "baseline_mse"), kind
     if kind == "BCEWithLogitsLoss":
-        return value, "the binary entropy of the mean target (ln 2 = 0.693 when balanced)"
+        return value, catalogue.text(SYMPTOM, None, "baseline_bce"), kind
     classes = int(classes_median)
-    return value, (
-        f"the class-prior entropy over {classes} classes (ln {classes} = "
-        f"{num(math.log(classes))} when balanced)"
+    what = catalogue.text(
+        SYMPTOM, None, "baseline_classes", classes=classes, ln=num(math.log(classes))
     )
+    return value, what, kind
 
 
 # --- what the records say, per parameter ------------------------------------------------
@@ -221,6 +221,17 @@ class _Context:
 
     def t(self, name: str, cause: str | None = None) -> Any:
         return self.catalogue.threshold(SYMPTOM, name, cause)
+
+    def text(self, cause: str | None, key: str, **fields: Any) -> str:
+        """One of the recipe's texts (`cause` None: the symptom's own), filled in."""
+        return self.catalogue.text(SYMPTOM, cause, key, **fields)
+
+    def describe(self) -> str:
+        """The flat curve in numbers: the evidence every cause of the finding starts from."""
+        flat = self.flat
+        return self.text(
+            None, "curve", start=num(flat.start), end=num(flat.end), n=flat.n, by=flat.by
+        )
 
     @classmethod
     def build(cls, records: Records, catalogue: Catalogue, flat: Flatness) -> _Context:
@@ -262,7 +273,17 @@ class _Context:
     @property
     def optimizer_class(self) -> str:
         opt = self.records.meta.get("optimizer") or {}
-        return opt.get("class", "the optimizer")
+        return opt["class"] if "class" in opt else self.text(None, "the_optimizer")
+
+    def at_lr(self) -> str:
+        """The lr the run used and its optimizer, for an evidence sentence."""
+        if not math.isfinite(self.lr):
+            return self.text(None, "at_unknown_lr")
+        return self.text(None, "at_lr", lr=num(self.lr), optimizer=self.optimizer_class)
+
+    @property
+    def baseline_what(self) -> str:
+        return self.flat.baseline_what or self.text(None, "constant_prediction")
 
     def forward_pos(self, module: str) -> int:
         """Where a module first ran in the forward; never-called ones after, in model order."""
@@ -293,13 +314,16 @@ def _common_module(modules: list[str]) -> str | None:
 def _optimizer_not_stepping(ctx: _Context) -> Cause | None:
     meta = ctx.records.meta
     if meta.get("optimizer_given") and meta.get("steps", 0) == 0:
-        bw = int(meta.get("backward_passes", 0))
+        fields = dict(
+            backward=int(meta.get("backward_passes", 0)),
+            optimizer=ctx.optimizer_class,
+            curve=ctx.describe(),
+        )
         return ctx.cause(
             "optimizer_not_stepping",
             0.97,
-            f"0 optimizer steps over {bw} backward passes: `step()` never ran on the watched "
-            f"{ctx.optimizer_class}, so no parameter changed; {ctx.flat.describe()}",
-            detail=f"trainlens saw {bw} backward passes and 0 calls of `optimizer.step()`.",
+            ctx.text("optimizer_not_stepping", "never_stepped", **fields),
+            detail=ctx.text("optimizer_not_stepping", "never_stepped_detail", **fields),
         )
     pp = ctx.per_param
     if pp.empty:
@@ -313,17 +337,22 @@ def _optimizer_not_stepping(ctx: _Context) -> Cause | None:
     share = still["numel"].sum() / with_grad["numel"].sum()
     if still.empty or share < ctx.t("share", "optimizer_not_stepping"):
         return None
-    lr_note = f"; lr is {num(ctx.lr)}" if math.isfinite(ctx.lr) else ""
     module = _common_module(list(still["module"]))
+    fields = dict(
+        still=len(still),
+        with_grad=len(with_grad),
+        grad=num(float(still["grad"].median())),
+        sampled=ctx.sampled_steps,
+        lr_note=ctx.text(None, "lr_note", lr=num(ctx.lr)) if math.isfinite(ctx.lr) else "",
+        curve=ctx.describe(),
+        params_of=module or ctx.text(None, "the_model"),
+    )
     return ctx.cause(
         "optimizer_not_stepping",
         0.95,
-        f"{len(still)} of {len(with_grad)} parameters with gradients (median grad norm "
-        f"{num(float(still['grad'].median()))}) never changed over {ctx.sampled_steps} sampled "
-        f"steps (update norm exactly 0){lr_note}; {ctx.flat.describe()}",
+        ctx.text("optimizer_not_stepping", "never_moved", **fields),
         module=module,
-        detail=f"The parameters of `{module or 'the model'}` get gradients but never move"
-        f"{lr_note} (a learning rate of 0 or a step on another optimizer does this).",
+        detail=ctx.text("optimizer_not_stepping", "never_moved_detail", **fields),
     )
 
 
@@ -339,11 +368,13 @@ def _params_not_in_optimizer(ctx: _Context) -> Cause | None:
     return ctx.cause(
         "params_not_in_optimizer",
         0.96 if share >= 0.5 else 0.8,
-        f"{len(names)} of {len(pp)} trainable parameters ({share:.0%} of the elements) get "
-        f"gradients (median norm {num(float(outside['grad'].median()))}) but are in no param "
-        f"group of {ctx.optimizer_class}: {_names(names)}; they never change",
         module=_common_module(list(outside["module"])),
         names=_names(names),
+        count=len(names),
+        trainable=len(pp),
+        share=f"{share:.0%}",
+        grad=num(float(outside["grad"].median())),
+        optimizer=ctx.optimizer_class,
     )
 
 
@@ -357,28 +388,50 @@ def _zero_grad_missing(ctx: _Context) -> Cause | None:
     if len(stale) < ctx.t("steps_share", "zero_grad_missing") * len(gc):
         return None
     bps = ctx.records.steps["backward_passes"]
-    bps_note = f"{num(float(bps.median()))} backward pass(es) per step" if len(bps) else ""
+    per_step = (
+        ctx.text("zero_grad_missing", "per_step", passes=num(float(bps.median())))
+        if len(bps)
+        else ""
+    )
     growth = ""
     p = ctx.records.params
     if not p.empty:
         total = p.groupby("step")["grad_norm"].apply(lambda g: math.sqrt((g**2).sum()))
-        growth = (
-            f"; the total gradient norm went {num(float(total.iloc[0]))} -> "
-            f"{num(float(total.iloc[-1]))} from step {int(total.index[0])} to "
-            f"{int(total.index[-1])}"
+        growth = ctx.text(
+            "zero_grad_missing",
+            "growth",
+            norm_start=num(float(total.iloc[0])),
+            norm_end=num(float(total.iloc[-1])),
+            step_start=int(total.index[0]),
+            step_end=int(total.index[-1]),
         )
     return ctx.cause(
         "zero_grad_missing",
         0.93,
-        f"on {len(stale)} of {len(gc)} sampled steps the first backward pass found the "
-        f"gradients of earlier steps still in `.grad` (median norm "
-        f"{num(float(stale['carried_norm'].median()))}, of "
-        f"{num(float(stale['step_norm'].median()))} at the step), with {bps_note}{growth}",
         onset=int(stale["step"].min()),
+        stale=len(stale),
+        sampled=len(gc),
+        carried=num(float(stale["carried_norm"].median())),
+        at_step=num(float(stale["step_norm"].median())),
+        per_step=per_step,
+        growth=growth,
     )
 
 
-def _softmax_before_loss(ctx: _Context) -> Cause | None:
+@dataclass(frozen=True)
+class NormalisedInput:
+    """A logits loss fed normalised outputs: which kind (`case`) and on which rows."""
+
+    case: str  # "sigmoid" (outputs in [0, 1]), "probabilities" or "log_probabilities"
+    loss: str
+    inputs: pd.DataFrame  # the loss's sampled train inputs
+    rows: pd.DataFrame  # those normalised
+    deviation: float  # how far from exactly normalised (NaN for the sigmoid case)
+    floor: float  # the lowest loss such inputs allow
+
+
+def normalised_input(ctx: _Context) -> NormalisedInput | None:
+    """The evidence of `softmax_before_loss`, in numbers (also read by direct_evidence)."""
     li = ctx.records.loss_inputs
     li = li[(li["split"] == "train") & li["type"].isin(LOGIT_LOSSES)]
     if li.empty:
@@ -391,42 +444,52 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
     need = ctx.t("steps_share", "softmax_before_loss") * len(li)
     loss = str(li["type"].mode().iloc[0])
     classes = int(li["classes"].median())
+    # which normalised outputs the loss got: the recipe's `<case>_kind` / `<case>_deviation`
     if probs.sum() >= need and loss == "BCEWithLogitsLoss":
-        rows, kind = li[probs], "probabilities (every value in [0, 1])"
-        dev = "no negative value, none above 1"
+        rows, case, deviation = li[probs], "sigmoid", math.nan
         floor = math.log1p(math.exp(-1.0))  # -log(sigmoid(1)): a "certain" 1 scores no less
     elif probs.sum() >= need:
-        rows, kind = li[probs], "probabilities (non-negative, each row sums to 1)"
-        dev = f"mean |row sum - 1| {num(float(rows['prob_dev'].median()))}"
+        rows, case = li[probs], "probabilities"
+        deviation = float(rows["prob_dev"].median())
         floor = -math.log(math.e / (math.e + classes - 1)) if classes > 1 else 0.0
     elif logprobs.sum() >= need:
-        rows, kind = li[logprobs], "log-probabilities (non-positive, exp of each row sums to 1)"
-        dev = f"mean |logsumexp(row)| {num(float(rows['logprob_dev'].median()))}"
+        rows, case = li[logprobs], "log_probabilities"
+        deviation = float(rows["logprob_dev"].median())
         floor = 0.0
     else:
         return None
+    return NormalisedInput(case, loss, li, rows, deviation, floor)
+
+
+def _softmax_before_loss(ctx: _Context) -> Cause | None:
+    found = normalised_input(ctx)
+    if found is None:
+        return None
+    loss, rows, case = found.loss, found.rows, found.case
+    text = functools.partial(ctx.text, "softmax_before_loss")
     sigmoid = loss == "BCEWithLogitsLoss"
+    squash = "sigmoid" if sigmoid else "softmax"  # the recipe's `<squash>_...` texts
     kinds = ("Sigmoid",) if sigmoid else SOFTMAX_MODULES
     softmaxes = [n for n, m in ctx.modules.items() if m.get("type") in kinds]
     module = max(softmaxes, key=ctx.forward_pos) if softmaxes else None
-    module_type = ctx.modules[module]["type"] if module else ("sigmoid" if sigmoid else "softmax")
-    where = f" (from `{module}`, {module_type})" if module else ""
+    module_type = ctx.modules[module]["type"] if module else text(f"{squash}_module_type")
+    where = " " + text("from_module", module=module, module_type=module_type) if module else ""
     return ctx.cause(
         "softmax_before_loss",
         0.92,
-        f"the input of {loss} is already {kind} on {len(rows)} of {len(li)} sampled steps"
-        f"{where}: values in [{num(float(rows['min'].min()))}, {num(float(rows['max'].max()))}]"
-        f", {dev}; {loss} expects raw logits, so the loss cannot fall much below "
-        f"{num(floor)}",
         module=module,
         loss=loss,
-        kind=kind,
+        kind=text(f"{case}_kind"),
         module_type=module_type,
-        floor=num(floor),
-        printout="`output.min()`, `output.max()`"
-        if sigmoid
-        else "`output.sum(dim=1)[:4]` and `output.min()`",
-        applies="the sigmoid" if sigmoid else "log-softmax",
+        floor=num(found.floor),
+        printout=text(f"{squash}_printout"),
+        applies=text(f"{squash}_applies"),
+        rows=len(rows),
+        sampled=len(found.inputs),
+        where=where,
+        low=num(float(rows["min"].min())),
+        high=num(float(rows["max"].max())),
+        deviation=text(f"{case}_deviation", deviation=num(found.deviation)),
     )
 
 
@@ -476,7 +539,11 @@ def _frozen_part(ctx: _Context) -> Cause | None:
         module_type=mtype,
         numel=f"{size[module]:,}",
         share=f"{size[module] / total:.0%}",
-        others=f"; {len(roots) - 1} other frozen parts" if len(roots) > 1 else "",
+        others=(
+            ctx.text("no_gradient_flow", "frozen_others", others=len(roots) - 1)
+            if len(roots) > 1
+            else ""
+        ),
         init=looks[0][2]["init"] if looks else "",
         rms=num(looks[0][2]["rms"]) if looks else "",
         expected_rms=num(looks[0][2]["expected_rms"]) if looks else "",
@@ -487,8 +554,8 @@ def _frozen_part(ctx: _Context) -> Cause | None:
         case, confidence = "frozen_fresh", 0.85
     else:
         case, confidence = "frozen_trained", 0.3
-    text = ctx.catalogue.text(
-        SYMPTOM, "no_gradient_flow", case, module=module or "the model", **fields
+    text = ctx.text(
+        "no_gradient_flow", case, module=module or ctx.text(None, "the_model"), **fields
     )
     return ctx.cause("no_gradient_flow", confidence, text, module=module or None, **fields)
 
@@ -571,26 +638,17 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
     flowing = used[used["grad_pos"] > 0.5] if not used.empty else used
     modules = {meta_params.get(n, {}).get("module", n.rpartition(".")[0]) for n in stopped}
     module = max(modules, key=ctx.forward_pos)
-    parts = []
-    if none:
-        parts.append(f"{len(none)} never received a gradient (None: {_names(none)})")
-    if frozen:
-        parts.append(
-            f"{len(frozen)} are in the optimizer with requires_grad=False ({_names(frozen)})"
-        )
-    if zero:
-        parts.append(f"{len(zero)} got only zero gradients ({_names(zero)})")
+    text = functools.partial(ctx.text, "no_gradient_flow")
     # weights that are exactly zero pass no signal forward and no gradient back: an
     # all-zero initialisation, the root of the zero gradients rather than a cut graph
     zeroed = [n for n in zero if pp.at[n, "ndim"] >= 2 and pp.at[n, "norm"] == 0]
-    if zeroed:
-        parts.append(
-            f"{_names(zeroed)} are exactly zero themselves (an all-zero initialisation: "
-            "zero weights pass no signal forward and no gradient back)"
-        )
+    parts = [
+        text(f"cut_{key}", count=len(names), names=_names(names))
+        for key, names in (("none", none), ("frozen", frozen), ("zero", zero), ("zeroed", zeroed))
+        if names
+    ]
     others = (
-        f"; {len(flowing)} others do get gradients (median norm "
-        f"{num(float(flowing['grad'].median()))})"
+        text("cut_others", count=len(flowing), grad=num(float(flowing["grad"].median())))
         if len(flowing)
         else ""
     )
@@ -605,15 +663,16 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
     if zeroed:  # the first zero layer is where the signal stops
         module = min((pp.at[n, "module"] for n in zeroed), key=ctx.forward_pos)
         confidence = max(confidence, 0.8)
-    mtype = ctx.modules.get(module, {}).get("type", "?")
-    return ctx.cause(
-        "no_gradient_flow",
-        confidence,
-        f"over {ctx.sampled_steps} sampled steps, of the parameters the forward uses, "
-        + "; ".join(parts)
-        + f" ({share:.0%} of their elements){others}; the flow stops at `{module}` ({mtype})",
-        module=module or None,
+    evidence = text(
+        "cut",
+        sampled=ctx.sampled_steps,
+        parts="; ".join(parts),
+        share=f"{share:.0%}",
+        others=others,
+        module=module,
+        module_type=ctx.modules.get(module, {}).get("type", "?"),
     )
+    return ctx.cause("no_gradient_flow", confidence, evidence, module=module or None)
 
 
 def _dead_relu(ctx: _Context) -> Cause | None:
@@ -643,17 +702,20 @@ def _dead_relu(ctx: _Context) -> Cause | None:
     alive = rows[rows["zero_frac"] < limit]["step"]
     died = rows["step"] if alive.empty else rows[rows["step"] > alive.max()]["step"]
     confidence = 0.6 + 0.35 * min(1.0, (frac - limit) / max(1e-9, 1 - limit))
-    more = f"; {len(dead)} ReLU-family modules are above {limit:.0%}" if len(dead) > 1 else ""
     return ctx.cause(
         "dead_relu",
         confidence,
-        f"`{worst}` ({mtype}) outputs exactly zero for {frac:.1%} of its elements (median "
-        f"over the last {late['step'].nunique()} sampled steps; a healthy ReLU is near 50%, "
-        f"dead from {limit:.0%}){more}: no gradient passes through it",
         module=worst,
         onset=int(died.min()) if len(died) else None,
         zero_pct=f"{frac:.1%}",
         module_type=mtype,
+        late=late["step"].nunique(),
+        limit=f"{limit:.0%}",
+        more=(
+            ctx.text("dead_relu", "more", count=len(dead), limit=f"{limit:.0%}")
+            if len(dead) > 1
+            else ""
+        ),
     )
 
 
@@ -682,12 +744,14 @@ def _vanishing_gradient(ctx: _Context) -> Cause | None:
     return ctx.cause(
         "vanishing_gradient",
         0.75,
-        f"the median gradient norm falls from {num(g1)} at `{last}` (output side) to "
-        f"{num(g0)} at `{first}` (input side) across {len(weights)} weight layers: "
-        f"first/last ratio {num(ratio)} (vanishing below {num(limit)})",
         module=module,
         first_norm=num(g0),
         last_norm=num(g1),
+        first_param=first,
+        last_param=last,
+        layers=len(weights),
+        ratio=num(ratio),
+        limit=num(limit),
     )
 
 
@@ -711,20 +775,17 @@ def _lr_too_low(ctx: _Context) -> Cause | None:
     healthy_grads = rel_grad >= ctx.t("grad_ratio_healthy", "lr_too_low")
     factor = 10 ** max(1, round(math.log10(1e-3 / ratio)))
     lr = ctx.lr
-    lr_text = f"lr {num(lr)} ({ctx.optimizer_class})" if math.isfinite(lr) else "the lr"
-    grads = (
-        f"while gradients are healthy (median grad/param {num(rel_grad)}): steps are too small"
-        if healthy_grads
-        else f"with small gradients too (median grad/param {num(rel_grad)})"
-    )
+    text = functools.partial(ctx.text, "lr_too_low")
+    known = math.isfinite(lr)
     return ctx.cause(
         "lr_too_low",
         0.85 if healthy_grads else 0.5,
-        f"median update/param ratio {num(ratio)} (healthy ~1e-3) at {lr_text} {grads}",
-        lr=num(lr) if math.isfinite(lr) else "unknown",
+        lr=num(lr) if known else text("lr_unknown"),
         ratio=num(ratio),
         factor=f"{factor:g}",
-        suggested_lr=num(lr * factor) if math.isfinite(lr) else "10x the current lr",
+        suggested_lr=num(lr * factor) if known else text("suggested_lr_unknown"),
+        at_lr=ctx.at_lr(),
+        grads=text("healthy_grads" if healthy_grads else "small_grads", rel_grad=num(rel_grad)),
     )
 
 
@@ -769,19 +830,16 @@ def _lr_too_high(ctx: _Context) -> Cause | None:
         return None  # the steps are large because gradients pile up, not because of the lr
     param, n0, n1 = growth["up"]
     lr = ctx.lr
-    lr_text = f"lr {num(lr)} ({ctx.optimizer_class})" if math.isfinite(lr) else "the lr"
     # 0.5 at the thresholds, more the further above them
     confidence = 0.5 + 0.2 * min(1.5, math.log10(ratio / high))
     confidence += 0.1 * min(1.0, math.log10(growth["median"] / growth_min))
     return ctx.cause(
         "lr_too_high",
         confidence,
-        f"median update/param ratio {num(ratio)} (healthy ~1e-3) at {lr_text}, and the "
-        f"weights' norms grew {num(growth['median'])}x over the run (median of "
-        f"{growth['weights']}; `{param}` {num(n0)} -> {num(n1)}) while the loss stayed at "
-        f"{num(ctx.flat.end)}: the steps throw the weights about instead of fitting",
         module=ctx.per_param.at[param, "module"] if param in ctx.per_param.index else None,
-        lr=num(lr) if math.isfinite(lr) else "the current value",
+        lr=num(lr) if math.isfinite(lr) else ctx.text("lr_too_high", "lr_unknown"),
+        at_lr=ctx.at_lr(),
+        weights=growth["weights"],
         ratio=num(ratio),
         growth=num(growth["median"]),
         param=param,
@@ -829,14 +887,13 @@ def _unnormalized_input(ctx: _Context) -> Cause | None:
     return ctx.cause(
         "unnormalized_input",
         0.8 if far >= 10 or stats["scale"] < ctx.t("scale_min", "unnormalized_input") else 0.65,
-        f"the model's input has mean {num(stats['mean'])} and std {num(stats['std'])} "
-        f"(range {num(stats['min'])} to {num(stats['max'])}) over {stats['rows']} sampled steps;"
-        f" unit scale is mean ~0, std ~1" + (f"; `{first}` receives it" if first else ""),
         module=first,
         mean=num(stats["mean"]),
         std=num(stats["std"]),
         min=num(stats["min"]),
         max=num(stats["max"]),
+        rows=stats["rows"],
+        receives=ctx.text("unnormalized_input", "receives", first=first) if first else "",
     )
 
 
@@ -873,26 +930,25 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
         return None
     if any(c is not None for c in (_softmax_before_loss(ctx), _zero_grad_missing(ctx))):
         return None
-    what = flat.baseline_what or "the best constant prediction"
-    constant = "the mean target" if what.startswith("the target variance") else "the class prior"
-    depth_note = f", first/last layer gradient ratio {num(depth[1])}" if depth else ""
+    text = functools.partial(ctx.text, "label_mismatch")
     # a conclusion by elimination (`fallback` in the recipe): says what it ruled out
     return ctx.cause(
         "label_mismatch",
         ctx.t("fallback_confidence", "label_mismatch"),
-        f"the train loss ends at {num(flat.end)}, within {tol:.0%} of {num(flat.baseline)}, "
-        f"{what}, while gradients and updates look healthy (median update/param "
-        f"{num(ratio)}, all {len(trained)} parameters get gradients{depth_note}): the "
-        f"targets carry nothing the inputs explain; "
-        + ctx.catalogue.text(SYMPTOM, "label_mismatch", "ruled_out", ruled_out=_ids(ctx)),
         baseline=num(flat.baseline),
-        baseline_what=what,
-        constant=constant,
+        baseline_what=ctx.baseline_what,
+        constant=text("mean_target" if flat.baseline_kind == "MSELoss" else "class_prior"),
+        loss_end=num(flat.end),
+        tol=f"{tol:.0%}",
+        ratio=num(ratio),
+        params=len(trained),
+        depth_note=text("depth_note", ratio=num(depth[1])) if depth else "",
+        ruled_out=_ids(ctx),
     )
 
 
 def _ids(ctx: _Context) -> str:
-    return ", ".join(ctx.ruled_out) or "nothing"
+    return ", ".join(ctx.ruled_out) or ctx.text(None, "nothing")
 
 
 def _unknown(ctx: _Context) -> Cause | None:
@@ -912,19 +968,18 @@ def _unknown(ctx: _Context) -> Cause | None:
     elif not math.isfinite(first) or flat.end < (1 - ctx.t("max_drop")) * first:
         return None
     level = (
-        ctx.catalogue.text(
-            SYMPTOM, "unknown", "baseline", baseline=num(flat.baseline),
-            baseline_what=flat.baseline_what or "the best constant prediction",
+        ctx.text(
+            "unknown", "baseline", baseline=num(flat.baseline), baseline_what=ctx.baseline_what
         )
         if flat.baseline is not None
         else ""
-    )  # fmt: skip
+    )
     growth = _weight_growth(ctx)
     weights = ""
     if growth is not None and growth["median"] < ctx.t("shrink_min", "label_mismatch"):
         param, n0, n1 = growth["down"]
-        weights = ctx.catalogue.text(
-            SYMPTOM, "unknown", "shrinking", shrink=num(growth["median"]), param=param,
+        weights = ctx.text(
+            "unknown", "shrinking", shrink=num(growth["median"]), param=param,
             norm_start=num(n0), norm_end=num(n1),
         )  # fmt: skip
     return ctx.cause(

@@ -109,25 +109,22 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
 
 
 def _bad_input(catalogue: Catalogue, rows: pd.DataFrame, step: int) -> Cause:
+    def text(key: str, r: pd.Series) -> str:
+        kind = "input" if r["kind"] == "input" else "target"
+        return catalogue.text(
+            SYMPTOM, "bad_input_data", f"{kind}_{key}", name=r["name"], value=_kind(r["value"])
+        )
+
     row = rows.iloc[0]
-    if row["kind"] == "input":
-        where = f"the model's input ({row['name']})"
-    else:
-        where = f"the target passed to {row['name']}"
-    parts = [
-        (f"model input ({r['name']})" if r["kind"] == "input" else f"target of {r['name']}")
-        + f": {_kind(r['value'])}"
-        for _, r in rows.iterrows()
-    ]
     return catalogue.cause(
         SYMPTOM,
         "bad_input_data",
         confidence=0.95,
-        evidence=f"at step {step}, before any layer ran, {'; '.join(parts)}",
         module=None,
         step=step,
-        where=where,
+        where=text("where", row),
         value=_kind(row["value"]),
+        parts="; ".join(text("part", r) for _, r in rows.iterrows()),
     )
 
 
@@ -149,18 +146,20 @@ def _divergence(
         loss_start=num(start),
         loss_peak=num(peak),
         ratio=num(dyn.early_ratio),
-        lr=num(dyn.lr) if np.isfinite(dyn.lr) else "the current value",
+        lr=num(dyn.lr)
+        if np.isfinite(dyn.lr)
+        else catalogue.text(SYMPTOM, "lr_too_high", "lr_unknown"),
         grad_start=num(dyn.grad_start),
         grad_max=num(dyn.grad_max),
     )
     # the two causes of `diverging`, under this symptom: "lr_too_high", "exploding_gradient"
     causes = divergence_causes(catalogue, SYMPTOM, dyn, loss_fields=fields, step=first)
-    lead = (
-        f"before the first NaN/Inf at step {first} the loss rose from {num(start)} to {num(peak)}; "
-    )
+    lead = catalogue.text(SYMPTOM, None, "diverged_first", step=first, **fields)
     # a divergence that came first explains the NaN better than the op that overflowed
     return [
-        dataclasses.replace(c, evidence=lead + c.evidence, confidence=min(0.95, c.confidence + 0.1))
+        dataclasses.replace(
+            c, evidence=f"{lead}; {c.evidence}", confidence=min(0.95, c.confidence + 0.1)
+        )
         for c in causes
     ]
 
@@ -177,36 +176,31 @@ def _instability(
 ) -> Cause | None:
     outputs = at[at["kind"] == "output"].sort_values("order")
     modules = records.meta.get("modules", {})
+
+    def text(key: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "numerical_instability", key, step=first, **fields)
+
     if len(outputs):
         row = outputs.iloc[0]
         name = str(row["name"])
         fed = at[(at["kind"] == "module_input") & (at["name"] == name)]
+        value = _kind(row["value"])
+        case = "output"
         if len(fed):
             # its input was already bad: the op that made it ran in the parent's own
             # forward, between submodule calls (e.g. `torch.log(h)` in `forward`)
             name = name.rpartition(".")[0] if name else ""
-            how = (
-                f"at step {first} `{row['name']}` received an input already holding "
-                f"{_kind(fed.iloc[0]['value'])} values from code in the forward of "
-                f"{_shown(name)}{_type(modules, name)} between its submodules, while the "
-                "model input and every module output before it were finite"
-            )
-            where = f"its forward turned a finite tensor non-finite at step {first}"
-        else:
-            how = (
-                f"at step {first} the output of {_shown(name)}{_type(modules, name)} held "
-                f"{_kind(row['value'])} values although its input, the model input and "
-                "every module output before it were finite"
-            )
-            where = f"its output turned non-finite at step {first}"
+            value = _kind(fed.iloc[0]["value"])
+            case = "forward"
+        shown = f"{_shown(catalogue, name)}{_type(modules, name)}"
         return catalogue.cause(
             SYMPTOM,
             "numerical_instability",
             confidence=0.8,
-            evidence=how,
+            evidence=text(f"{case}_evidence", output=row["name"], shown=shown, value=value),
             module=name or None,
             step=first,
-            where=where,
+            where=text(f"{case}_where"),
         )
     if first_loss == first:  # the forward was finite and the loss was not: it made it
         return _loss_instability(catalogue, records, train_nf, first)
@@ -215,20 +209,14 @@ def _instability(
         # backward runs from the output: the last parameter (in model order) whose
         # gradient is non-finite is the nearest to where it was produced
         row = grads.iloc[-1]
-        evidence = (
-            f"at step {first} the gradient of `{row['param']}` was NaN "
-            f"(NaN in {len(grads)} parameter(s)) while the forward activations and the "
-            "loss were finite: the backward pass produced it (sqrt or norm at 0, "
-            "division by a value near 0, pow with a negative base)"
-        )
         return catalogue.cause(
             SYMPTOM,
             "numerical_instability",
             confidence=0.7,
-            evidence=evidence,
+            evidence=text("gradient_evidence", param=row["param"], count=len(grads)),
             module=str(row["module"]) or None,
             step=first,
-            where=f"the gradient of its parameter `{row['param']}` turned non-finite",
+            where=text("gradient_where", param=row["param"]),
         )
     params = bad_param[bad_param["step"] == first]
     if len(params):
@@ -237,12 +225,10 @@ def _instability(
             SYMPTOM,
             "numerical_instability",
             confidence=0.6,
-            evidence=f"at step {first} parameter `{row['param']}` became non-finite in the "
-            "optimizer update while its gradient was finite (optimizer eps of 0, a "
-            "division by a zero second moment)",
+            evidence=text("update_evidence", param=row["param"]),
             module=str(row["module"]) or None,
             step=first,
-            where=f"the update of `{row['param']}` turned non-finite",
+            where=text("update_where", param=row["param"]),
         )
     return _loss_instability(catalogue, records, train_nf, first)
 
@@ -252,43 +238,35 @@ def _loss_instability(
 ) -> Cause:
     steps = records.steps
     looked = bool(steps.loc[steps["step"] == first, "sampled"].astype(bool).any())
-    if looked:
-        evidence = (
-            f"the train loss turned non-finite at step {first} while the input, the targets "
-            "and every module output were finite: the loss computation itself produced it "
-            "(log of a zero probability, a division in a custom loss)"
-        )
-        where = "the loss function: its input is finite, so check what it computes"
-    else:
+
+    def text(key: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "numerical_instability", key, step=first, **fields)
+
+    seen = ""
+    if not looked:
         later = train_nf[(train_nf["kind"] == "output") & (train_nf["step"] > first)]
-        seen = (
-            f"; the first module output checked non-finite was "
-            f"{_shown(later.iloc[0]['name'])} at step {int(later.iloc[0]['step'])}"
-            if len(later)
-            else ""
-        )
-        evidence = (
-            f"the train loss turned non-finite at step {first} with finite input and "
-            f"targets; step {first} was not a sampled step, so module outputs were not "
-            f"checked there{seen}"
-        )
-        where = (
-            "the step's forward pass; rerun with `trainlens.watch(..., sample_every=1)` "
-            "so every step's module outputs are checked and the module is named"
-        )
+        if len(later):
+            seen = text(
+                "unsampled_seen",
+                shown=_shown(catalogue, later.iloc[0]["name"]),
+                seen_step=int(later.iloc[0]["step"]),
+            )
+    case = "loss" if looked else "unsampled"
     return catalogue.cause(
         SYMPTOM,
         "numerical_instability",
         confidence=0.5,
-        evidence=evidence,
+        evidence=text(f"{case}_evidence", seen=seen),
         module=None,
         step=first,
-        where=where,
+        where=text(f"{case}_where"),
     )
 
 
-def _shown(name: str) -> str:
-    return "the model's own forward (`model`)" if name == "" else f"`{name}`"
+def _shown(catalogue: Catalogue, name: str) -> str:
+    if name == "":
+        return catalogue.text(SYMPTOM, "numerical_instability", "model_forward")
+    return f"`{name}`"
 
 
 def _type(modules: dict[str, Any], name: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,8 @@ _FREE = re.compile(_SIZE + r"(?: is)? free", re.I)
 _DTYPE_BYTES = {"float64": 8, "int64": 8, "complex64": 8, "float16": 2, "bfloat16": 2}
 _DTYPE_BYTES.update({"int16": 2, "int8": 1, "uint8": 1, "bool": 1})
 #: module types whose models take sequences (a sequence length can be cut)
+#: the memory curves the probe records, each with its own label in the recipe
+_MEMORY_KINDS = ("cuda_allocated", "cpu_heap")
 _SEQUENCE_TYPES = {
     "Embedding", "LSTM", "GRU", "RNN", "MultiheadAttention", "Transformer",
     "TransformerEncoderLayer", "TransformerDecoderLayer",
@@ -140,58 +143,61 @@ def _batch_cause(
     batch_fit = max(1, (batch or 2) // 2) if guess else max(1, fit)
     accumulate = max(1, math.ceil((batch or batch_fit) / batch_fit))
 
+    def text(name: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "batch_too_large", name, **fields)
+
     seq_len = _sequence_length(records, mem)
     sequence_fix = ""
     seq_fit = None
     if seq_len and batch and available is not None and need_per_sample > 0 and not inconsistent:
         seq_fit = int(seq_len * available * safety // (need_per_sample * batch))
         if 1 <= seq_fit < seq_len:
-            sequence_fix = (
-                f", or keep batch {batch} and cut sequences from {seq_len} to about {seq_fit} "
-                "tokens (assuming memory linear in length; attention scores grow with its "
-                "square, so check again)"
-            )
+            sequence_fix = text("sequence_fix", batch=batch, seq_len=seq_len, seq_fit=seq_fit)
 
     shown = "(model)" if module == "" else module
-    where = f"`{shown}` ({module_type})" if module is not None else "the model"
-    during = "its backward" if in_backward else "its forward"
-    shape_txt = f" {shape_str(mod_shape)}" if mod_shape else ""
-    at_least = "at least " if first_forward else ""
-    need = (
-        f"{where} failed in {during}; its activation{shape_txt} takes "
-        f"{human(mod_per_sample)} per sample, {human(mod_batch_bytes)} for the batch of "
-        f"{batch if batch else '?'}; the whole forward needs {at_least}"
-        f"{human(forward_per_sample)} per sample, about {human(need_per_sample)} per sample "
-        f"in training (x{factor:g} for the gradients)"
+    the_model = text("the_model")
+    where = (
+        text("module", shown=shown, module_type=module_type) if module is not None else the_model
     )
-    if first_forward:
-        need += " (estimated from the shapes at hand: the OOM struck before the forward ended)"
-    avail_txt = (
-        f"{human(available)} was available ({_memory_source(mem)})"
-        if available is not None
-        else "the available memory could not be read"
+    during = text("during_backward" if in_backward else "during_forward")
+    sizes = dict(
+        where=where,
+        during=during,
+        per_sample=human(mod_per_sample),
+        batch_bytes=human(mod_batch_bytes),
+        batch=batch if batch else "?",
     )
+    # the OOM struck before the forward ended: the forward's total is a lower bound
+    need = text(
+        "need_first_forward" if first_forward else "need",
+        shape=f" {shape_str(mod_shape)}" if mod_shape else "",
+        forward=human(forward_per_sample),
+        training=human(need_per_sample),
+        factor=f"{factor:g}",
+        **sizes,
+    )
+    if available is not None:
+        avail_txt = text("available", available=human(available), source=_memory_source(text, mem))
+    else:
+        avail_txt = text("available_unknown")
     if requested:
-        avail_txt += f" and the failed allocation asked for {human(requested)}"
+        avail_txt = f"{avail_txt} {text('requested', requested=human(requested))}"
     # one plan, told the same way by the summary, the first check and the fix
     plan = "guess" if guess else ("fits" if fit >= 1 else "none")
-
-    def text(name: str, **fields: Any) -> str:
-        return catalogue.text(SYMPTOM, "batch_too_large", name, **fields)
 
     story = {
         "batch_fit": batch_fit,
         "accumulate": accumulate,
-        "batch": batch if batch else "the current batch",
+        "batch": batch if batch else text("current_batch"),
         "sequence_fix": sequence_fix,
         "margin": f"{1 - safety:.0%}",
         "fit": fit,
-        "module": shown if module is not None else "the model",
+        "module": shown if module is not None else the_model,
         "times": f"{need_per_sample / available:,.0f}x" if plan == "none" else "",
         "per_sample": human(need_per_sample),
         "output_shape": shape_str(mod_shape) if mod_shape else "?",
         "input_shape": shape_str((exc.get("inputs") or [None])[0]) if exc.get("inputs") else "?",
-        "input_hint": _input_hint(mem),
+        "input_hint": _input_hint(text, mem),
     }
     if plan == "guess":
         verdict = text("unknown_verdict") if fit is None else text("guess_verdict", **story)
@@ -200,16 +206,17 @@ def _batch_cause(
     first_fix = text(f"{plan}_fix", **story)
     wide = _output_layer(records)
     chunked_loss = text("chunked_loss", output_layer=wide[0], width=wide[1]) if wide else ""
-    biggest_txt = "Biggest activations per sample: " + "; ".join(
+    rows = [
         f"`{b['module']}` {shape_str(b['shape']) if b['shape'] else ''} {human(b['per_sample'])}"
         for b in biggest
-    )
+    ]
+    biggest_txt = text("biggest", activations="; ".join(rows))
     confidence = 0.5 if retained or inconsistent else 0.9
-    summary = (
-        f"{where} ran out of memory in {during}: {human(mod_per_sample)} per sample "
-        f"({human(mod_batch_bytes)} for batch {batch if batch else '?'}), "
-        f"{human(available) if available is not None else '?'} available; "
-        + text(f"{plan}_summary", **story)
+    summary = text(
+        "summary",
+        available=human(available) if available is not None else "?",
+        plan=text(f"{plan}_summary", **story),
+        **sizes,
     )
     evidence.update(
         {
@@ -239,7 +246,7 @@ def _batch_cause(
         need=need,
         available=avail_txt,
         verdict=verdict,
-        biggest=biggest_txt + ".",
+        biggest=biggest_txt,
         first_fix=first_fix,
         chunked_loss=chunked_loss,
     )
@@ -391,20 +398,23 @@ def _output_layer(records: Records) -> tuple[str, int] | None:
     return widest
 
 
-def _memory_source(mem: dict[str, Any]) -> str:
+def _memory_source(text: Callable[..., str], mem: dict[str, Any]) -> str:
+    """Where the available memory was read (`text`: the batch_too_large texts)."""
     if mem.get("kind") == "cuda":
-        return (
-            f"{mem.get('device', 'cuda')}: {human(mem.get('free_bytes'))} free of "
-            f"{human(mem.get('total_bytes'))}, plus cached blocks"
+        return text(
+            "source_cuda",
+            device=mem.get("device", "cuda"),
+            free=human(mem.get("free_bytes")),
+            total=human(mem.get("total_bytes")),
         )
     if mem.get("kind") == "cpu":
-        return f"the CPU's MemAvailable, of {human(mem.get('total_bytes'))} in all"
-    return "from the error message"
+        return text("source_cpu", total=human(mem.get("total_bytes")))
+    return text("source_message")
 
 
-def _input_hint(mem: dict[str, Any]) -> str:
+def _input_hint(text: Callable[..., str], mem: dict[str, Any]) -> str:
     shape = (mem.get("model_input") or {}).get("shape")
-    return f"the model input is {shape_str(shape)}" if shape else "resolution, length"
+    return text("input_hint", shape=shape_str(shape)) if shape else text("input_hint_unknown")
 
 
 # --- graph_retained_across_steps -----------------------------------------------------------
@@ -431,41 +441,34 @@ def _retained_cause(
     if ok.sum() >= 3:
         growth = float(np.polyfit(curve["step"][ok].astype(float), values[ok].astype(float), 1)[0])
     kind = str(last["kind"])
-    label = {"cuda_allocated": "CUDA allocated memory", "cpu_heap": "CPU heap in use"}.get(
-        kind, "process RSS"
-    )
+
+    def text(name: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "graph_retained_across_steps", name, **fields)
+
     n_alive = int(count.iloc[-1])
-    alive = f"at least {n_alive}" if n_alive >= 64 else str(n_alive)
-    retained = (
-        f"The autograd graphs of {alive} earlier steps were still alive at step "
-        f"{int(last['step'])} (the oldest from step {start}; a healthy loop keeps at most "
-        "the previous one)"
-    )
+    # the probe counts graphs up to 64: at the cap, at least that many
+    alive = text("at_least", count=n_alive) if n_alive >= 64 else str(n_alive)
+    retained = text("retained", alive=alive, step=int(last["step"]), start=start)
     climbs = growth == growth and growth > 0
     if ok.sum() >= 3:
         v0, v1 = float(values[ok].iloc[0]), float(values[ok].iloc[-1])
-        retained += (
-            f"; {label} went from {human(v0)} at step {int(curve['step'][ok].iloc[0])} to "
-            f"{human(v1)} at step {int(curve['step'][ok].iloc[-1])}, "
-            f"{human(growth) if growth == growth else '?'} per step"
+        retained += text(
+            "curve",
+            label=text(f"label_{kind}" if kind in _MEMORY_KINDS else "label_rss"),
+            start=human(v0),
+            start_step=int(curve["step"][ok].iloc[0]),
+            end=human(v1),
+            end_step=int(curve["step"][ok].iloc[-1]),
+            growth=human(growth) if growth == growth else "?",
         )
         per_forward = float(activations(records)["output_bytes"].sum())
         if climbs and per_forward > 0 and growth >= 0.5 * per_forward:
-            retained += (
-                f"; that is about one forward's activations ({human(per_forward)}) per step: "
-                "the saved tensors stay too, as with `backward(retain_graph=True)`"
-            )
+            retained += text("saved_tensors", per_forward=human(per_forward))
         room = (records.meta.get("memory") or {}).get("available_bytes")
         if climbs and room and not oom:
-            retained += (
-                f"; at this rate the {human(room)} still available last about "
-                f"{int(room // growth)} more steps"
-            )
+            retained += text("room", room=human(room), steps=int(room // growth))
         if not climbs:
-            retained += (
-                " (flat so far: backward freed the saved tensors, but the graph nodes "
-                "pile up and every later backward walks them)"
-            )
+            retained = f"{retained} {text('flat')}"
     evidence.update(
         {
             "retained_graphs": n_alive,
@@ -474,7 +477,7 @@ def _retained_cause(
             "memory_kind": kind,
         }
     )
-    summary = retained + (" and the run then ran out of memory" if oom else "")
+    summary = f"{retained} {text('then_oom')}" if oom else retained
     return catalogue.cause(
         SYMPTOM,
         "graph_retained_across_steps",

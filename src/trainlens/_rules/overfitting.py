@@ -90,12 +90,11 @@ def _overfitting(
         SYMPTOM,
         "overfitting",
         confidence=conf,
-        evidence=f"validation loss was best, {num(best)}, at step {step}, then rose to "
-        f"{num(last)} ({num(ratio)}x) over {len(after)} evaluations while the train loss fell "
-        f"from {num(t_best)} to {num(t_last)}",
         step=step,
         best_val=num(best),
         last_val=num(last),
+        ratio=num(ratio),
+        evals=len(after),
         train_at_best=num(t_best),
         train_last=num(t_last),
     )
@@ -124,11 +123,12 @@ def _bad_split(
         SYMPTOM,
         "bad_split",
         confidence=0.85,
-        evidence=f"at the first evaluation (step {step}) validation loss was {num(v0)} against "
-        f"a train loss of {num(t0)} ({num(v0 / t0)}x); over {len(val)} evaluations it stayed "
-        f"at least {num(float(ratios.min()))}x above and fell {v_fall:.0%} while the train "
-        f"loss fell {t_fall:.0%}",
         step=step,
         first_val=num(v0),
         first_train=num(t0),
+        ratio=num(v0 / t0),
+        evals=len(val),
+        min_ratio=num(float(ratios.min())),
+        val_fall=f"{v_fall:.0%}",
+        train_fall=f"{t_fall:.0%}",
     )

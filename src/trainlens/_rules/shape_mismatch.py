@@ -60,22 +60,30 @@ def _crash_finding(records: Records, catalogue: Catalogue) -> Finding | None:
 
     module = exc.get("module")
     attrs = module_attrs(records, module)
-    check = expectation(exc.get("module_type") or "", attrs, inputs, exc.get("int_range"))
+    check = expectation(
+        catalogue, exc.get("module_type") or "", attrs, inputs, exc.get("int_range")
+    )
     if check is None and not _SHAPE_MESSAGE.search(message):
         return None  # not a shape problem; other rules may know it
-    received = shape_str(inputs[0]) if inputs else "no tensor input"
-    shown = _display(module)
+
+    def text(key: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "layer_input_mismatch", key, **fields)
+
+    received = shape_str(inputs[0]) if inputs else text("no_tensor_input")
+    fields = dict(
+        shown=_display(module),
+        module_type=exc["module_type"],
+        received=received,
+        message=message[:200],
+    )
     if check is not None:
         expected, suggestion = check
-        evidence = f"`{shown}` ({exc['module_type']}) {expected}, but received {received}"
+        evidence = text("expected_evidence", expected=expected, **fields)
         confidence = 0.95
     else:
-        expected = f"it raised `{message[:200]}`"
-        suggestion = (
-            f"Compare the shape reaching `{shown}` with what it was built for, and fix the "
-            "layer's size or the reshape before it."
-        )
-        evidence = f"`{shown}` ({exc['module_type']}) raised on input {received}: {message[:200]}"
+        expected = text("raised_expected", **fields)
+        suggestion = text("raised_suggestion", **fields)
+        evidence = text("raised_evidence", **fields)
         confidence = 0.7
     cause = catalogue.cause(
         SYMPTOM,
@@ -106,14 +114,23 @@ def _crash_finding(records: Records, catalogue: Catalogue) -> Finding | None:
 
 
 def expectation(
+    catalogue: Catalogue,
     module_type: str,
     attrs: dict[str, Any],
     inputs: list[list[int]],
     int_range: list[int] | None = None,
 ) -> tuple[str, str] | None:
-    """(what the layer expects, what to change) when the input contradicts its config."""
+    """(what the layer expects, what to change) when the input contradicts its config:
+    the recipe's `<case>_expected` and `<case>_suggestion` texts, filled in."""
     if not inputs:
         return None
+
+    def says(case: str, **fields: Any) -> tuple[str, str]:
+        def text(key: str) -> str:
+            return catalogue.text(SYMPTOM, "layer_input_mismatch", f"{case}_{key}", **fields)
+
+        return text("expected"), text("suggestion")
+
     x = inputs[0]
     conv = _CONV.match(module_type)
     norm = _NORM_CHANNELS.match(module_type)
@@ -121,59 +138,33 @@ def expectation(
         want = attrs.get("in_features")
         if want is not None and (not x or x[-1] != want):
             got = x[-1] if x else None
-            return (
-                f"expects the last dimension to be in_features={want}",
-                f"Make the layer fit the data: `nn.Linear({got}, {attrs.get('out_features')})` "
-                f"(or `nn.LazyLinear({attrs.get('out_features')})`), or fix the flatten/reshape "
-                f"before it so the last dimension is {want}.",
-            )
+            return says("linear", want=want, got=got, out=attrs.get("out_features"))
     elif conv:
         n = int(conv.group(3))
         want = attrs.get("in_channels")
         if want is None:
             return None
         if len(x) not in (n + 1, n + 2):
-            return (
-                f"expects a {n + 2}-d input [batch, channels={want}, {n}-d spatial] "
-                f"(got {len(x)} dimensions)",
-                "Add or remove the missing dimension before the convolution, e.g. "
-                "`x.unsqueeze(1)` for a missing channel axis, or `x.permute(0, 3, 1, 2)` "
-                "for channels-last images.",
-            )
+            return says("conv_dims", want=want, n=n, dims=n + 2, got_dims=len(x))
         got = x[-(n + 1)]
         if got != want:
-            hint = (
-                " The input looks channels-last: use `x.permute(0, 3, 1, 2)`."
-                if n == 2 and len(x) == 4 and x[-1] == want
-                else ""
-            )
-            return (
-                f"expects in_channels={want} at dimension {len(x) - n - 1}",
-                f"Set in_channels={got} on this layer, or fix the layer before it so it "
-                f"produces {want} channels.{hint}",
-            )
+            expected, suggestion = says("conv_channels", want=want, got=got, dim=len(x) - n - 1)
+            if n == 2 and len(x) == 4 and x[-1] == want:
+                hint = catalogue.text(SYMPTOM, "layer_input_mismatch", "channels_last_hint")
+                suggestion = f"{suggestion} {hint}"
+            return expected, suggestion
     elif norm:
         want = attrs.get("num_features")
         if want is not None and len(x) >= 2 and x[1] != want:
-            return (
-                f"expects num_features={want} channels at dimension 1",
-                f"Use `nn.{module_type}({x[1]})`, or check that dimension 1 holds the "
-                "channels/features (sequence models often need `x.transpose(1, 2)`).",
-            )
+            return says("norm", want=want, got=x[1], module_type=module_type)
     elif module_type == "GroupNorm":
         want = attrs.get("num_channels")
         if want is not None and len(x) >= 2 and x[1] != want:
-            return (
-                f"expects num_channels={want} at dimension 1",
-                f"Use `nn.GroupNorm(num_groups, {x[1]})`.",
-            )
+            return says("group_norm", want=want, got=x[1])
     elif module_type == "LayerNorm":
         want = list(attrs.get("normalized_shape") or [])
         if want and x[-len(want) :] != want:
-            return (
-                f"expects the last dimensions to be normalized_shape={want}",
-                f"Use `nn.LayerNorm({x[-1]})` or make the features dimension {want[-1]}.",
-            )
+            return says("layer_norm", want=want, got=x[-1], want_last=want[-1])
     elif module_type in ("Embedding", "EmbeddingBag"):
         want = attrs.get("num_embeddings")
         if (
@@ -181,28 +172,22 @@ def expectation(
             and want is not None
             and not 0 <= int_range[0] <= int_range[1] < want
         ):
-            return (
-                f"has num_embeddings={want}, so ids must lie in [0, {want - 1}]; the ids "
-                f"ranged over [{int_range[0]}, {int_range[1]}]",
-                f"Build the embedding with num_embeddings >= {int_range[1] + 1} (vocabulary "
-                "size plus special tokens), or fix the tokenizer/ids that exceed it.",
+            return says(
+                "embedding",
+                want=want,
+                max_id=want - 1,
+                low=int_range[0],
+                high=int_range[1],
+                need=int_range[1] + 1,
             )
     elif module_type in ("RNN", "LSTM", "GRU"):
         want = attrs.get("input_size")
         if want is not None and (len(x) not in (2, 3) or x[-1] != want):
-            return (
-                f"expects [batch, seq, input_size={want}] (batch_first="
-                f"{attrs.get('batch_first')}) or an unbatched [seq, {want}]",
-                f"Use input_size={x[-1]} or reshape the input so its last dimension is {want}.",
-            )
+            return says("rnn", want=want, got=x[-1], batch_first=attrs.get("batch_first"))
     elif module_type == "MultiheadAttention":
         want = attrs.get("embed_dim")
         if want is not None and x and x[-1] != want:
-            return (
-                f"expects embed_dim={want} in the last dimension",
-                f"Project the input to {want} features first or build the attention with "
-                f"embed_dim={x[-1]}.",
-            )
+            return says("attention", want=want, got=x[-1])
     return None
 
 
@@ -215,22 +200,20 @@ def _loss_crash(
 ) -> Finding | None:
     if len(inputs) < 2:
         return None
-    loss = exc.get("module_type") or "the loss"
+    loss = exc.get("module_type") or _loss_text(catalogue, "the_loss")
     pred, target = inputs[0], inputs[1]
     if pred == target and not _SHAPE_MESSAGE.search(message):
         return None
+    fields = dict(loss=loss, input_shape=shape_str(pred), target_shape=shape_str(target))
     cause = catalogue.cause(
         SYMPTOM,
         "loss_target_shape_mismatch",
         confidence=0.95,
-        evidence=f"{loss} raised on input {shape_str(pred)} and target {shape_str(target)}: "
-        f"{message[:200]}",
+        evidence=_loss_text(catalogue, "raised", message=message[:200], **fields),
         module=_model_module(records, exc.get("module")),
         step=exc.get("step"),
-        loss=loss,
-        input_shape=shape_str(pred),
-        target_shape=shape_str(target),
-        suggestion=loss_fix(loss, pred, target),
+        suggestion=loss_fix(catalogue, loss, pred, target),
+        **fields,
     )
     return catalogue.finding(
         SYMPTOM,
@@ -246,20 +229,19 @@ def _loss_crash(
     )
 
 
-def loss_fix(loss: str, pred: list[int], target: list[int]) -> str:
+def loss_fix(catalogue: Catalogue, loss: str, pred: list[int], target: list[int]) -> str:
     """What to change, for the two usual families of losses."""
     if loss in ("CrossEntropyLoss", "NLLLoss"):
-        return (
-            f"{loss} wants logits [N, C] and class indices [N] (dtype long), or class "
-            "probabilities of the same shape as the logits. Squeeze a [N, 1] target with "
-            "`target.squeeze(1)`; for sequences, flatten to `logits.view(-1, C)` and "
-            "`target.view(-1)`."
-        )
+        return _loss_text(catalogue, "fix_class_indices", loss=loss)
     if len(pred) == len(target) + 1 and pred[-1] == 1:
-        return "Squeeze the model output, `output.squeeze(-1)`, so it matches the target."
+        return _loss_text(catalogue, "fix_squeeze_output")
     if len(target) == len(pred) + 1 and target[-1] == 1:
-        return "Squeeze the target, `target.squeeze(-1)`, so it matches the output."
-    return "Reshape output or target so both have exactly the same shape before the loss."
+        return _loss_text(catalogue, "fix_squeeze_target")
+    return _loss_text(catalogue, "fix_reshape")
+
+
+def _loss_text(catalogue: Catalogue, key: str, **fields: Any) -> str:
+    return catalogue.text(SYMPTOM, "loss_target_shape_mismatch", key, **fields)
 
 
 # --- silent broadcasting -----------------------------------------------------------------
@@ -273,11 +255,16 @@ def _broadcast_findings(records: Records, catalogue: Catalogue) -> list[Finding]
         if data["inflation"] <= threshold:
             continue
         pred, target = data["input"], data["target"]
-        evidence = (
-            f"{data['loss']} got input {shape_str(pred)} and target {shape_str(target)} "
-            f"at step {int(row['step'])} ({data['split']}): they broadcast to "
-            f"{shape_str(data['broadcast'])}, so every output is compared with every target "
-            "and the loss is wrong while training goes on"
+        fields = dict(
+            loss=data["loss"], input_shape=shape_str(pred), target_shape=shape_str(target)
+        )
+        evidence = _loss_text(
+            catalogue,
+            "broadcast",
+            step=int(row["step"]),
+            split=data["split"],
+            broadcast=shape_str(data["broadcast"]),
+            **fields,
         )
         cause = catalogue.cause(
             SYMPTOM,
@@ -286,10 +273,8 @@ def _broadcast_findings(records: Records, catalogue: Catalogue) -> list[Finding]
             evidence=evidence,
             module=_model_module(records, row["module"]),
             step=int(row["step"]),
-            loss=data["loss"],
-            input_shape=shape_str(pred),
-            target_shape=shape_str(target),
-            suggestion=loss_fix(data["loss"], pred, target),
+            suggestion=loss_fix(catalogue, data["loss"], pred, target),
+            **fields,
         )
         findings.append(
             catalogue.finding(SYMPTOM, "error", [cause], evidence={"silent_broadcast": data})
@@ -323,22 +308,28 @@ def _trail(records: Records, exc: dict[str, Any]) -> list[dict[str, Any]]:
 # --- samples mixing across the batch ---------------------------------------------------
 # layers that mix samples on purpose even in eval mode (BatchNorm without running stats)
 _MIXES_ON_PURPOSE = re.compile(r"^(Sync)?BatchNorm|^LazyBatchNorm")
+#: how the batch-dependency probe names an activation it probed: `output of `<module>``
+_PROBED_OUTPUT = "output of "
 
 
-def _data_axes(dep: dict[str, Any], module: str | None) -> str:
+def _data_axes(catalogue: Catalogue, dep: dict[str, Any], module: str | None) -> str:
     """Both axes, named, when the data (not the model's declared layout) fixed the batch."""
     data = dep.get("data_evidence")
     if dep.get("batch_axis_from") != "data" or not data:
         return ""
-    a, t = dep["batch_axis"], data.get("time_axis")
-    shape = data.get("ids") or dep["input"]
-    text = f": the data holds its {dep['batch']} samples along axis {a} of {shape_str(shape)}"
-    if t is not None:
-        text += (
-            f" ({data['from']}: the target is the input shifted by one along axis {t} in "
-            f"{data['match']:.0%} of positions, so axis {t} is time)"
-        )
-    return text + f", and `{_display(module)}` runs its recurrence or attention along axis {a}"
+    t = data.get("time_axis")
+    return catalogue.text(
+        SYMPTOM,
+        "batch_dim_mixing",
+        "data_axes" if t is None else "data_axes_time",
+        batch=dep["batch"],
+        axis=dep["batch_axis"],
+        shape=shape_str(data.get("ids") or dep["input"]),
+        source=data.get("from"),
+        time=t,
+        match=f"{data['match']:.0%}" if t is not None else "",
+        shown=_display(module),
+    )
 
 
 def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
@@ -352,42 +343,48 @@ def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
     leak = float(dep["max_leak"])
     if leak <= catalogue.threshold(SYMPTOM, "mixing_leak", "batch_dim_mixing"):
         return []
-    i, j = dep["sample"], dep["other"]
+
+    def text(key: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "batch_dim_mixing", key, shown=_display(module), **fields)
+
     leaf = dep.get("leaf", "input")
-    evidence = (
-        f"output of sample {i} has gradient {dep['grad_other']:.3g} w.r.t. sample {j}'s "
-        f"{'input' if leaf == 'input' else leaf.replace('output of', 'activation in')} "
-        f"(its own: {dep['grad_own']:.3g}); {dep['mixed_samples']} of "
-        f"{dep['batch']} samples leak into the outputs probed, in eval mode"
+    if leaf.startswith(_PROBED_OUTPUT):  # the probe's own words for an activation it probed
+        leaf = text("leaf_activation", probed=leaf[len(_PROBED_OUTPUT) :])
+    evidence = text(
+        "leak",
+        sample=dep["sample"],
+        other=dep["other"],
+        grad_other=f"{dep['grad_other']:.3g}",
+        grad_own=f"{dep['grad_own']:.3g}",
+        leaf=leaf,
+        mixed=dep["mixed_samples"],
+        batch=dep["batch"],
     )
     if dep.get("batch_axis_from") == "data":
-        evidence += f" (along axis {dep['batch_axis']}, the data's batch axis)"
+        evidence = f"{evidence} {text('along_data_axis', axis=dep['batch_axis'])}"
     attrs = module_attrs(records, module)
     if dep.get("starts") == "between":
-        where = (
-            f"the input of `{dep['first_mixed']}` already mixes samples, while "
-            + (f"the output of `{dep['last_clean']}`" if dep.get("last_clean") else "the input")
-            + f" does not: the reshape is in the forward of `{_display(module)}`, between them"
+        clean = (
+            text("clean_output", last_clean=dep["last_clean"])
+            if dep.get("last_clean")
+            else text("clean_input")
         )
-        suggestion = (
-            "A `view`/`reshape` that swaps axes scrambles samples: use "
-            "`x.permute(...)` or `x.transpose(0, 1)` to reorder axes, and keep `view` for "
-            "splitting or merging neighbouring axes."
-        )
+        where = text("between_where", first_mixed=dep["first_mixed"], clean=clean)
+        suggestion = text("between_suggestion")
     else:
-        where = f"`{_display(module)}` ({module_type}) gets per-sample inputs and mixes them"
-        where += _data_axes(dep, module)
+        where = text(
+            "module_where", module_type=module_type, data_axes=_data_axes(catalogue, dep, module)
+        )
         if "batch_first" in attrs:
-            suggestion = (
-                f"`{_display(module)}` has batch_first={attrs['batch_first']} but is fed "
-                f"{'[seq, batch, ...]' if attrs['batch_first'] else '[batch, seq, ...]'}: "
-                f"build it with batch_first={not attrs['batch_first']} or transpose its input."
+            batch_first = attrs["batch_first"]
+            suggestion = text(
+                "batch_first_suggestion",
+                batch_first=batch_first,
+                fed=text("seq_first" if batch_first else "batch_first"),
+                flipped=not batch_first,
             )
         else:
-            suggestion = (
-                f"Check the axes `{_display(module)}` reduces or attends over: one of them is "
-                "the batch axis (e.g. a softmax, mean or attention over dim 0)."
-            )
+            suggestion = text("axes_suggestion")
     cause = catalogue.cause(
         SYMPTOM,
         "batch_dim_mixing",
