@@ -21,6 +21,7 @@ from attention_models import (
 )
 from models import classification_data, mlp, train
 from trainlens._probes._attention import sdpa_is_patched
+from trainlens._probes._state import Sampling
 
 ORIGINAL_SDPA = F.scaled_dot_product_attention
 
@@ -44,7 +45,7 @@ def test_transformer_encoder_attention_is_recorded_per_layer_and_head(run_dir):
     att = lens.records.attention
     assert set(att["module"]) == {"encoder.layers.0.self_attn", "encoder.layers.1.self_attn"}
     assert set(att["head"]) == {0, 1, 2, 3}
-    assert att["step"].nunique() == 12
+    assert att["step"].nunique() == sum(Sampling()(s) for s in range(12))  # sampled steps
     assert att["entropy_norm"].between(0, 1.0001).all()
     layers = lens.records.attention_layers.set_index("module")
     row = layers.loc["encoder.layers.0.self_attn"]

@@ -27,7 +27,7 @@ from manual_attention_models import (
     train_gpt,
 )
 from models import classification_data
-from trainlens._probes._state import is_suspended
+from trainlens._probes._state import Sampling, is_suspended
 
 
 def _mode_active() -> bool:
@@ -132,11 +132,11 @@ def test_the_mode_exists_only_during_sampled_training_forwards(run_dir):
             opt.step()
         with torch.no_grad():
             model(x)  # evaluation: not looked at
-    expected = [s < 100 or s % 20 == 0 for s in range(125)] + [False]
+    expected = [Sampling(every=20)(s) for s in range(125)] + [False]
     assert model.seen == expected
     assert not _mode_active()
     steps = sorted(set(lens.records.attention["step"]))
-    assert steps == [s for s in range(125) if expected[s]]  # 0-99, then 100 and 120
+    assert steps == [s for s in range(125) if expected[s]]  # thinning out, then 120
 
 
 def test_a_model_without_attention_is_looked_at_twice_then_never(run_dir):

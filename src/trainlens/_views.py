@@ -13,6 +13,7 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ._records import Records
@@ -88,6 +89,39 @@ def constant_baseline(records: Records) -> tuple[float, str, float] | None:
     return value, str(kind), float(li["classes"].median())
 
 
+def step_weights(steps: pd.Series) -> dict[int, float]:
+    """How many steps of the run each sampled step stands for: the gap to the next one
+    (the last one counts as much as the gap before it)."""
+    u = np.unique(steps.to_numpy())
+    if len(u) < 2:
+        return {int(s): 1.0 for s in u}
+    gaps = np.diff(u).astype(float)
+    return dict(zip(u.tolist(), [*gaps.tolist(), float(gaps[-1])], strict=True))
+
+
+def weighted_median(values: pd.Series, weights: pd.Series) -> float:
+    """The median of `values` with each counted `weights` times; NaN left out."""
+    v, w = values.to_numpy(dtype=float), weights.to_numpy(dtype=float)
+    keep = ~np.isnan(v)
+    v, w = v[keep], w[keep]
+    if not len(v):
+        return math.nan
+    order = np.argsort(v, kind="stable")
+    v, cum = v[order], np.cumsum(w[order])
+    half = cum[-1] / 2
+    i = int(np.searchsorted(cum, half))
+    if cum[i] == half and i + 1 < len(v):  # an even split: the middle of the two
+        return float((v[i] + v[i + 1]) / 2)
+    return float(v[i])
+
+
+def weighted_mean(values: pd.Series, weights: pd.Series) -> float:
+    v = values.astype(float).to_numpy()
+    w = weights.to_numpy(dtype=float)
+    keep = ~np.isnan(v)
+    return float((v[keep] * w[keep]).sum() / w[keep].sum()) if keep.any() else math.nan
+
+
 def param_stats(records: Records) -> pd.DataFrame:
     """One row per tracked parameter (index: its name), in model order.
 
@@ -108,21 +142,33 @@ def param_stats(records: Records) -> pd.DataFrame:
         grad_zero=p["grad_norm"] == 0,
         ratio=p["update_norm"] / p["param_norm"].where(p["param_norm"] > 0),
         rel_grad=p["grad_norm"] / p["param_norm"].where(p["param_norm"] > 0),
+        weight=p["step"].map(step_weights(p["step"])),
+        moved=(p["update_norm"] > 0).where(p["update_norm"].notna()),
     )
-    agg = p.groupby("param", sort=False).agg(
+    groups = p.groupby("param", sort=False)
+    agg = groups.agg(
         module=("module", "first"),
         rows=("step", "size"),
-        has_grad=("has_grad", "mean"),
-        grad_pos=("grad_pos", "mean"),
         grad_seen=("grad_seen", "sum"),
         grad_zero=("grad_zero", "sum"),
-        grad=("grad_norm", "median"),
-        rel_grad=("rel_grad", "median"),
-        ratio=("ratio", "median"),
         update_rows=("update_norm", "count"),
-        changed=("update_norm", lambda u: float((u.dropna() > 0).mean())),
         norm=("param_norm", "last"),
     )
+    # sampling thins out over a run: each row stands for the steps until the next
+    # sampled one, so the medians and shares are those of the run, not of its first steps
+    for column, source, how in (
+        ("has_grad", "has_grad", weighted_mean),
+        ("grad_pos", "grad_pos", weighted_mean),
+        ("grad", "grad_norm", weighted_median),
+        ("rel_grad", "rel_grad", weighted_median),
+        ("ratio", "ratio", weighted_median),
+        ("changed", "moved", weighted_mean),
+    ):
+        agg[column] = [how(g[source], g["weight"]) for _, g in groups]
+    agg = agg[
+        ["module", "rows", "has_grad", "grad_pos", "grad_seen", "grad_zero", "grad",
+         "rel_grad", "ratio", "update_rows", "changed", "norm"]
+    ]  # fmt: skip
     agg["grad_zero"] = (agg["grad_zero"] == agg["grad_seen"]) & (agg["grad_seen"] > 0)
     agg = agg.drop(columns="grad_seen")
     agg["in_optimizer"] = [
