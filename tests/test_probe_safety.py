@@ -97,7 +97,7 @@ def _failing_reader(device: torch.device) -> tuple[str, Callable[[], int]]:
 # (probe name, what to break): each target runs inside that probe's hook, patch or finish
 INJECTIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "modules": lambda mp: mp.setattr(ModuleProbe, "_record_shapes", _boom),
-    "losses": lambda mp: mp.setattr(LossProbe, "log", _boom),
+    "losses": lambda mp: mp.setattr(LossProbe, "_log", _boom),
     "steps": lambda mp: mp.setattr(StepProbe, "_record", _boom),
     "attention": lambda mp: mp.setattr(AttentionProbe, "_wanted", _boom),
     "loss_inputs": lambda mp: mp.setattr(LossInputProbe, "_on_forward", _boom),

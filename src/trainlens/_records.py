@@ -313,15 +313,29 @@ class Deferred:
 
     def __init__(self) -> None:
         self._items: list[tuple[Table, list[tuple[Any, ...]], torch.Tensor]] = []
+        # one scalar per row (the loss of every step): stacked at the flush, so a step
+        # pays one list append, not a reshape and a concatenation
+        self._scalars: list[tuple[Table, tuple[Any, ...], torch.Tensor]] = []
 
     def add(self, table: Table, prefixes: list[tuple[Any, ...]], values: torch.Tensor) -> None:
         """`values` is `[len(prefixes), k]`: row i is `prefixes[i] + values[i]`."""
         self._items.append((table, prefixes, values.detach() if values.requires_grad else values))
 
+    def add_scalar(self, table: Table, prefix: tuple[Any, ...], value: torch.Tensor) -> None:
+        """One row `prefix + (value,)`, `value` a one-element tensor. Rows of a table
+        written through here keep their order among themselves."""
+        if value.requires_grad:
+            value = value.detach()
+        if value.dim():
+            value = value.reshape(())
+        self._scalars.append((table, prefix, value))
+
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + len(self._scalars)
 
     def flush(self) -> None:
+        if self._scalars:
+            self._flush_scalars()
         if not self._items:
             return
         items, self._items = self._items, []
@@ -341,6 +355,19 @@ class Deferred:
         for i, (table, prefixes, _) in enumerate(items):
             for prefix, vals in zip(prefixes, host[i], strict=True):
                 table.append(*prefix, *vals)
+
+    def _flush_scalars(self) -> None:
+        scalars, self._scalars = self._scalars, []
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, (_, _, value) in enumerate(scalars):
+            groups.setdefault((value.device, value.dtype), []).append(i)
+        host: list[float] = [math.nan] * len(scalars)
+        for idx in groups.values():
+            values = torch.stack([scalars[i][2] for i in idx]).to(torch.float64).tolist()
+            for i, v in zip(idx, values, strict=True):
+                host[i] = v
+        for (table, prefix, _), v in zip(scalars, host, strict=True):
+            table.append(*prefix, v)
 
 
 class Records:

@@ -213,7 +213,7 @@ class ForwardDispatch:
         self.state = state
         self._pre: dict[int, list[tuple[Probe, Pre, bool]]] = {}
         self._post: dict[int, list[tuple[Probe, Post, bool, bool]]] = {}
-        self._loss: list[tuple[Probe, Post, bool]] = []
+        self._loss: list[tuple[Probe, Post, bool, bool]] = []
         self._handles: list[Any] = []
 
     def pre(self, probe: Probe, hooks: dict[nn.Module, Pre], *, sampled: bool = False) -> None:
@@ -242,10 +242,11 @@ class ForwardDispatch:
             self._post[id(module)] = [*self._post.get(id(module), ()), item]
             probe.handles.append(_Subscription(self, "post", id(module), item))
 
-    def loss(self, probe: Probe, fn: Post, *, always: bool = False) -> None:
-        """`fn(module, args, output)` after every `torch.nn` loss module of the run."""
+    def loss(self, probe: Probe, fn: Post, *, always: bool = False, sampled: bool = False) -> None:
+        """`fn(module, args, output)` after every `torch.nn` loss module of the run (with
+        `sampled`, on sampled steps only)."""
         self._ensure()
-        item = (probe, fn, always)
+        item = (probe, fn, always, sampled)
         self._loss = [*self._loss, item]
         probe.handles.append(_Subscription(self, "loss", None, item))
 
@@ -311,8 +312,11 @@ class ForwardDispatch:
                     except Exception as err:
                         probe.stop(err, "forward hook")
         if loss and threading.get_ident() in self.state.threads:
-            for probe, fn, always in loss:
-                if not probe.stopped and (always or not failing):
+            sampled = self.state.sampled
+            for probe, fn, always, only_sampled in loss:
+                if probe.stopped or (only_sampled and not sampled):
+                    continue
+                if always or not failing:
                     try:
                         fn(module, args, output)
                     except Exception as err:
@@ -332,15 +336,16 @@ class BackwardDispatch:
 
     def __init__(self, state: WatchState):
         self.state = state
-        self._subs: list[tuple[Probe, Callable[[Any], None]]] = []
+        self._subs: list[tuple[Probe, Callable[[Any], None], bool]] = []
         self._handles: list[Any] = []
         self.params: list[nn.Parameter] = []
 
-    def first_grad(self, probe: Probe, fn: Callable[[Any], None]) -> None:
-        """`fn(grad)` at the first parameter gradient of each backward pass."""
+    def first_grad(self, probe: Probe, fn: Callable[[Any], None], *, sampled: bool = False) -> None:
+        """`fn(grad)` at the first parameter gradient of each backward pass (with
+        `sampled`, of sampled steps only)."""
         if not self._handles:
             self._install()
-        item = (probe, fn)
+        item = (probe, fn, sampled)
         self._subs = [*self._subs, item]
         probe.handles.append(_Removal(lambda: self._unsubscribe(item)))
 
@@ -382,8 +387,9 @@ class BackwardDispatch:
     def _first(self, grad: Any) -> None:
         if _ANY_SUSPENDED[0] and _LOCAL.suspended:
             return
-        for probe, fn in self._subs:
-            if not probe.stopped:
+        sampled = self.state.sampled
+        for probe, fn, only_sampled in self._subs:
+            if not probe.stopped and (sampled or not only_sampled):
                 try:
                     fn(grad)
                 except Exception as err:

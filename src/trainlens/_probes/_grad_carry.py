@@ -37,7 +37,7 @@ class GradCarryProbe(Probe):
         if state.optimizer is None:
             return  # without an optimizer a step is a backward pass: nothing to carry over
         self.handles.append(state.optimizer.register_step_post_hook(self._post_step))
-        state.backwards.first_grad(self, self._on_grad)
+        state.backwards.first_grad(self, self._on_grad, sampled=True)
         if any(is_lazy(p) for p in state.model.parameters()):
 
             def after_first_forward(module: Any, args: Any, output: Any) -> None:

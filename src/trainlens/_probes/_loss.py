@@ -60,8 +60,7 @@ class LossProbe(Probe):
         # every loss module of the run's threads, also when its forward raises
         self.state.forwards.loss(self, self._on_forward, always=True)
 
-    @guarded
-    def log(self, loss: torch.Tensor | float, split: str | None, source: str) -> None:
+    def _log(self, loss: torch.Tensor | float, split: str | None, source: str) -> None:
         state = self.state
         step = state.step
         recent = self._recent  # the losses captured this step, so logging one by hand
@@ -81,10 +80,14 @@ class LossProbe(Probe):
         elif value.numel() != 1:
             value = value.float().mean()
         # always deferred, so rows stay in the order the losses were seen
-        state.deferred.add(state.tables["losses"], [(step, split, source)], value.reshape(1, 1))
+        state.deferred.add_scalar(state.tables["losses"], (step, split, source), value)
         if state.loss_listeners:
             for listener in tuple(state.loss_listeners.values()):
                 listener(split, value)
+
+    #: `lens.log_loss` and the integrations; the loss-module hook calls `_log` behind the
+    #: dispatch's own guard
+    log = guarded(_log)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not isinstance(module, _Loss):
@@ -97,7 +100,7 @@ class LossProbe(Probe):
                 self._record_failure(exc, name, module, args)
                 return
         if isinstance(output, torch.Tensor) and output.is_floating_point():
-            self.log(output, None, name)
+            self._log(output, None, name)
         if isinstance(module, ELEMENTWISE_LOSSES) and len(args) >= 2:
             self._check_shapes(name, module, args[0], args[1])
 

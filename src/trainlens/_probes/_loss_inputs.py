@@ -23,6 +23,11 @@ from ._tensors import has_values
 #: losses whose input and target reveal a bug of the input pipeline or the head
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss)
 REGRESSION_LOSSES = (nn.MSELoss,)
+#: the targets' running statistics (class prior, mean and variance) settle within a few
+#: batches: they take in every sampled step's targets this many times, then those of
+#: one sampled step in `PRIOR_EVERY` (the baseline in between is the last one computed)
+PRIOR_WARMUP = 16
+PRIOR_EVERY = 8
 #: rows of a classification loss's input whose statistics are taken (a large-vocabulary
 #: LM's logits are [batch * seq, vocab]: a slice tells probabilities from logits as well)
 MAX_ROWS = 1024
@@ -39,7 +44,7 @@ class LossInputProbe(Probe):
         self._running: dict[tuple[int, str], dict[str, Any]] = {}
 
     def install(self) -> None:
-        self.state.forwards.loss(self, self._on_forward)
+        self.state.forwards.loss(self, self._on_forward, sampled=True)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self.state.sampled:
@@ -75,6 +80,13 @@ class LossInputProbe(Probe):
         )
 
 
+def _update_prior(running: dict[str, Any]) -> bool:
+    """Whether this sampled step adds its targets to the running statistics."""
+    seen = running.get("updates", 0)
+    running["updates"] = seen + 1
+    return seen < PRIOR_WARMUP or seen % PRIOR_EVERY == 0
+
+
 def _classification_stats(
     module: nn.Module, x: torch.Tensor, t: torch.Tensor, running: dict[str, Any]
 ) -> tuple[int, torch.Tensor | None]:
@@ -102,7 +114,11 @@ def _classification_stats(
     rows = torch.stack([xf.sum(cdim) - 1, torch.logsumexp(xf, cdim)])
     devs = rows.abs().reshape(2, -1).mean(1)
     baseline = None
-    if getattr(module, "reduction", "mean") == "mean" and getattr(module, "weight", None) is None:
+    reduction, weight = getattr(module, "reduction", "mean"), getattr(module, "weight", None)
+    plain = reduction == "mean" and weight is None
+    if plain and not _update_prior(running) and running.get("baseline") is not None:
+        baseline = running["baseline"]  # the prior has settled: the last one computed
+    if baseline is None and plain:
         mass = None
         if not t.is_floating_point():
             # class indices: count them without boolean indexing (no host sync). The
@@ -124,7 +140,7 @@ def _classification_stats(
             if eps:
                 q = (1 - eps) * q + eps / classes
             # the loss of the best constant prediction (predict the prior) is its entropy
-            baseline = torch.special.entr(q).sum()[None]
+            baseline = running["baseline"] = torch.special.entr(q).sum()[None]
     if baseline is None:
         baseline = torch.full((1,), math.nan, device=x.device)
     lo, hi = torch.aminmax(xf)
@@ -141,9 +157,12 @@ def _regression_stats(
     nan = torch.full((), math.nan, device=x.device)
     if module.reduction != "mean":
         return torch.stack([xf.min(), xf.max(), nan, nan, nan])
+    lo, hi = torch.aminmax(xf)
     if running.get("shape") != tf.shape[1:]:
         # shifted by the first batch's mean so float32 sums do not cancel
-        running.update(shape=tf.shape[1:], shift=tf.mean(0), n=0, sum=0.0, sq=0.0)
+        running.update(shape=tf.shape[1:], shift=tf.mean(0), n=0, sum=0.0, sq=0.0, updates=0)
+    elif not _update_prior(running):
+        return torch.stack([lo, hi, nan, nan, running["baseline"]])
     d = tf - running["shift"]
     running["n"] += tf.shape[0]
     running["sum"] = running["sum"] + d.sum(0)
@@ -151,4 +170,5 @@ def _regression_stats(
     mean = running["sum"] / running["n"]
     # predicting the mean target for every sample scores the target variance under MSE
     baseline = (running["sq"] / running["n"] - mean.square()).clamp_min(0).mean()
-    return torch.stack([xf.min(), xf.max(), nan, nan, baseline])
+    running["baseline"] = baseline
+    return torch.stack([lo, hi, nan, nan, baseline])

@@ -32,7 +32,8 @@ from ._tensors import (
 #: distinct shape signatures recorded per module; past it shapes "vary" and are not traced
 MAX_SIGNATURES = 8
 #: elements of a large activation that its zero fraction and mean |x| are estimated from
-ACTIVATION_SAMPLE = 65_536
+#: (its extremes, which the finiteness check reads, always come from all of it)
+ACTIVATION_SAMPLE = 8192
 #: outputs up to this many elements take the kernel-lean path of `_record_activation`
 SMALL_ACTIVATION = 4096
 #: neighbouring elements per block of a large activation's sample
@@ -192,7 +193,8 @@ class ModuleProbe(Probe):
         else:
             # on CPU the 0- and 1-norm of a large tensor are 5-20x slower than a sum;
             # a large output's zero_frac and mean_abs come from a sample of about
-            # ACTIVATION_SAMPLE elements (a fraction's error ~0.4%): blocks of
+            # ACTIVATION_SAMPLE elements (a fraction's error ~1%: the dead-ReLU rule tells
+            # ~50% from 90%+, the activation scale needs its order of magnitude): blocks of
             # SAMPLE_BLOCK neighbours spread evenly over the tensor, so the sample
             # touches a fraction of the memory (single elements at a stride would
             # touch every cache line)

@@ -130,6 +130,10 @@ class _Statistics(Deferred):
         if values.device.type != "meta":
             super().add(table, prefixes, values)
 
+    def add_scalar(self, table: Table, prefix: tuple[Any, ...], value: torch.Tensor) -> None:
+        if value.device.type != "meta":
+            super().add_scalar(table, prefix, value)
+
 
 class WatchState:
     """Counters and tables of one watched run, shared by its probes."""
