@@ -321,6 +321,10 @@ class Deferred:
         """`values` is `[len(prefixes), k]`: row i is `prefixes[i] + values[i]`."""
         self._items.append((table, prefixes, values.detach() if values.requires_grad else values))
 
+    def add_row(self, table: Table, prefix: tuple[Any, ...], values: torch.Tensor) -> None:
+        """One row: `prefix + values`, `values` of shape `[k]`."""
+        self._items.append((table, [prefix], values.detach() if values.requires_grad else values))
+
     def add_scalar(self, table: Table, prefix: tuple[Any, ...], value: torch.Tensor) -> None:
         """One row `prefix + (value,)`, `value` a one-element tensor. Rows of a table
         written through here keep their order among themselves."""
@@ -340,16 +344,21 @@ class Deferred:
             return
         items, self._items = self._items, []
         # one concatenation and one transfer per (device, row width): no per-item copies
-        groups: dict[tuple[torch.device, int], list[int]] = {}
+        groups: dict[tuple[torch.device, int, int], list[int]] = {}
         for i, (_, _, values) in enumerate(items):
-            groups.setdefault((values.device, values.shape[-1]), []).append(i)
+            groups.setdefault((values.device, values.shape[-1], values.dim()), []).append(i)
         host: dict[int, list[list[float]]] = {}
-        for idx in groups.values():
-            block = torch.cat([items[i][2] for i in idx]) if len(idx) > 1 else items[idx[0]][2]
+        for (_, _, dim), idx in groups.items():
+            if dim == 1:  # single rows (`add_row`): stacked here, not unsqueezed per step
+                block = torch.stack([items[i][2] for i in idx])
+            elif len(idx) > 1:
+                block = torch.cat([items[i][2] for i in idx])
+            else:
+                block = items[idx[0]][2]
             rows = block.to(torch.float64).tolist()
             pos = 0
             for i in idx:
-                n_rows = items[i][2].shape[0]
+                n_rows = 1 if dim == 1 else items[i][2].shape[0]
                 host[i] = rows[pos : pos + n_rows]
                 pos += n_rows
         for i, (table, prefixes, _) in enumerate(items):

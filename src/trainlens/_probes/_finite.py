@@ -127,7 +127,7 @@ class FiniteProbe(Probe):
         if any(c.device != device for c in counts):  # a model split over devices
             counts = [c.to(device) for c in counts]
         row = torch.stack(counts)
-        self.state.deferred.add(self._rows, [(self._step, labels)], row[None])
+        self.state.deferred.add_row(self._rows, (self._step, labels), row)
 
     def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
         seen = self._summed.get(id(t))

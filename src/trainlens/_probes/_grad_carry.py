@@ -80,14 +80,14 @@ class GradCarryProbe(Probe):
                 with torch.no_grad():
                     now = _total_norm(self.params, None)[0]
             # (step, 0, now, 0): the zeros are added on the host at the flush
-            self.state.deferred.add(self._nothing_rows, [(self._step,)], now.reshape(1, 1))
+            self.state.deferred.add_scalar(self._nothing_rows, (self._step,), now)
         elif carried is not None:
             with torch.no_grad():
                 now = self._shared_norm(carried.device)
                 if now is None:
                     now = _total_norm(self.params, carried.device)[0]
                 stats = torch.stack([carried[0], now, carried[1]])
-            self.state.deferred.add(self.state.tables["grad_carry"], [(self._step,)], stats[None])
+            self.state.deferred.add_row(self.state.tables["grad_carry"], (self._step,), stats)
         self._task, self._carried = None, None
 
     def _shared_norm(self, device: torch.device | None) -> torch.Tensor | None:

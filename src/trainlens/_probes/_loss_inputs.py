@@ -73,10 +73,10 @@ class LossInputProbe(Probe):
             stats = _regression_stats(module, x.detach(), t.detach(), running)
         if stats is None:
             return
-        state.deferred.add(
+        state.deferred.add_row(
             state.tables["loss_inputs"],
-            [(state.step, split, loss_name(state, module), type(module).__name__, classes)],
-            stats[None],
+            (state.step, split, loss_name(state, module), type(module).__name__, classes),
+            stats,
         )
 
 

@@ -208,7 +208,7 @@ class ModuleProbe(Probe):
             total = a.sum(dtype=torch.float32)
         stats = torch.stack([nonzero, total, lo, hi])
         state = self.state
-        state.deferred.add(self._activation_rows, [(state.step, name, type_name, n)], stats[None])
+        state.deferred.add_row(self._activation_rows, (state.step, name, type_name, n), stats)
 
     def _record_input(self, args: tuple[Any, ...]) -> None:
         x = first_float(tensor_leaves(args))
@@ -229,7 +229,7 @@ class ModuleProbe(Probe):
         bad = (x - x).nan_to_num_(nan=1.0).sum(dtype=torch.float32)
         stats = torch.stack([shift, d.sum(), torch.dot(d, d), lo, hi, bad])
         row = (state.step, state.split(), x.numel())
-        state.deferred.add(self._input_rows, [row], stats[None])
+        state.deferred.add_row(self._input_rows, row, stats)
 
     def _record_failure(
         self,

@@ -134,6 +134,10 @@ class _Statistics(Deferred):
         if value.device.type != "meta":
             super().add_scalar(table, prefix, value)
 
+    def add_row(self, table: Table, prefix: tuple[Any, ...], values: torch.Tensor) -> None:
+        if values.device.type != "meta":
+            super().add_row(table, prefix, values)
+
 
 class WatchState:
     """Counters and tables of one watched run, shared by its probes."""
