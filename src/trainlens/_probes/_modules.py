@@ -66,8 +66,11 @@ def _activation_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def _input_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """mean and (unbiased) std from sums shifted by the first value; NaN/Inf count as 0."""
+    """mean and (unbiased) std from sums shifted by the first value (NaN when the input
+    held a NaN/Inf; its min and max are then those `aminmax` gives)."""
     step, split, n, shift, total, squares, lo, hi, bad = row
+    if bad:
+        return step, split, math.nan, math.nan, lo, hi, bad / n
     mean = shift + total / n
     var = max(0.0, (squares - total * total / n) / (n - 1)) if n > 1 else 0.0
     std = math.sqrt(var) if var == var else math.nan
@@ -219,8 +222,10 @@ class ModuleProbe(Probe):
         x = distinct(x.detach())
         # only fast kernels: on CPU `std_mean` and `isfinite` take 20-40x the time of
         # a sum (32k elements, one thread). The sums are shifted by the first value,
-        # so a large mean does not cancel the spread; the host divides (`_input_row`)
-        xf = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).to(torch.float32)
+        # so a large mean does not cancel the spread; the host divides (`_input_row`).
+        # An input holding NaN/Inf gets NaN statistics (`nonfinite_frac` says how much):
+        # cleaning it first would cost a pass over every input for a rare case
+        xf = x if x.dtype == torch.float32 else x.to(torch.float32)
         flat = xf.reshape(-1)
         shift = flat[0]
         d = flat - shift
