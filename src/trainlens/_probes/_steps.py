@@ -107,7 +107,12 @@ class StepProbe(Probe):
         state.backward_passes += 1
         state.backward_in_step += 1
         state.phase = "backward"
-        torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
+        # with an optimizer the end of backward only closes the phase: no guarded call
+        end = self._phase_other if state.optimizer is not None else self._on_backward_end
+        torch.autograd.Variable._execution_engine.queue_callback(end)
+
+    def _phase_other(self) -> None:
+        self.state.phase = "other"
 
     @guarded
     def _on_backward_end(self) -> None:
