@@ -302,25 +302,27 @@ class ForwardDispatch:
         # always_call: torch also calls this hook when the forward raised
         failing = output is None and sys.exc_info()[1] is not None
         if subs is not None:
-            sampled = self.state.sampled
-            for probe, fn, always, only_sampled in subs:
-                if probe.stopped or (only_sampled and not sampled):
-                    continue
-                if always or not failing:
-                    try:
-                        fn(module, args, output)
-                    except Exception as err:
-                        probe.stop(err, "forward hook")
+            self._call_post(subs, module, args, output, failing, "forward hook")
         if loss and threading.get_ident() in self.state.threads:
-            sampled = self.state.sampled
-            for probe, fn, always, only_sampled in loss:
-                if probe.stopped or (only_sampled and not sampled):
-                    continue
-                if always or not failing:
-                    try:
-                        fn(module, args, output)
-                    except Exception as err:
-                        probe.stop(err, "loss hook")
+            self._call_post(loss, module, args, output, failing, "loss hook")
+
+    def _call_post(
+        self,
+        subs: list[tuple[Probe, Post, bool, bool]],
+        module: nn.Module,
+        args: tuple[Any, ...],
+        output: Any,
+        failing: bool,
+        where: str,
+    ) -> None:
+        sampled = self.state.sampled
+        for probe, fn, always, only_sampled in subs:
+            if probe.stopped or (only_sampled and not sampled) or (failing and not always):
+                continue
+            try:
+                fn(module, args, output)
+            except Exception as err:
+                probe.stop(err, where)
 
 
 class BackwardDispatch:

@@ -8,6 +8,7 @@ attention is not mistaken for saturated attention.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pandas as pd
@@ -178,9 +179,7 @@ def _saturated_finding(
     records: Records, catalogue: Catalogue, layers: list[tuple[str, dict[str, Any]]]
 ) -> Finding:
     module, s = layers[0]
-
-    def text(key: str, **fields: Any) -> str:
-        return catalogue.text(SYMPTOM, "attention_saturated", key, **fields)
+    text = functools.partial(catalogue.text, SYMPTOM, "attention_saturated")
 
     every = s["sharp_heads"] == s["heads"]
     evidence = text(
@@ -254,9 +253,7 @@ def _uniform_finding(
     records: Records, catalogue: Catalogue, layers: list[tuple[str, dict[str, Any]]]
 ) -> Finding:
     module, u = layers[0]
-
-    def text(key: str, **fields: Any) -> str:
-        return catalogue.text(SYMPTOM, "attention_uniform", key, **fields)
+    text = functools.partial(catalogue.text, SYMPTOM, "attention_uniform")
 
     loss_drop = text("loss_fell", first=num(u["loss_first"]), last=num(u["loss_last"]))
     evidence = text(

@@ -225,16 +225,24 @@ def probabilities_into_logits_loss(view: _View, shown: str | None) -> Cause | No
     return dataclasses.replace(cause, confidence=RANK["softmax_before_loss"])
 
 
-def params_without_gradient(view: _View, *, warn_only: bool) -> Cause | None:
-    """`no_gradient_flow`: parameters of modules the forward runs that never get a gradient."""
+def _flat_loss_cause(view: _View, check: Any) -> tuple[Any, Cause] | None:
+    """A flat-loss cause check run on its own: the parameter evidence stands without a
+    flat loss once a few steps were sampled."""
     if view.records.params.empty:
         return None
     ctx = view.ctx
     if ctx.sampled_steps < 3:
         return None
-    cause = flat_loss._no_gradient_flow(ctx)
-    if cause is None:
+    cause = check(ctx)
+    return None if cause is None else (ctx, cause)
+
+
+def params_without_gradient(view: _View, *, warn_only: bool) -> Cause | None:
+    """`no_gradient_flow`: parameters of modules the forward runs that never get a gradient."""
+    found = _flat_loss_cause(view, flat_loss._no_gradient_flow)
+    if found is None:
         return None
+    ctx, cause = found
     if warn_only:
         pp = ctx.per_param
         cut = ctx.t("max_grad_share", "no_gradient_flow")
@@ -253,14 +261,10 @@ def params_outside_optimizer(view: _View) -> Cause | None:
     second optimizer, a hand-written update), and pretrained-looking ones left out on
     purpose are a freeze (`SGD(model.head.parameters())`): no evidence. Weights that still
     look like their layer type's fresh default init were never meant to be left out."""
-    if view.records.params.empty:
+    found = _flat_loss_cause(view, flat_loss._params_not_in_optimizer)
+    if found is None:
         return None
-    ctx = view.ctx
-    if ctx.sampled_steps < 3:
-        return None
-    cause = flat_loss._params_not_in_optimizer(ctx)
-    if cause is None:
-        return None
+    ctx, cause = found
     pp = ctx.per_param
     outside = pp[~pp["in_optimizer"] & (pp["grad_pos"] >= 0.5)]
     if (outside["update_rows"] == 0).any() or (outside["changed"] > 0).any():
