@@ -99,27 +99,27 @@ def step_weights(steps: pd.Series) -> dict[int, float]:
     return dict(zip(u.tolist(), [*gaps.tolist(), float(gaps[-1])], strict=True))
 
 
-def weighted_median(values: pd.Series, weights: pd.Series) -> float:
-    """The median of `values` with each counted `weights` times; NaN left out."""
-    v, w = values.to_numpy(dtype=float), weights.to_numpy(dtype=float)
-    keep = ~np.isnan(v)
-    v, w = v[keep], w[keep]
-    if not len(v):
-        return math.nan
-    order = np.argsort(v, kind="stable")
-    v, cum = v[order], np.cumsum(w[order])
-    half = cum[-1] / 2
-    i = int(np.searchsorted(cum, half))
-    if cum[i] == half and i + 1 < len(v):  # an even split: the middle of the two
-        return float((v[i] + v[i + 1]) / 2)
-    return float(v[i])
+def weighted_medians(frame: pd.DataFrame, by: str, column: str, weight: str) -> pd.Series:
+    """Per group of `by`: the median of `column` with each row counted `weight` times (an
+    even split takes the middle of the two values, as a plain median does); NaN left out."""
+    d = frame[[by, column, weight]].dropna(subset=[column])
+    d = d.sort_values([by, column], kind="stable")
+    groups = d.groupby(by, sort=False)
+    cum = groups[weight].cumsum()
+    half = groups[weight].transform("sum") / 2
+    after = groups[column].shift(-1)
+    middle = (cum == half) & after.notna()
+    value = d[column].where(~middle, (d[column] + after) / 2)
+    return value[cum >= half].groupby(d[by][cum >= half], sort=False).first()
 
 
-def weighted_mean(values: pd.Series, weights: pd.Series) -> float:
-    v = values.astype(float).to_numpy()
-    w = weights.to_numpy(dtype=float)
-    keep = ~np.isnan(v)
-    return float((v[keep] * w[keep]).sum() / w[keep].sum()) if keep.any() else math.nan
+def weighted_means(frame: pd.DataFrame, by: str, column: str, weight: str) -> pd.Series:
+    """Per group of `by`: the mean of `column` weighted by `weight`; NaN left out."""
+    v = frame[column].astype(float)
+    w = frame[weight].where(v.notna(), 0.0)
+    num = (v.fillna(0.0) * w).groupby(frame[by], sort=False).sum()
+    den = w.groupby(frame[by], sort=False).sum()
+    return num / den.where(den > 0)
 
 
 def param_stats(records: Records) -> pd.DataFrame:
@@ -157,14 +157,14 @@ def param_stats(records: Records) -> pd.DataFrame:
     # sampling thins out over a run: each row stands for the steps until the next
     # sampled one, so the medians and shares are those of the run, not of its first steps
     for column, source, how in (
-        ("has_grad", "has_grad", weighted_mean),
-        ("grad_pos", "grad_pos", weighted_mean),
-        ("grad", "grad_norm", weighted_median),
-        ("rel_grad", "rel_grad", weighted_median),
-        ("ratio", "ratio", weighted_median),
-        ("changed", "moved", weighted_mean),
+        ("has_grad", "has_grad", weighted_means),
+        ("grad_pos", "grad_pos", weighted_means),
+        ("grad", "grad_norm", weighted_medians),
+        ("rel_grad", "rel_grad", weighted_medians),
+        ("ratio", "ratio", weighted_medians),
+        ("changed", "moved", weighted_means),
     ):
-        agg[column] = [how(g[source], g["weight"]) for _, g in groups]
+        agg[column] = how(p, "param", source, "weight").reindex(agg.index)
     agg = agg[
         ["module", "rows", "has_grad", "grad_pos", "grad_seen", "grad_zero", "grad",
          "rel_grad", "ratio", "update_rows", "changed", "norm"]
