@@ -127,15 +127,15 @@ class _Statistics(Deferred):
     numbers to read back, so they are not kept."""
 
     def add(self, table: Table, prefixes: list[tuple[Any, ...]], values: torch.Tensor) -> None:
-        if values.device.type != "meta":
+        if not values.is_meta:
             super().add(table, prefixes, values)
 
     def add_scalar(self, table: Table, prefix: tuple[Any, ...], value: torch.Tensor) -> None:
-        if value.device.type != "meta":
+        if not value.is_meta:
             super().add_scalar(table, prefix, value)
 
     def add_row(self, table: Table, prefix: tuple[Any, ...], values: torch.Tensor) -> None:
-        if values.device.type != "meta":
+        if not values.is_meta:
             super().add_row(table, prefix, values)
 
 
