@@ -316,6 +316,9 @@ class Deferred:
         # one scalar per row (the loss of every step): stacked at the flush, so a step
         # pays one list append, not a reshape and a concatenation
         self._scalars: list[tuple[Table, tuple[Any, ...], torch.Tensor]] = []
+        # callables run at the start of each flush: statistics kept as raw copies until
+        # then are computed there, all steps of one kind in one batched pass
+        self._before_flush: list[Any] = []
 
     def add(self, table: Table, prefixes: list[tuple[Any, ...]], values: torch.Tensor) -> None:
         """`values` is `[len(prefixes), k]`: row i is `prefixes[i] + values[i]`."""
@@ -337,7 +340,13 @@ class Deferred:
     def __len__(self) -> int:
         return len(self._items) + len(self._scalars)
 
+    def before_flush(self, fn: Any) -> None:
+        """Run `fn()` at the start of every flush (it may `add` rows)."""
+        self._before_flush.append(fn)
+
     def flush(self) -> None:
+        for fn in self._before_flush:
+            fn()
         if self._scalars:
             self._flush_scalars()
         if not self._items:

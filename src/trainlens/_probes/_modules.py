@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._base import Probe
+from ._base import Probe, guarded
 from ._state import WatchState
 from ._tensors import (
     distinct,
@@ -34,6 +34,13 @@ MAX_SIGNATURES = 8
 #: elements of a large activation that its zero fraction and mean |x| are estimated from
 #: (its extremes, which the finiteness check reads, always come from all of it)
 ACTIVATION_SAMPLE = 8192
+#: a model input up to this many elements is copied, and its statistics are taken at the
+#: read-back for all sampled steps' inputs of its size in one stacked pass: a small
+#: input's ten small kernels cost more than its data
+BATCHED_INPUT = 4096
+#: copied inputs held before they are reduced even without a read-back (an eval-only
+#: loop never completes a step)
+MAX_PENDING_INPUTS = 256
 #: outputs up to this many elements take the kernel-lean path of `_record_activation`
 SMALL_ACTIVATION = 4096
 #: neighbouring elements per block of a large activation's sample
@@ -85,6 +92,9 @@ class ModuleProbe(Probe):
         self._signatures: dict[str, set[tuple[Any, ...]]] = {}
         self._activation_rows = _RawRows(state.tables["activations"], _activation_row)
         self._input_rows = _RawRows(state.tables["inputs"], _input_row)
+        self._pending_inputs: list[tuple[tuple[Any, ...], torch.Tensor]] = []
+        # also for an instance used only for its helpers (the compiled model's boundary)
+        state.deferred.before_flush(self._reduce_inputs)
 
     def install(self) -> None:
         pres, posts = {}, {}
@@ -220,6 +230,13 @@ class ModuleProbe(Probe):
         state = self.state
         # detached tensors record no graph: no `no_grad()` context (~9 Python calls)
         x = distinct(x.detach())
+        row = (state.step, state.split(), x.numel())
+        if x.numel() <= BATCHED_INPUT:
+            # a copy (the caller may refill its batch tensor in place), reduced later
+            self._pending_inputs.append((row, x.reshape(-1).to(torch.float32, copy=True)))
+            if len(self._pending_inputs) >= MAX_PENDING_INPUTS:
+                self._reduce_inputs()
+            return
         # only fast kernels: on CPU `std_mean` and `isfinite` take 20-40x the time of
         # a sum (32k elements, one thread). The sums are shifted by the first value,
         # so a large mean does not cancel the spread; the host divides (`_input_row`).
@@ -233,8 +250,24 @@ class ModuleProbe(Probe):
         # x - x is NaN exactly where x is NaN or infinite
         bad = (x - x).nan_to_num_(nan=1.0).sum(dtype=torch.float32)
         stats = torch.stack([shift, d.sum(), torch.dot(d, d), lo, hi, bad])
-        row = (state.step, state.split(), x.numel())
         state.deferred.add_row(self._input_rows, row, stats)
+
+    @guarded
+    def _reduce_inputs(self) -> None:
+        """The statistics of the small inputs copied since the last read-back: those of one
+        size and device stacked, the same sums as `_record_input` takes, per row."""
+        pending, self._pending_inputs = self._pending_inputs, []
+        groups: dict[tuple[Any, int], list[int]] = {}
+        for i, (_, flat) in enumerate(pending):
+            groups.setdefault((flat.device, flat.numel()), []).append(i)
+        for idx in groups.values():
+            xs = torch.stack([pending[i][1] for i in idx])  # [rows, elements]
+            shift = xs[:, :1]
+            d = xs - shift
+            lo, hi = torch.aminmax(xs, dim=1)
+            bad = (xs - xs).nan_to_num_(nan=1.0).sum(1)
+            stats = torch.stack([shift[:, 0], d.sum(1), (d * d).sum(1), lo, hi, bad], dim=1)
+            self.state.deferred.add(self._input_rows, [pending[i][0] for i in idx], stats)
 
     def _record_failure(
         self,
