@@ -35,12 +35,13 @@ MAX_SIGNATURES = 8
 #: (its extremes, which the finiteness check reads, always come from all of it)
 ACTIVATION_SAMPLE = 8192
 #: a model input up to this many elements is copied, and its statistics are taken at the
-#: read-back for all sampled steps' inputs of its size in one stacked pass: a small
-#: input's ten small kernels cost more than its data
-BATCHED_INPUT = 4096
-#: copied inputs held before they are reduced even without a read-back (an eval-only
-#: loop never completes a step)
-MAX_PENDING_INPUTS = 256
+#: read-back for all sampled steps' inputs of its size in one stacked pass: ten kernels
+#: over a small input cost more than copying it (on a CPU the two extra passes, copy and
+#: stack, outweigh the kernels saved from about 64k elements)
+BATCHED_INPUT = 16_384
+#: elements of copied inputs held before they are reduced even without a read-back (an
+#: eval-only loop never completes a step): 16 MB of float32 at most
+MAX_PENDING_ELEMENTS = 4_194_304
 #: outputs up to this many elements take the kernel-lean path of `_record_activation`
 SMALL_ACTIVATION = 4096
 #: neighbouring elements per block of a large activation's sample
@@ -93,6 +94,7 @@ class ModuleProbe(Probe):
         self._activation_rows = _RawRows(state.tables["activations"], _activation_row)
         self._input_rows = _RawRows(state.tables["inputs"], _input_row)
         self._pending_inputs: list[tuple[tuple[Any, ...], torch.Tensor]] = []
+        self._pending_elements = 0
         # also for an instance used only for its helpers (the compiled model's boundary)
         state.deferred.before_flush(self._reduce_inputs)
 
@@ -234,7 +236,8 @@ class ModuleProbe(Probe):
         if x.numel() <= BATCHED_INPUT:
             # a copy (the caller may refill its batch tensor in place), reduced later
             self._pending_inputs.append((row, x.reshape(-1).to(torch.float32, copy=True)))
-            if len(self._pending_inputs) >= MAX_PENDING_INPUTS:
+            self._pending_elements += x.numel()
+            if self._pending_elements >= MAX_PENDING_ELEMENTS:
                 self._reduce_inputs()
             return
         # only fast kernels: on CPU `std_mean` and `isfinite` take 20-40x the time of
@@ -257,6 +260,7 @@ class ModuleProbe(Probe):
         """The statistics of the small inputs copied since the last read-back: those of one
         size and device stacked, the same sums as `_record_input` takes, per row."""
         pending, self._pending_inputs = self._pending_inputs, []
+        self._pending_elements = 0
         groups: dict[tuple[Any, int], list[int]] = {}
         for i, (_, flat) in enumerate(pending):
             groups.setdefault((flat.device, flat.numel()), []).append(i)
