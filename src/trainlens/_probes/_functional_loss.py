@@ -99,6 +99,13 @@ _WARNS_ALWAYS = frozenset({"kl_div", "linear_cross_entropy"})
 MAX_STAND_INS = 256
 
 _CALL_IMPL = nn.Module._call_impl.__code__
+#: the `forward`s of torch's own loss modules: a call from one of them is the module's,
+#: known without walking the stack (a user's `_Loss` subclass is found by the walk)
+_LOSS_FORWARDS = frozenset(
+    cls.forward.__code__
+    for cls in vars(torch.nn.modules.loss).values()
+    if isinstance(cls, type) and issubclass(cls, _Loss) and "forward" in vars(cls)
+)
 # the probes of the blocks active now; the wrappers are installed while it is not empty
 _LISTENERS: list[FunctionalLossProbe] = []
 # name -> (original, wrapper) while patched
@@ -305,7 +312,7 @@ def _make_wrapper(spec: _Spec) -> Any:
         if compiling() or not _LISTENERS or _DEPTH[0] or _SUSPENDED[0]:
             return original(*args, **kwargs)
         caller = sys._getframe(1)
-        if _inside_loss_module(caller):
+        if caller.f_code in _LOSS_FORWARDS or _inside_loss_module(caller):
             return original(*args, **kwargs)  # its module's hooks record it
         _DEPTH[0] += 1
         try:
