@@ -25,7 +25,7 @@ from torch.nn.modules.loss import _Loss
 from ._base import Probe
 from ._loss import loss_name
 from ._state import WatchState
-from ._tensors import distinct, has_values, tensor_leaves
+from ._tensors import detached, distinct, has_values, tensor_leaves
 
 #: steps of per-module checks after a non-finite loss was noticed between samples
 ALARM_STEPS = 20
@@ -144,7 +144,7 @@ class FiniteProbe(Probe):
             self._counts.append(ext[2] + ext[3])
         else:
             # a detached tensor records no graph: no `no_grad()` context (~9 Python calls)
-            self._counts.append(distinct(t.detach()).sum(dtype=torch.float32))
+            self._counts.append(distinct(detached(t)).sum(dtype=torch.float32))
         self._labels.append((kind, name, self.state.split(), self._order))
         self._order += 1
 

@@ -18,7 +18,7 @@ from torch import nn
 from ._base import Probe
 from ._loss import loss_name
 from ._state import WatchState
-from ._tensors import has_values
+from ._tensors import detached, has_values
 
 #: losses whose input and target reveal a bug of the input pipeline or the head
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss)
@@ -42,6 +42,7 @@ class LossInputProbe(Probe):
         # (loss id, split) -> running target statistics over the sampled steps, on device:
         # the prior of one batch underestimates the entropy of many classes
         self._running: dict[tuple[int, str], dict[str, Any]] = {}
+        self._regression_rows = _RegressionRows(state.tables["loss_inputs"])
 
     def install(self) -> None:
         self.state.forwards.loss(self, self._on_forward, sampled=True)
@@ -67,17 +68,32 @@ class LossInputProbe(Probe):
         running = self._running.setdefault(key, {})
         # detached tensors record no graph: no `no_grad()` context (~9 Python calls)
         if isinstance(module, CLASSIFICATION_LOSSES):
-            classes, stats = _classification_stats(module, x.detach(), t.detach(), running)
+            classes, stats = _classification_stats(module, detached(x), detached(t), running)
+            sink = state.tables["loss_inputs"]
         else:
             classes = 0
-            stats = _regression_stats(module, x.detach(), t.detach(), running)
+            stats = _regression_stats(module, detached(x), detached(t), running)
+            sink = self._regression_rows
         if stats is None:
             return
         state.deferred.add_row(
-            state.tables["loss_inputs"],
+            sink,
             (state.step, split, loss_name(state, module), type(module).__name__, classes),
             stats,
         )
+
+
+class _RegressionRows:
+    """Deferred sink: a regression loss has no row deviations (and, reduced otherwise than
+    by "mean", no baseline): their NaN are put in on the host, not made on the device."""
+
+    def __init__(self, table: Any):
+        self.table = table
+
+    def append(self, *row: Any) -> None:
+        prefix, v = row[:5], row[5:]
+        baseline = v[2] if len(v) > 2 else math.nan
+        self.table.append(*prefix, v[0], v[1], math.nan, math.nan, baseline)
 
 
 def _update_prior(running: dict[str, Any]) -> bool:
@@ -154,15 +170,14 @@ def _regression_stats(
     if t.shape != x.shape or t.dim() == 0 or t.shape[0] < 2 or not t.is_floating_point():
         return None
     xf, tf = x.float(), t.float()
-    nan = torch.full((), math.nan, device=x.device)
-    if module.reduction != "mean":
-        return torch.stack([xf.min(), xf.max(), nan, nan, nan])
     lo, hi = torch.aminmax(xf)
+    if module.reduction != "mean":
+        return torch.stack([lo, hi])  # no baseline: `_RegressionRows` fills in NaN
     if running.get("shape") != tf.shape[1:]:
         # shifted by the first batch's mean so float32 sums do not cancel
         running.update(shape=tf.shape[1:], shift=tf.mean(0), n=0, sum=0.0, sq=0.0, updates=0)
     elif not _update_prior(running):
-        return torch.stack([lo, hi, nan, nan, running["baseline"]])
+        return torch.stack([lo, hi, running["baseline"]])
     d = tf - running["shift"]
     running["n"] += tf.shape[0]
     running["sum"] = running["sum"] + d.sum(0)
@@ -171,4 +186,4 @@ def _regression_stats(
     # predicting the mean target for every sample scores the target variance under MSE
     baseline = (running["sq"] / running["n"] - mean.square()).clamp_min(0).mean()
     running["baseline"] = baseline
-    return torch.stack([lo, hi, nan, nan, baseline])
+    return torch.stack([lo, hi, baseline])

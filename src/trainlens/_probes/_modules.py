@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ._base import Probe, guarded
 from ._state import WatchState
 from ._tensors import (
+    detached,
     distinct,
     dtype_names,
     first_float,
@@ -231,7 +232,7 @@ class ModuleProbe(Probe):
             return
         state = self.state
         # detached tensors record no graph: no `no_grad()` context (~9 Python calls)
-        x = distinct(x.detach())
+        x = distinct(detached(x))
         row = (state.step, state.split(), x.numel())
         if x.numel() <= BATCHED_INPUT:
             # a copy (the caller may refill its batch tensor in place), reduced later

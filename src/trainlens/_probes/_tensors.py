@@ -86,6 +86,12 @@ def first_float(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return None
 
 
+def detached(t: torch.Tensor) -> torch.Tensor:
+    """`t` without its graph: a tensor outside autograd (data, targets) as it is, since a
+    `detach()` is one more op on every sampled step."""
+    return t.detach() if t.requires_grad else t
+
+
 def dense_values(t: torch.Tensor) -> torch.Tensor:
     """What a norm of `t` is taken of: the stored values of a sparse tensor."""
     if t.layout == torch.sparse_coo:
