@@ -93,8 +93,10 @@ class FiniteProbe(Probe):
             for name, module in model.named_modules()
             if not isinstance(module, _Loss)
         }
-        self.state.forwards.post(self, outputs)
-        self.state.forwards.loss(self, self._on_loss)
+        # per module and per loss only on sampled (and alarm) steps, gated in the dispatch;
+        # the model's input hook runs every step: it starts the step's bookkeeping
+        self.state.forwards.post(self, outputs, sampled=True)
+        self.state.forwards.loss(self, self._on_loss, sampled=True)
 
     def finish(self, exc: BaseException | None) -> None:
         self._emit()
@@ -116,6 +118,11 @@ class FiniteProbe(Probe):
             new, self._losses_seen = losses.seen - self._losses_seen, losses.seen
             if any(not math.isfinite(v) for v in losses.tail("value", new)):
                 self._alarm_until = state.step + ALARM_STEPS
+                # the next steps are sampled for every probe: the statistics around the
+                # first NaN/Inf are the ones worth having, and the per-module checks
+                # here ride the dispatch's sampled-steps gate
+                state.alarm_until = max(state.alarm_until, self._alarm_until)
+                state.sampled = True
         self._look = state.sampled or state.step < self._alarm_until
 
     def _emit(self) -> None:

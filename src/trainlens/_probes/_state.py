@@ -154,6 +154,9 @@ class WatchState:
         self.t0 = time.perf_counter()
         self.step = 0
         self.sampled = sampling(0)
+        # steps before this one are all sampled: set by the finiteness probe after it saw a
+        # NaN/Inf loss between samples
+        self.alarm_until = -1
         self.backward_passes = 0
         self.backward_in_step = 0
         self.phase = "other"  # "forward" | "backward" | "step" | "other"
@@ -208,7 +211,7 @@ class WatchState:
         self.tables["steps"].append(self.step, now, lr, self.backward_in_step, self.sampled)
         self.step += 1
         self.backward_in_step = 0
-        self.sampled = self.sampling(self.step)
+        self.sampled = self.sampling(self.step) or self.step < self.alarm_until
         if self.step % self.sampling.flush_every == 0 or now >= self.stream_due:
             self.deferred.flush()
             if now >= self.stream_due and self.on_stream is not None:
