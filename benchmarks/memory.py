@@ -31,6 +31,21 @@ WARMUP_STEPS = 2_000  # past the dense phase (100 steps) and the allocator's fir
 TARGETS = {"rss_growth_mb": 64.0, "run_dir_mb": 50.0, "drill_s": 5.0}
 
 
+def _train_step(model, opt, loss_fn, batches, val, step: int) -> None:
+    """One training step of the benchmark loop; every 1000th is followed by a validation
+    forward (the loop's only `eval()` call)."""
+    x, y = batches[step % len(batches)]
+    loss = loss_fn(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if step % 1000 == 999:
+        model.eval()
+        with torch.no_grad():
+            loss_fn(model(val[0]), val[1])
+        model.train()
+
+
 def rss_mb() -> float:
     """Current resident set size (Linux /proc; elsewhere the peak, which over-states)."""
     try:
@@ -78,16 +93,7 @@ def main() -> int:
         lens = trainlens.watch(model, opt, run_dir=run_dir, quiet=True)
         with lens:
             for step in range(args.steps):
-                x, y = batches[step % len(batches)]
-                loss = loss_fn(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if step % 1000 == 999:
-                    model.eval()
-                    with torch.no_grad():
-                        loss_fn(model(xv), yv)
-                    model.train()
+                _train_step(model, opt, loss_fn, batches, (xv, yv), step)
                 if step + 1 == WARMUP_STEPS or (step + 1) % 10_000 == 0:
                     trace.append((step + 1, rss_mb()))
             t_loop_end = time.perf_counter()
@@ -172,16 +178,7 @@ def _mlp_run(steps: int, run_dir: Path) -> tuple[trainlens.Lens, float, float]:
     before = rss_mb()
     with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
         for step in range(steps):
-            x, y = batches[step % len(batches)]
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if step % 1000 == 999:
-                model.eval()
-                with torch.no_grad():
-                    loss_fn(model(xv), yv)
-                model.train()
+            _train_step(model, opt, loss_fn, batches, (xv, yv), step)
         loop_end = rss_mb()
     return lens, before, loop_end
 

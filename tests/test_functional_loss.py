@@ -319,3 +319,24 @@ def test_an_empty_block_or_a_crash_before_any_loss_is_not_a_missing_loss(tmp_pat
             mlp()(torch.randn(4, 8)).sum().backward()
             mlp(d_in=3)(torch.randn(4, 8))
     assert "no_loss_recorded" not in json.dumps(lens.drill)
+
+
+def test_one_call_site_switching_reduction_records_every_loss_per_element(run_dir):
+    # the stand-in module of a call site is reused: its arguments must follow each call
+    def criterion(logits, targets, reduction):
+        return F.cross_entropy(logits, targets, reduction=reduction)
+
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    expected = []
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for step in range(6):
+            reduction = "sum" if step % 2 else "mean"
+            loss = criterion(model(x), y, reduction)
+            expected.append(loss.item() / (len(y) if reduction == "sum" else 1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    recorded = list(lens.records.train_loss())
+    assert recorded == pytest.approx(expected, rel=1e-5)

@@ -255,3 +255,15 @@ def test_finite_checks_leave_the_training_bit_identical(run_dir):
 
     for a, b in zip(trained(False), trained(True), strict=True):
         assert torch.equal(a, b)
+
+
+def test_after_a_nan_between_samples_the_alarm_steps_are_sampled_for_every_statistic(run_dir):
+    # sample_every=1000: from step 160 nothing is sampled, except after the alarm
+    model = nn.Sequential(nn.Linear(8, 16), LogOfZeroAt(113), nn.Linear(16, 3))
+    lens = run(model, run_dir, steps=176, sample_every=1000)
+    # the NaN loss of step 113 reaches the host at the read-back after step 149: the
+    # next 20 steps get the full statistics (parameters, activations), not only the checks
+    steps = set(lens.records.params["step"])
+    assert set(range(150, 170)) <= steps
+    assert not steps & set(range(170, 176))
+    assert set(range(150, 170)) <= set(lens.records.activations["step"])

@@ -138,6 +138,8 @@ def test_lazy_layers_are_tracked_once_they_have_parameters(run_dir):
     lens = train(model, classification_data(), steps=3, run_dir=run_dir)
     assert set(lens.records.params["param"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert lens.records.meta["params"]["0.weight"]["shape"] == [16, 8]
+    # their gradient hooks came after the first forward: every step saw its backward pass
+    assert list(lens.records.steps["backward_passes"]) == [1, 1, 1]
 
 
 def test_a_model_without_parameters_works(run_dir):
