@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,9 +160,16 @@ class Table:
         if len(self._data[0]) >= self._limit:
             self._compact()
 
-    def extend(self, rows: Iterable[Sequence[Any]]) -> None:
-        for row in rows:
-            self.append(*row)
+    def extend(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Many rows at once, column by column (a flush writes its rows here: a Python
+        call per row and column is most of what a read-back costs on a small model)."""
+        if not rows:
+            return
+        for col, values in zip(self._data, zip(*rows, strict=True), strict=True):
+            col.extend(values)
+        self.seen += len(rows)
+        if len(self._data[0]) >= self._limit:
+            self._compact()
 
     def __len__(self) -> int:
         return len(self._data[0])
@@ -371,21 +378,41 @@ class Deferred:
                 host[i] = rows[pos : pos + n_rows]
                 pos += n_rows
         for i, (table, prefixes, _) in enumerate(items):
-            for prefix, vals in zip(prefixes, host[i], strict=True):
-                table.append(*prefix, *vals)
+            rows = [(*prefix, *vals) for prefix, vals in zip(prefixes, host[i], strict=True)]
+            _write(table, rows)
 
     def _flush_scalars(self) -> None:
         scalars, self._scalars = self._scalars, []
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for i, (_, _, value) in enumerate(scalars):
-            groups.setdefault((value.device, value.dtype), []).append(i)
-        host: list[float] = [math.nan] * len(scalars)
-        for idx in groups.values():
-            values = torch.stack([scalars[i][2] for i in idx]).to(torch.float64).tolist()
-            for i, v in zip(idx, values, strict=True):
-                host[i] = v
+        host: list[float]
+        try:  # one device (the usual case): one stack, dtypes promoted, one transfer
+            host = torch.stack([v for _, _, v in scalars]).to(torch.float64).tolist()
+        except RuntimeError:  # values on several devices: one stack per device and dtype
+            groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+            for i, (_, _, value) in enumerate(scalars):
+                groups.setdefault((value.device, value.dtype), []).append(i)
+            host = [math.nan] * len(scalars)
+            for idx in groups.values():
+                values = torch.stack([scalars[i][2] for i in idx]).to(torch.float64).tolist()
+                for i, v in zip(idx, values, strict=True):
+                    host[i] = v
+        by_table: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
         for (table, prefix, _), v in zip(scalars, host, strict=True):
-            table.append(*prefix, v)
+            entry = by_table.get(id(table))
+            if entry is None:
+                entry = by_table[id(table)] = (table, [])
+            entry[1].append((*prefix, v))
+        for table, rows in by_table.values():
+            _write(table, rows)
+
+
+def _write(table: Any, rows: list[tuple[Any, ...]]) -> None:
+    """Rows into a table, or into a probe's sink (anything with `append(*row)`)."""
+    extend = getattr(table, "extend", None)
+    if extend is not None:
+        extend(rows)
+    else:
+        for row in rows:
+            table.append(*row)
 
 
 class Records:
