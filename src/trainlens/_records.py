@@ -363,7 +363,7 @@ class Deferred:
         groups: dict[tuple[torch.device, int, int], list[int]] = {}
         for i, (_, _, values) in enumerate(items):
             groups.setdefault((values.device, values.shape[-1], values.dim()), []).append(i)
-        host: dict[int, list[list[float]]] = {}
+        host: list[list[list[float]]] = [[]] * len(items)
         for (_, _, dim), idx in groups.items():
             if dim == 1:  # single rows (`add_row`): stacked here, not unsqueezed per step
                 block = torch.stack([items[i][2] for i in idx])
@@ -372,13 +372,25 @@ class Deferred:
             else:
                 block = items[idx[0]][2]
             rows = block.to(torch.float64).tolist()
+            if dim == 1:
+                for i, row in zip(idx, rows, strict=True):
+                    host[i] = [row]
+                continue
             pos = 0
             for i in idx:
-                n_rows = 1 if dim == 1 else items[i][2].shape[0]
+                n_rows = items[i][2].shape[0]
                 host[i] = rows[pos : pos + n_rows]
                 pos += n_rows
-        for i, (table, prefixes, _) in enumerate(items):
-            rows = [(*prefix, *vals) for prefix, vals in zip(prefixes, host[i], strict=True)]
+        # each table's rows in the order they were added, written in one call per table
+        by_table: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
+        for (table, prefixes, _), values in zip(items, host, strict=True):
+            entry = by_table.get(id(table))
+            if entry is None:
+                entry = by_table[id(table)] = (table, [])
+            entry[1].extend(
+                [(*prefix, *vals) for prefix, vals in zip(prefixes, values, strict=True)]
+            )
+        for table, rows in by_table.values():
             _write(table, rows)
 
     def _flush_scalars(self) -> None:
