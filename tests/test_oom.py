@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import trainlens
+from trainlens._format import human_bytes
 from trainlens._plugins import catalogue_for, get_plugin_manager
 from trainlens._probes._state import Sampling
 from trainlens._records import Records
@@ -365,3 +366,28 @@ def test_recorded_cuda_readings_flow_from_the_probe_to_the_drill(run_dir, monkey
     assert f.evidence["memory_growth_per_step"] == 2**20
     assert "CUDA allocated memory went from" in f.top.evidence
     assert "1.0 MB per step" in f.top.evidence
+
+
+def test_a_slow_heap_reading_switches_the_cpu_curve_to_rss_and_the_drill_reads_one_curve(
+    run_dir, monkeypatch
+):
+    """glibc's mallinfo2 walks every free chunk (10 ms on a fragmented heap): after one slow
+    reading the run reads RSS, and the rule and the report use the RSS rows alone."""
+    from trainlens._probes import _memory
+
+    if _memory._MALLINFO2 is None:
+        pytest.skip("no mallinfo2 here: the run reads RSS from the start")
+    monkeypatch.setattr(_memory, "SLOW_HEAP_READ_S", -1.0)  # every heap reading is "slow"
+    lens = leaky_loop(run_dir, 30, "list", width=512, retain_graph=True)
+    mem = lens.records.memory
+    assert list(mem["kind"]) == ["cpu_heap"] + ["cpu_rss"] * (len(mem) - 1)
+    assert (mem["memory_bytes"] > 0).all()
+    f = only_oom(lens)
+    assert (f.likely_cause, f.evidence["memory_kind"]) == ("graph_retained_across_steps", "cpu_rss")
+    # the RSS curve alone: from the second row on
+    assert f"process RSS went from {human_bytes(mem['memory_bytes'].iloc[1])} at step " in (
+        f.top.evidence
+    )
+    assert f"at step {int(mem['step'].iloc[1])} to " in f.top.evidence
+    md = (run_dir / "drill.md").read_text()
+    assert "process RSS, on sampled steps" in md

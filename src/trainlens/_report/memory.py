@@ -20,6 +20,8 @@ _LABELS = {
 @hookimpl
 def trainlens_report_sections(drill: dict[str, Any], records: Records) -> list[tuple[str, str]]:
     df = records.memory
+    if not df.empty:  # one curve, of one reading: the last (a slow heap switches to RSS)
+        df = df[df["kind"].astype(str) == str(df["kind"].iloc[-1])]
     values = pd.to_numeric(df["memory_bytes"], errors="coerce")
     if df.empty or values.isna().all():
         return []

@@ -434,13 +434,14 @@ def _retained_cause(
         return None
     start = int(oldest[hit.index[0]])
     last = df.iloc[-1]
-    curve = df[df["step"] >= start]
+    kind = str(last["kind"])
+    # one curve, of one reading (a CPU run switches from the heap to RSS on a slow heap)
+    curve = df[(df["step"] >= start) & (df["kind"].astype(str) == kind)]
     values = pd.to_numeric(curve["memory_bytes"], errors="coerce")
     ok = values.notna()
     growth = math.nan
     if ok.sum() >= 3:
         growth = float(np.polyfit(curve["step"][ok].astype(float), values[ok].astype(float), 1)[0])
-    kind = str(last["kind"])
 
     def text(name: str, **fields: Any) -> str:
         return catalogue.text(SYMPTOM, "graph_retained_across_steps", name, **fields)
