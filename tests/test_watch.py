@@ -251,6 +251,58 @@ def test_a_batch_tensor_refilled_in_place_keeps_each_steps_input_statistics(run_
         assert row["nonfinite_frac"] == 0
 
 
+def test_a_small_output_changed_in_place_afterwards_keeps_the_statistics_it_had(run_dir):
+    # small outputs are copied and reduced at the read-back; the layer after this one
+    # (ReLU(inplace=True)) and the loop's own `+= 1` write into the tensors later
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+            self.act = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            h = self.fc(x)
+            seen.append(("fc", h.detach().clone()))
+            out = self.act(h)  # zeroes fc's output where it was negative, in place
+            seen.append(("act", out.detach().clone()))
+            return out
+
+    torch.manual_seed(0)
+    model, seen = Net(), []
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    x = torch.randn(8, 4)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True):
+        for _ in range(4):
+            out = model(x)
+            loss = out.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                out += 1  # after the step: the copies were taken at the forward
+        with torch.no_grad():
+            model.fc.bias.fill_(math.nan)  # one step whose outputs hold NaN
+        out = model(x)
+        opt.zero_grad()
+        out.sum().backward()
+        opt.step()
+    acts = trainlens.load_run(run_dir).records.activations
+    assert len(acts) == 10
+    seen = seen[-10:]  # before them: the first-batch check's own forward of the model
+    rows = acts.sort_values(["step"], kind="stable").iterrows()
+    for (name, data), (_, row) in zip(seen, rows, strict=True):
+        assert row["module"] == name
+        assert row["zero_frac"] == pytest.approx(float((data == 0).float().mean()))
+        if data.isnan().any():
+            assert math.isnan(row["mean_abs"]) and math.isnan(row["max_abs"])
+            continue
+        assert row["mean_abs"] == pytest.approx(float(data.abs().mean()))
+        assert row["max_abs"] == float(data.abs().max())
+    # fc's rows saw its negative outputs, before the ReLU wrote zeros over them
+    assert (acts[acts["module"] == "fc"]["zero_frac"][:4] == 0).all()
+    assert (acts[acts["module"] == "act"]["zero_frac"][:4] > 0.2).all()
+
+
 def test_parameter_medians_are_those_of_the_run_not_of_its_densely_sampled_start(tmp_path):
     # the gradients shrink as the fit converges; sampling thins out over the run, so a
     # plain median over the sampled rows would describe the first steps

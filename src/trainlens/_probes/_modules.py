@@ -11,6 +11,7 @@ import json
 import math
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -45,7 +46,8 @@ STACKED_ELEMENTS = 65_536
 #: elements of copied inputs held before they are reduced even without a read-back (an
 #: eval-only loop never completes a step): 16 MB of float32 at most
 MAX_PENDING_ELEMENTS = 4_194_304
-#: outputs up to this many elements take the kernel-lean path of `_record_activation`
+#: outputs up to this many elements are copied and reduced at the read-back, stacked with
+#: the other sampled steps' (float64 ones, not narrowed, take a kernel-lean path instead)
 SMALL_ACTIVATION = 4096
 #: neighbouring elements per block of a large activation's sample
 SAMPLE_BLOCK = 64
@@ -101,9 +103,10 @@ class ModuleProbe(Probe):
         self._activation_rows = _RawRows(state.tables["activations"], _activation_row)
         self._input_rows = _RawRows(state.tables["inputs"], _input_row)
         self._pending_inputs: list[tuple[tuple[Any, ...], torch.Tensor]] = []
+        self._pending_activations: list[tuple[tuple[Any, ...], torch.Tensor]] = []
         self._pending_elements = 0
         # also for an instance used only for its helpers (the compiled model's boundary)
-        state.deferred.before_flush(self._reduce_inputs)
+        state.deferred.before_flush(self._reduce_pending)
 
     def install(self) -> None:
         pres, posts = {}, {}
@@ -201,6 +204,15 @@ class ModuleProbe(Probe):
         # raw sums on the device, the divisions on the host at the flush (`_RawRows`):
         # each kernel saved is a few microseconds of the sampled step on a small model
         o = distinct(out.detach())
+        state = self.state
+        if o.numel() <= SMALL_ACTIVATION and o.dtype != torch.float64:
+            # a small output is copied (one kernel, not five) and its statistics taken at
+            # the read-back with the others of its size; the finiteness probe then sums
+            # it itself (no extremes here), as it would have added them
+            prefix = (state.step, name, type_name, o.numel())
+            self._pending_activations.append((prefix, o.reshape(-1).to(torch.float32, copy=True)))
+            self._hold(o.numel())
+            return
         lo, hi = torch.aminmax(o)  # max_abs exact (aminmax allocates nothing)
         if lo.dtype != torch.float32:
             lo, hi = lo.to(torch.float32), hi.to(torch.float32)
@@ -229,7 +241,6 @@ class ModuleProbe(Probe):
             nonzero = a.sign().sum(dtype=torch.float32)
             total = a.sum(dtype=torch.float32)
         stats = torch.stack([nonzero, total, lo, hi])
-        state = self.state
         state.deferred.add_row(self._activation_rows, (state.step, name, type_name, n), stats)
 
     def _record_input(self, args: tuple[Any, ...]) -> None:
@@ -243,9 +254,7 @@ class ModuleProbe(Probe):
         if x.numel() <= BATCHED_INPUT:
             # a copy (the caller may refill its batch tensor in place), reduced later
             self._pending_inputs.append((row, x.reshape(-1).to(torch.float32, copy=True)))
-            self._pending_elements += x.numel()
-            if self._pending_elements >= MAX_PENDING_ELEMENTS:
-                self._reduce_inputs()
+            self._hold(x.numel())
             return
         # only fast kernels: on CPU `std_mean` and `isfinite` take 20-40x the time of
         # a sum (32k elements, one thread). The sums are shifted by the first value,
@@ -262,29 +271,33 @@ class ModuleProbe(Probe):
         stats = torch.stack([shift, d.sum(), torch.dot(d, d), lo, hi, bad])
         state.deferred.add_row(self._input_rows, row, stats)
 
+    def _hold(self, elements: int) -> None:
+        self._pending_elements += elements
+        if self._pending_elements >= MAX_PENDING_ELEMENTS:
+            self._reduce_pending()
+
     @guarded
-    def _reduce_inputs(self) -> None:
-        """The statistics of the small inputs copied since the last read-back: those of one
-        size and device stacked, the same sums as `_record_input` takes, per row."""
-        pending, self._pending_inputs = self._pending_inputs, []
+    def _reduce_pending(self) -> None:
+        """The statistics of the small inputs and outputs copied since the last read-back,
+        those of one size and device stacked: the same sums as `_record_input` and
+        `_record_activation` take, per row."""
+        inputs, self._pending_inputs = self._pending_inputs, []
+        outputs, self._pending_activations = self._pending_activations, []
         self._pending_elements = 0
-        groups: dict[tuple[Any, int], list[int]] = {}
-        for i, (_, flat) in enumerate(pending):
-            groups.setdefault((flat.device, flat.numel()), []).append(i)
-        for (_, numel), idx in groups.items():
-            # blocks that stay in the cache through the six passes: one stack of many
-            # steps' inputs makes every pass a trip to memory (3x slower per row on a CPU)
-            rows = max(1, STACKED_ELEMENTS // numel)
-            for start in range(0, len(idx), rows):
-                block = idx[start : start + rows]
-                xs = torch.stack([pending[i][1] for i in block])  # [rows, elements]
-                shift = xs[:, :1]
-                d = xs - shift
-                # amin and amax: `aminmax(dim=1)` is ~10x slower than the two on a CPU
-                lo, hi = xs.amin(1), xs.amax(1)
-                bad = (xs - xs).nan_to_num_(nan=1.0).sum(1)
-                stats = torch.stack([shift[:, 0], d.sum(1), (d * d).sum(1), lo, hi, bad], dim=1)
-                self.state.deferred.add(self._input_rows, [pending[i][0] for i in block], stats)
+        add = self.state.deferred.add
+        for prefixes, xs in _stacked(inputs):
+            shift = xs[:, :1]
+            d = xs - shift
+            # amin and amax: `aminmax(dim=1)` is ~10x slower than the two on a CPU
+            lo, hi = xs.amin(1), xs.amax(1)
+            bad = (xs - xs).nan_to_num_(nan=1.0).sum(1)
+            stats = torch.stack([shift[:, 0], d.sum(1), (d * d).sum(1), lo, hi, bad], dim=1)
+            add(self._input_rows, prefixes, stats)
+        for prefixes, xs in _stacked(outputs):
+            # nonzero count as the 0-norm counts it (NaN counts), |x| summed, extremes
+            nonzero = (xs != 0).sum(1, dtype=torch.float32)
+            stats = torch.stack([nonzero, xs.abs().sum(1), xs.amin(1), xs.amax(1)], dim=1)
+            add(self._activation_rows, prefixes, stats)
 
     def _record_failure(
         self,
@@ -303,6 +316,23 @@ class ModuleProbe(Probe):
         self.state.record_failure(
             exc, "forward", name, type(module).__name__, ins, path, call, _int_range(ins)
         )
+
+
+def _stacked(
+    pending: list[tuple[tuple[Any, ...], torch.Tensor]],
+) -> Iterator[tuple[list[tuple[Any, ...]], torch.Tensor]]:
+    """(prefixes, [rows, elements]) blocks of the copies of one device and size, each small
+    enough to stay in the cache through the passes over it: one stack of many steps'
+    copies makes every pass a trip to memory (3x slower per row on a CPU)."""
+    groups: dict[tuple[Any, int], list[int]] = {}
+    for i, (_, flat) in enumerate(pending):
+        groups.setdefault((flat.device, flat.numel()), []).append(i)
+    for (_, numel), idx in groups.items():
+        rows = max(1, STACKED_ELEMENTS // numel)
+        for start in range(0, len(idx), rows):
+            block = idx[start : start + rows]
+            xs = torch.stack([pending[i][1] for i in block])
+            yield [pending[i][0] for i in block], xs
 
 
 def _int_range(ins: list[torch.Tensor]) -> list[int] | None:
