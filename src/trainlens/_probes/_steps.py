@@ -36,6 +36,10 @@ def _sample_view(p: torch.Tensor) -> torch.Tensor:
 
 
 def _dense(g: torch.Tensor) -> torch.Tensor:
+    """What a gradient's norm is taken of: its values, outside any graph (a gradient made
+    with `backward(create_graph=True)` has one)."""
+    if g.requires_grad:
+        g = g.detach()
     return g.coalesce().values() if g.is_sparse else g
 
 
@@ -52,6 +56,7 @@ class StepProbe(Probe):
         self._scale_t: torch.Tensor | None = None
         self._view_cache: list[Any] | None = None
         self._views: list[torch.Tensor] | None = None
+        self._detached: list[torch.Tensor] = []
         self._before: list[torch.Tensor] | None = None
         self._grad_norms: list[torch.Tensor] | None = None
         self._has_grad: list[bool] = []
@@ -277,27 +282,27 @@ class StepProbe(Probe):
         self.state.grad_norms = (self.state.step, self.params, self._has_grad, full)
 
     def _snapshot_params(self) -> None:
-        with torch.no_grad():
-            self._views = views = self._sample_views()
-            # one kernel for all the copies (a clone per parameter is a Python call each)
-            self._before = list(torch._foreach_mul(views, 1.0)) if views else []
+        self._refresh_views()
+        views = self._views
+        # one kernel for all the copies (a clone per parameter is a Python call each); the
+        # views are detached: no `no_grad()` context (~9 Python calls)
+        self._before = list(torch._foreach_mul(views, 1.0)) if views else []
 
-    def _sample_views(self) -> list[torch.Tensor]:
-        """What the update is measured on: a small parameter itself, a strided sample of
-        a large one (cached while the parameter keeps its storage)."""
+    def _refresh_views(self) -> None:
+        """Detached views of the parameters (`self._detached`) and what the update is
+        measured on (`self._views`): a small parameter itself, a strided sample of a large
+        one. Cached while each parameter keeps its storage and shape."""
         cache = self._view_cache
         if cache is None or len(cache) != len(self.params):
             cache = self._view_cache = [None] * len(self.params)
-        views = []
         for i, p in enumerate(self.params):
-            if p.numel() <= UPDATE_SAMPLE:
-                views.append(p)
-                continue
             hit = cache[i]
-            if hit is None or hit[0] != p.data_ptr():
-                hit = cache[i] = (p.data_ptr(), _sample_view(p))
-            views.append(hit[1])
-        return views
+            key = (p.data_ptr(), p.shape)
+            if hit is None or hit[0] != key:
+                whole = p.detach()
+                cache[i] = (key, whole, whole if p.numel() <= UPDATE_SAMPLE else _sample_view(p))
+        self._detached = [c[1] for c in cache]  # type: ignore[index]
+        self._views = [c[2] for c in cache]  # type: ignore[index]
 
     def _record(self, update: bool) -> None:
         """One row per parameter: gradient, parameter and update norm, from one norm call
@@ -306,22 +311,23 @@ class StepProbe(Probe):
             return
         state = self.state
         n = len(self.params)
-        with torch.no_grad():
-            if update:
-                torch._foreach_sub_(self._before, self._views)  # before - now: same norm
-                norms = float32_norms([*self.params, *self._before])
-            else:
-                norms = float32_norms(self.params)
-                norms += [torch.full_like(norms[0], math.nan)] * n
-            scalars = [*self._grad_norms, *norms]
-            device = norms[0].device
-            if any(t.device != device for t in scalars):  # a model split over devices
-                scalars = [t.to(device) for t in scalars]
-            # one stack for the step: [3n] -> [n, 3] (grad, param, update per parameter)
-            values = torch.stack(scalars).view(3, n)
-            if update and self._scaled:
-                values[2].mul_(self._scale_tensor(device))
-            values = values.t()
+        # detached tensors throughout: no `no_grad()` context
+        if update:
+            torch._foreach_sub_(self._before, self._views)  # before - now: same norm
+            norms = float32_norms([*self._detached, *self._before])
+        else:
+            self._refresh_views()
+            norms = float32_norms(self._detached)
+            norms += [torch.full_like(norms[0], math.nan)] * n
+        scalars = [*self._grad_norms, *norms]
+        device = norms[0].device
+        if any(t.device != device for t in scalars):  # a model split over devices
+            scalars = [t.to(device) for t in scalars]
+        # one stack for the step: [3n] -> [n, 3] (grad, param, update per parameter)
+        values = torch.stack(scalars).view(3, n)
+        if update and self._scaled:
+            values[2].mul_(self._scale_tensor(device))
+        values = values.t()
         step = state.step
         prefixes = [
             (step, n, m, h)
