@@ -86,6 +86,34 @@ def test_division_by_zero_in_a_parents_forward_names_the_parent(run_dir):
     assert "between its submodules" in f["likely_causes"][0]["evidence"]
 
 
+class OverwritesItsChildsOutput(nn.Module):
+    """Planted bug: the parent writes a log of 0 into its child's output, in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(16, 16)
+
+    def forward(self, x):
+        h = self.inner(x)
+        with torch.no_grad():
+            h[:, 0] = torch.log(h[:, 0] * 0)  # -inf, into the tensor `inner` returned
+        return h
+
+
+def test_a_parent_writing_into_its_childs_output_is_checked_again_and_named(run_dir):
+    # the parent returns the very tensor its child returned (checked already this step),
+    # changed in place since: checked again, and the parent is named, not the child
+    model = nn.Sequential(nn.Linear(8, 16), OverwritesItsChildsOutput(), nn.Linear(16, 3))
+    lens = run(model, run_dir, steps=2)
+    bad = lens.records.nonfinite
+    bad = bad[bad["step"] == 0]  # after it the NaN gradients have reached every layer
+    first = bad.sort_values("order").iloc[0]
+    assert (first["kind"], first["name"], first["value"]) == ("output", "1", float("-inf"))
+    assert "1.inner" not in set(bad["name"])
+    f = finding(run_dir)
+    assert (f["likely_cause"], f["module"], f["step"]) == ("numerical_instability", "1", 0)
+
+
 class SqrtOfDifference(nn.Module):
     """Forward is finite (adds sqrt(0) = 0); its backward is inf - inf = NaN."""
 

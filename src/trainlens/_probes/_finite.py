@@ -75,11 +75,16 @@ class FiniteProbe(Probe):
         self._step = -1
         self._look = False
         self._counts: list[torch.Tensor] = []
+        # the maxima of checks read from the activation extremes (None for a sum): added to
+        # their minima in one kernel at the step's end, not in one per check
+        self._highs: list[torch.Tensor | None] = []
         self._labels: list[tuple[str, str, str, int]] = []
+        self._zero: torch.Tensor | None = None
         self._order = 0  # checks made so far in this step
-        # tensors summed this step: in a chain a module's input is the output summed just
-        # before it, and summing it twice doubles the cost for no new fact
-        self._summed: dict[int, weakref.ref[torch.Tensor]] = {}
+        # tensors checked this step, with their version: in a chain a module's input is the
+        # output checked just before it, and a container returns its last child's output;
+        # checking one twice costs a kernel for no new fact (unless written to in between)
+        self._summed: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
         self._losses_seen = 0  # rows of the losses table already checked for NaN/Inf
         self._checked_at = 0
         self._alarm_until = -1
@@ -128,19 +133,32 @@ class FiniteProbe(Probe):
     def _emit(self) -> None:
         if not self._counts:
             return
-        counts, labels = self._counts, tuple(self._labels)
-        self._counts, self._labels = [], []
+        counts, highs, labels = self._counts, self._highs, tuple(self._labels)
+        self._counts, self._highs, self._labels = [], [], []
         device = counts[0].device  # the sums are detached: no `no_grad()` needed
+        if any(h is not None for h in highs):
+            # min + max of the extremes read, + 0 for the sums: NaN, +Inf, -Inf alike
+            zero = self._zero
+            if zero is None or zero.device != device:
+                zero = self._zero = torch.zeros((), device=device)
+            counts = [*counts, *(zero if h is None else h for h in highs)]
         if any(c.device != device for c in counts):  # a model split over devices
             counts = [c.to(device) for c in counts]
         row = torch.stack(counts)
+        if len(row) != len(labels):
+            row = row.view(2, -1).sum(0)
         self.state.deferred.add_row(self._rows, (self._step, labels), row)
 
     def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
         seen = self._summed.get(id(t))
-        if kind == "module_input" and seen is not None and seen() is t:
+        if (
+            kind in ("module_input", "output")
+            and seen is not None
+            and seen[0]() is t
+            and seen[1] == t._version
+        ):
             return
-        self._summed[id(t)] = weakref.ref(t)
+        self._summed[id(t)] = (weakref.ref(t), t._version)
         if len(self._counts) >= MAX_PENDING:
             self._emit()
         ext = self.state.extrema.get(id(t))
@@ -148,10 +166,12 @@ class FiniteProbe(Probe):
             # the activation statistics took its extremes (and nothing wrote to it in place
             # since): min + max is non-finite exactly when the sum is (NaN, +Inf, -Inf
             # alike), without another pass over the tensor
-            self._counts.append(ext[2] + ext[3])
+            self._counts.append(ext[2])
+            self._highs.append(ext[3])
         else:
             # a detached tensor records no graph: no `no_grad()` context (~9 Python calls)
             self._counts.append(distinct(detached(t)).sum(dtype=torch.float32))
+            self._highs.append(None)
         self._labels.append((kind, name, self.state.split(), self._order))
         self._order += 1
 
