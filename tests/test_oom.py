@@ -9,6 +9,7 @@ the machine's memory.
 from __future__ import annotations
 
 import json
+import math
 import time
 import traceback
 from collections import OrderedDict
@@ -190,7 +191,15 @@ def test_total_loss_plus_equals_loss_is_a_warning_naming_start_growth_and_patter
     )
 
 
-def test_retain_graph_with_kept_losses_shows_memory_climbing_by_the_activations(run_dir):
+def test_retain_graph_with_kept_losses_shows_memory_climbing_by_the_activations(
+    run_dir, monkeypatch
+):
+    from trainlens._probes import _memory
+
+    # the exact heap throughout: a test process's heap is fragmented by the tests before
+    # it, and a slow heap reading would switch the run to RSS, which the freed memory
+    # those tests left keeps flat (the switch has its own test below)
+    monkeypatch.setattr(_memory, "SLOW_HEAP_READ_S", math.inf)
     lens = leaky_loop(run_dir, 30, "list", width=512, retain_graph=True)
     f = only_oom(lens)
     assert (f.severity, f.likely_cause) == ("warning", "graph_retained_across_steps")
