@@ -329,3 +329,37 @@ def test_parameter_medians_are_those_of_the_run_not_of_its_densely_sampled_start
     # to within a factor of 2; the plain median lands ~1000x off, among the first steps
     assert truth / 3 < weighted < truth * 3
     assert plain > 100 * truth
+
+
+class _FailsInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("planted failure in backward")
+
+
+@pytest.mark.parametrize("where", ["in backward", "after backward"])
+def test_the_phase_of_an_exception_is_backward_only_when_backward_raised_it(run_dir, where):
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    with pytest.raises(RuntimeError, match="planted"):
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True):
+            for step in range(3):
+                if where == "in backward" and step == 2:
+                    # raises once the parameters' gradients have arrived
+                    out = model(_FailsInBackward.apply(x.clone().requires_grad_()))
+                else:
+                    out = model(x)
+                loss = F.mse_loss(out, y)
+                opt.zero_grad()
+                loss.backward()
+                if where == "after backward" and step == 2:
+                    raise RuntimeError("planted failure between backward and step")
+                opt.step()
+    exception = trainlens.load_run(run_dir).drill["exception"]
+    assert exception["step"] == 2
+    assert exception["phase"] == ("backward" if where == "in backward" else None)

@@ -24,6 +24,7 @@ from ._meta import describe_modules, describe_optimizer, describe_params
 from ._plugins import get_plugin_manager
 from ._probes import DEFAULT_PROBES, LossProbe, ProbeSet, WatchState
 from ._probes._checkpoint import CheckpointProbe
+from ._probes._memory import raised_in_backward
 from ._probes._state import DEFAULT_SAMPLE_EVERY, Sampling
 from ._records import Records
 from ._release import release_after_block
@@ -387,10 +388,13 @@ class Lens:
 def _exception_meta(state: WatchState, exc: BaseException | None) -> dict[str, Any] | None:
     if exc is None:
         return None
+    phase: str | None = state.phase
+    if phase == "other" or (phase == "backward" and not raised_in_backward(exc)):
+        phase = None  # raised after the backward pass, before the step (the user's code)
     info: dict[str, Any] = {
         "type": type(exc).__name__,
         "message": str(exc)[:4000],
-        "phase": state.phase if state.phase != "other" else None,
+        "phase": phase,
         "module": None,
         "step": state.step,
     }

@@ -97,7 +97,8 @@ def cpu_heap() -> int | None:
 
 
 #: a heap reading slower than this: the heap is fragmented, the run reads RSS from then on
-SLOW_HEAP_READ_S = 0.001
+#: (one reading per sampled step: 27 in a run's first 100 steps, then one in 20)
+SLOW_HEAP_READ_S = 0.00025
 
 
 class _HeapReader:
@@ -286,7 +287,7 @@ class MemoryProbe(Probe):
 
     def _oom_facts(self, exc: BaseException) -> dict[str, Any]:
         state = self.state
-        facts: dict[str, Any] = {"in_backward": _raised_in_backward(exc)}
+        facts: dict[str, Any] = {"in_backward": raised_in_backward(exc)}
         if facts["in_backward"]:
             # which modules' parameters had a gradient when backward stopped: backward runs
             # in reverse forward order, so the failing module sits just before them
@@ -307,7 +308,7 @@ def _is_oom(exc: BaseException) -> bool:
     return (oom_type is not None and isinstance(exc, oom_type)) or bool(_OOM.search(str(exc)))
 
 
-def _raised_in_backward(exc: BaseException) -> bool:
+def raised_in_backward(exc: BaseException) -> bool:
     """The traceback passes through torch.autograd's engine call (`loss.backward()`)."""
     tb = exc.__traceback__
     while tb is not None:

@@ -112,12 +112,12 @@ class StepProbe(Probe):
         state.backward_passes += 1
         state.backward_in_step += 1
         state.phase = "backward"
-        # with an optimizer the end of backward only closes the phase: no guarded call
-        end = self._phase_other if state.optimizer is not None else self._on_backward_end
-        torch.autograd.Variable._execution_engine.queue_callback(end)
-
-    def _phase_other(self) -> None:
-        self.state.phase = "other"
+        if state.optimizer is None:
+            # without an optimizer the end of a backward pass ends the step. With one, the
+            # phase stays "backward" until the step: an exception raised after the pass
+            # is told apart at the block's exit by its traceback (`_watch`), not by a
+            # callback from the engine on every step
+            torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
 
     @guarded
     def _on_backward_end(self) -> None:
