@@ -209,7 +209,7 @@ class MemoryProbe(Probe):
         self._tracked: list[tuple[int, weakref.ref[_Sentinel]]] = []
         self._row_step = -1
         self._marked_step = -1
-        self._model_input: dict[str, Any] | None = None
+        self._model_input: tuple[torch.Size, torch.dtype] | None = None
 
     def install(self) -> None:
         model = self.state.model
@@ -225,19 +225,16 @@ class MemoryProbe(Probe):
     def _pre(self, module: Any, args: tuple[Any, ...]) -> None:
         state = self.state
         # sampled steps only (`Sampling`: every step at first, then thinning out): a
-        # leak shows as a trend, and reading the heap costs ~10 us on a 0.2 ms step
+        # leak shows as a trend, and reading the heap costs 3-20 us (more on a fragmented
+        # heap: see `_HeapReader`)
         if not state.sampled or state.step == self._row_step:
             return
         if state.split() != "train":
             return
         self._row_step = state.step
-        if self._model_input is None or state.sampled:
-            ins = tensor_leaves(args)
-            if ins:
-                self._model_input = {
-                    "shape": list(ins[0].shape),
-                    "dtype": str(ins[0].dtype).removeprefix("torch."),
-                }
+        ins = tensor_leaves(args)
+        if ins:  # the last one seen, described at the end
+            self._model_input = (ins[0].shape, ins[0].dtype)
         alive = [(s, r) for s, r in self._tracked if r() is not None]
         self._tracked = alive
         read = self._read
@@ -280,7 +277,15 @@ class MemoryProbe(Probe):
             info = snapshot(self.device)
         except Exception as err:  # a broken driver must not cost the user the drill
             info = {"kind": self.device.type, "error": f"{type(err).__name__}: {err}"}
-        info["model_input"] = self._model_input
+        shape_dtype = self._model_input
+        info["model_input"] = (
+            None
+            if shape_dtype is None
+            else {
+                "shape": list(shape_dtype[0]),
+                "dtype": str(shape_dtype[1]).removeprefix("torch."),
+            }
+        )
         if exc is not None and _is_oom(exc):
             info["oom"] = self._oom_facts(exc)
         self.state.extra_meta["memory"] = info
