@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -34,6 +35,17 @@ def _validate_every_drill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for path in tmp_path.rglob("drill.json"):
         if (path.parent / "run.json").exists():
             _VALIDATOR.validate(json.loads(path.read_text()))
+
+
+@pytest.fixture(autouse=True)
+def _exact_heap_readings(monkeypatch: pytest.MonkeyPatch):
+    """CPU runs read the C heap until reading it gets slow (a fragmented heap), then RSS.
+    A test process's heap is fragmented by the tests before it, by an amount that depends
+    on which tests ran there first: tests read the heap throughout, so what they record
+    does not depend on their order or on timing (one test checks the switch itself)."""
+    from trainlens._probes import _memory
+
+    monkeypatch.setattr(_memory, "SLOW_HEAP_READ_S", math.inf)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ the machine's memory.
 from __future__ import annotations
 
 import json
-import math
 import time
 import traceback
 from collections import OrderedDict
@@ -191,15 +190,7 @@ def test_total_loss_plus_equals_loss_is_a_warning_naming_start_growth_and_patter
     )
 
 
-def test_retain_graph_with_kept_losses_shows_memory_climbing_by_the_activations(
-    run_dir, monkeypatch
-):
-    from trainlens._probes import _memory
-
-    # the exact heap throughout: a test process's heap is fragmented by the tests before
-    # it, and a slow heap reading would switch the run to RSS, which the freed memory
-    # those tests left keeps flat (the switch has its own test below)
-    monkeypatch.setattr(_memory, "SLOW_HEAP_READ_S", math.inf)
+def test_retain_graph_with_kept_losses_shows_memory_climbing_by_the_activations(run_dir):
     lens = leaky_loop(run_dir, 30, "list", width=512, retain_graph=True)
     f = only_oom(lens)
     assert (f.severity, f.likely_cause) == ("warning", "graph_retained_across_steps")
@@ -380,8 +371,9 @@ def test_recorded_cuda_readings_flow_from_the_probe_to_the_drill(run_dir, monkey
 def test_a_slow_heap_reading_switches_the_cpu_curve_to_rss_and_the_drill_reads_one_curve(
     run_dir, monkeypatch
 ):
-    """glibc's mallinfo2 walks every free chunk (10 ms on a fragmented heap): after one slow
-    reading the run reads RSS, and the rule and the report use the RSS rows alone."""
+    """glibc's mallinfo2 walks every free chunk (10 ms on a fragmented heap): after two slow
+    readings in a row the run reads RSS, and the rule and the report use the RSS rows
+    alone."""
     from trainlens._probes import _memory
 
     if _memory._MALLINFO2 is None:
@@ -389,14 +381,33 @@ def test_a_slow_heap_reading_switches_the_cpu_curve_to_rss_and_the_drill_reads_o
     monkeypatch.setattr(_memory, "SLOW_HEAP_READ_S", -1.0)  # every heap reading is "slow"
     lens = leaky_loop(run_dir, 30, "list", width=512, retain_graph=True)
     mem = lens.records.memory
-    assert list(mem["kind"]) == ["cpu_heap"] + ["cpu_rss"] * (len(mem) - 1)
+    assert list(mem["kind"]) == ["cpu_heap"] * 2 + ["cpu_rss"] * (len(mem) - 2)
     assert (mem["memory_bytes"] > 0).all()
     f = only_oom(lens)
     assert (f.likely_cause, f.evidence["memory_kind"]) == ("graph_retained_across_steps", "cpu_rss")
-    # the RSS curve alone: from the second row on
-    assert f"process RSS went from {human_bytes(mem['memory_bytes'].iloc[1])} at step " in (
+    # the RSS curve alone: from the third row on
+    assert f"process RSS went from {human_bytes(mem['memory_bytes'].iloc[2])} at step " in (
         f.top.evidence
     )
-    assert f"at step {int(mem['step'].iloc[1])} to " in f.top.evidence
+    assert f"at step {int(mem['step'].iloc[2])} to " in f.top.evidence
     md = (run_dir / "drill.md").read_text()
     assert "process RSS, on sampled steps" in md
+
+
+def test_one_slow_heap_reading_among_fast_ones_keeps_the_heap_curve(monkeypatch):
+    """A reading the scheduler interrupted is slow once; a fragmented heap is slow every
+    time: only two slow readings in a row switch to RSS."""
+    from trainlens._probes import _memory
+
+    if _memory._MALLINFO2 is None:
+        pytest.skip("no mallinfo2 here: the run reads RSS from the start")
+    monkeypatch.setattr(_memory, "SLOW_HEAP_READ_S", 0.5)
+    kind, reader = _memory.step_reader(torch.device("cpu"))
+    # (start, end) of each heap reading: slow, fast, slow, slow; the fifth reads RSS
+    reader._clock = iter([0, 1, 1, 1, 1, 2, 2, 3]).__next__
+    kinds = []
+    for _ in range(5):
+        kinds.append(reader.kind)
+        assert reader() > 0
+    assert (kind, kinds) == ("cpu_heap", ["cpu_heap"] * 4 + ["cpu_rss"])
+    reader.close()

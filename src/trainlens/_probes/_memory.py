@@ -110,14 +110,19 @@ class _HeapReader:
 
     def __init__(self) -> None:
         self.kind = "cpu_heap" if _MALLINFO2 is not None else "cpu_rss"
+        self._slow = 0  # slow heap readings in a row
+        self._clock = time.perf_counter
         self._fd: int | None = None
         self._pid = -1
 
     def __call__(self) -> int | None:
         if self.kind == "cpu_heap":
-            t0 = time.perf_counter()
+            t0 = self._clock()
             value = cpu_heap()
-            if time.perf_counter() - t0 > SLOW_HEAP_READ_S:
+            # two in a row: a fragmented heap is slow every time, a reading the scheduler
+            # interrupted is slow once
+            self._slow = self._slow + 1 if self._clock() - t0 > SLOW_HEAP_READ_S else 0
+            if self._slow >= 2:
                 self.kind = "cpu_rss"
             return value
         pid = os.getpid()
