@@ -295,3 +295,29 @@ def test_after_a_nan_between_samples_the_alarm_steps_are_sampled_for_every_stati
     assert set(range(150, 170)) <= steps
     assert not steps & set(range(170, 176))
     assert set(range(150, 170)) <= set(lens.records.activations["step"])
+
+
+def test_an_evaluation_under_inference_mode_is_checked_and_stops_no_probe(run_dir):
+    # `torch.inference_mode()` is how Lightning and many loops evaluate: its tensors keep
+    # no version counter, which the finiteness check reads to skip a tensor checked twice
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(64, 4)
+    y = x.sum(1, keepdim=True)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for step in range(8):
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            model.eval()
+            with torch.inference_mode():
+                model(bad if step == 3 else x)
+            model.train()
+    assert "probes_stopped" not in lens.records.meta
+    rows = lens.records.nonfinite
+    assert set(rows["split"]) == {"val"} and set(rows["step"]) == {4}  # after step 3's step()
+    assert ("input", "input 0") in set(zip(rows["kind"], rows["name"], strict=True))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -381,17 +381,10 @@ class Deferred:
                 n_rows = items[i][2].shape[0]
                 host[i] = rows[pos : pos + n_rows]
                 pos += n_rows
-        # each table's rows in the order they were added, written in one call per table
-        by_table: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
-        for (table, prefixes, _), values in zip(items, host, strict=True):
-            entry = by_table.get(id(table))
-            if entry is None:
-                entry = by_table[id(table)] = (table, [])
-            entry[1].extend(
-                [(*prefix, *vals) for prefix, vals in zip(prefixes, values, strict=True)]
-            )
-        for table, rows in by_table.values():
-            _write(table, rows)
+        _write(
+            (table, [(*prefix, *vals) for prefix, vals in zip(prefixes, values, strict=True)])
+            for (table, prefixes, _), values in zip(items, host, strict=True)
+        )
 
     def _flush_scalars(self) -> None:
         scalars, self._scalars = self._scalars, []
@@ -407,24 +400,25 @@ class Deferred:
                 values = torch.stack([scalars[i][2] for i in idx]).to(torch.float64).tolist()
                 for i, v in zip(idx, values, strict=True):
                     host[i] = v
-        by_table: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
-        for (table, prefix, _), v in zip(scalars, host, strict=True):
-            entry = by_table.get(id(table))
-            if entry is None:
-                entry = by_table[id(table)] = (table, [])
-            entry[1].append((*prefix, v))
-        for table, rows in by_table.values():
-            _write(table, rows)
+        _write((table, [(*prefix, v)]) for (table, prefix, _), v in zip(scalars, host, strict=True))
 
 
-def _write(table: Any, rows: list[tuple[Any, ...]]) -> None:
-    """Rows into a table, or into a probe's sink (anything with `append(*row)`)."""
-    extend = getattr(table, "extend", None)
-    if extend is not None:
-        extend(rows)
-    else:
-        for row in rows:
-            table.append(*row)
+def _write(batches: Iterable[tuple[Any, list[tuple[Any, ...]]]]) -> None:
+    """(table, rows) batches written in one call per table, each table's rows in the order
+    they came; a table is a `Table` or a probe's sink (anything with `append(*row)`)."""
+    by_table: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
+    for table, rows in batches:
+        entry = by_table.get(id(table))
+        if entry is None:
+            entry = by_table[id(table)] = (table, [])
+        entry[1].extend(rows)
+    for table, rows in by_table.values():
+        extend = getattr(table, "extend", None)
+        if extend is not None:
+            extend(rows)
+        else:
+            for row in rows:
+                table.append(*row)
 
 
 class Records:

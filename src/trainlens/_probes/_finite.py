@@ -25,7 +25,7 @@ from torch.nn.modules.loss import _Loss
 from ._base import Probe
 from ._loss import loss_name
 from ._state import WatchState
-from ._tensors import detached, distinct, has_values, tensor_leaves
+from ._tensors import detached, distinct, has_values, tensor_leaves, version
 
 #: steps of per-module checks after a non-finite loss was noticed between samples
 ALARM_STEPS = 20
@@ -151,18 +151,20 @@ class FiniteProbe(Probe):
 
     def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
         seen = self._summed.get(id(t))
+        v = version(t)
         if (
             kind in ("module_input", "output")
             and seen is not None
             and seen[0]() is t
-            and seen[1] == t._version
+            and seen[1] == v
+            and v >= 0  # an inference tensor's writes are not counted: check it again
         ):
             return
-        self._summed[id(t)] = (weakref.ref(t), t._version)
+        self._summed[id(t)] = (weakref.ref(t), v)
         if len(self._counts) >= MAX_PENDING:
             self._emit()
         ext = self.state.extrema.get(id(t))
-        if ext is not None and ext[0]() is t and ext[1] == t._version:
+        if ext is not None and ext[0]() is t and ext[1] == v and v >= 0:
             # the activation statistics took its extremes (and nothing wrote to it in place
             # since): min + max is non-finite exactly when the sum is (NaN, +Inf, -Inf
             # alike), without another pass over the tensor

@@ -29,6 +29,7 @@ from ._tensors import (
     shapes,
     signature,
     tensor_leaves,
+    version,
 )
 
 #: distinct shape signatures recorded per module; past it shapes "vary" and are not traced
@@ -217,7 +218,7 @@ class ModuleProbe(Probe):
         if lo.dtype != torch.float32:
             lo, hi = lo.to(torch.float32), hi.to(torch.float32)
         # the finiteness probe reads these extremes instead of summing the output again
-        self.state.extrema[id(out)] = (weakref.ref(out), out._version, lo, hi)
+        self.state.extrema[id(out)] = (weakref.ref(out), version(out), lo, hi)
         n = o.numel()
         if n <= SMALL_ACTIVATION:
             # two reductions that need no temporary: fewest kernels for a small output

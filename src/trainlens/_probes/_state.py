@@ -77,9 +77,9 @@ compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 #: once sampling has thinned out (step 160 with the defaults), one step in this many gets
-#: the costly statistics: a
-#: trend over thousands of steps needs no finer grain, and every probe's statistics land
-#: on the same sampled step, so this knob is most of the steady-state cost
+#: the costly statistics: a trend over thousands of steps needs no finer grain, and every
+#: probe's statistics land on the same sampled step, so this knob is most of the
+#: steady-state cost
 DEFAULT_SAMPLE_EVERY = 20
 
 
@@ -185,12 +185,12 @@ class WatchState:
         self.forwards: Any = None
         # the run's shared first-gradient-of-a-backward-pass dispatch (`_base.BackwardDispatch`)
         self.backwards: Any = None
-        # (step, params, has_grad, norms): the gradient norms StepProbe took at this step's
-        # `optimizer.step()`, for other probes that need the same norms (GradCarryProbe)
         # id(output) -> (weakref, version, min, max) of the model's outputs this forward,
         # from the activation statistics, for the finiteness check (min + max is finite
         # exactly when the tensor is, and NaN / +Inf / -Inf like its sum)
         self.extrema: dict[int, tuple[Any, int, torch.Tensor, torch.Tensor]] = {}
+        # (step, params, has_grad, norms): the gradient norms StepProbe took at this step's
+        # `optimizer.step()`, for other probes that need the same norms (GradCarryProbe)
         self.grad_norms: tuple[int, list[Any], list[bool], list[Any]] | None = None
         # streaming the records to the run dir (set by the Lens): due at this step clock
         self.stream_due = float("inf")

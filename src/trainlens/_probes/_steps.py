@@ -22,7 +22,7 @@ from torch.nn.parameter import is_lazy
 
 from ._base import Probe, guarded, hook
 from ._state import WatchState
-from ._tensors import float32_norms
+from ._tensors import dense_values, float32_norms
 
 UPDATE_SAMPLE = 4096
 #: skipped steps recorded one by one in the events table; past it only counted
@@ -33,14 +33,6 @@ def _sample_view(p: torch.Tensor) -> torch.Tensor:
     flat = p.detach().reshape(-1)
     stride = max(1, flat.numel() // UPDATE_SAMPLE)
     return flat[::stride]
-
-
-def _dense(g: torch.Tensor) -> torch.Tensor:
-    """What a gradient's norm is taken of: its values, outside any graph (a gradient made
-    with `backward(create_graph=True)` has one)."""
-    if g.requires_grad:
-        g = g.detach()
-    return g.coalesce().values() if g.is_sparse else g
 
 
 class StepProbe(Probe):
@@ -266,7 +258,7 @@ class StepProbe(Probe):
     def _snapshot_grads(self) -> None:
         grads = [p.grad for p in self.params]
         self._has_grad = [g is not None for g in grads]
-        present = [_dense(g) for g in grads if g is not None]
+        present = [dense_values(g) for g in grads if g is not None]
         norms = float32_norms(present)
         it = iter(norms)
         nan = None

@@ -93,12 +93,21 @@ def detached(t: torch.Tensor) -> torch.Tensor:
 
 
 def dense_values(t: torch.Tensor) -> torch.Tensor:
-    """What a norm of `t` is taken of: the stored values of a sparse tensor."""
+    """What a norm of `t` is taken of: the stored values of a sparse tensor, outside any
+    graph (a gradient made with `backward(create_graph=True)` has one)."""
+    if t.requires_grad:
+        t = t.detach()
     if t.layout == torch.sparse_coo:
         return t.coalesce().values()
     if t.layout != torch.strided:
         return t.values()
-    return t.detach()
+    return t
+
+
+def version(t: torch.Tensor) -> int:
+    """`t._version`, which in-place writes raise; -1 for an inference tensor (made under
+    `torch.inference_mode()`, an evaluation loop's usual context), which keeps none."""
+    return -1 if t.is_inference() else t._version
 
 
 _LOW = (torch.float16, torch.bfloat16)
