@@ -247,6 +247,29 @@ def test_a_regression_target_from_the_wrong_column_is_label_mismatch(run_dir):
     assert "target variance" in f["likely_causes"][0]["evidence"]
 
 
+def test_the_regression_baseline_is_the_variance_of_every_target_seen(run_dir):
+    # targets far from zero with features of different scales: the pooled variance of all
+    # batches seen, not one batch's and not lost to float32 cancellation at the offset
+    g = torch.Generator().manual_seed(0)
+    scale = torch.tensor([1.0, 10.0, 0.1])
+    batches = [(torch.randn(16, 4, generator=g),
+                torch.randn(16, 3, generator=g) * scale + 1e4 + k) for k in range(8)]  # fmt: skip
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with trainlens.watch(model, opt, run_dir=run_dir) as lens:
+        for x, y in batches:
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    rows = lens.records.loss_inputs.sort_values("step")
+    assert list(rows["step"]) == list(range(8))  # every step of the first 10 is sampled
+    seen = torch.cat([y for _, y in batches]).double()
+    expected = seen.var(0, unbiased=False).mean().item()
+    assert rows["baseline"].iloc[-1] == pytest.approx(expected, rel=1e-4)
+    first = batches[0][1].double().var(0, unbiased=False).mean().item()
+    assert rows["baseline"].iloc[0] == pytest.approx(first, rel=1e-4)
+
+
 # --- when flat_loss stays silent --------------------------------------------------------
 def test_a_run_too_short_for_a_trend_is_not_judged(run_dir):
     lens = train(mlp(), classification_data(**DATA), steps=12, lr=1e-7,

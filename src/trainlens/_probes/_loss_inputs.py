@@ -174,16 +174,21 @@ def _regression_stats(
     if module.reduction != "mean":
         return torch.stack([lo, hi])  # no baseline: `_RegressionRows` fills in NaN
     if running.get("shape") != tf.shape[1:]:
-        # shifted by the first batch's mean so float32 sums do not cancel
-        running.update(shape=tf.shape[1:], shift=tf.mean(0), n=0, sum=0.0, sq=0.0, updates=0)
+        running.update(shape=tf.shape[1:], n=0, updates=0)
     elif not _update_prior(running):
         return torch.stack([lo, hi, running["baseline"]])
-    d = tf - running["shift"]
-    running["n"] += tf.shape[0]
-    running["sum"] = running["sum"] + d.sum(0)
-    running["sq"] = running["sq"] + d.square().sum(0)
-    mean = running["sum"] / running["n"]
+    # this batch's variance and mean per target, pooled with the earlier batches'
+    # (Chan et al.): exact at any offset of the targets, in 7 kernels
+    var, mean = torch.var_mean(tf, dim=0, correction=0)
+    seen, new = running["n"], tf.shape[0]
+    total = seen + new
+    if seen == 0:
+        pooled_mean, m2 = mean, var * new
+    else:
+        delta = mean - running["mean"]
+        pooled_mean = running["mean"].add(delta, alpha=new / total)
+        m2 = running["m2"].add(var, alpha=new).addcmul_(delta, delta, value=seen * new / total)
+    running.update(n=total, mean=pooled_mean, m2=m2)
     # predicting the mean target for every sample scores the target variance under MSE
-    baseline = (running["sq"] / running["n"] - mean.square()).clamp_min(0).mean()
-    running["baseline"] = baseline
+    baseline = running["baseline"] = m2.mean() / total
     return torch.stack([lo, hi, baseline])
