@@ -37,7 +37,7 @@ OOM_MESSAGE = re.compile(r"out of memory|can't allocate memory|cannot allocate m
 #: columns of `param_stats`, so an empty view still has them
 PARAM_STAT_COLUMNS = (
     "module", "rows", "has_grad", "grad_pos", "grad_zero", "grad", "rel_grad", "ratio",
-    "update_rows", "changed", "norm", "in_optimizer", "numel", "ndim",
+    "update_rows", "changed", "drifted", "norm", "in_optimizer", "numel", "ndim",
 )  # fmt: skip
 
 
@@ -129,8 +129,10 @@ def param_stats(records: Records) -> pd.DataFrame:
     `grad_pos` share with a non-zero one, `grad_zero` every recorded gradient norm was
     exactly 0 (at least one recorded), `grad` median gradient norm, `rel_grad` median
     grad/param, `ratio` median update/param, `update_rows` steps with an update norm,
-    `changed` share of those where the parameter moved, `norm` last parameter norm; from
-    the run's meta: `in_optimizer`, `numel`, `ndim`.
+    `changed` share of those where the parameter moved, `drifted` its norm differs between
+    sampled steps (also when something other than the watched optimizer's step moved it: a
+    second optimizer, a hand-written update), `norm` last parameter norm; from the run's
+    meta: `in_optimizer`, `numel`, `ndim`.
     """
     p = records.params
     meta_params: dict[str, dict[str, Any]] = records.meta.get("params", {})
@@ -152,8 +154,12 @@ def param_stats(records: Records) -> pd.DataFrame:
         grad_seen=("grad_seen", "sum"),
         grad_zero=("grad_zero", "sum"),
         update_rows=("update_norm", "count"),
+        low=("param_norm", "min"),
+        high=("param_norm", "max"),
         norm=("param_norm", "last"),
     )
+    # the norm of an unchanged tensor is taken by the same kernel each time: bit-identical
+    agg["drifted"] = agg["high"] > agg["low"]
     # sampling thins out over a run: each row stands for the steps until the next
     # sampled one, so the medians and shares are those of the run, not of its first steps
     for column, source, how in (
@@ -167,7 +173,7 @@ def param_stats(records: Records) -> pd.DataFrame:
         agg[column] = how(p, "param", source, "weight").reindex(agg.index)
     agg = agg[
         ["module", "rows", "has_grad", "grad_pos", "grad_seen", "grad_zero", "grad",
-         "rel_grad", "ratio", "update_rows", "changed", "norm"]
+         "rel_grad", "ratio", "update_rows", "changed", "drifted", "norm"]
     ]  # fmt: skip
     agg["grad_zero"] = (agg["grad_zero"] == agg["grad_seen"]) & (agg["grad_seen"] > 0)
     agg = agg.drop(columns="grad_seen")

@@ -4,7 +4,8 @@
 pass of a sampled optimizer step is about to add to them (its first parameter hook, before
 any accumulation), and again at `optimizer.step()`: a gradient still there at the start was
 not reset after the previous step. Gradient accumulation zeroes after each step, so it
-carries nothing.
+carries nothing. A reset later in the step (`zero_grad()` between two backward passes, as a
+GAN's discriminator step does after the generator's pass) starts the reading again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class GradCarryProbe(Probe):
         self._task: bool | None = None
         self._step = -1
         self._carried: torch.Tensor | None = None
+        self._zeroed = 0  # `state.zero_grads` when the carried gradients were read
         self._nothing_rows = _NothingCarried(state.tables["grad_carry"])
         # positions of self.params in the StepProbe's parameter list (found once)
         self._shared: tuple[list[torch.Tensor], list[int] | None] | None = None
@@ -60,11 +62,24 @@ class GradCarryProbe(Probe):
         ]
 
     def _on_grad(self, grad: torch.Tensor) -> None:
-        """The first parameter gradient of a step's first backward pass: nothing added yet."""
+        """The first parameter gradient of a backward pass, before it adds to any `.grad`.
+
+        What counts is what the step's own passes found: the first pass of the step, or a
+        later one if the gradients were reset in between. A GAN's generator loss runs
+        backward through the discriminator before `optD.zero_grad()`, and the
+        discriminator's own pass comes after it: that pass starts from nothing. A later
+        pass that finds the gradients in place (accumulation) keeps the first's reading.
+        """
         state = self.state
-        if not state.sampled or self._task is not None:
-            return  # later (accumulating) backward passes of the step
-        self._task, self._step = True, state.step
+        if not state.sampled:
+            return
+        if (
+            self._task is not None
+            and state.zero_grads == self._zeroed
+            and any(p.grad is not None for p in self.params)
+        ):
+            return  # accumulating onto this step's earlier passes
+        self._task, self._step, self._zeroed = True, state.step, state.zero_grads
         if all(p.grad is None for p in self.params):
             self._carried = _NOTHING  # zero_grad(set_to_none=True): no kernel needed
             return

@@ -159,6 +159,10 @@ class WatchState:
         self.alarm_until = -1
         self.backward_passes = 0
         self.backward_in_step = 0
+        # calls of the watched optimizer's `zero_grad()` so far (counted by StepProbe)
+        self.zero_grads = 0
+        # steps of other optimizers in the run's threads (counted by StepProbe)
+        self.other_steps = 0
         self.phase = "other"  # "forward" | "backward" | "step" | "other"
         # (name, call index) of module forwards in flight, innermost last
         self.call_stack: list[tuple[str, int]] = []

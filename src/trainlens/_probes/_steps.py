@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from typing import Any
 
 import torch
 from torch.nn.parameter import is_lazy
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ._base import Probe, guarded, hook
 from ._state import WatchState
@@ -56,6 +58,10 @@ class StepProbe(Probe):
         # backward_passes when `zero_grad()` last ran after a backward pass of the step
         self._zeroed_after: int | None = None
         self._zeroed_to_none = True
+        # `state.other_steps` at the last backward pass
+        self._other_at_pass = 0
+        # id(optimizer) -> its entry in loop_order["other_optimizers"]
+        self._others: dict[int, dict[str, Any]] = {}
 
     def install(self) -> None:
         self.state.backwards.first_grad(self, self._on_grad)
@@ -100,7 +106,13 @@ class StepProbe(Probe):
             and not self._in_step  # step(closure) may reset and recompute grads (LBFGS)
             and self._grads_reset()
         ):
-            self._skipped_step()
+            if state.other_steps != self._other_at_pass:
+                # another optimizer stepped since that pass: it was that optimizer's (a
+                # GAN's generator loss runs backward through the discriminator)
+                state.backward_in_step = 0
+            else:
+                self._skipped_step()
+        self._other_at_pass = state.other_steps
         state.backward_passes += 1
         state.backward_in_step += 1
         state.phase = "backward"
@@ -217,10 +229,13 @@ class StepProbe(Probe):
         }
         self.handles.append(_patch_zero_grad(opt, self._on_zero_grad))
         self.handles.append(_patch_scheduler_step(opt, self._on_scheduler_step))
+        self.state.extra_meta["loop_order"]["other_optimizers"] = []
+        self.handles.append(register_optimizer_step_post_hook(self._on_any_step))
 
     @hook(in_compiled=True)
     def _on_zero_grad(self, set_to_none: Any) -> None:
         state = self.state
+        state.zero_grads += 1
         if self._in_step or not state.backward_in_step:
             return  # before backward (or after the step): the usual places
         self._zeroed_after = state.backward_passes
@@ -242,6 +257,32 @@ class StepProbe(Probe):
             info["order"] = "forward, backward(), zero_grad({}), step()".format(
                 "set_to_none=True" if self._zeroed_to_none else "set_to_none=False"
             )
+
+    @hook(in_compiled=True)
+    def _on_any_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        """Every optimizer's step (a process-wide hook): another optimizer of this run's
+        threads training parameters the watched one does not hold (a GAN's other half, an
+        actor-critic's critic) is counted; the watched optimizer returns at once."""
+        state = self.state
+        if optimizer is state.optimizer or threading.get_ident() not in state.threads:
+            return
+        state.other_steps += 1
+        entry = self._others.get(id(optimizer))
+        if entry is None:
+            watched = {id(p) for g in state.optimizer.param_groups for p in g["params"]}
+            mine = {id(p) for p in state.model.parameters()}
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            outside = [p for p in params if id(p) not in watched]
+            entry = {
+                "optimizer": type(optimizer).__name__,
+                "params_outside": len(outside),
+                "in_model": sum(id(p) in mine for p in outside),
+                "steps": 0,
+                "first_step": state.step,
+            }
+            self._others[id(optimizer)] = entry
+            state.extra_meta["loop_order"]["other_optimizers"].append(entry)
+        entry["steps"] += 1
 
     @hook(in_compiled=True)
     def _on_scheduler_step(self, scheduler: Any) -> None:

@@ -266,7 +266,7 @@ def params_outside_optimizer(view: _View) -> Cause | None:
         return None
     ctx, cause = found
     pp = ctx.per_param
-    outside = pp[~pp["in_optimizer"] & (pp["grad_pos"] >= 0.5)]
+    outside = pp[~pp["in_optimizer"] & (pp["grad_pos"] >= 0.5) & ~pp["drifted"]]
     if (outside["update_rows"] == 0).any() or (outside["changed"] > 0).any():
         return None
     meta_params = view.records.meta.get("params", {})

@@ -91,7 +91,11 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         "curve_by": flat.by,
     }
     if not causes:
-        # flat, and nothing recorded explains it: say so, never guess a name
+        # flat, and nothing recorded explains it: say so, never guess a name; unless
+        # another optimizer trains the other side of the loss (a GAN), where a level loss
+        # is the equilibrium, not a symptom
+        if _other_side_trained(ctx):
+            return found
         unknown = _unknown(ctx)
         if unknown is None:
             return found
@@ -360,7 +364,9 @@ def _params_not_in_optimizer(ctx: _Context) -> Cause | None:
     pp = ctx.per_param
     if pp.empty or not ctx.records.meta.get("optimizer_given"):
         return None
-    outside = pp[~pp["in_optimizer"] & (pp["grad_pos"] >= 0.5)]
+    # parameters that move all the same are trained by something else (a GAN's second
+    # optimizer, a hand-written update): left out of this optimizer on purpose
+    outside = pp[~pp["in_optimizer"] & (pp["grad_pos"] >= 0.5) & ~pp["drifted"]]
     if outside.empty:
         return None
     share = outside["numel"].sum() / pp["numel"].sum()
@@ -949,6 +955,19 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
 
 def _ids(ctx: _Context) -> str:
     return ", ".join(ctx.ruled_out) or ctx.text(None, "nothing")
+
+
+def _other_side_trained(ctx: _Context) -> bool:
+    """Another optimizer stepped parameters the watched one does not hold in most steps:
+    a GAN's discriminator (or generator), an actor-critic's critic. The loss is a contest
+    between the two, and its level says nothing on its own."""
+    meta = ctx.records.meta
+    others = (meta.get("loop_order") or {}).get("other_optimizers") or []
+    steps = int(meta.get("steps") or 0)
+    share = ctx.t("other_optimizer_share", "unknown")
+    return steps > 0 and any(
+        o.get("params_outside", 0) > 0 and o.get("steps", 0) >= share * steps for o in others
+    )
 
 
 def _unknown(ctx: _Context) -> Cause | None:
