@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("records", ("_records", "_catalogue", "_hookspecs", "_rundir", "_views")),
     ("probes", ("_probes", "_stream")),
     ("rules", ("_rules",)),
-    ("drill", ("_drill", "_plugins")),
+    ("drill", ("_drill", "_plugins", "_incomplete")),
     # reading a finished run back (load_run) belongs with rendering it
     ("report", ("_report", "_run")),
     ("finish", ("_finish", "_merge", "_distributed")),

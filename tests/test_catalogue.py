@@ -75,6 +75,50 @@ def test_every_recipe_is_a_spec_symptom_with_one_file_and_one_rule_module():
     assert all(h.startswith("_") for h in helpers), f"rule modules not registered: {helpers}"
 
 
+#: record views the rules call, and the tables each reads
+_VIEW_TABLES = {
+    "train_loss": {"losses"},
+    "val_loss": {"losses"},
+    "param_stats": {"params"},
+    "leaf_activations": {"activations"},
+    "activations": {"activations"},
+    "constant_baseline": {"loss_inputs"},
+}
+
+
+def test_every_table_a_rule_reads_is_named_in_its_recipe_and_written_by_a_probe():
+    """A finding is qualified when a probe writing a table its symptom reads stops
+    (`_incomplete.py`): that needs `reads` complete and every table's writer known."""
+    from trainlens._probes import DEFAULT_PROBES
+    from trainlens._records import TABLES
+
+    cat = _catalogue()
+    for name, module in _rule_modules().items():
+        if module.SYMPTOM is None:
+            continue
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        read = set(re.findall(r"records\.(\w+)\b(?!\()", source)) & set(TABLES)
+        read |= set(re.findall(r'records\.table\("(\w+)"\)', source))
+        for view, tables in _VIEW_TABLES.items():
+            if re.search(rf"\b{view}\(", source):
+                read |= tables
+        assert read <= set(cat[module.SYMPTOM].reads), (name, read - set(cat[name].reads))
+    written = {t for cls in DEFAULT_PROBES for t in cls.writes}
+    assert written <= set(TABLES)
+    # `events` is written by the run's state for every probe (a stop included)
+    read_anywhere = {t for e in cat.symptoms.values() for t in e.reads}
+    assert read_anywhere - {"events"} <= written
+
+
+def test_a_recipe_naming_an_unknown_table_is_refused(tmp_path):
+    recipe = (data_dir("recipes") / "overfitting.toml").read_text(encoding="utf-8")
+    (tmp_path / "overfitting.toml").write_text(
+        recipe.replace('reads = ["losses"]', 'reads = ["loses"]'), encoding="utf-8"
+    )
+    with pytest.raises(trainlens.CatalogueError, match="loses"):
+        load_catalogue([tmp_path])
+
+
 def test_every_cause_is_owned_by_its_symptoms_rule_and_expected_by_a_test():
     tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
     rules = _rule_modules()

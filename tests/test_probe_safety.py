@@ -469,3 +469,43 @@ def test_two_blocks_in_two_threads_each_record_only_their_own_run(tmp_path):
     assert sorted(set(b.records.steps["step"])) == list(range(11))
     for lens in (a, b):
         assert not any(f.symptom == "diverging" for f in lens.findings), lens.findings
+
+
+def test_a_finding_that_rests_on_a_stopped_probes_records_is_no_confident_error(
+    tmp_path, monkeypatch
+):
+    """The steps probe fails at its first sampled step: its step and parameter records end
+    there while the losses go on. A flat loss over those losses must not become a
+    confident diagnosis read from the missing steps ("the optimizer never stepped")."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 8, generator=g), torch.randint(0, 3, (256,), generator=g)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-7)  # a real flat loss: lr far too low
+
+    def run(run_dir: Path) -> Any:
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+            for _ in range(8):
+                for i in range(0, 256, 32):
+                    opt.zero_grad()
+                    F.cross_entropy(model(x[i : i + 32]), y[i : i + 32]).backward()
+                    opt.step()
+        return lens
+
+    intact = run(tmp_path / "intact")
+    assert [f.severity for f in intact.findings if f.symptom == "flat_loss"] == ["error"]
+
+    monkeypatch.setattr(StepProbe, "_snapshot_grads", _boom)
+    lens = run(tmp_path / "stopped")
+    drill = json.loads((tmp_path / "stopped" / "drill.json").read_text())
+    assert [(s["probe"], s["tables"]) for s in drill["probes_stopped"]] == [
+        ("steps", ["steps", "params"])
+    ]
+    flat = [f for f in drill["findings"] if f["symptom"] == "flat_loss"]
+    assert flat, "the flat loss itself is still seen"
+    assert flat[0]["severity"] == "warning" and drill["status"] != "failed"
+    assert all(c["confidence"] <= 0.5 for c in flat[0]["likely_causes"])
+    assert "steps probe stopped at step 0" in flat[0]["likely_causes"][0]["evidence"]
+    assert flat[0]["evidence"]["incomplete_records"] == [
+        {"probe": "steps", "step": 0, "tables": ["params", "steps"]}
+    ]
+    assert [f.severity for f in lens.findings] == [f["severity"] for f in drill["findings"]]

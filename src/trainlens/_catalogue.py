@@ -62,6 +62,9 @@ class Symptom:
     source: str
     #: named texts of the symptom itself, not of one cause (`[texts]`: how a curve looks)
     texts: Mapping[str, str] = field(default_factory=dict)
+    #: the record tables its rule reads: a finding of it is qualified when a probe that
+    #: writes one of them stopped during the run (`_incomplete.py`)
+    reads: tuple[str, ...] = ()
 
 
 class _Keep(dict):
@@ -355,6 +358,7 @@ def _extend(base: Symptom | None, extra: Symptom) -> Symptom:
         thresholds=MappingProxyType({**base.thresholds, **extra.thresholds}),
         source=f"{base.source} + {extra.source}",
         texts=MappingProxyType({**base.texts, **extra.texts}),
+        reads=tuple(dict.fromkeys((*base.reads, *extra.reads))),
     )
 
 
@@ -408,7 +412,21 @@ def _parse_recipe(path: Path) -> Symptom:
         thresholds=MappingProxyType(dict(data.get("thresholds", {}))),
         source=path.name,
         texts=_texts(data),
+        reads=_table_names(data.get("reads", []), path),
     )
+
+
+def _table_names(value: Any, path: Path) -> tuple[str, ...]:
+    from ._records import TABLES
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CatalogueError(f"recipe {path}: reads must be a list of record table names")
+    unknown = sorted(set(value) - set(TABLES))
+    if unknown:
+        raise CatalogueError(
+            f"recipe {path}: reads names no record table {unknown}; known: {sorted(TABLES)}"
+        )
+    return tuple(value)
 
 
 def _texts(table: Mapping[str, Any]) -> Mapping[str, str]:

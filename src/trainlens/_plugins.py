@@ -13,6 +13,7 @@ import pluggy
 from . import _hookspecs
 from ._catalogue import Catalogue, load_catalogue, rank_findings
 from ._finding import Finding, merge_findings
+from ._incomplete import qualify
 from ._records import Records
 from ._resources import data_dir
 
@@ -116,7 +117,8 @@ def diagnose(
 ) -> list[Finding]:
     """Run every rule; a rule that crashes is reported and skipped, never fatal."""
     found = call_each(pm, "trainlens_diagnose", failures, records=records, catalogue=catalogue)
-    return rank_findings(merge_findings([f for batch in found for f in batch]), catalogue)
+    merged = merge_findings([f for batch in found for f in batch])
+    return rank_findings(qualify(merged, records.meta, catalogue), catalogue)
 
 
 def write_artifacts(

@@ -56,6 +56,7 @@ MASKED_BELOW = -1e4
 
 class AttentionProbe(Probe):
     name = "attention"
+    writes = ("attention", "attention_layers", "attention_maps")
 
     def __init__(self, state: WatchState):
         super().__init__(state)

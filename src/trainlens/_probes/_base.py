@@ -57,6 +57,8 @@ class Probe:
     name: ClassVar[str] = "probe"
     #: a first-batch check: it looks once a run, then `retire()`s itself
     once: ClassVar[bool] = False
+    #: the record tables it writes: if it stops, findings that read them are qualified
+    writes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, state: WatchState):
         self.state = state
@@ -106,7 +108,8 @@ def stop(probe: Any, err: BaseException, where: str = "") -> None:
     name = getattr(probe, "name", None) or type(probe).__name__
     detail = f"{type(err).__name__}: {str(err)[:300]}"
     record = {"probe": name, "step": state.step, "where": where, "error": detail}
-    state.extra_meta.setdefault("probes_stopped", []).append(record)
+    tables = list(getattr(probe, "writes", ()))
+    state.extra_meta.setdefault("probes_stopped", []).append({**record, "tables": tables})
     with contextlib.suppress(Exception):
         state.event(
             "probe_stopped", None, f"probe {name} stopped at step {state.step}: {detail}", **record

@@ -68,6 +68,7 @@ class _NonFiniteRows:
 
 class FiniteProbe(Probe):
     name = "finite"
+    writes = ("nonfinite",)
 
     def __init__(self, state: WatchState):
         super().__init__(state)

@@ -118,6 +118,7 @@ class FunctionalLossProbe(Probe):
     """`torch.nn.functional` losses seen as the calls of stand-in loss modules."""
 
     name = "functional_losses"
+    writes = ("losses",)
 
     def install(self) -> None:
         self.handles.append(_Handle(self, _patch(self)))

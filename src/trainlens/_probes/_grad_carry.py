@@ -22,6 +22,7 @@ from ._tensors import dense_values, float32_norms
 
 class GradCarryProbe(Probe):
     name = "grad_carry"
+    writes = ("grad_carry",)
 
     def __init__(self, state: WatchState):
         super().__init__(state)

@@ -49,6 +49,7 @@ def loss_name(state: WatchState, module: nn.Module) -> str:
 
 class LossProbe(Probe):
     name = "losses"
+    writes = ("losses",)
 
     def __init__(self, state: WatchState):
         super().__init__(state)

@@ -35,6 +35,7 @@ MAX_ROWS = 1024
 
 class LossInputProbe(Probe):
     name = "loss_inputs"
+    writes = ("loss_inputs",)
 
     def __init__(self, state: WatchState):
         super().__init__(state)

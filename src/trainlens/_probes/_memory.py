@@ -206,6 +206,7 @@ def step_reader(device: torch.device) -> tuple[str, Callable[[], int | None]]:
 
 class MemoryProbe(Probe):
     name = "memory"
+    writes = ("memory",)
 
     def __init__(self, state: WatchState):
         super().__init__(state)

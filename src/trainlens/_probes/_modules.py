@@ -97,6 +97,7 @@ def _input_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 class ModuleProbe(Probe):
     name = "modules"
+    writes = ("shapes", "activations", "inputs")
 
     def __init__(self, state: WatchState):
         super().__init__(state)

@@ -39,6 +39,7 @@ def _sample_view(p: torch.Tensor) -> torch.Tensor:
 
 class StepProbe(Probe):
     name = "steps"
+    writes = ("steps", "params")
 
     def __init__(self, state: WatchState):
         super().__init__(state)
