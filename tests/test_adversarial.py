@@ -2,8 +2,8 @@
 
 The generator's loss runs backward through the discriminator, so from either side a
 backward pass arrives that belongs to the other optimizer, and the losses hold level by
-design. Watched from either side, or as one module with one of the two optimizers, a
-healthy GAN gets no finding; a side that never zeroes its gradients is still caught.
+design. Watched from either side a healthy GAN gets no finding; a side that never zeroes
+its gradients is still caught.
 """
 
 from __future__ import annotations
@@ -51,20 +51,33 @@ def train_gan(run_dir, watched: str, *, steps=200, zero_d=True, zero_g=True):
     return lens
 
 
-WATCHED = ["generator", "discriminator", "both, generator's optimizer"]
-
-
-@pytest.mark.parametrize("watched", WATCHED)
+@pytest.mark.parametrize("watched", ["generator", "discriminator"])
 def test_a_healthy_gan_has_no_findings_from_either_side(watched, run_dir):
     lens = train_gan(run_dir, watched)
     assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
     assert lens.drill["status"] == "healthy"
     others = lens.records.meta["loop_order"]["other_optimizers"]
-    assert [(o["optimizer"], o["steps"]) for o in others] == [("Adam", 200)]
-    assert others[0]["params_outside"] == 4
+    assert [(o["optimizer"], o["steps"], o["params_outside"], o["in_model"]) for o in others] == [
+        ("Adam", 200, 4, 0)
+    ]
     # what reached the watched optimizer's parameters at the start of its step's own pass
     assert (lens.records.grad_carry["carried_norm"] == 0).all()
     assert lens.records.events.query("kind == 'step_skipped'").empty
+
+
+def test_a_gan_watched_as_one_module_with_one_optimizer_is_at_most_not_sure(run_dir):
+    """Both halves in one `ModuleDict`, the generator's optimizer watched: the
+    discriminator's parameters get gradients and sit in no watched param group, but they
+    move (its own optimizer steps them). From inside one model a second optimizer over
+    part of it looks like `SparseAdam` over embeddings, whose loss should fall, so a
+    level loss here is an honest "not sure", never a named cause."""
+    lens = train_gan(run_dir, "both, generator's optimizer")
+    assert [(f.severity, f.symptom, f.likely_cause) for f in lens.findings] == [
+        ("warning", "flat_loss", "unknown")
+    ]
+    others = lens.records.meta["loop_order"]["other_optimizers"]
+    assert [(o["params_outside"], o["in_model"]) for o in others] == [(4, 4)]
+    assert (lens.records.grad_carry["carried_norm"] == 0).all()
 
 
 @pytest.mark.parametrize(("watched", "zero"), [("discriminator", "d"), ("generator", "g")])

@@ -958,15 +958,17 @@ def _ids(ctx: _Context) -> str:
 
 
 def _other_side_trained(ctx: _Context) -> bool:
-    """Another optimizer stepped parameters the watched one does not hold in most steps:
-    a GAN's discriminator (or generator), an actor-critic's critic. The loss is a contest
-    between the two, and its level says nothing on its own."""
+    """Another optimizer stepped, in most steps, parameters of another model: a GAN's
+    discriminator (or generator), an actor-critic's critic. The loss is a contest between
+    the two, and its level says nothing on its own. A second optimizer over part of the
+    watched model (`SparseAdam` for its embeddings) is no contest: the loss should fall."""
     meta = ctx.records.meta
     others = (meta.get("loop_order") or {}).get("other_optimizers") or []
     steps = int(meta.get("steps") or 0)
     share = ctx.t("other_optimizer_share", "unknown")
     return steps > 0 and any(
-        o.get("params_outside", 0) > 0 and o.get("steps", 0) >= share * steps for o in others
+        o.get("params_outside", 0) > o.get("in_model", 0) and o.get("steps", 0) >= share * steps
+        for o in others
     )
 
 
