@@ -119,3 +119,51 @@ def test_uncompiled_run_carries_no_compile_warning(tmp_path):
     lens, _, _ = _train("none", True, tmp_path / "run")
     assert "compile" not in lens.records.meta
     assert not lens.records.activations.empty
+
+
+def _scripted_run(run_dir, *, watched: bool, lr: float, script=torch.jit.script):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(256, 8, generator=g), torch.randn(8, 3, generator=g)
+    y = (x @ w).argmax(1)
+    model = script(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3)))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    block = (
+        trainlens.watch(model, opt, run_dir=run_dir, quiet=True)
+        if watched
+        else contextlib.nullcontext()
+    )
+    with block as lens:
+        for _ in range(8):
+            for i in range(0, 256, 32):
+                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return {k: v.clone() for k, v in model.state_dict().items()}, lens
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_a_torchscript_model_trains_as_without_watch_and_the_drill_says_what_is_unseen(
+    how, tmp_path, capfd
+):
+    script = (
+        torch.jit.script if how == "script" else (lambda m: torch.jit.trace(m, torch.randn(2, 8)))
+    )
+    plain, _ = _scripted_run(None, watched=False, lr=0.1, script=script)
+    watched, lens = _scripted_run(tmp_path / "run", watched=True, lr=0.1, script=script)
+    assert all(torch.equal(plain[k], watched[k]) for k in plain)
+    assert "probes_stopped" not in lens.drill
+    assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+    assert len(lens.records.train_loss()) == 64  # the functional loss outside the script
+    # its call is a module call, its layers run where no module hook reaches
+    assert set(lens.records.shapes["module"]) == {""}
+    assert "TorchScript" in capfd.readouterr().err
+    md = (tmp_path / "run" / "drill.md").read_text()
+    assert "What trainlens could not see" in md and "TorchScript" in md
+
+
+def test_a_torchscript_model_with_an_lr_far_too_low_is_still_lr_too_low(tmp_path):
+    _, lens = _scripted_run(tmp_path / "run", watched=True, lr=1e-7)
+    flat = [f for f in lens.findings if f.symptom == "flat_loss"]
+    assert flat and flat[0].likely_cause == "lr_too_low", [f.summary() for f in lens.findings]

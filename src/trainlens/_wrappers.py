@@ -27,9 +27,11 @@ def wrappers(model: nn.Module) -> list[str]:
 
 
 def unwrap_one(model: nn.Module) -> nn.Module:
-    inner = model.__dict__.get("_modules", {}).get("_orig_mod")
-    if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
-        return inner
+    if type(model).__name__ == "OptimizedModule":
+        # through `_modules` itself: a ScriptModule's is no dict and has no `.get`
+        inner = model.__dict__.get("_modules", {}).get("_orig_mod")
+        if isinstance(inner, nn.Module):
+            return inner
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return model.module
     return model

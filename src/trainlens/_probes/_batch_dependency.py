@@ -475,6 +475,8 @@ class BatchDependencyProbe(Probe):
         self._done = False
 
     def install(self) -> None:
+        if isinstance(self.state.model, torch.jit.ScriptModule):
+            return  # no hooks on TorchScript (the compile probe says what is not seen)
         self.handles.append(
             self.state.model.register_forward_hook(self._on_forward, with_kwargs=True)
         )

@@ -1,4 +1,5 @@
-"""torch.compile: what trainlens sees of a compiled model, and saying what it cannot.
+"""torch.compile (and TorchScript): what trainlens sees of a compiled model, and saying
+what it cannot.
 
 Every trainlens hook returns at once while dynamo traces (`compiling()`), so a compiled
 graph gets no graph break, no guard on trainlens state and no recompilation from it. The
@@ -19,6 +20,7 @@ import sys
 import warnings
 from typing import Any
 
+import torch
 from torch import nn
 
 from ._base import Probe, hook
@@ -107,6 +109,8 @@ class CompileProbe(Probe):
 
     def finish(self, exc: BaseException | None) -> None:
         state = self.state
+        if isinstance(state.model, torch.jit.ScriptModule):
+            _note_torchscript(state)
         if not state.compiled and self._wrapper is None:
             return
         how = (
@@ -132,3 +136,18 @@ class CompileProbe(Probe):
             "warning": note,
         }
         print(f"trainlens: warning: {note}", file=sys.stderr)  # once per run
+
+
+def _note_torchscript(state: WatchState) -> None:
+    """A TorchScript model's layers run where no module hook reaches: say what is missing."""
+    note = (
+        "TorchScript: the model runs as TorchScript (torch.jit.script or torch.jit.trace), "
+        "where no module hook reaches, so per-module shapes, activation statistics and "
+        "losses computed inside it are not recorded; recorded: the model's input and "
+        "output, losses of loss modules called outside it, gradients, parameter updates "
+        "and optimizer steps. Rules that "
+        "need the unseen records stay silent. To see inside, watch a few steps of the "
+        "model before it is scripted."
+    )
+    state.extra_meta["torchscript"] = {"not_recorded": NOT_RECORDED, "warning": note}
+    print(f"trainlens: warning: {note}", file=sys.stderr)  # once per run

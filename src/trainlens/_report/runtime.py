@@ -1,4 +1,5 @@
-"""A drill.md section for what trainlens could not see: torch.compile, stopped probes."""
+"""A drill.md section for what trainlens could not see: torch.compile, TorchScript, stopped
+probes."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from .._records import Records
 
 @hookimpl
 def trainlens_report_sections(drill: dict[str, Any], records: Records) -> list[tuple[str, str]]:
-    compiled = records.meta.get("compile")
-    parts = [f"**Warning:** {compiled['warning']}"] if compiled else []
+    parts = [
+        f"**Warning:** {note['warning']}"
+        for key in ("compile", "torchscript")
+        if (note := records.meta.get(key))
+    ]
     for stop in records.meta.get("probes_stopped") or ():
         parts.append(
             f"**Warning:** probe `{stop['probe']}` stopped at step {stop['step']}: "
