@@ -210,6 +210,20 @@ def test_watching_something_that_is_not_a_module_fails_at_once(bad, message):
 def test_a_bad_optimizer_or_sampling_fails_at_once():
     with pytest.raises(trainlens.UsageError, match=r"optimizer must be a torch\.optim\.Optimizer"):
         trainlens.watch(nn.Linear(1, 1), "sgd")
+
+    class HandWrittenSGD:  # the way a course notebook writes one
+        def __init__(self, params, lr):
+            self.params, self.lr = list(params), lr
+
+        def step(self):
+            pass
+
+    model = nn.Linear(1, 1)
+    with pytest.raises(trainlens.UsageError, match="by hand: pass optimizer=None"):
+        trainlens.watch(model, HandWrittenSGD(model.parameters(), 0.1))
+    two = [torch.optim.SGD(model.parameters(), lr=0.1)] * 2
+    with pytest.raises(trainlens.UsageError, match="one optimizer per watch"):
+        trainlens.watch(model, two)
     with pytest.raises(trainlens.UsageError, match="sample_every must be a positive integer"):
         trainlens.watch(nn.Linear(1, 1), sample_every=0)
 

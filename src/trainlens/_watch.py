@@ -431,9 +431,16 @@ def _check_args(model: Any, optimizer: Any, sample_every: Any, run_id: Any) -> N
             f"{type(model).__name__}{hint}"
         )
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        if isinstance(optimizer, (list, tuple)):
+            hint = " (one optimizer per watch; pass the one that steps this model)"
+        else:
+            hint = (
+                " (an optimizer written by hand: pass optimizer=None, and each backward pass "
+                "is a step, its update whatever your code does to the parameters)"
+            )
         raise UsageError(
-            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
-            " (one optimizer per watch; pass the one that steps this model)"
+            f"optimizer must be a torch.optim.Optimizer or None, got "
+            f"{type(optimizer).__name__}{hint}"
         )
     if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 1:
         raise UsageError(f"sample_every must be a positive integer, got {sample_every!r}")
