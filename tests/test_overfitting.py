@@ -98,3 +98,71 @@ def test_noisy_small_validation_set_that_tracks_training_is_clean(run_dir):
     lens = fit(run_dir, regression(128, 4, 0.3, g, w), regression(8, 4, 0.3, g, w),
                steps=100, lr=1e-2, width=32, every=5)  # fmt: skip
     assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+
+
+# --- a model left in eval mode after its first validation ---------------------------------
+def epochs_with_validation(run_dir, model, *, train_each_epoch, eval_from_start=False):
+    """Classification by epochs of 8 batches, validated after each: `model.train()` at
+    the start of every epoch, or (the bug) only once before the loop."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(640, 16, generator=g)
+    y = (x @ torch.randn(16, 4, generator=g)).argmax(1)
+    (xt, yt), (xv, yv) = (x[:512], y[:512]), (x[512:], y[512:])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        model.eval() if eval_from_start else model.train()
+        for _ in range(8):
+            if train_each_epoch:
+                model.train()
+            for i in range(0, 512, 64):
+                loss = loss_fn(model(xt[i : i + 64]), yt[i : i + 64])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                loss_fn(model(xv), yv)
+            if eval_from_start:
+                model.eval()
+    return lens
+
+
+def _regularised():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(16, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 4)
+    )
+
+
+def test_model_train_missing_after_validation_is_train_mode_missing(run_dir):
+    lens = epochs_with_validation(run_dir, _regularised(), train_each_epoch=False)
+    f = finding(run_dir)
+    assert (f["severity"], f["likely_cause"], f["step"]) == ("error", "train_mode_missing", 8)
+    ev = f["likely_causes"][0]["evidence"]
+    assert "56 of 64 backward passes ran with the model in eval mode, from step 8" in ev
+    assert "BatchNorm1d, Dropout" in ev
+    assert lens.records.meta["backward_modes"]["train_before"] == 8
+    # the losses it trained on after step 8 are filed under "val", as the SPEC splits them
+    assert (lens.records.losses.query("split == 'val'")["step"] >= 8).all()
+
+
+def test_without_dropout_or_batch_norm_it_is_a_warning_about_the_curves(run_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    epochs_with_validation(run_dir, model, train_each_epoch=False)
+    f = finding(run_dir)
+    assert (f["severity"], f["likely_cause"]) == ("warning", "train_mode_missing")
+    assert "only the curves are mixed up" in f["likely_causes"][0]["evidence"]
+
+
+def test_train_mode_at_every_epoch_and_eval_mode_throughout_are_clean(run_dir, tmp_path):
+    lens = epochs_with_validation(run_dir, _regularised(), train_each_epoch=True)
+    assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+    assert lens.records.meta["backward_modes"]["eval"] == 0
+    # trained in eval mode from the first step on (frozen batch-norm statistics, on
+    # purpose or not): no train-then-eval switch to point at
+    lens = epochs_with_validation(
+        tmp_path / "frozen", _regularised(), train_each_epoch=False, eval_from_start=True
+    )
+    assert [f for f in lens.findings if f.likely_cause == "train_mode_missing"] == []

@@ -63,6 +63,11 @@ class StepProbe(Probe):
         self._other_at_pass = 0
         # id(optimizer) -> its entry in loop_order["other_optimizers"]
         self._others: dict[int, dict[str, Any]] = {}
+        # backward passes by the model's mode (run.json `backward_modes`)
+        self._modes: dict[str, Any] = {
+            "train": 0, "eval": 0, "first_eval_step": None, "train_before": None
+        }  # fmt: skip
+        state.extra_meta["backward_modes"] = self._modes
 
     def install(self) -> None:
         self.state.backwards.first_grad(self, self._on_grad)
@@ -114,6 +119,17 @@ class StepProbe(Probe):
             else:
                 self._skipped_step()
         self._other_at_pass = state.other_steps
+        # the mode the model is in while its gradients arrive: a backward pass in eval mode
+        # is training with dropout off and batch norm frozen (`model.train()` missing
+        # after a validation's `model.eval()`), and its loss is filed under "val"
+        modes = self._modes
+        if state.model.training:
+            modes["train"] += 1
+        else:
+            modes["eval"] += 1
+            if modes["first_eval_step"] is None:
+                modes["first_eval_step"] = state.step
+                modes["train_before"] = modes["train"]
         state.backward_passes += 1
         state.backward_in_step += 1
         state.phase = "backward"

@@ -5,6 +5,11 @@ grad) per evaluation step, against the train loss around the same steps. Runs wi
 a validation loss give no finding. `overfitting`: validation rose clearly and lastingly
 after its best point while the train loss kept falling. `bad_split`: validation sat far
 above the train loss from the first evaluation and never tracked it.
+
+`train_mode_missing` is read first, from `run.json` `backward_modes` (the model's mode at
+each backward pass): the model trained in train mode, then kept training in eval mode
+after a validation. Those training losses are filed under "val", so the curves are mixed
+and the two causes above are not judged from them.
 """
 
 from __future__ import annotations
@@ -20,11 +25,16 @@ from ._common import num
 
 SYMPTOM = "overfitting"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
-CAUSES = frozenset({"overfitting", "bad_split"})
+CAUSES = frozenset({"overfitting", "bad_split", "train_mode_missing"})
 
 
 @hookimpl
 def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
+    left_in_eval = _train_mode_missing(records, catalogue)
+    if left_in_eval is not None:
+        # training losses filed under "val": the two curves are mixed, no verdict from them
+        severity, cause = left_in_eval
+        return [catalogue.finding(SYMPTOM, severity, [cause])]
     val = records.val_loss()
     train = records.train_loss()
     if len(val) < catalogue.threshold(SYMPTOM, "min_evals") or len(train) < 2:
@@ -62,6 +72,40 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
             },
         )
     ]
+
+
+def _train_mode_missing(records: Records, catalogue: Catalogue) -> tuple[str, Cause] | None:
+    """The model trained in train mode, then went on training in eval mode: a validation's
+    `model.eval()` with no `model.train()` after it. A model in eval mode from its first
+    backward pass on may be so on purpose (frozen batch-norm statistics): no finding."""
+    modes = records.meta.get("backward_modes") or {}
+    th = lambda name: catalogue.threshold(SYMPTOM, name, "train_mode_missing")  # noqa: E731
+    evals, trains = int(modes.get("eval") or 0), int(modes.get("train") or 0)
+    before = modes.get("train_before")
+    if not before or evals < th("min_passes") or evals < th("share") * (evals + trains):
+        return None
+    kinds = tuple(th("mode_dependent"))
+    modules = records.meta.get("modules", {})
+    layers = sorted(
+        {str(m.get("type")) for m in modules.values() if str(m.get("type")).startswith(kinds)}
+    )
+    step = int(modes["first_eval_step"])
+
+    def text(key: str, **fields: object) -> str:
+        return catalogue.text(SYMPTOM, "train_mode_missing", key, **fields)
+
+    effect = text("layers", layers=", ".join(layers)) if layers else text("no_layers")
+    cause = catalogue.cause(
+        SYMPTOM,
+        "train_mode_missing",
+        confidence=0.9,
+        evidence=text("seen", evals=evals, passes=evals + trains, step=step, before=int(before))
+        + effect,
+        step=step,
+        onset=step,
+    )
+    # with dropout or batch norm the training itself changed; without, only the records
+    return ("error" if layers else "warning"), cause
 
 
 def _overfitting(
