@@ -154,6 +154,57 @@ def test_loss_that_raises_on_target_shape_is_named(run_dir):
     assert f.evidence["loss"] == "CrossEntropyLoss"
 
 
+# --- right shape, wrong kind: dtypes and class ids ---------------------------------------
+def test_numpy_float64_data_into_a_float32_layer_is_dtype_mismatch(run_dir):
+    import numpy as np
+
+    rows = np.random.default_rng(0).normal(size=(32, 8))  # float64, as NumPy makes it
+    x, y = torch.from_numpy(rows), torch.zeros(32, dtype=torch.long)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    lens, exc = crash(model, x, y, nn.CrossEntropyLoss(), run_dir)
+    assert isinstance(exc, RuntimeError) and "dtype" in str(exc)
+    f = only(lens)
+    assert (f.likely_cause, f.module, f.severity) == ("dtype_mismatch", "0", "error")
+    assert "float32 weights" in f.top.evidence and "float64 input" in f.top.evidence
+    assert "torch.from_numpy(x).float()" in f.fix_attempt
+    assert "in_features" not in f.first_check + f.fix_attempt  # not a size problem
+
+
+def test_uint8_images_into_a_conv_are_dtype_mismatch_with_a_scale(run_dir):
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)  # decoded images, raw
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 2))
+    lens, _ = crash(model, x, torch.zeros(4, dtype=torch.long), nn.CrossEntropyLoss(), run_dir)
+    f = only(lens)
+    assert (f.likely_cause, f.module) == ("dtype_mismatch", "0")
+    assert "x.float()" in f.fix_attempt and "/ 255" in f.fix_attempt
+
+
+def test_float_class_targets_for_cross_entropy_are_dtype_mismatch(run_dir):
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,)).float()  # labels read as floats
+    lens, _ = crash(nn.Linear(4, 3), x, y, nn.CrossEntropyLoss(), run_dir)
+    f = only(lens)
+    assert f.likely_cause == "dtype_mismatch"
+    assert "target float32" in f.top.evidence and "target.long()" in f.fix_attempt
+
+
+@pytest.mark.parametrize(
+    ("labels", "fix"),
+    [
+        (torch.arange(1, 17) % 3 + 1, "count from 0 (`target - 1`)"),  # 1..3 for 3 classes
+        (torch.arange(16) % 10, "nn.Linear(..., 10)"),  # 10 classes in the data, 3 outputs
+    ],
+    ids=["labels from 1", "more classes than outputs"],
+)
+def test_class_targets_outside_the_outputs_are_target_out_of_range(labels, fix, run_dir):
+    lens, exc = crash(nn.Linear(4, 3), torch.randn(16, 4), labels, nn.CrossEntropyLoss(), run_dir)
+    assert isinstance(exc, IndexError)
+    f = only(lens)
+    assert f.likely_cause == "target_out_of_range", f.summary()
+    assert "3 classes (valid targets 0 to 2)" in f.top.evidence
+    assert f"targets from {int(labels.min())} to {int(labels.max())}" in f.top.evidence
+    assert fix in f.fix_attempt
+
+
 def test_silent_broadcast_is_an_error_finding(run_dir):
     torch.manual_seed(0)
     model = nn.Linear(3, 1)

@@ -51,7 +51,7 @@ from torch.nn.modules.loss import _Loss
 
 from ._base import Probe
 from ._state import _SUSPENDED, compiling
-from ._tensors import tensor_leaves
+from ._tensors import int_range, tensor_leaves
 
 #: `torch.nn.functional` loss -> the `nn` loss module computing the same thing
 LOSSES: dict[str, type[_Loss]] = {
@@ -130,7 +130,9 @@ class FunctionalLossProbe(Probe):
             return
         ins = tensor_leaves(spec.forward_args(args, kwargs))
         path = [n for n, _ in state.call_stack] + [spec.display]
-        state.record_failure(exc, "loss", spec.display, spec.cls.__name__, ins, path)
+        state.record_failure(
+            exc, "loss", spec.display, spec.cls.__name__, ins, path, int_range=int_range(ins[1:2])
+        )
 
     def warn_once(self, err: BaseException) -> None:
         if not self.stopped:  # off for the rest of the run; the drill names it

@@ -17,7 +17,7 @@ from torch.nn.modules.loss import _Loss
 
 from ._base import Probe, guarded
 from ._state import WatchState
-from ._tensors import tensor_leaves
+from ._tensors import int_range, tensor_leaves
 
 #: losses that compare input and target element by element: their shapes must match
 ELEMENTWISE_LOSSES = (
@@ -135,9 +135,11 @@ class LossProbe(Probe):
     def _record_failure(
         self, exc: BaseException, name: str, module: nn.Module, args: tuple[Any, ...]
     ) -> None:
+        ins = tensor_leaves(args)
         self.state.record_failure(
-            exc, "loss", name, type(module).__name__, tensor_leaves(args), path=[name]
-        )
+            exc, "loss", name, type(module).__name__, ins, path=[name],
+            int_range=int_range(ins[1:2]),  # the target's class ids, for one out of range
+        )  # fmt: skip
 
 
 def _seen_already(recent: Any, step: int, loss: Any) -> bool:

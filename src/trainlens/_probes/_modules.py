@@ -24,7 +24,7 @@ from ._tensors import (
     distinct,
     dtype_names,
     first_float,
-    has_values,
+    int_range,
     nbytes,
     shapes,
     signature,
@@ -316,7 +316,7 @@ class ModuleProbe(Probe):
         ins = tensor_leaves(args)
         path = [n for n, _ in stack] + [name]
         self.state.record_failure(
-            exc, "forward", name, type(module).__name__, ins, path, call, _int_range(ins)
+            exc, "forward", name, type(module).__name__, ins, path, call, int_range(ins)
         )
 
 
@@ -335,12 +335,3 @@ def _stacked(
             block = idx[start : start + rows]
             xs = torch.stack([pending[i][1] for i in block])
             yield [pending[i][0] for i in block], xs
-
-
-def _int_range(ins: list[torch.Tensor]) -> list[int] | None:
-    """Min and max of an integer input (token ids): an embedding's crash needs them."""
-    for t in ins:
-        if not t.is_floating_point() and not t.is_complex() and has_values(t) and t.numel() > 0:
-            with torch.no_grad():
-                return [int(t.min()), int(t.max())]
-    return None

@@ -135,3 +135,17 @@ def float32_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         for i, n in zip(idx, norms, strict=True):
             out[i] = n
     return out  # type: ignore[return-value]
+
+
+def int_range(ins: list[torch.Tensor]) -> list[int] | None:
+    """Min and max of an integer input (token ids, class targets): an embedding's or a
+    loss's crash needs them. None where they cannot be read: after a CUDA device-side
+    assert every kernel raises, and the failure record must not be lost to it."""
+    for t in ins:
+        if not t.is_floating_point() and not t.is_complex() and has_values(t) and t.numel() > 0:
+            try:
+                with torch.no_grad():
+                    return [int(t.min()), int(t.max())]
+            except RuntimeError:
+                return None
+    return None

@@ -1,4 +1,5 @@
-"""shape_mismatch: a layer or loss crashed on a shape, or a loss silently broadcast.
+"""shape_mismatch: a layer or loss crashed on a shape (or on a dtype, or on class targets
+outside the model's classes), or a loss silently broadcast.
 
 Batch mixing comes from the batch-dependency check (`meta["batch_dependency"]`, see
 `_probes/_batch_dependency.py`): the gradient of one sample's output w.r.t. the other samples'
@@ -24,7 +25,15 @@ from ._common import model_module as _model_module
 
 SYMPTOM = "shape_mismatch"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
-CAUSES = frozenset({"layer_input_mismatch", "loss_target_shape_mismatch", "batch_dim_mixing"})
+CAUSES = frozenset(
+    {
+        "layer_input_mismatch",
+        "loss_target_shape_mismatch",
+        "batch_dim_mixing",
+        "dtype_mismatch",
+        "target_out_of_range",
+    }
+)
 
 # Messages torch raises for shape problems, for layers whose expectations we do not model.
 _SHAPE_MESSAGE = re.compile(
@@ -32,6 +41,19 @@ _SHAPE_MESSAGE = re.compile(
     r"index out of range|out of bounds|broadcast|Expected .* (batch|input)|to have \d+",
     re.I,
 )
+
+# Messages torch raises when a tensor's dtype does not fit (CPU and CUDA wordings). A
+# device mismatch ("Input type (torch.cuda.FloatTensor) and weight type ...") is not one.
+_DTYPE_MESSAGE = re.compile(
+    r"dtype|datatype|scalar type|\bInput type \(|can't be cast to the desired output type|"
+    r"not implemented for '",
+    re.I,
+)
+_DEVICE_MESSAGE = re.compile(r"device|cuda", re.I)
+# a class target outside [0, C) (CPU message; CUDA's device-side assert)
+_TARGET_RANGE = re.compile(r"Target -?\d+ is out of bounds|t >= 0 && t < n_classes")
+_INTEGER = ("int64", "int32", "int16", "int8", "uint8", "bool")
+_INDEX_LOSSES = ("CrossEntropyLoss", "NLLLoss")
 
 _CONV = re.compile(r"^(Lazy)?Conv(Transpose)?([123])d$")
 _NORM_CHANNELS = re.compile(r"^(BatchNorm|InstanceNorm)([123])d$")
@@ -55,7 +77,11 @@ def _crash_finding(records: Records, catalogue: Catalogue) -> Finding | None:
         return None
     message = f"{exc['type']}: {exc['message']}".strip()
     inputs = exc.get("inputs") or []
+    if _DTYPE_MESSAGE.search(message) and not _DEVICE_MESSAGE.search(message):
+        return _dtype_crash(records, catalogue, exc, message)
     if exc["phase"] == "loss":
+        if _TARGET_RANGE.search(message) and len(inputs) >= 2:
+            return _target_range_crash(records, catalogue, exc, message, inputs)
         return _loss_crash(records, catalogue, exc, message, inputs)
 
     module = exc.get("module")
@@ -224,6 +250,132 @@ def _loss_crash(
             "input": pred,
             "target": target,
             "dtypes": exc.get("dtypes"),
+            "exception": message[:500],
+        },
+    )
+
+
+def _dtype_crash(
+    records: Records, catalogue: Catalogue, exc: dict[str, Any], message: str
+) -> Finding:
+    """A layer or loss raised on a dtype: the tensor is right in shape, wrong in kind."""
+    dtypes = [str(d) for d in exc.get("dtypes") or []]
+
+    def text(key: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "dtype_mismatch", key, **fields)
+
+    module = exc.get("module")
+    module_type = exc.get("module_type") or ""
+    if exc["phase"] == "loss":
+        loss = module_type or _loss_text(catalogue, "the_loss")
+        got, target = [*dtypes, "?", "?"][:2]
+        indices = loss in _INDEX_LOSSES
+        fields = dict(where=loss, received=text("loss_received", input=got, target=target))
+        expected = text("expected_indices" if indices else "expected_float_target", loss=loss)
+        suggestion = text("suggest_long_target" if indices else "suggest_float_target")
+        evidence = text("loss_evidence", loss=loss, input=got, target=target, message=message)
+        module = _model_module(records, module)
+    else:
+        got = dtypes[0] if dtypes else "?"
+        weights = _param_dtype(records, module)
+        fields = dict(where=f"`{_display(module)}`", received=got)
+        expected = text("expected_weights", weights=weights) if weights else text("expected")
+        if module_type == "Embedding" or module_type == "EmbeddingBag":
+            suggestion = text("suggest_ids")
+        elif got == "float64":
+            suggestion = text("suggest_float64")
+        elif got in _INTEGER:
+            suggestion = text("suggest_integer")
+        else:
+            suggestion = text("suggest_cast", weights=weights or "float32")
+        evidence = text(
+            "layer_evidence",
+            shown=_display(module),
+            module_type=module_type,
+            received=got,
+            weights=weights or "?",
+            message=message[:200],
+        )
+    cause = catalogue.cause(
+        SYMPTOM,
+        "dtype_mismatch",
+        confidence=0.95,
+        evidence=evidence,
+        module=module,
+        step=exc.get("step"),
+        expected=expected,
+        suggestion=suggestion,
+        **fields,
+    )
+    return catalogue.finding(
+        SYMPTOM,
+        "error",
+        [cause],
+        evidence={
+            "exception": message[:500],
+            "module_type": module_type,
+            "received": exc.get("inputs") or [],
+            "received_dtypes": dtypes,
+        },
+    )
+
+
+def _param_dtype(records: Records, module: str | None) -> str | None:
+    """The dtype of a module's own parameters (its weight), from the run's meta."""
+    if module is None:
+        return None
+    for name, info in records.meta.get("params", {}).items():
+        if name.rpartition(".")[0] == module and info.get("dtype"):
+            return str(info["dtype"])
+    return None
+
+
+def _target_range_crash(
+    records: Records,
+    catalogue: Catalogue,
+    exc: dict[str, Any],
+    message: str,
+    inputs: list[list[int]],
+) -> Finding:
+    """Class targets outside the [0, C) the model's output has room for."""
+    loss = exc.get("module_type") or _loss_text(catalogue, "the_loss")
+    pred = inputs[0]
+    classes = int(pred[1] if len(pred) >= 2 else pred[0]) if pred else 0
+    low, high = exc.get("int_range") or [None, None]
+
+    def text(key: str, **fields: Any) -> str:
+        return catalogue.text(SYMPTOM, "target_out_of_range", key, **fields)
+
+    if low is None or high is None:
+        seen, case = text("unknown_range"), "fix_check"
+    else:
+        seen = text("range", low=low, high=high)
+        if low >= 1 and high == classes:
+            case = "fix_one_based"
+        elif low < 0:
+            case = "fix_negative"
+        else:
+            case = "fix_more_classes"
+    fields = dict(loss=loss, classes=classes, last=classes - 1, seen=seen)
+    cause = catalogue.cause(
+        SYMPTOM,
+        "target_out_of_range",
+        confidence=0.95,
+        evidence=text("evidence", message=message[:200], **fields),
+        module=_model_module(records, exc.get("module")),
+        step=exc.get("step"),
+        suggestion=text(case, need=(high or 0) + 1, low=low, **fields),
+        **fields,
+    )
+    return catalogue.finding(
+        SYMPTOM,
+        "error",
+        [cause],
+        evidence={
+            "loss": loss,
+            "input": pred,
+            "classes": classes,
+            "target_range": exc.get("int_range"),
             "exception": message[:500],
         },
     )
