@@ -111,8 +111,8 @@ def _crash_finding(records: Records, catalogue: Catalogue) -> Finding | None:
         suggestion = text("raised_suggestion", **fields)
         evidence = text("raised_evidence", **fields)
         confidence = 0.7
-    cause = catalogue.cause(
-        SYMPTOM,
+    return _crash(
+        catalogue,
         "layer_input_mismatch",
         confidence=confidence,
         evidence=evidence,
@@ -121,12 +121,7 @@ def _crash_finding(records: Records, catalogue: Catalogue) -> Finding | None:
         received=received,
         expected=expected,
         suggestion=suggestion,
-    )
-    return catalogue.finding(
-        SYMPTOM,
-        "error",
-        [cause],
-        evidence={
+        details={
             "exception": message[:500],
             "module_type": exc.get("module_type"),
             "received": inputs,
@@ -231,8 +226,8 @@ def _loss_crash(
     if pred == target and not _SHAPE_MESSAGE.search(message):
         return None
     fields = dict(loss=loss, input_shape=shape_str(pred), target_shape=shape_str(target))
-    cause = catalogue.cause(
-        SYMPTOM,
+    return _crash(
+        catalogue,
         "loss_target_shape_mismatch",
         confidence=0.95,
         evidence=_loss_text(catalogue, "raised", message=message[:200], **fields),
@@ -240,12 +235,7 @@ def _loss_crash(
         step=exc.get("step"),
         suggestion=loss_fix(catalogue, loss, pred, target),
         **fields,
-    )
-    return catalogue.finding(
-        SYMPTOM,
-        "error",
-        [cause],
-        evidence={
+        details={
             "loss": loss,
             "input": pred,
             "target": target,
@@ -296,8 +286,8 @@ def _dtype_crash(
             weights=weights or "?",
             message=message[:200],
         )
-    cause = catalogue.cause(
-        SYMPTOM,
+    return _crash(
+        catalogue,
         "dtype_mismatch",
         confidence=0.95,
         evidence=evidence,
@@ -306,18 +296,21 @@ def _dtype_crash(
         expected=expected,
         suggestion=suggestion,
         **fields,
-    )
-    return catalogue.finding(
-        SYMPTOM,
-        "error",
-        [cause],
-        evidence={
+        details={
             "exception": message[:500],
             "module_type": module_type,
             "received": exc.get("inputs") or [],
             "received_dtypes": dtypes,
         },
     )
+
+
+def _crash(
+    catalogue: Catalogue, cause_id: str, *, details: dict[str, Any], **cause: Any
+) -> Finding:
+    """The error finding of a crash: one cause, the failure's details as its evidence."""
+    found = catalogue.cause(SYMPTOM, cause_id, **cause)
+    return catalogue.finding(SYMPTOM, "error", [found], evidence=details)
 
 
 def _param_dtype(records: Records, module: str | None) -> str | None:
@@ -357,8 +350,8 @@ def _target_range_crash(
         else:
             case = "fix_more_classes"
     fields = dict(loss=loss, classes=classes, last=classes - 1, seen=seen)
-    cause = catalogue.cause(
-        SYMPTOM,
+    return _crash(
+        catalogue,
         "target_out_of_range",
         confidence=0.95,
         evidence=text("evidence", message=message[:200], **fields),
@@ -366,12 +359,7 @@ def _target_range_crash(
         step=exc.get("step"),
         suggestion=text(case, need=(high or 0) + 1, low=low, **fields),
         **fields,
-    )
-    return catalogue.finding(
-        SYMPTOM,
-        "error",
-        [cause],
-        evidence={
+        details={
             "loss": loss,
             "input": pred,
             "classes": classes,
