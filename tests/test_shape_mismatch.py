@@ -154,6 +154,26 @@ def test_loss_that_raises_on_target_shape_is_named(run_dir):
     assert f.evidence["loss"] == "CrossEntropyLoss"
 
 
+def test_a_last_batch_of_one_sample_into_batch_norm_says_drop_last(run_dir):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(65, 8, generator=g), torch.randint(0, 3, (65,), generator=g))
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+            for x, y in DataLoader(data, batch_size=16):  # 65 = 4 x 16 + 1
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    f = only(lens)
+    assert (f.likely_cause, f.module, f.step) == ("layer_input_mismatch", "1", 4)
+    assert "more than one value per channel" in f.top.evidence and "[1, 16]" in f.top.evidence
+    assert "drop_last=True" in f.fix_attempt
+
+
 # --- right shape, wrong kind: dtypes and class ids ---------------------------------------
 def test_numpy_float64_data_into_a_float32_layer_is_dtype_mismatch(run_dir):
     import numpy as np

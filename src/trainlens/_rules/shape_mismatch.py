@@ -13,6 +13,7 @@ forward raised, the shapes it received) compared with that module's own configur
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -178,6 +179,9 @@ def expectation(
         want = attrs.get("num_features")
         if want is not None and len(x) >= 2 and x[1] != want:
             return says("norm", want=want, got=x[1], module_type=module_type)
+        if norm.group(1) == "BatchNorm" and len(x) >= 2 and math.prod([x[0], *x[2:]]) == 1:
+            # one value per channel: a last batch of one sample, in training mode
+            return says("batch_of_one")
     elif module_type == "GroupNorm":
         want = attrs.get("num_channels")
         if want is not None and len(x) >= 2 and x[1] != want:
