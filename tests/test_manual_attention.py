@@ -255,6 +255,42 @@ def test_a_softmax_over_another_axis_is_not_attention(run_dir):
     with trainlens.watch(model, run_dir=run_dir, quiet=True) as lens:
         model(torch.randn(4, 5, 8)).sum().backward()
     assert lens.records.attention.empty
+    assert "attention_softmax_axis" not in lens.records.meta
+    assert [f for f in lens.findings if f.symptom == "confusing_attention"] == []
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_self_attention_normalised_over_its_queries_is_softmax_over_queries(causal, run_dir):
+    """`F.softmax(scores, dim=1)` on a sequence's [B, T, T] scores: dim 1 is the queries."""
+
+    class ScratchAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).split(8, dim=-1)
+            scores = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(8)
+            if causal:
+                t = x.size(1)
+                scores = scores.masked_fill(torch.triu(torch.ones(t, t), 1).bool(), -1e9)
+            return torch.bmm(F.softmax(scores, dim=1), v)
+
+    model = nn.Sequential(ScratchAttention(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(3):
+            loss = model(torch.randn(4, 6, 8)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    f = _only(lens)
+    assert (f.severity, f.likely_cause, f.module, f.step) == (
+        "error", "softmax_over_queries", "0", 0
+    )  # fmt: skip
+    assert "[4, 6, 6] query-key scores over dim 1" in f.top.evidence
+    assert "dim=-1" in f.fix_attempt
+    assert lens.records.attention.empty  # not summarised as attention weights
 
 
 def test_einsum_attention_with_an_additive_mask_is_recorded(run_dir):

@@ -23,6 +23,10 @@ looks at a few functions' outputs, by identity:
   summarised like the built-in kinds (per head, with the masks seen on the way), and the
   product with them (`att @ v`) gives the value and output shapes.
 
+A softmax over the queries instead (the axis before the last) of square scores, a
+sequence attending to itself, is the bug of `softmax(scores, dim=1)` on `[B, T, T]`
+scores: noted in `meta["attention_softmax_axis"]` for the rule.
+
 Not recognised: a softmax over another axis (slot attention, capsule routing), scores
 that pass a non-elementwise op (a reshape, `tanh` soft-capping) before the softmax,
 products of 2-d tensors (CLIP-style similarity matrices), code run under
@@ -420,10 +424,17 @@ class ManualAttention:
         if not isinstance(info, _Scores):
             return
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        if not isinstance(dim, int) or dim not in (-1, out.dim() - 1):
-            return  # over another axis (or the legacy implicit dim): not over the keys
         stack = self.state.call_stack
         name = stack[-1][0] if stack else ""
+        if isinstance(dim, int) and dim in (-2, out.dim() - 2) and out.shape[-1] == out.shape[-2]:
+            # over the queries of a sequence attending to itself: each key's column sums to
+            # 1, not each query's row (`softmax(scores, dim=1)` on [B, T, T] scores). Slot
+            # attention normalises over its slots on purpose, but its K slots attend to N
+            # inputs, not a square of one sequence
+            self._note_query_axis(name, dim, out)
+            return
+        if not isinstance(dim, int) or dim not in (-1, out.dim() - 1):
+            return  # over another axis (or the legacy implicit dim): not over the keys
         probe = self.probe
         if name in probe.mha_names:
             return
@@ -431,6 +442,14 @@ class ManualAttention:
         self._tag(out, _Weights(name))
         if probe._wanted(name):
             probe._guarded(self._record, name, out, info)
+
+    def _note_query_axis(self, name: str, dim: int, out: torch.Tensor) -> None:
+        if name in self.probe.mha_names:
+            return
+        self.found.add(name)  # attention all the same: keep looking at this model
+        seen = self.state.extra_meta.setdefault("attention_softmax_axis", {})
+        if name not in seen:
+            seen[name] = {"dim": dim, "shape": list(out.shape), "step": self.state.step}
 
     def _record(self, name: str, weights: torch.Tensor, info: _Scores) -> None:
         from ._attention_math import _as_bhls, _no_autocast, _samples_to_keep, _thin

@@ -23,14 +23,15 @@ from ._common import num
 
 SYMPTOM = "confusing_attention"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
-CAUSES = frozenset({"attention_saturated", "attention_uniform"})
+CAUSES = frozenset({"attention_saturated", "attention_uniform", "softmax_over_queries"})
 
 
 @hookimpl
 def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
+    found = _softmax_over_queries(records, catalogue)
     att = records.attention
     if att.empty:
-        return []
+        return found
     att = att[att["rows"] > 0]
     order = list(dict.fromkeys(records.attention_layers["module"].tolist()))
     order += [m for m in dict.fromkeys(att["module"]) if m not in order]
@@ -48,13 +49,50 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         uni = _uniform(df, records, catalogue)
         if uni is not None:
             uniform.append((module, uni))
-    findings = []
+    findings = found
     if saturated:
         findings.append(_saturated_finding(records, catalogue, saturated))
     if uniform:
         findings.append(_uniform_finding(records, catalogue, uniform))
     findings.extend(qk_without_gradient(records, catalogue, skip={m for m, _ in uniform}))
     return findings
+
+
+# --- a softmax over the queries ------------------------------------------------------------
+def _softmax_over_queries(records: Records, catalogue: Catalogue) -> list[Finding]:
+    """Hand-written attention of a sequence over itself whose softmax runs over the queries
+    (`meta["attention_softmax_axis"]`, from `_probes/_manual_attention.py`): a query's
+    weights over the keys do not sum to 1, and with a causal mask each early key's column
+    spreads over the later queries, so a position sees the ones after it."""
+    seen = records.meta.get("attention_softmax_axis") or {}
+    if not seen:
+        return []
+    cause = "softmax_over_queries"
+    causes = []
+    for name, info in seen.items():
+        module = _model_module(records, name)
+        causes.append(
+            catalogue.cause(
+                SYMPTOM,
+                cause,
+                confidence=0.9,
+                evidence=catalogue.text(
+                    SYMPTOM,
+                    cause,
+                    "seen",
+                    shown=f"`{name}`" if name else catalogue.text(SYMPTOM, cause, "model"),
+                    shape=info.get("shape"),
+                    dim=info.get("dim"),
+                    step=info.get("step"),
+                ),
+                module=module,
+                step=info.get("step"),
+                onset=info.get("step"),
+                where=f"`{name}`" if name else catalogue.text(SYMPTOM, cause, "model"),
+                dim=info.get("dim"),
+            )
+        )
+    return [catalogue.finding(SYMPTOM, "error", causes, evidence={"softmax_axis": seen})]
 
 
 # --- query/key projections that cannot learn (issue 18 §4; the `rules` branch) ----------
