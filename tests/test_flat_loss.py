@@ -270,6 +270,44 @@ def test_the_regression_baseline_is_the_variance_of_every_target_seen(run_dir):
     assert rows["baseline"].iloc[0] == pytest.approx(first, rel=1e-4)
 
 
+def _house_prices(run_dir, *, standardise):
+    """Tabular regression on prices around 3e5, the way a first Kaggle notebook feeds
+    them: raw, or standardised with the training set's mean and std."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 8, generator=g)
+    y = (x @ torch.randn(8, 1, generator=g)) * 2e4 + 3e5
+    if standardise:
+        y = (y - y.mean()) / y.std()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(10):
+            for i in range(0, 1024, 64):
+                loss = nn.functional.mse_loss(model(x[i : i + 64]), y[i : i + 64])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def test_raw_regression_targets_of_3e5_are_unnormalized_target(run_dir):
+    lens = _house_prices(run_dir, standardise=False)
+    f = flat_finding(lens, run_dir)
+    assert (f["severity"], f["likely_cause"]) == ("error", "unnormalized_target")
+    ev = f["likely_causes"][0]["evidence"]
+    assert "targets are about 3.05e+05 in size" in ev
+    assert "(y - y_mean) / y_std" in f["fix_attempt"]
+    rms = lens.records.loss_inputs["target_rms"]
+    assert rms.iloc[-1] == pytest.approx(3.05e5, rel=0.01)
+
+
+def test_the_same_targets_standardised_train_and_stay_clean(run_dir):
+    lens = _house_prices(run_dir, standardise=True)
+    assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+    assert lens.records.loss_inputs["target_rms"].iloc[-1] == pytest.approx(1.0, rel=0.05)
+
+
 # --- when flat_loss stays silent --------------------------------------------------------
 def test_a_run_too_short_for_a_trend_is_not_judged(run_dir):
     lens = train(mlp(), classification_data(**DATA), steps=12, lr=1e-7,

@@ -71,7 +71,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "attention_maps": ("step", "module", "head", "sample", "weights"),
     # CrossEntropy/NLL/MSE input and target on sampled steps: are the inputs already
     # probabilities (prob_dev = mean |row sum - 1|) or log-probabilities (logprob_dev =
-    # mean |logsumexp(row)|); baseline = loss of the best constant prediction
+    # mean |logsumexp(row)|); baseline = loss of the best constant prediction; target_rms
+    # = root mean square of the regression targets seen so far (NaN for classification)
     "loss_inputs": (
         "step",
         "split",
@@ -83,6 +84,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         "prob_dev",
         "logprob_dev",
         "baseline",
+        "target_rms",
     ),
     # sampled optimizer steps: the norm of the optimizer's `.grad`s before the step's first
     # backward pass adds to them (carried, 0 after zero_grad) and at `optimizer.step()`

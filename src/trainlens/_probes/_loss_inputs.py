@@ -44,6 +44,7 @@ class LossInputProbe(Probe):
         # the prior of one batch underestimates the entropy of many classes
         self._running: dict[tuple[int, str], dict[str, Any]] = {}
         self._regression_rows = _RegressionRows(state.tables["loss_inputs"])
+        self._classification_rows = _ClassificationRows(state.tables["loss_inputs"])
 
     def install(self) -> None:
         self.state.forwards.loss(self, self._on_forward, sampled=True)
@@ -70,7 +71,7 @@ class LossInputProbe(Probe):
         # detached tensors record no graph: no `no_grad()` context (~9 Python calls)
         if isinstance(module, CLASSIFICATION_LOSSES):
             classes, stats = _classification_stats(module, detached(x), detached(t), running)
-            sink = state.tables["loss_inputs"]
+            sink = self._classification_rows
         else:
             classes = 0
             stats = _regression_stats(module, detached(x), detached(t), running)
@@ -86,7 +87,9 @@ class LossInputProbe(Probe):
 
 class _RegressionRows:
     """Deferred sink: a regression loss has no row deviations (and, reduced otherwise than
-    by "mean", no baseline): their NaN are put in on the host, not made on the device."""
+    by "mean", no baseline): their NaN are put in on the host, not made on the device.
+    Its values: min, max, then (mean reduction) the target variance and the mean over
+    targets of their squared mean, whose sum is the targets' mean square."""
 
     def __init__(self, table: Any):
         self.table = table
@@ -94,7 +97,21 @@ class _RegressionRows:
     def append(self, *row: Any) -> None:
         prefix, v = row[:5], row[5:]
         baseline = v[2] if len(v) > 2 else math.nan
-        self.table.append(*prefix, v[0], v[1], math.nan, math.nan, baseline)
+        rms = math.sqrt(max(0.0, v[2] + v[3])) if len(v) > 3 else math.nan
+        self.table.append(*prefix, v[0], v[1], math.nan, math.nan, baseline, rms)
+
+
+class _ClassificationRows:
+    """Deferred sink: a classification loss has no target scale (NaN, on the host)."""
+
+    def __init__(self, table: Any):
+        self.table = table
+
+    def append(self, *row: Any) -> None:
+        self.table.append(*row, math.nan)
+
+    def extend(self, rows: list[tuple[Any, ...]]) -> None:
+        self.table.extend([(*row, math.nan) for row in rows])
 
 
 def _update_prior(running: dict[str, Any]) -> bool:
@@ -177,7 +194,7 @@ def _regression_stats(
     if running.get("shape") != tf.shape[1:]:
         running.update(shape=tf.shape[1:], n=0, updates=0)
     elif not _update_prior(running):
-        return torch.stack([lo, hi, running["baseline"]])
+        return torch.stack([lo, hi, running["baseline"], running["mean_square"]])
     # this batch's variance and mean per target, pooled with the earlier batches'
     # (Chan et al.): exact at any offset of the targets, in 7 kernels
     var, mean = torch.var_mean(tf, dim=0, correction=0)
@@ -192,4 +209,6 @@ def _regression_stats(
     running.update(n=total, mean=pooled_mean, m2=m2)
     # predicting the mean target for every sample scores the target variance under MSE
     baseline = running["baseline"] = m2.mean() / total
-    return torch.stack([lo, hi, baseline])
+    # with it, the targets' scale: mean square = variance + squared mean
+    running["mean_square"] = pooled_mean.square().mean()
+    return torch.stack([lo, hi, baseline, running["mean_square"]])

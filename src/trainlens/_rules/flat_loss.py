@@ -37,8 +37,8 @@ SYMPTOM = "flat_loss"
 CAUSES = frozenset({
     "optimizer_not_stepping", "params_not_in_optimizer", "zero_grad_missing",
     "softmax_before_loss", "no_gradient_flow", "dead_relu", "vanishing_gradient",
-    "lr_too_low", "lr_too_high", "unnormalized_input", "label_mismatch", "bad_initial_loss",
-    "unknown", "no_loss_recorded",
+    "lr_too_low", "lr_too_high", "unnormalized_input", "unnormalized_target",
+    "label_mismatch", "bad_initial_loss", "unknown", "no_loss_recorded",
 })  # fmt: skip
 
 #: activations that output exact zeros for negative inputs
@@ -72,6 +72,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         _vanishing_gradient,
         _lr_too_low,
         _lr_too_high,
+        _unnormalized_target,
         _unnormalized_input,
         _label_mismatch,
     )
@@ -900,6 +901,39 @@ def _unnormalized_input(ctx: _Context) -> Cause | None:
         max=num(stats["max"]),
         rows=stats["rows"],
         receives=ctx.text("unnormalized_input", "receives", first=first) if first else "",
+    )
+
+
+def _unnormalized_target(ctx: _Context) -> Cause | None:
+    """Regression targets far from unit scale that the outputs never come near: a network
+    starts with outputs near 0 and moves them by small steps, so the loss sits far above
+    what even predicting the mean target would score."""
+    li = ctx.records.loss_inputs
+    if "target_rms" not in li.columns:
+        return None  # a run recorded before the target scale was
+    li = li[(li["split"] == "train") & li["target_rms"].notna()].sort_values("step")
+    flat = ctx.flat
+    if li.empty or flat.baseline is None or flat.baseline_kind != "MSELoss":
+        return None
+    rms = float(li["target_rms"].iloc[-1])
+    if not rms >= ctx.t("target_rms_min", "unnormalized_target"):
+        return None
+    late = li.tail(max(1, len(li) // 4))
+    low, high = float(late["min"].min()), float(late["max"].max())
+    reach = max(abs(low), abs(high))
+    if not reach <= ctx.t("output_share_max", "unnormalized_target") * rms:
+        return None
+    if not flat.end >= ctx.t("above_baseline", "unnormalized_target") * flat.baseline:
+        return None  # it does about as well as the mean: not stuck below the targets' scale
+    return ctx.cause(
+        "unnormalized_target",
+        0.85,
+        rms=num(rms),
+        low=num(low),
+        high=num(high),
+        loss=num(flat.end),
+        baseline=num(flat.baseline),
+        ratio=num(flat.end / flat.baseline),
     )
 
 
