@@ -166,3 +166,28 @@ def test_train_mode_at_every_epoch_and_eval_mode_throughout_are_clean(run_dir, t
         tmp_path / "frozen", _regularised(), train_each_epoch=False, eval_from_start=True
     )
     assert [f for f in lens.findings if f.likely_cause == "train_mode_missing"] == []
+
+
+def test_an_evaluation_between_forward_and_backward_is_not_eval_mode_training(run_dir):
+    """The loss is made in train mode; a no-grad evaluation runs before its backward pass
+    (logging code between `loss = ...` and `loss.backward()`): the mode that counts is the
+    one the loss was computed in."""
+    model = _regularised()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 16, generator=g), torch.randint(0, 4, (256,), generator=g)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for epoch in range(4):
+            for i in range(0, 256, 32):
+                model.train()
+                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+                if epoch > 0:  # a running validation metric, logged mid-step
+                    model.eval()
+                    with torch.no_grad():
+                        nn.functional.cross_entropy(model(x[:64]), y[:64])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    modes = lens.records.meta["backward_modes"]
+    assert (modes["train"], modes["eval"]) == (32, 0)
+    assert [f for f in lens.findings if f.likely_cause == "train_mode_missing"] == []

@@ -161,6 +161,8 @@ class WatchState:
         self.backward_in_step = 0
         # calls of the watched optimizer's `zero_grad()` so far (counted by StepProbe)
         self.zero_grads = 0
+        # the watched model's mode at its last forward with grad enabled (None: none seen)
+        self.forward_training: bool | None = None
         # steps of other optimizers in the run's threads (counted by StepProbe)
         self.other_steps = 0
         self.phase = "other"  # "forward" | "backward" | "step" | "other"

@@ -119,11 +119,12 @@ class StepProbe(Probe):
             else:
                 self._skipped_step()
         self._other_at_pass = state.other_steps
-        # the mode the model is in while its gradients arrive: a backward pass in eval mode
-        # is training with dropout off and batch norm frozen (`model.train()` missing
-        # after a validation's `model.eval()`), and its loss is filed under "val"
+        # the mode the model made this pass's loss in: a backward pass of an eval-mode
+        # forward is training with dropout off and batch norm frozen (`model.train()`
+        # missing after a validation's `model.eval()`), and its loss is filed under "val"
         modes = self._modes
-        if state.model.training:
+        training = state.forward_training
+        if training if training is not None else state.model.training:
             modes["train"] += 1
         else:
             modes["eval"] += 1
