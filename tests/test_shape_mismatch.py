@@ -208,6 +208,38 @@ def test_float_class_targets_for_cross_entropy_are_dtype_mismatch(run_dir):
 
 
 @pytest.mark.parametrize(
+    "message",
+    [
+        "Input type (torch.cuda.FloatTensor) and weight type (torch.FloatTensor) should be "
+        "the same",
+        "Input type (MPSFloatType) and weight type (torch.FloatTensor) should be the same",
+        "Expected all tensors to be on the same device, but found at least two devices, "
+        "cuda:0 and cpu!",
+    ],
+    ids=["cuda input, cpu weights", "mps input", "two devices"],
+)
+def test_a_device_mismatch_is_not_called_a_dtype_problem(message):
+    """A GPU's wording (no GPU here: the rule reads the failure record of a run)."""
+    from trainlens._plugins import catalogue_for, get_plugin_manager
+    from trainlens._rules import shape_mismatch
+
+    exc = {
+        "type": "RuntimeError",
+        "message": message,
+        "phase": "forward",
+        "module": "0",
+        "module_type": "Conv2d",
+        "inputs": [[2, 3, 8, 8]],
+        "dtypes": ["float32"],
+        "step": 0,
+    }
+    records = trainlens.Records({}, {"exception": exc, "modules": {"0": {"type": "Conv2d"}}})
+    catalogue = catalogue_for(get_plugin_manager(entry_points=False))
+    found = shape_mismatch.trainlens_diagnose(records=records, catalogue=catalogue)
+    assert [f.likely_cause for f in found if f.likely_cause == "dtype_mismatch"] == []
+
+
+@pytest.mark.parametrize(
     ("labels", "fix"),
     [
         (torch.arange(1, 17) % 3 + 1, "count from 0 (`target - 1`)"),  # 1..3 for 3 classes

@@ -44,13 +44,14 @@ _SHAPE_MESSAGE = re.compile(
 )
 
 # Messages torch raises when a tensor's dtype does not fit (CPU and CUDA wordings). A
-# device mismatch ("Input type (torch.cuda.FloatTensor) and weight type ...") is not one.
+# device mismatch ("Input type (torch.cuda.FloatTensor) and weight type ...", MPS's
+# "Input type (MPSFloatType) ...") is not one.
 _DTYPE_MESSAGE = re.compile(
     r"dtype|datatype|scalar type|\bInput type \(|can't be cast to the desired output type|"
     r"not implemented for '",
     re.I,
 )
-_DEVICE_MESSAGE = re.compile(r"device|cuda", re.I)
+_DEVICE_MESSAGE = re.compile(r"device|cuda|mps|xpu|hip", re.I)
 # a class target outside [0, C) (CPU message; CUDA's device-side assert)
 _TARGET_RANGE = re.compile(r"Target -?\d+ is out of bounds|t >= 0 && t < n_classes")
 _INTEGER = ("int64", "int32", "int16", "int8", "uint8", "bool")
