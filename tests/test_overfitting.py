@@ -140,7 +140,8 @@ def test_model_train_missing_after_validation_is_train_mode_missing(run_dir):
     f = finding(run_dir)
     assert (f["severity"], f["likely_cause"], f["step"]) == ("error", "train_mode_missing", 8)
     ev = f["likely_causes"][0]["evidence"]
-    assert "56 of 64 backward passes ran with the model in eval mode, from step 8" in ev
+    assert "56 of 64 backward passes came from a forward with the model in eval mode" in ev
+    assert "from step 8 on (after 8 in train mode)" in ev
     assert "BatchNorm1d, Dropout" in ev
     assert lens.records.meta["backward_modes"]["train_before"] == 8
     # the losses it trained on after step 8 are filed under "val", as the SPEC splits them
