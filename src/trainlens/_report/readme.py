@@ -49,7 +49,8 @@ _TABLE_TEXT = {
     "attention_layers": "Q/K/V/output shapes and settings of each attention layer",
     "attention_maps": "one head's attention weights for one sample, per layer",
     "loss_inputs": "what the losses were fed on sampled steps: classes, value range, "
-    "whether already probabilities, the best constant prediction",
+    "whether already probabilities, the best constant prediction, the regression "
+    "targets' scale",
     "grad_carry": "gradient left over from earlier steps when a backward pass begins",
     "memory": "memory in use per sampled step and the autograd graphs still alive",
     "nonfinite": "where NaN/Inf values were found: input, target, module outputs",
