@@ -115,6 +115,54 @@ def test_zero_grad_between_backward_and_step_is_optimizer_not_stepping(run_dir, 
     assert "never between them" in f["fix_attempt"]
 
 
+@pytest.mark.parametrize(("make", "forgets"), [
+    (lambda params: torch.optim.Adam(params, lr=1e-3), "Adam's moment estimates"),
+    (lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9), "its momentum"),
+], ids=["Adam", "SGD with momentum"])  # fmt: skip
+def test_an_optimizer_built_inside_the_loop_is_optimizer_rebuilt(make, forgets, run_dir):
+    torch.manual_seed(0)
+    x = torch.randn(256, 6)
+    y = (x[:, :2].sum(1) > 0).long()
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 2))
+    watched = make(model.parameters())  # the one built above the loop, and watched
+    with trainlens.watch(model, watched, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(5):
+            for i in range(0, 256, 32):
+                optimizer = make(model.parameters())  # the bug: one per step
+                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    f = finding(json.loads((run_dir / "drill.json").read_text()), "flat_loss")
+    assert ids(f)[0] == "optimizer_rebuilt"
+    ev = f["likely_causes"][0]["evidence"]
+    assert "40 new" in ev and "stepped 40 times" in ev and f"forgets {forgets}" in ev
+    assert "before the training loop" in f["fix_attempt"]
+    # one entry for 40 optimizers alike: the records stay bounded however long the loop
+    others = lens.records.meta["loop_order"]["other_optimizers"]
+    assert [(o["instances"], o["steps"], o["params_outside"]) for o in others] == [(40, 40, 0)]
+
+
+def test_a_second_optimizer_built_once_is_not_optimizer_rebuilt(run_dir):
+    """SparseAdam for the embeddings, Adam for the rest, both built once."""
+    torch.manual_seed(0)
+    emb, head = nn.Embedding(50, 8, sparse=True), nn.Linear(8, 1)
+    model = nn.Sequential(emb, nn.Flatten(), head)
+    dense, sparse = torch.optim.Adam(head.parameters()), torch.optim.SparseAdam(emb.parameters())
+    ids_, y = torch.randint(0, 50, (256, 1)), torch.randn(256, 1)
+    with trainlens.watch(model, dense, run_dir=run_dir, quiet=True) as lens:
+        for i in range(0, 256, 16):
+            loss = nn.functional.mse_loss(model(ids_[i : i + 16]), y[i : i + 16])
+            dense.zero_grad()
+            sparse.zero_grad()
+            loss.backward()
+            dense.step()
+            sparse.step()
+    others = lens.records.meta["loop_order"]["other_optimizers"]
+    assert [(o["optimizer"], o["instances"], o["steps"]) for o in others] == [("SparseAdam", 1, 16)]
+    assert not [c for f in lens.findings for c in f.likely_causes if c.id == "optimizer_rebuilt"]
+
+
 def test_a_zero_grad_after_a_skipped_step_is_not_a_clearing(run_dir):
     # GradScaler skips a step (inf gradients): backward, no step, zero_grad, backward, step
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import weakref
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ from ._tensors import dense_values, float32_norms
 UPDATE_SAMPLE = 4096
 #: skipped steps recorded one by one in the events table; past it only counted
 MAX_SKIP_EVENTS = 100
+#: kinds of other optimizers described in `loop_order["other_optimizers"]`
+MAX_OTHER_OPTIMIZERS = 8
 
 
 def _sample_view(p: torch.Tensor) -> torch.Tensor:
@@ -61,8 +64,9 @@ class StepProbe(Probe):
         self._zeroed_to_none = True
         # `state.other_steps` at the last backward pass
         self._other_at_pass = 0
-        # id(optimizer) -> its entry in loop_order["other_optimizers"]
-        self._others: dict[int, dict[str, Any]] = {}
+        # optimizer -> its entry in loop_order["other_optimizers"] (weakly: one rebuilt
+        # every step must not be kept alive)
+        self._others: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
         # backward passes by the model's mode (run.json `backward_modes`)
         self._modes: dict[str, Any] = {
             "train": 0, "eval": 0, "first_eval_step": None, "train_before": None
@@ -279,28 +283,44 @@ class StepProbe(Probe):
     @hook(in_compiled=True)
     def _on_any_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         """Every optimizer's step (a process-wide hook): another optimizer of this run's
-        threads training parameters the watched one does not hold (a GAN's other half, an
-        actor-critic's critic) is counted; the watched optimizer returns at once."""
+        threads is counted, with what it steps (a GAN's other half, an actor-critic's
+        critic, or this model's own parameters); the watched optimizer returns at once.
+
+        Optimizers alike (class and parameters) share one entry, `instances` of them: a
+        loop that builds a new optimizer every step adds one entry, not one per step."""
         state = self.state
         if optimizer is state.optimizer or threading.get_ident() not in state.threads:
             return
         state.other_steps += 1
-        entry = self._others.get(id(optimizer))
+        entry = self._others.get(optimizer)
         if entry is None:
-            watched = {id(p) for g in state.optimizer.param_groups for p in g["params"]}
-            mine = {id(p) for p in state.model.parameters()}
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            outside = [p for p in params if id(p) not in watched]
-            entry = {
-                "optimizer": type(optimizer).__name__,
-                "params_outside": len(outside),
-                "in_model": sum(id(p) in mine for p in outside),
-                "steps": 0,
-                "first_step": state.step,
-            }
-            self._others[id(optimizer)] = entry
-            state.extra_meta["loop_order"]["other_optimizers"].append(entry)
+            entry = self._other_entry(optimizer)
+            if entry is None:
+                return
+            self._others[optimizer] = entry
         entry["steps"] += 1
+
+    def _other_entry(self, optimizer: Any) -> dict[str, Any] | None:
+        state = self.state
+        watched = {id(p) for g in state.optimizer.param_groups for p in g["params"]}
+        mine = {id(p) for p in state.model.parameters()}
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        outside = [p for p in params if id(p) not in watched]
+        kind = {
+            "optimizer": type(optimizer).__name__,
+            "params": len(params),
+            "params_outside": len(outside),
+            "in_model": sum(id(p) in mine for p in outside),
+        }
+        known = state.extra_meta["loop_order"]["other_optimizers"]
+        entry = next((e for e in known if all(e[k] == v for k, v in kind.items())), None)
+        if entry is None:
+            if len(known) >= MAX_OTHER_OPTIMIZERS:
+                return None  # counted in `state.other_steps` only
+            entry = {**kind, "instances": 0, "steps": 0, "first_step": state.step}
+            known.append(entry)
+        entry["instances"] += 1
+        return entry
 
     @hook(in_compiled=True)
     def _on_scheduler_step(self, scheduler: Any) -> None:

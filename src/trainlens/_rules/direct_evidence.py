@@ -43,6 +43,7 @@ SYMPTOM = None
 CAUSES: frozenset[str] = frozenset()
 BORROWS = frozenset(
     {
+        "optimizer_rebuilt",
         "zero_grad_missing",
         "softmax_before_loss",
         "no_gradient_flow",
@@ -62,6 +63,7 @@ HOME = "flat_loss"
 #: direct evidence outranks the generic causes of whatever symptom the run shows
 #: (divergence causes top out at 0.85)
 RANK = {
+    "optimizer_rebuilt": 0.98,
     "grads_cleared_before_step": 0.97,
     "lr_collapsed": 0.96,
     "zero_grad_missing": 0.95,
@@ -145,6 +147,7 @@ def direct_causes(view: _View, shown: str | None) -> list[Cause]:
     causes: list[Cause] = []
     cleared = grads_cleared_before_step(records, catalogue)
     for cause in (
+        rebuilt_optimizer(view),
         cleared,
         lr_collapsed(records, catalogue),
         carried_gradients(view),
@@ -193,6 +196,14 @@ def _ctx(records: Records, catalogue: Catalogue) -> Any:
         baseline_kind=kind,
     )
     return flat_loss._Context.build(records, catalogue, flat)
+
+
+def rebuilt_optimizer(view: _View) -> Cause | None:
+    """`optimizer_rebuilt`: a new optimizer over the model's parameters every step."""
+    cause = flat_loss._optimizer_rebuilt(view.ctx)
+    if cause is None:
+        return None
+    return dataclasses.replace(cause, confidence=RANK["optimizer_rebuilt"])
 
 
 def carried_gradients(view: _View) -> Cause | None:

@@ -35,7 +35,8 @@ from ._common import names as _names
 SYMPTOM = "flat_loss"
 #: the causes this rule decides (the catalogue test checks every recipe cause has a rule)
 CAUSES = frozenset({
-    "optimizer_not_stepping", "params_not_in_optimizer", "zero_grad_missing",
+    "optimizer_rebuilt", "optimizer_not_stepping", "params_not_in_optimizer",
+    "zero_grad_missing",
     "softmax_before_loss", "no_gradient_flow", "dead_relu", "vanishing_gradient",
     "lr_too_low", "lr_too_high", "unnormalized_input", "unnormalized_target",
     "label_mismatch", "bad_initial_loss", "unknown", "no_loss_recorded",
@@ -63,6 +64,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         return found
     ctx = _Context.build(records, catalogue, flat)
     checks = (
+        _optimizer_rebuilt,
         _optimizer_not_stepping,
         _params_not_in_optimizer,
         _zero_grad_missing,
@@ -316,6 +318,43 @@ def _common_module(modules: list[str]) -> str | None:
 
 
 # --- the causes ---------------------------------------------------------------------------
+def _optimizer_rebuilt(ctx: _Context) -> Cause | None:
+    """New optimizers over the watched optimizer's own parameters, each stepping once or
+    so (`loop_order.other_optimizers`: `instances` of one kind): the optimizer is built
+    inside the loop, and its state (Adam's moments, momentum) starts from zero every step."""
+    meta = ctx.records.meta
+    watched_steps = int(meta.get("steps") or 0)
+    for other in (meta.get("loop_order") or {}).get("other_optimizers") or ():
+        shared = int(other.get("params", 0)) - int(other.get("params_outside", 0))
+        instances, steps = int(other.get("instances", 0)), int(other.get("steps", 0))
+        if shared <= 0 or instances < ctx.t("min_instances", "optimizer_rebuilt"):
+            continue
+        if instances < ctx.t("instance_share", "optimizer_rebuilt") * steps:
+            continue  # one optimizer stepping many times: a second one on purpose
+        name = str(other.get("optimizer"))
+        memory = _OPTIMIZER_STATE.get(name, "state")
+        return ctx.cause(
+            "optimizer_rebuilt",
+            0.95,
+            onset=other.get("first_step"),
+            optimizer=name,
+            instances=instances,
+            steps=steps,
+            shared=shared,
+            watched_steps=watched_steps,
+            state=ctx.text("optimizer_rebuilt", memory),
+        )
+    return None
+
+
+#: what an optimizer of each class keeps between steps (a recipe text key)
+_OPTIMIZER_STATE = {
+    "Adam": "moments", "AdamW": "moments", "NAdam": "moments", "RAdam": "moments",
+    "Adamax": "moments", "SGD": "momentum", "RMSprop": "square_average",
+    "Adagrad": "square_average", "Adadelta": "square_average",
+}  # fmt: skip
+
+
 def _optimizer_not_stepping(ctx: _Context) -> Cause | None:
     meta = ctx.records.meta
     if meta.get("optimizer_given") and meta.get("steps", 0) == 0:
