@@ -64,8 +64,8 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         return found
     ctx = _Context.build(records, catalogue, flat)
     checks = (
-        _optimizer_rebuilt,
         _optimizer_not_stepping,
+        _optimizer_rebuilt,
         _params_not_in_optimizer,
         _zero_grad_missing,
         _softmax_before_loss,
