@@ -308,6 +308,37 @@ def test_the_same_targets_standardised_train_and_stay_clean(run_dir):
     assert lens.records.loss_inputs["target_rms"].iloc[-1] == pytest.approx(1.0, rel=0.05)
 
 
+@pytest.mark.parametrize(
+    ("case", "said", "fix"),
+    [
+        ("no_grad", "gradients switched off", "`torch.no_grad()` around validation only"),
+        ("frozen", "no parameter of the model has requires_grad=True", "requires_grad_(True)"),
+        ("rebuilt", "cut from the graph", "use `.item()` just for logging"),
+    ],
+)
+def test_a_backward_with_no_graph_is_no_gradient_flow_with_how_it_was_cut(case, said, fix, run_dir):
+    x, y = classification_data(n=64)
+    model = mlp()
+    if case == "frozen":
+        model.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True):
+            for i in range(0, 64, 16):
+                with torch.set_grad_enabled(case != "no_grad"):
+                    loss = nn.functional.cross_entropy(model(x[i : i + 16]), y[i : i + 16])
+                if case == "rebuilt":  # the loss rebuilt from its value: no graph left
+                    loss = torch.tensor(loss.item(), requires_grad=False)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    drill = json.loads((run_dir / "drill.json").read_text())
+    f = next(f for f in drill["findings"] if f["symptom"] == "flat_loss")
+    assert (f["severity"], f["likely_cause"], f["step"]) == ("error", "no_gradient_flow", 0)
+    assert said in f["likely_causes"][0]["evidence"]
+    assert fix in f["fix_attempt"]
+
+
 # --- when flat_loss stays silent --------------------------------------------------------
 def test_a_run_too_short_for_a_trend_is_not_judged(run_dir):
     lens = train(mlp(), classification_data(**DATA), steps=12, lr=1e-7,

@@ -17,6 +17,7 @@ updates, vanishing or missing gradients), so the root cause is read first.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         return []
     initial = _initial_loss.finding(records, catalogue)
     found = [initial] if initial is not None else []
+    cut = _graph_cut_crash(records, catalogue)
+    if cut is not None:
+        return [*found, cut]
     unseen = _loss_seen.finding(records, catalogue)  # no loss at all: say so, as a warning
     if unseen is not None:
         return [*found, unseen]
@@ -111,6 +115,49 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         "error" if flat.by_progress and top.confidence >= ctx.t("error_confidence") else "warning"
     )
     return [*found, catalogue.finding(SYMPTOM, severity, causes, evidence=evidence)]
+
+
+# --- a backward pass with no graph to run through ------------------------------------------
+#: what autograd raises when the loss has no graph (`loss.backward()` on a tensor that
+#: does not require grad)
+_NO_GRAPH = "does not require grad and does not have a grad_fn"
+
+
+def _graph_cut_crash(records: Records, catalogue: Catalogue) -> Finding | None:
+    """`loss.backward()` raised because the loss has no graph: the extreme of
+    `no_gradient_flow`, where no parameter gets any gradient. Which way it was cut: the
+    loss computed with gradients off (it was filed under "val"), every parameter frozen,
+    or the loss rebuilt outside the graph."""
+    exc = exception_info(records)
+    if not exc or _NO_GRAPH not in str(exc.get("message", "")):
+        return None
+    params = records.meta.get("params") or {}
+    losses = records.losses
+    step = exc.get("step")
+    if params and not any(info.get("requires_grad", True) for info in params.values()):
+        case = "frozen"
+    elif len(losses) and str(losses["split"].iloc[-1]) == "val":
+        case = "no_grad"
+    else:
+        case = "rebuilt"
+
+    def text(key: str) -> str:
+        return catalogue.text(SYMPTOM, "no_gradient_flow", f"crash_{key}", step=step)
+
+    cause = catalogue.cause(
+        SYMPTOM,
+        "no_gradient_flow",
+        confidence=0.9,
+        evidence=text(f"{case}_evidence"),
+        step=step,
+        onset=step,
+    )
+    cause = dataclasses.replace(
+        cause, first_check=text(f"{case}_check"), fix_attempt=text(f"{case}_fix")
+    )
+    return catalogue.finding(
+        SYMPTOM, "error", [cause], evidence={"exception": str(exc.get("message"))[:500]}
+    )
 
 
 # --- is the loss flat? -------------------------------------------------------------------
