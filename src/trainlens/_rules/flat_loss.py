@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +121,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
 # --- a backward pass with no graph to run through ------------------------------------------
 #: what autograd raises when the loss has no graph (`loss.backward()` on a tensor that
 #: does not require grad)
-_NO_GRAPH = "does not require grad and does not have a grad_fn"
+_NO_GRAPH = re.compile(r"does not require grad and does not have a grad_fn")
 
 
 def _graph_cut_crash(records: Records, catalogue: Catalogue) -> Finding | None:
@@ -129,7 +130,7 @@ def _graph_cut_crash(records: Records, catalogue: Catalogue) -> Finding | None:
     loss computed with gradients off (it was filed under "val"), every parameter frozen,
     or the loss rebuilt outside the graph."""
     exc = exception_info(records)
-    if not exc or _NO_GRAPH not in str(exc.get("message", "")):
+    if not exc or not _NO_GRAPH.search(str(exc.get("message", ""))):
         return None
     params = records.meta.get("params") or {}
     losses = records.losses
@@ -142,18 +143,18 @@ def _graph_cut_crash(records: Records, catalogue: Catalogue) -> Finding | None:
         case = "rebuilt"
 
     def text(key: str) -> str:
-        return catalogue.text(SYMPTOM, "no_gradient_flow", f"crash_{key}", step=step)
+        return catalogue.text(SYMPTOM, "no_gradient_flow", key, step=step)
 
     cause = catalogue.cause(
         SYMPTOM,
         "no_gradient_flow",
         confidence=0.9,
-        evidence=text(f"{case}_evidence"),
+        evidence=text(f"crash_{case}_evidence"),
         step=step,
         onset=step,
     )
     cause = dataclasses.replace(
-        cause, first_check=text(f"{case}_check"), fix_attempt=text(f"{case}_fix")
+        cause, first_check=text(f"crash_{case}_check"), fix_attempt=text(f"crash_{case}_fix")
     )
     return catalogue.finding(
         SYMPTOM, "error", [cause], evidence={"exception": str(exc.get("message"))[:500]}
