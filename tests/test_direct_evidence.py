@@ -163,6 +163,50 @@ def test_a_second_optimizer_built_once_is_not_optimizer_rebuilt(run_dir):
     assert not [c for f in lens.findings for c in f.likely_causes if c.id == "optimizer_rebuilt"]
 
 
+def test_one_optimizer_per_layer_is_one_kind_and_not_optimizer_rebuilt(run_dir):
+    """One optimizer per layer beside the watched one (layer-wise learning rates written
+    by hand): optimizers alike are described once, and built once they are no bug."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(4, 4) for _ in range(12)]
+    model = nn.Sequential(*layers)
+    watched = torch.optim.SGD(layers[0].parameters(), lr=0.01)
+    per_layer = [torch.optim.SGD(layer.parameters(), lr=0.01) for layer in layers[1:]]
+    with trainlens.watch(model, watched, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(3):
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            for opt in [watched, *per_layer]:
+                opt.zero_grad()
+            loss.backward()
+            for opt in [watched, *per_layer]:
+                opt.step()
+    others = lens.records.meta["loop_order"]["other_optimizers"]
+    # the eleven have one shape (2 tensors of layers outside the watched optimizer): one kind
+    assert [(o["instances"], o["steps"], o["params_outside"]) for o in others] == [(11, 33, 2)]
+    assert not [c for f in lens.findings for c in f.likely_causes if c.id == "optimizer_rebuilt"]
+
+
+def test_other_optimizers_are_described_up_to_eight_kinds(run_dir):
+    torch.manual_seed(0)
+    layers = [nn.Linear(4, 4) for _ in range(12)]
+    model = nn.Sequential(*layers)
+    watched = torch.optim.SGD(layers[0].parameters(), lr=0.01)
+    # eleven kinds: over the last 1, 2, ..., 11 layers
+    tails = [
+        torch.optim.SGD([p for layer in layers[-k:] for p in layer.parameters()], lr=1e-3)
+        for k in range(1, 12)
+    ]
+    with trainlens.watch(model, watched, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(2):
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            model.zero_grad()
+            loss.backward()
+            for opt in [watched, *tails]:
+                opt.step()
+    others = lens.records.meta["loop_order"]["other_optimizers"]
+    assert [o["params_outside"] for o in others] == [2 * k for k in range(1, 9)]
+    assert all((o["instances"], o["steps"]) == (1, 2) for o in others)
+
+
 def test_a_zero_grad_after_a_skipped_step_is_not_a_clearing(run_dir):
     # GradScaler skips a step (inf gradients): backward, no step, zero_grad, backward, step
     torch.manual_seed(0)

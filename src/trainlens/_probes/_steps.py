@@ -292,11 +292,13 @@ class StepProbe(Probe):
         if optimizer is state.optimizer or threading.get_ident() not in state.threads:
             return
         state.other_steps += 1
-        entry = self._others.get(optimizer)
+        try:
+            entry = self._others.get(optimizer)
+        except TypeError:  # an optimizer class without weak references: not described
+            return
         if entry is None:
-            entry = self._other_entry(optimizer)
-            if entry is None:
-                return
+            # past the kinds described: an empty entry, so it is not looked at again
+            entry = self._other_entry(optimizer) or {"steps": 0}
             self._others[optimizer] = entry
         entry["steps"] += 1
 
