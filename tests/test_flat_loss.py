@@ -302,6 +302,23 @@ def test_raw_regression_targets_of_3e5_are_unnormalized_target(run_dir):
     assert rms.iloc[-1] == pytest.approx(3.05e5, rel=0.01)
 
 
+def test_targets_holding_nan_have_no_scale_rather_than_scale_zero(run_dir):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 4, generator=g), torch.randn(64, 1, generator=g)
+    y[5] = float("nan")  # one broken row in the first batch
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for i in range(0, 64, 16):
+            loss = nn.functional.mse_loss(model(x[i : i + 16]), y[i : i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    rms = lens.records.loss_inputs["target_rms"]
+    assert rms.isna().all(), rms.tolist()  # pooled with a NaN: unknown, never 0
+    assert not [f for f in lens.findings if f.likely_cause == "unnormalized_target"]
+
+
 def test_the_same_targets_standardised_train_and_stay_clean(run_dir):
     lens = _house_prices(run_dir, standardise=True)
     assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]

@@ -145,9 +145,8 @@ def _note_torchscript(state: WatchState) -> None:
         "where no module hook reaches, so per-module shapes, activation statistics and "
         "losses computed inside it are not recorded; recorded: the model's input and "
         "output, losses of loss modules called outside it, gradients, parameter updates "
-        "and optimizer steps. Rules that "
-        "need the unseen records stay silent. To see inside, watch a few steps of the "
-        "model before it is scripted."
+        "and optimizer steps. Rules that need the unseen records stay silent. To see "
+        "inside, watch a few steps of the model before it is scripted."
     )
     state.extra_meta["torchscript"] = {"not_recorded": NOT_RECORDED, "warning": note}
     print(f"trainlens: warning: {note}", file=sys.stderr)  # once per run

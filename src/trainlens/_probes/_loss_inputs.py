@@ -97,7 +97,8 @@ class _RegressionRows:
     def append(self, *row: Any) -> None:
         prefix, v = row[:5], row[5:]
         baseline = v[2] if len(v) > 2 else math.nan
-        rms = math.sqrt(max(0.0, v[2] + v[3])) if len(v) > 3 else math.nan
+        square = v[2] + v[3] if len(v) > 3 else math.nan
+        rms = math.sqrt(square) if square >= 0 else math.nan  # NaN targets: NaN, not 0
         self.table.append(*prefix, v[0], v[1], math.nan, math.nan, baseline, rms)
 
 
@@ -196,7 +197,7 @@ def _regression_stats(
     elif not _update_prior(running):
         return torch.stack([lo, hi, running["baseline"], running["mean_square"]])
     # this batch's variance and mean per target, pooled with the earlier batches'
-    # (Chan et al.): exact at any offset of the targets, in 7 kernels
+    # (Chan et al.): exact at any offset of the targets; 9 kernels with the targets' scale
     var, mean = torch.var_mean(tf, dim=0, correction=0)
     seen, new = running["n"], tf.shape[0]
     total = seen + new
