@@ -411,3 +411,114 @@ def test_one_slow_heap_reading_among_fast_ones_keeps_the_heap_curve(monkeypatch)
         assert reader() > 0
     assert (kind, kinds) == ("cpu_heap", ["cpu_heap"] * 4 + ["cpu_rss"])
     reader.close()
+
+
+# --- "backward through the graph a second time": a graph carried across steps ---------------
+class WordLM(nn.Module):
+    """An LSTM language model over a long token stream, the hidden state carried from one
+    window to the next (the word-language-model loop)."""
+
+    def __init__(self, vocab=40, emb=12, hidden=24):
+        super().__init__()
+        self.encoder = nn.Embedding(vocab, emb)
+        self.rnn = nn.LSTM(emb, hidden)
+        self.decoder = nn.Linear(hidden, vocab)
+        self.vocab, self.hidden = vocab, hidden
+
+    def forward(self, tokens, state):
+        out, state = self.rnn(self.encoder(tokens), state)
+        return self.decoder(out), state
+
+
+def train_word_lm(run_dir, detach: bool, windows: int = 6):
+    torch.manual_seed(0)
+    model = WordLM()
+    stream = torch.randint(0, model.vocab, (windows * 10 + 1, 4))  # [time, batch]
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    lens = trainlens.watch(model, opt, run_dir=run_dir, quiet=True)
+    with lens:
+        state = (torch.zeros(1, 4, model.hidden), torch.zeros(1, 4, model.hidden))
+        for i in range(0, windows * 10, 10):
+            if detach:
+                state = tuple(h.detach() for h in state)
+            x, y = stream[i : i + 10], stream[i + 1 : i + 11]
+            opt.zero_grad()
+            logits, state = model(x, state)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, model.vocab), y.reshape(-1))
+            loss.backward()
+            opt.step()
+    return lens
+
+
+def test_a_hidden_state_carried_without_detach_is_the_retained_graph_not_retain_graph(run_dir):
+    with pytest.raises(RuntimeError, match="backward through the graph a second time") as info:
+        train_word_lm(run_dir, detach=False)
+    assert "trainlens" not in "".join(traceback.format_exception(info.value))  # unchanged
+    drill = json.loads((run_dir / "drill.json").read_text())
+    (f,) = drill["findings"]
+    assert (f["symptom"], f["severity"], f["likely_cause"]) == (
+        "oom",
+        "error",
+        "graph_retained_across_steps",
+    )
+    # the evidence: step 1's loss reaches the graph the model built at step 0
+    assert f["evidence"]["failed_at_step"] == 1 and f["evidence"]["graph_from_steps"] == [0]
+    assert "step 0" in f["likely_causes"][0]["evidence"]
+    assert "hidden.detach()" in f["fix_attempt"] and "retain_graph=True" in f["fix_attempt"]
+    assert "grad_fn" in f["first_check"]
+
+
+def test_the_same_lm_detaching_its_hidden_state_runs_clean(run_dir):
+    lens = train_word_lm(run_dir, detach=True)
+    assert lens.drill["exception"] is None
+    assert not [f for f in lens.findings if f.symptom == "oom"], lens.drill["findings"]
+
+
+def test_a_loss_computed_once_before_the_loop_and_reused_is_found_too(run_dir):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with pytest.raises(RuntimeError, match="second time"):
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True):
+            loss = nn.functional.mse_loss(model(x), y)
+            for _ in range(3):
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    drill = json.loads((run_dir / "drill.json").read_text())
+    assert [f["likely_cause"] for f in drill["findings"]] == ["graph_retained_across_steps"]
+
+
+def test_two_losses_sharing_one_forward_within_a_step_are_not_called_a_retained_graph(run_dir):
+    """A GAN's generator output fed to the discriminator's loss without `.detach()`: the
+    generator's backward runs into the graph the discriminator's backward freed in the same
+    iteration. No earlier step's graph is involved, so no confident retained-graph error
+    (watching either side)."""
+    for watched in ("D", "G"):
+        torch.manual_seed(0)
+        G = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+        D = nn.Sequential(nn.Linear(2, 16), nn.LeakyReLU(0.2), nn.Linear(16, 1))
+        opt_g = torch.optim.Adam(G.parameters(), lr=2e-4)
+        opt_d = torch.optim.Adam(D.parameters(), lr=2e-4)
+        bce = nn.BCEWithLogitsLoss()
+        model, opt = (D, opt_d) if watched == "D" else (G, opt_g)
+        out_dir = run_dir / watched
+        with pytest.raises(RuntimeError, match="second time"):
+            with trainlens.watch(model, opt, run_dir=out_dir, quiet=True):
+                for _ in range(3):
+                    real = torch.randn(32, 2) + 2
+                    fake = G(torch.randn(32, 4))
+                    d_real, d_fake = D(real), D(fake)  # the bug: D(fake.detach())
+                    loss_d = bce(d_real, torch.ones_like(d_real)) + bce(
+                        d_fake, torch.zeros_like(d_fake)
+                    )
+                    opt_d.zero_grad()
+                    loss_d.backward()
+                    opt_d.step()
+                    d_fake = D(fake)
+                    loss_g = bce(d_fake, torch.ones_like(d_fake))
+                    opt_g.zero_grad()
+                    loss_g.backward()
+                    opt_g.step()
+        drill = json.loads((out_dir / "drill.json").read_text())
+        assert not [f for f in drill["findings"] if f["symptom"] == "oom"], drill["findings"]

@@ -46,6 +46,10 @@ MAX_OUTPUTS = 4
 
 _OOM = re.compile(r"out of memory|can't allocate memory|cannot allocate memory", re.I)
 _ENGINE_CALLS = ("backward", "grad", "_engine_run_backward")
+#: what autograd raises for a backward pass through saved tensors an earlier one freed
+_FREED = re.compile(r"backward through the graph a second time", re.I)
+#: autograd nodes walked from the failing backward's roots to find older steps' sentinels
+MAX_WALK = 20_000
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -294,6 +298,8 @@ class MemoryProbe(Probe):
         )
         if exc is not None and _is_oom(exc):
             info["oom"] = self._oom_facts(exc)
+        elif exc is not None and _FREED.search(str(exc)) and raised_in_backward(exc):
+            info["freed_graph"] = freed_graph_facts(exc, self.state.step)
         self.state.extra_meta["memory"] = info
 
     def _oom_facts(self, exc: BaseException) -> dict[str, Any]:
@@ -312,6 +318,55 @@ class MemoryProbe(Probe):
         if failure is not None and failure.exc_id == id(exc) and failure.phase == "forward":
             facts["estimate"] = _meta_outputs(state, failure.module, failure.inputs, failure.dtypes)
         return facts
+
+
+def freed_graph_facts(exc: BaseException, step: int) -> dict[str, Any]:
+    """A backward pass that ran into a graph an earlier one freed: the steps whose model
+    outputs (their sentinels) the failing pass's graph reaches. A step before `step` means
+    this step's loss reaches back into an earlier step's graph (a hidden state carried
+    without `.detach()`, a loss computed once and reused)."""
+    roots = _backward_roots(exc)
+    steps: set[int] = set()
+    seen: set[int] = set()
+    todo = [t.grad_fn if isinstance(t, torch.Tensor) else getattr(t, "node", None) for t in roots]
+    keep = []  # the nodes walked stay referenced, so no id is reused during the walk
+    while todo and len(seen) < MAX_WALK:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        keep.append(node)
+        try:
+            sentinel = node.metadata.get("trainlens")
+            nexts = node.next_functions
+        except Exception:  # a node type without metadata (custom C++ functions)
+            continue
+        if isinstance(sentinel, _Sentinel):
+            steps.add(sentinel.step)
+        todo.extend(n for n, _ in nexts)
+    return {
+        "step": step,
+        "graph_steps": sorted(steps),
+        "roots": len(roots),
+        "nodes_walked": len(seen),
+        "complete": not todo,
+    }
+
+
+def _backward_roots(exc: BaseException) -> list[Any]:
+    """The tensors the failing `backward()` / `autograd.grad()` started from, read from the
+    autograd engine call's frame in the traceback (kept alive by the exception)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        code = frame.f_code
+        path = code.co_filename.replace("\\", "/")
+        if code.co_name == "_engine_run_backward" and "/torch/autograd/" in path:
+            roots = frame.f_locals.get("t_outputs")
+            if isinstance(roots, (tuple, list)):
+                return list(roots)
+        tb = tb.tb_next
+    return []
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -14,11 +14,15 @@ next to it, the one whose activation has exactly the failed allocation's size wi
 (backward allocates gradients shaped like the activations).
 
 `graph_retained_across_steps` reads the `memory` table: per step the memory curve and
-how many earlier steps' autograd graphs were still alive.
+how many earlier steps' autograd graphs were still alive. The same cause caught at its
+first step: `backward()` raised "backward through the graph a second time" and the graph
+it ran into reaches the model's outputs of an earlier step (`meta["memory"]
+["freed_graph"]`, walked by the memory probe from the failing pass's roots).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -59,6 +63,9 @@ _SEQUENCE_TYPES = {
 @hookimpl
 def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     exc = exception_info(records)
+    freed = _freed_graph_finding(records, catalogue, exc)
+    if freed is not None:
+        return [freed]
     oom = exc is not None and is_oom(exc)
     causes: list[Cause] = []
     evidence: dict[str, Any] = {}
@@ -488,6 +495,51 @@ def _retained_cause(
         retained=retained,
         start=start,
         growth_per_step=human(growth) if growth == growth else "?",
+    )
+
+
+def _freed_graph_finding(
+    records: Records, catalogue: Catalogue, exc: dict[str, Any] | None
+) -> Finding | None:
+    """`backward()` raised because it ran into saved tensors an earlier backward pass freed,
+    and this step's graph reaches the model's outputs of an earlier step: what carried
+    them over is the bug (no `.detach()` between steps), not the missing `retain_graph`
+    the message suggests. A pass that reached only this step's graph (two losses sharing
+    one forward, a GAN's generator output without `.detach()`) is not this cause."""
+    if not exc or exc.get("phase") not in (None, "backward"):
+        return None
+    facts = (records.meta.get("memory") or {}).get("freed_graph") or {}
+    step = facts.get("step")
+    earlier = [s for s in facts.get("graph_steps") or [] if step is not None and s < step]
+    if not earlier:
+        return None
+    origin = max(earlier)  # the step the carried tensor comes from (older ones hang off it)
+
+    def text(name: str) -> str:
+        return catalogue.text(
+            SYMPTOM, "graph_retained_across_steps", name, step=step, origin=origin
+        )
+
+    cause = catalogue.cause(
+        SYMPTOM,
+        "graph_retained_across_steps",
+        confidence=0.9,
+        evidence=text("freed_evidence"),
+        step=origin,
+        onset=step,
+    )
+    cause = dataclasses.replace(
+        cause, first_check=text("freed_check"), fix_attempt=text("freed_fix")
+    )
+    return catalogue.finding(
+        SYMPTOM,
+        "error",
+        [cause],
+        evidence={
+            "exception": str(exc.get("message"))[:500],
+            "failed_at_step": step,
+            "graph_from_steps": earlier[-8:],
+        },
     )
 
 
