@@ -219,14 +219,15 @@ def curves_png(records: Records) -> bytes | None:
             ax.set_yscale("log")
         n = grads.attrs.get("layers")
         shown = f"{grads.shape[1]} of {n} layers: first, last, evenly between" if n else "layer"
-        ax.legend(
-            fontsize=7,
-            title=shown,
-            title_fontsize=7,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            frameon=False,
-        )
+        if ax.get_lines():  # every gradient zero (cleared before the step): no line, no legend
+            ax.legend(
+                fontsize=7,
+                title=shown,
+                title_fontsize=7,
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                frameon=False,
+            )
         ax.set_ylabel("grad norm")
         ax.set_title("gradient norm per layer (sampled steps)", fontsize=10, loc="left")
     if lr_varies:
