@@ -91,3 +91,76 @@ def test_an_lr_raised_mid_run_is_a_rebound_warning_blaming_the_learning_rate(run
     assert "lr 5" in f["likely_causes"][0]["evidence"]
     assert "(now 5)" in f["fix_attempt"]
     assert lens.findings[0].symptom == "diverging"
+
+
+# --- losses that go below zero: measured from their lowest value, not from zero ------------
+def nll_on_probabilities(run_dir):
+    """NLLLoss fed softmax outputs: the loss lies in [-1, 0] and falls (towards -1) while
+    the model learns; 1.5x a negative start is below it, so every value looked "above"."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 20)
+    y = (x @ torch.randn(20, 5)).argmax(1)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5), nn.Softmax(dim=1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(10):
+            for i in range(0, 512, 32):
+                loss = nn.functional.nll_loss(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def test_a_negative_loss_that_keeps_falling_is_not_diverging(run_dir):
+    lens = nll_on_probabilities(run_dir)
+    losses = lens.records.train_loss()
+    assert losses.max() < 0 and losses.iloc[-20:].median() < losses.iloc[0]  # below 0, falls
+    assert not [f for f in lens.findings if f.symptom == "diverging"], lens.drill["findings"]
+    (f,) = lens.findings  # what is wrong is the softmax, found from the first loss
+    assert (f.symptom, f.likely_cause, f.module) == ("flat_loss", "softmax_before_loss", "3")
+
+
+def gaussian_nll(run_dir, lr):
+    """A heteroscedastic regression (mean and variance heads, GaussianNLLLoss): its loss
+    goes below zero once the predicted variance is small, as it should."""
+    torch.manual_seed(0)
+    x = torch.rand(1024, 1) * 4 - 2
+    y = torch.sin(2 * x) + 0.05 * torch.randn_like(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(1, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
+            self.mu, self.log_var = nn.Linear(64, 1), nn.Linear(64, 1)
+
+        def forward(self, x):
+            h = self.body(x)
+            return self.mu(h), self.log_var(h).exp()
+
+    model, criterion = Net(), nn.GaussianNLLLoss()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(20):
+            perm = torch.randperm(1024)
+            for i in range(0, 1024, 64):
+                mu, var = model(x[perm[i : i + 64]])
+                loss = criterion(mu, y[perm[i : i + 64]], var)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def test_a_gaussian_likelihood_below_zero_is_healthy_at_a_good_lr(run_dir):
+    lens = gaussian_nll(run_dir, 3e-3)
+    assert lens.records.train_loss().min() < 0
+    assert lens.findings == [], lens.drill["findings"]
+
+
+def test_a_loss_below_zero_that_swings_up_is_still_diverging(run_dir):
+    lens = gaussian_nll(run_dir, 0.2)  # Adam at 0.2: the loss swings far above its start
+    f = finding(run_dir)
+    assert f["likely_cause"] == "lr_too_high"
+    assert "counted from its lowest value -" in f["likely_causes"][0]["evidence"]
+    assert lens.records.train_loss().min() < 0

@@ -218,7 +218,12 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     t = lambda name: catalogue.threshold(SYMPTOM, name)  # noqa: E731
     if len(loss) < t("min_steps") or not np.isfinite(loss.to_numpy()).all():
         return []  # too short to show a trend, or non-finite: `non_finite` reports it
-    values = loss.to_numpy(dtype=float)
+    raw = loss.to_numpy(dtype=float)
+    # the ratios below measure a loss from its floor, zero for the usual losses; a loss
+    # that goes below zero (KL or NLL fed probabilities, a Gaussian likelihood, a GAN's)
+    # has no zero floor, so it is measured from the lowest value it reached
+    floor = min(0.0, float(raw.min()))
+    values = raw - floor
     k = max(3, len(values) // 10)
     # the loss of step 0 is the one before any update; a lr too high can blow up step 1
     start = min(float(values[0]), float(np.median(values[:3])))
@@ -239,27 +244,32 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     oscillates = swings >= t("swing_fraction")
     if not (rose or rebound or oscillates):
         return []
-    onset = _first_above(loss.iloc[low:], max(start, best) * t("rise_ratio"))
+    onset = _first_above(loss.iloc[low:] - floor, max(start, best) * t("rise_ratio"))
     dyn = dynamics(records, onset=onset)
     if dyn is None and oscillates and not (rose or rebound):
         # swings with no recorded update to blame (the weights never moved, e.g. gradients
         # cleared before `step()`): batch-to-batch noise of a fixed model, not a lr too high
         return []
-    loss_fields = dict(loss_start=num(start), loss_end=num(end))
+    loss_fields = dict(loss_start=num(start + floor), loss_end=num(end + floor))
     # how the curve diverged: the evidence every cause shares (the recipe's own `[texts]`)
     how = catalogue.text(
         SYMPTOM,
         None,
-        "rose" if rose else "swung" if oscillates else "rebounded",
-        start=num(start),
-        end=num(end),
+        "rose"
+        if rose
+        else ("swung_below_zero" if floor else "swung")
+        if oscillates
+        else "rebounded",
+        start=num(start + floor),
+        end=num(end + floor),
         window=k,
-        level=num(t("rise_ratio") * start),
+        level=num(t("rise_ratio") * start + floor),
         rise_ratio=t("rise_ratio"),
         share=f"{swings:.0%}",
-        peak=num(float(late.max())),
-        best=num(best),
+        peak=num(float(late.max()) + floor),
+        best=num(best + floor),
         best_step=best_step,
+        floor=num(floor),
     )
     causes = (
         divergence_causes(catalogue, SYMPTOM, dyn, loss_fields=loss_fields, step=None)
@@ -292,9 +302,9 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
             causes,
             step=onset,
             evidence={
-                "loss_start": start,
-                "loss_end": end,
-                "loss_best": best,
+                "loss_start": start + floor,
+                "loss_end": end + floor,
+                "loss_best": best + floor,
                 "best_step": best_step,
                 "late_swing_fraction": swings,
                 "early_update_ratio": None if dyn is None else dyn.early_ratio,
