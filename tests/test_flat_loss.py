@@ -201,6 +201,47 @@ def test_log_softmax_before_cross_entropy_is_softmax_before_loss(run_dir):
     assert "log-probabilities" in f["likely_causes"][0]["evidence"]
 
 
+def distill(run_dir, student_squash):
+    """Knowledge distillation: a KL term against a teacher's softened outputs beside the
+    cross-entropy on the labels (two losses a step, the student learns from both)."""
+    torch.manual_seed(0)
+    x = torch.randn(384, 20)
+    teacher = nn.Linear(20, 6)
+    y = teacher(x).argmax(1)
+    student = mlp(20, 32, 6)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    with trainlens.watch(student, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(4):
+            for i in range(0, len(x), 32):
+                with torch.no_grad():
+                    soft = torch.softmax(teacher(x[i : i + 32]) / 2.0, -1)
+                logits = student(x[i : i + 32])
+                kl = nn.functional.kl_div(
+                    student_squash(logits / 2.0, -1), soft, reduction="batchmean"
+                )
+                loss = 4.0 * kl + nn.functional.cross_entropy(logits, y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def test_probabilities_into_kl_div_beside_a_cross_entropy_are_softmax_before_loss(run_dir):
+    lens = distill(run_dir, torch.softmax)  # the bug: KL's input must be log_softmax
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "softmax_before_loss"
+    evidence = f["likely_causes"][0]["evidence"]
+    assert "the input of KLDivLoss is already probabilities" in evidence
+    assert "expects log-probabilities" in evidence
+    assert "F.log_softmax(x, dim=-1)" in f["fix_attempt"]
+    assert not [g for g in lens.findings if g.symptom == "diverging"]
+
+
+def test_log_softmax_into_kl_div_beside_a_cross_entropy_is_clean(run_dir):
+    lens = distill(run_dir, torch.log_softmax)
+    assert lens.findings == [], lens.drill["findings"]
+
+
 def test_raw_0_to_255_pixels_are_unnormalized_input(run_dir):
     x, y = classification_data(**DATA)
     x = ((x + 3) * 42).clamp(0, 255).round()  # what a PIL image as a float tensor looks like

@@ -111,7 +111,7 @@ def test_a_module_target_works_like_a_file_target(cli_env, tmp_path):
         ("layer_mismatch", "shape_mismatch", "layer_input_mismatch", "0"),
         ("silent_broadcast", "shape_mismatch", "loss_target_shape_mismatch", None),
         ("view_for_permute", "shape_mismatch", "batch_dim_mixing", ""),
-        ("nll_on_probabilities", "flat_loss", "bad_initial_loss", None),
+        ("nll_on_probabilities", "flat_loss", "softmax_before_loss", "1"),
         ("logits_times_100", "flat_loss", "bad_initial_loss", None),
         ("lr_too_low", "flat_loss", "lr_too_low", None),
         ("detached_features", "flat_loss", "no_gradient_flow", "features.2"),
@@ -289,7 +289,7 @@ def test_setup_accepts_a_dict_and_names_missing_keys():
         trainlens.Setup.coerce({"model": nn.Linear(8, 4), "batch": (x, y)})
 
 
-def test_the_init_loss_rule_is_an_error_for_nll_on_probabilities_under_watch(run_dir):
+def test_nll_on_softmax_outputs_is_softmax_before_loss_from_the_first_loss(run_dir):
     setup = broken.nll_on_probabilities()
     model, (x, y) = setup.model, setup.batch
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -300,9 +300,18 @@ def test_the_init_loss_rule_is_an_error_for_nll_on_probabilities_under_watch(run
             loss.backward()
             opt.step()
     f = lens.findings[0]
-    assert (f.symptom, f.severity, f.likely_cause) == ("flat_loss", "error", "bad_initial_loss")
+    # the softmax where a log-softmax belongs first, the impossible first loss beside it
+    assert (f.symptom, f.severity, f.likely_cause, f.module) == (
+        "flat_loss",
+        "error",
+        "softmax_before_loss",
+        "1",
+    )
+    assert [c.id for c in f.likely_causes] == ["softmax_before_loss", "bad_initial_loss"]
     assert "NLLLoss at initialisation is -0.2" in f.top.evidence
-    assert "nn.LogSoftmax(dim=1)" in f.fix_attempt
+    assert "and its input lies in [0" in f.top.evidence  # probabilities, read at step 0
+    assert "Replace `1` (Softmax) with `nn.LogSoftmax(dim=1)`" in f.fix_attempt
+    assert "output.sum(dim=1)" in f.first_check
     assert lens.records.meta["initial_loss"]["classes"] == 4
 
 

@@ -1,7 +1,7 @@
 """What the loss is fed: evidence for a loss that does not move.
 
 `LossInputProbe` looks at the input and target of `CrossEntropyLoss`, `NLLLoss`,
-`BCEWithLogitsLoss` and `MSELoss` on sampled steps: whether the input rows are already
+`BCEWithLogitsLoss`, `KLDivLoss` and `MSELoss` on sampled steps: whether the input rows are already
 probabilities or log-probabilities (rows summing to 1, or whose exp sums to 1), and the loss
 of the best constant prediction for the targets seen so far (class-prior entropy, target
 variance).
@@ -21,7 +21,8 @@ from ._state import WatchState
 from ._tensors import detached, has_values
 
 #: losses whose input and target reveal a bug of the input pipeline or the head
-CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss)
+#: (KLDivLoss: whether its input is log-probabilities, as it expects; it has no prior)
+CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss, nn.KLDivLoss)
 REGRESSION_LOSSES = (nn.MSELoss,)
 #: the targets' running statistics (class prior, mean and variance) settle within a few
 #: batches: they take in every sampled step's targets this many times, then those of
@@ -150,7 +151,7 @@ def _classification_stats(
     devs = rows.abs().reshape(2, -1).mean(1)
     baseline = None
     reduction, weight = getattr(module, "reduction", "mean"), getattr(module, "weight", None)
-    plain = reduction == "mean" and weight is None
+    plain = reduction == "mean" and weight is None and not isinstance(module, nn.KLDivLoss)
     if plain and not _update_prior(running) and running.get("baseline") is not None:
         baseline = running["baseline"]  # the prior has settled: the last one computed
     if baseline is None and plain:

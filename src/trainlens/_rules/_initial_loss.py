@@ -12,6 +12,7 @@ the numbers are decided here, the words are `recipes/flat_loss.toml`'s.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -86,8 +87,62 @@ def finding(records: Records, catalogue: Catalogue) -> Finding | None:
         suggestion=text("suggestion"),
         **fields,
     )
+    causes = [cause]
+    squashed = (
+        _probabilities_into_nll(records, catalogue, info, fields)
+        if case == "negative_nll"
+        else None
+    )
+    if squashed is not None:
+        causes.insert(0, squashed)
     severity = "error" if verdict == "negative" else "warning"
-    return catalogue.finding(SYMPTOM, severity, [cause], evidence={"initial_loss": info})
+    return catalogue.finding(SYMPTOM, severity, causes, evidence={"initial_loss": info})
+
+
+#: modules that end a model with normalised rows (flat_loss.SOFTMAX_MODULES, but the
+#: log-softmax is what NLLLoss wants)
+_SQUASHING = ("Softmax", "Softmax2d", "Sigmoid")
+
+
+def _probabilities_into_nll(
+    records: Records, catalogue: Catalogue, info: dict[str, Any], fields: dict[str, Any]
+) -> Any:
+    """A negative first NLLLoss whose input lies in [0, 1]: the model ends in a softmax
+    where NLLLoss wants a log-softmax, the `softmax_before_loss` mistake, which ranks
+    above the bare observation that the first loss is impossible."""
+    r = info.get("input_range")
+    if not r or r[0] < -1e-6 or r[1] > 1 + 1e-6:
+        return None
+    modules = records.meta.get("modules") or {}
+    squash = [n for n, m in modules.items() if (m or {}).get("type") in _SQUASHING]
+    module = squash[-1] if squash else None  # named_modules order: the last one defined
+    module_type = modules[module]["type"] if module is not None else "Softmax"
+    # the recipe's first check and fix speak of logits losses; NLLLoss gets its own below
+    cause = catalogue.cause(
+        SYMPTOM,
+        "softmax_before_loss",
+        confidence=0.9,
+        evidence=catalogue.text(SYMPTOM, "softmax_before_loss", "nll_evidence", **fields),
+        module=module,
+        step=int(info.get("step", 0)),
+        onset=int(info.get("step", 0)),
+        loss=fields["loss"],
+        kind="",
+        printout="",
+        applies="",
+        module_type=module_type,
+        floor=num(-1.0),
+    )
+    where = f"`{module}` ({module_type})" if module is not None else "a softmax"
+    return dataclasses.replace(
+        cause,
+        first_check=catalogue.text(
+            SYMPTOM, "softmax_before_loss", "nll_check", where=where, **fields
+        ),
+        fix_attempt=catalogue.text(
+            SYMPTOM, "softmax_before_loss", "nll_fix", where=where, **fields
+        ),
+    )
 
 
 def _range(r: list[float] | None) -> str:

@@ -223,12 +223,10 @@ def probabilities_into_logits_loss(view: _View, shown: str | None) -> Cause | No
     On a run that looks fine, only probabilities count: log-probabilities into
     `CrossEntropyLoss` are harmless (log-softmax is idempotent), and NLL on log-probs right.
     """
-    li = view.records.loss_inputs
-    li = li[(li["split"] == "train") & li["type"].isin(flat_loss.LOGIT_LOSSES)]
-    if li.empty or li["type"].mode().iloc[0] == "NLLLoss":
-        return None  # NLLLoss expects log-probabilities: probabilities there are initial_loss's
     found = flat_loss.normalised_input(view.ctx)
-    if found is None or (shown is None and found.case == "log_probabilities"):
+    if found is None or found.loss == "NLLLoss":
+        return None  # probabilities into NLLLoss: the first loss is below zero (_initial_loss)
+    if shown is None and found.case == "log_probabilities":
         return None
     cause = flat_loss._softmax_before_loss(view.ctx)
     if cause is None:

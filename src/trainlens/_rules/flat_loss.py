@@ -48,8 +48,11 @@ CAUSES = frozenset({
 RELU_FAMILY = ("ReLU", "ReLU6", "Threshold", "Hardsigmoid")
 #: modules that normalise a model's output into (log-)probabilities
 SOFTMAX_MODULES = ("Softmax", "LogSoftmax", "Softmax2d", "Softmin")
-#: losses that normalise raw logits themselves (softmax, log-softmax, sigmoid)
-LOGIT_LOSSES = ("CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss")
+#: losses whose input is checked for normalised rows: those that normalise raw logits
+#: themselves (softmax, log-softmax, sigmoid), and those that want log-probabilities
+LOGIT_LOSSES = ("CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "KLDivLoss")
+#: losses that expect log-probabilities: log-probabilities are right, probabilities not
+LOGPROB_LOSSES = ("NLLLoss", "KLDivLoss")
 
 
 @hookimpl
@@ -525,16 +528,28 @@ class NormalisedInput:
 
 
 def normalised_input(ctx: _Context) -> NormalisedInput | None:
-    """The evidence of `softmax_before_loss`, in numbers (also read by direct_evidence)."""
+    """The evidence of `softmax_before_loss`, in numbers (also read by direct_evidence):
+    each loss on its own (a distillation or multi-task loop adds several), the one with the
+    most sampled steps first."""
     li = ctx.records.loss_inputs
     li = li[(li["split"] == "train") & li["type"].isin(LOGIT_LOSSES)]
     if li.empty:
         return None
+    by_loss = sorted(li.groupby("loss", sort=False), key=lambda kv: -len(kv[1]))
+    for _, rows in by_loss:
+        found = _normalised_rows(ctx, rows)
+        if found is not None:
+            return found
+    return None
+
+
+def _normalised_rows(ctx: _Context, li: pd.DataFrame) -> NormalisedInput | None:
+    """One loss's sampled inputs: normalised on enough of them, and how."""
     tol = ctx.t("row_tolerance", "softmax_before_loss")
     binary = li["type"] == "BCEWithLogitsLoss"
     # rows summing to 1, or (a sigmoid loss) every value inside [0, 1]
     probs = (li["min"] >= -1e-6) & ((li["prob_dev"] <= tol) | (binary & (li["max"] <= 1 + 1e-6)))
-    logprobs = (li["max"] <= 1e-6) & (li["logprob_dev"] <= tol) & (li["type"] != "NLLLoss")
+    logprobs = (li["max"] <= 1e-6) & (li["logprob_dev"] <= tol) & ~li["type"].isin(LOGPROB_LOSSES)
     need = ctx.t("steps_share", "softmax_before_loss") * len(li)
     loss = str(li["type"].mode().iloc[0])
     classes = int(li["classes"].median())
@@ -568,6 +583,35 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
     module = max(softmaxes, key=ctx.forward_pos) if softmaxes else None
     module_type = ctx.modules[module]["type"] if module else text(f"{squash}_module_type")
     where = " " + text("from_module", module=module, module_type=module_type) if module else ""
+    if loss in LOGPROB_LOSSES:  # probabilities where log-probabilities belong
+        shown = f"`{module}` ({module_type})" if module else text("softmax_in_forward")
+        fields = dict(
+            loss=loss,
+            rows=len(rows),
+            sampled=len(found.inputs),
+            where=where,
+            shown=shown,
+            low=num(float(rows["min"].min())),
+            high=num(float(rows["max"].max())),
+            deviation=text("probabilities_deviation", deviation=num(found.deviation)),
+        )
+        cause = ctx.cause(
+            "softmax_before_loss",
+            0.92,
+            module=module,
+            evidence=text("logprob_evidence", **fields),
+            loss=loss,
+            kind="",
+            printout="",
+            applies="",
+            module_type=module_type,
+            floor="",
+        )
+        return dataclasses.replace(
+            cause,
+            first_check=text("logprob_check", **fields),
+            fix_attempt=text("logprob_fix", **fields),
+        )
     return ctx.cause(
         "softmax_before_loss",
         0.92,
