@@ -192,3 +192,61 @@ def test_an_evaluation_between_forward_and_backward_is_not_eval_mode_training(ru
     modes = lens.records.meta["backward_modes"]
     assert (modes["train"], modes["eval"]) == (32, 0)
     assert [f for f in lens.findings if f.likely_cause == "train_mode_missing"] == []
+
+
+# --- a likelihood below zero: rises measured against how far training moved the loss -------
+class MeanAndVariance(nn.Module):
+    """Heteroscedastic regression: a mean and a variance head, trained with
+    GaussianNLLLoss, whose loss goes below zero once the predicted variance is small."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(1, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh()
+        )
+        self.mu, self.log_var = nn.Linear(width, 1), nn.Linear(width, 1)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.mu(h), self.log_var(h).exp()
+
+
+def gaussian_regression(run_dir, n_train, noise, epochs, width):
+    torch.manual_seed(0)
+    x = torch.rand(n_train, 1) * 4 - 2
+    y = torch.sin(2 * x) + noise * torch.randn_like(x)
+    xv = torch.rand(256, 1) * 4 - 2
+    yv = torch.sin(2 * xv) + noise * torch.randn_like(xv)
+    model, criterion = MeanAndVariance(width), nn.GaussianNLLLoss()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = min(64, n_train)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(epochs):
+            model.train()
+            for i in range(0, n_train, batch):
+                mu, var = model(x[i : i + batch])
+                loss = criterion(mu, y[i : i + batch], var)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                mu, var = model(xv)
+                criterion(mu, yv, var)
+    return lens
+
+
+def test_a_healthy_likelihood_below_zero_is_not_overfitting(run_dir):
+    # validation wanders around its best (-2.46, -2.3, -2.44 ...) by a few percent of the
+    # loss itself: 1.5x below a negative best read as "rose, inf x" before
+    lens = gaussian_regression(run_dir, n_train=1024, noise=0.05, epochs=40, width=64)
+    assert lens.records.val_loss().max() < 0
+    assert lens.findings == [], lens.drill["findings"]
+
+
+def test_a_likelihood_below_zero_that_overfits_is_found(run_dir):
+    lens = gaussian_regression(run_dir, n_train=32, noise=0.3, epochs=400, width=256)
+    f = next(f for f in lens.findings if f.symptom == "overfitting")
+    assert f.likely_cause == "overfitting"
+    assert "of the" in f.top.evidence and "the train loss fell over the run" in f.top.evidence
+    assert lens.records.train_loss().min() < 0

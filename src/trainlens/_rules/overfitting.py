@@ -14,6 +14,8 @@ and the two causes above are not judged from them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -54,7 +56,11 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     split = _bad_split(catalogue, val, train_at, float(train.iloc[0]))
     if split is not None:
         causes.append(split)
-    over = _overfitting(catalogue, val, train_at)
+    # a loss that goes below zero (a Gaussian or flow likelihood, KL) has no zero to measure
+    # a rise from: its rises are measured against how far training moved the train loss
+    signed = min(float(val.min()), float(train.min())) <= 0
+    scale = float(train.iloc[0]) - float(train.min()) if signed else None
+    over = _overfitting(catalogue, val, train_at, scale)
     if over is not None:
         cause, extreme = over
         causes.append(cause)
@@ -109,38 +115,59 @@ def _train_mode_missing(records: Records, catalogue: Catalogue) -> tuple[str, Ca
 
 
 def _overfitting(
-    catalogue: Catalogue, val: pd.Series, train_at: pd.Series
+    catalogue: Catalogue, val: pd.Series, train_at: pd.Series, scale: float | None = None
 ) -> tuple[Cause, bool] | None:
+    """Validation rose lastingly from its best while the train loss kept falling. Rises and
+    falls are relative to the loss itself, or to `scale` (how far training moved the train
+    loss) for a loss that goes below zero."""
     th = lambda name: catalogue.threshold(SYMPTOM, name, "overfitting")  # noqa: E731
+    if scale is not None and not scale > 0:
+        return None  # the train loss never fell: nothing to measure a rise against
     values = val.to_numpy(dtype=float)
     b = int(np.argmin(values))
     after = values[b + 1 :]
     if b == 0 or len(after) < th("min_evals_after_best"):
         return None  # validation must have improved first: it tracked, then it parted
     best = float(values[b])
+
+    def rise(x: Any, ref: float) -> Any:  # how far above `ref`, as a fraction
+        return (x - ref) / scale if scale is not None else x / ref - 1
+
     last = float(np.mean(values[-2:]))
     # lasting: the last two evaluations both above the bar, and most of those after best
-    bar = best * (1 + th("rise"))
-    if not ((values[-2:] > bar).all() and (after > best * (1 + th("rise") / 2)).mean() >= 0.6):
+    if not (
+        (rise(values[-2:], best) > th("rise")).all()
+        and (rise(after, best) > th("rise") / 2).mean() >= 0.6
+    ):
         return None
     t_best = float(train_at.iloc[b])
     t_last = float(train_at.iloc[-1])
-    if not t_last < t_best * (1 - th("train_fall")):
+    if not -rise(t_last, t_best) > th("train_fall"):
         return None  # train loss did not keep falling: not memorisation
     step = int(val.index[b])
-    ratio = last / best if best > 0 else np.inf
+    ratio = 1 + rise(last, best) if scale is not None or best > 0 else np.inf
     conf = min(0.9, 0.55 + 0.15 * np.log2(max(ratio, 1.0)))
-    cause = catalogue.cause(
-        SYMPTOM,
-        "overfitting",
-        confidence=conf,
-        step=step,
+    fields = dict(
         best_val=num(best),
         last_val=num(last),
         ratio=num(ratio),
         evals=len(after),
         train_at_best=num(t_best),
         train_last=num(t_last),
+    )
+    evidence = None
+    if scale is not None:
+        evidence = catalogue.text(
+            SYMPTOM,
+            "overfitting",
+            "below_zero",
+            step=step,
+            scale=num(scale),
+            rise=f"{rise(last, best):.0%}",
+            **fields,
+        )
+    cause = catalogue.cause(
+        SYMPTOM, "overfitting", confidence=conf, evidence=evidence, step=step, **fields
     )
     return cause, ratio >= th("extreme_ratio")
 
