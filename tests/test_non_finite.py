@@ -321,3 +321,57 @@ def test_an_evaluation_under_inference_mode_is_checked_and_stops_no_probe(run_di
     rows = lens.records.nonfinite
     assert set(rows["split"]) == {"val"} and set(rows["step"]) == {4}  # after step 3's step()
     assert ("input", "input 0") in set(zip(rows["kind"], rows["name"], strict=True))
+
+
+# --- one update that replaced the weights, the NaN/Inf one step later ----------------------
+def deep_classifier(run_dir, *, weight_std=None, lr=0.01):
+    torch.manual_seed(0)
+    x = torch.randn(256, 32)
+    y = (x @ torch.randn(32, 4)).argmax(1)
+    layers = []
+    for i in range(8):
+        layers += [nn.Linear(32 if i == 0 else 128, 128), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(128, 4))
+    if weight_std is not None:  # the bug: std 1 instead of ~1/sqrt(fan_in)
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, weight_std)
+                nn.init.zeros_(m.bias)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for i in range(0, 256, 32):
+            loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return lens
+
+
+def nonfinite(lens):
+    (f,) = [f for f in lens.findings if f.symptom == "non_finite"]
+    return f
+
+
+def test_a_deep_stack_initialised_with_std_1_is_exploding_gradient_not_a_layer(run_dir):
+    lens = deep_classifier(run_dir, weight_std=1.0)
+    f = nonfinite(lens)
+    ids = [c.id for c in f.likely_causes]
+    # the Linear whose output first held NaN is where it showed, not what caused it
+    assert ids[0] == "exploding_gradient" and ids.index("numerical_instability") == 2, ids
+    assert f.top.step < f.step  # the update came first, the NaN/Inf after it
+    assert "the update replaced the weights" in f.top.evidence
+    assert "the loss at initialisation was already" in f.top.evidence
+    assert "1/sqrt(fan_in)" in f.first_check
+
+
+def test_a_learning_rate_that_blows_the_weights_at_once_is_lr_too_high(run_dir):
+    lens = deep_classifier(run_dir, lr=1e15)  # default init: a gradient norm below 1
+    f = nonfinite(lens)
+    assert [c.id for c in f.likely_causes][0] == "lr_too_high"
+    assert "one optimizer step (lr 1.00e+15" in f.top.evidence
+    assert "the loss at initialisation" not in f.top.evidence
+
+
+def test_the_same_stack_with_its_default_init_and_lr_has_no_nan(run_dir):
+    lens = deep_classifier(run_dir)
+    assert not [f for f in lens.findings if f.symptom == "non_finite"]

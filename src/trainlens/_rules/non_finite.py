@@ -28,6 +28,7 @@ from .._catalogue import Catalogue
 from .._finding import Cause, Finding
 from .._hookspecs import hookimpl
 from .._records import Records
+from . import _initial_loss
 from ._common import num
 from .diverging import divergence_causes, dynamics
 
@@ -79,7 +80,9 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     if len(data_at):
         causes.append(_bad_input(catalogue, data_at, first))
     else:
-        diverged = _divergence(records, catalogue, train, first)
+        diverged = _divergence(records, catalogue, train, first) or _blown_update(
+            records, catalogue, first
+        )
         causes.extend(diverged)
         instab = _instability(
             catalogue, records, at, train_nf, bad_grad, bad_param, first, first_loss
@@ -162,6 +165,91 @@ def _divergence(
         )
         for c in causes
     ]
+
+
+def _blown_update(records: Records, catalogue: Catalogue, first: int) -> list[Cause]:
+    """One optimizer step that replaced the weights (update/param ratio of about 1 or more)
+    on the sampled step just before the first NaN/Inf: too soon for a divergence to show
+    in the loss, yet the overflow that followed is its doing, not an op dividing by zero.
+    A first loss far above a uniform guess says the gradients were huge from the start
+    (the init): `exploding_gradient` first; else the step size: `lr_too_high` first."""
+    p = records.params
+    if p.empty:
+        return []
+    p = p[p["has_grad"].astype(bool) & (p["step"] < first)]
+    # an Inf norm is finite values overflowing the float32 sum of squares: kept (huge)
+    p = p[~(np.isnan(p["grad_norm"]) | np.isnan(p["param_norm"]) | np.isnan(p["update_norm"]))]
+    if p.empty:
+        return []
+    last = p[p["step"] == p["step"].max()]
+    prev = int(last["step"].iloc[0])
+    # the norms are read after the step: an update that replaced the weights is about as
+    # large as the weights it left
+    weights = float((last["param_norm"] ** 2).sum() ** 0.5)
+    update = float((last["update_norm"] ** 2).sum() ** 0.5)
+    ratio = update / weights if weights > 0 and np.isfinite(update) else np.inf
+    if not ratio >= catalogue.threshold(SYMPTOM, "blown_ratio"):
+        return []
+    grad = float((last["grad_norm"] ** 2).sum() ** 0.5)
+    lr = (
+        float(records.steps.loc[records.steps["step"] == prev, "lr"].iloc[0])
+        if len(records.steps)
+        else np.nan
+    )
+    info = records.meta.get("initial_loss") or {}
+    expected = _initial_loss.expected_initial_loss(info) if info else None
+    value = info.get("value")
+    high_init = (
+        expected is not None
+        and value is not None
+        and np.isfinite(value)
+        and value > catalogue.threshold(SYMPTOM, "blown_init_ratio") * expected
+    )
+    fields = dict(
+        prev=prev,
+        ratio=num(ratio),
+        grad=num(grad),
+        update=num(update),
+        lr=num(lr) if np.isfinite(lr) else catalogue.text(SYMPTOM, "lr_too_high", "lr_unknown"),
+    )
+    init = (
+        catalogue.text(
+            SYMPTOM,
+            None,
+            "blown_init",
+            loss=info.get("loss"),
+            value=num(value),
+            expected=num(expected),
+        )
+        if high_init
+        else ""
+    )
+    evidence = catalogue.text(SYMPTOM, None, "blown_evidence", step=first, init=init, **fields)
+    causes = []
+    for cause_id, conf in (
+        ("exploding_gradient", 0.85 if high_init else 0.5),
+        ("lr_too_high", 0.6 if high_init else 0.85),
+    ):
+        cause = catalogue.cause(
+            SYMPTOM,
+            cause_id,
+            confidence=conf,
+            evidence=evidence,
+            step=prev,
+            onset=prev,
+            loss_start="?",
+            loss_peak="?",
+            grad_start=num(grad),
+            grad_max=num(grad),
+            **fields,
+        )
+        causes.append(
+            dataclasses.replace(
+                cause,
+                first_check=catalogue.text(SYMPTOM, None, "blown_check", step=first, **fields),
+            )
+        )
+    return causes
 
 
 def _instability(
