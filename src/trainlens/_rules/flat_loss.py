@@ -33,6 +33,7 @@ from .._records import Records
 from . import _initial_loss, _loss_seen
 from ._common import constant_baseline, exception_info, leaf_activations, num, param_stats
 from ._common import names as _names
+from .diverging import dynamics
 
 SYMPTOM = "flat_loss"
 #: the causes this rule decides (the catalogue test checks every recipe cause has a rule)
@@ -955,7 +956,12 @@ def _weight_growth(ctx: _Context) -> dict[str, Any] | None:
 
 def _lr_too_high(ctx: _Context) -> Cause | None:
     """Steps so large the weights are thrown about while the loss stays put: the loss
-    sits at (or noisily around) the constant prediction, not rising enough to diverge."""
+    sits at (or noisily around) the constant prediction, not rising enough to diverge.
+    Or one of the first steps replaced the weights and the loss jumped: the network
+    was wrecked at once (dead ReLUs, no gradient) and has sat flat since."""
+    wrecked = _wrecked_early(ctx)
+    if wrecked is not None:
+        return wrecked
     ratio = _update_ratio(ctx)
     growth = _weight_growth(ctx)
     if ratio is None or growth is None:
@@ -985,6 +991,68 @@ def _lr_too_high(ctx: _Context) -> Cause | None:
         norm_end=num(n1),
         loss_end=num(ctx.flat.end),
     )
+
+
+def _wrecked_early(ctx: _Context) -> Cause | None:
+    """A whole-model update/param ratio of about 1 on one of the first sampled steps (the
+    update replaced the weights), and the loss of the next steps jumped far above the
+    loss of that step. Both are needed: a model initialised at zero also has a first
+    ratio of 1 (its weights after the step are the update), but no jump."""
+    if _zero_grad_missing(ctx) is not None:
+        return None  # the steps are large because gradients pile up, not because of the lr
+    dyn = dynamics(ctx.records)
+    if dyn is None or dyn.ratios is None:
+        return None
+    loss = ctx.records.train_loss()
+    if loss.empty:
+        return None
+    blown = ctx.t("blown_ratio", "lr_too_high")
+    jump = ctx.t("blown_jump", "lr_too_high")
+    for step, ratio in dyn.ratios.iloc[: int(ctx.t("blown_steps", "lr_too_high"))].items():
+        at = loss[loss.index == step]
+        after = loss[(loss.index > step) & (loss.index <= step + 3)]
+        if not ratio >= blown or at.empty or after.empty:
+            continue
+        before, peak = float(at.iloc[0]), float(after.max())
+        if not (before > 0 and peak >= jump * before):
+            continue
+        # the lr of that step (a schedule may have moved it since)
+        steps = ctx.records.steps
+        at_step = steps.loc[steps["step"] == step, "lr"] if len(steps) else steps
+        lr = float(at_step.iloc[0]) if len(at_step) else ctx.lr
+        at_lr = (
+            ctx.text(None, "at_lr", lr=num(lr), optimizer=ctx.optimizer_class)
+            if math.isfinite(lr)
+            else ctx.text(None, "at_unknown_lr")
+        )
+        fields = dict(
+            step=int(step),
+            ratio=num(float(ratio)),
+            before=num(before),
+            peak=num(peak),
+            peak_step=int(after.idxmax()),
+            loss_end=num(ctx.flat.end),
+            lr=num(lr) if math.isfinite(lr) else ctx.text("lr_too_high", "lr_unknown"),
+            at_lr=at_lr,
+        )
+        cause = ctx.cause(
+            "lr_too_high",
+            0.9,
+            evidence=ctx.text("lr_too_high", "blown_evidence", **fields),
+            onset=int(step),
+            weights="",
+            growth="",
+            param="",
+            norm_start="",
+            norm_end="",
+            **fields,
+        )
+        return dataclasses.replace(
+            cause,
+            first_check=ctx.text("lr_too_high", "blown_check", **fields),
+            fix_attempt=ctx.text("lr_too_high", "blown_fix", **fields),
+        )
+    return None
 
 
 def _input_scale(ctx: _Context) -> dict[str, float] | None:
