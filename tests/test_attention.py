@@ -316,3 +316,50 @@ def test_decoder_self_and_cross_attention_and_unbatched_calls_are_recorded(run_d
         mha(x, x, x)[0].sum().backward()
     assert lens.records.attention["rows"].tolist() == [4, 4]
     assert lens.records.events.empty
+
+
+class MHAGPT(nn.Module):
+    """A pre-norm GPT of two `nn.MultiheadAttention` blocks with a causal mask."""
+
+    def __init__(self, vocab=32, seq=16, d=64):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(seq, d)
+        self.ln1 = nn.ModuleList([nn.LayerNorm(d) for _ in range(2)])
+        self.attn = nn.ModuleList([nn.MultiheadAttention(d, 4, batch_first=True) for _ in range(2)])
+        self.mlp = nn.ModuleList(
+            [nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d)) for _ in range(2)]
+        )
+        self.ln_f, self.head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+        self.register_buffer("mask", torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1))
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        for ln, attn, block in zip(self.ln1, self.attn, self.mlp, strict=True):
+            h = ln(x)
+            x = x + attn(h, h, h, attn_mask=self.mask, need_weights=False)[0]
+            x = x + block(x)
+        return self.head(self.ln_f(x))
+
+
+def test_uniform_attention_in_a_run_a_huge_lr_throws_about_names_the_lr_as_its_root(run_dir):
+    torch.manual_seed(0)
+    text = torch.randint(0, 32, (4000,))
+    for i in range(2, len(text)):
+        text[i] = (3 * text[i - 1] + text[i - 2]) % 32
+    model = MHAGPT()
+    opt = torch.optim.AdamW(model.parameters(), lr=3.0, weight_decay=0.1)  # the bug: lr 3
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(200):
+            ix = torch.randint(len(text) - 17, (16,))
+            x = torch.stack([text[i : i + 16] for i in ix])
+            y = torch.stack([text[i + 1 : i + 17] for i in ix])
+            loss = nn.functional.cross_entropy(model(x).reshape(-1, 32), y.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    symptoms = {f.symptom: f for f in lens.findings}
+    assert symptoms["diverging"].likely_cause == "lr_too_high"
+    attention = symptoms["confusing_attention"]  # rows uniform in a run thrown about
+    assert (attention.severity, attention.likely_cause) == ("warning", "attention_uniform")
+    assert "likely a consequence of lr_too_high" in attention.top.evidence

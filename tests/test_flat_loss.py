@@ -536,3 +536,19 @@ def test_label_mismatch_is_a_lower_confidence_conclusion_listing_what_it_ruled_o
     assert cause["id"] == "label_mismatch" and cause["confidence"] < 0.7
     assert "by elimination, after ruling out: optimizer_not_stepping" in cause["evidence"]
     assert "softmax_before_loss" in f["evidence"]["ruled_out"]
+
+
+def test_a_loss_that_jumped_after_the_first_step_then_sat_flat_is_lr_too_high(run_dir):
+    # Adam at lr 1.0 on a transformer encoder: the first update replaces the weights, the
+    # loss jumps 25x, falls back to the constant prediction and sits there; the median of
+    # the jumped losses must not read as a loss that fell
+    from attention_models import EncoderClassifier, train_encoder
+
+    torch.manual_seed(0)
+    lens = train_encoder(EncoderClassifier(), run_dir, steps=120, lr=1.0)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "lr_too_high"
+    evidence = f["likely_causes"][0]["evidence"]
+    assert evidence.startswith("at step 0 one update moved the weights by")
+    assert "and the loss jumped from" in evidence
+    assert "Divide the learning rate by 100" in f["fix_attempt"]

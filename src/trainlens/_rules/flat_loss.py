@@ -194,6 +194,11 @@ def _flatness(records: Records, catalogue: Catalogue) -> Flatness | None:
     n = len(values)
     w = max(int(t("min_window")), int(n * float(t("window_share"))))
     start = float(pd.Series(values[:w]).median())
+    if values[0] > 0 and start > float(t("start_jump")) * values[0]:
+        # the first losses jumped far above the untrained model's (step 0, before any
+        # update): a first step that threw the weights about; their median would read as
+        # a loss that fell afterwards (one batch's loss is too noisy to use otherwise)
+        start = float(values[0])
     end = float(pd.Series(values[-w:]).median())
     if abs(start) < 1e-12:
         return None
