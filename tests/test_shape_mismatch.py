@@ -174,6 +174,42 @@ def test_a_last_batch_of_one_sample_into_batch_norm_says_drop_last(run_dir):
     assert "drop_last=True" in f.fix_attempt
 
 
+@pytest.mark.parametrize(("cell", "batch_first"), [(nn.LSTM, True), (nn.GRU, False)])
+def test_a_hidden_state_of_the_full_batch_meeting_a_smaller_last_batch_says_so(
+    cell, batch_first, run_dir
+):
+    class Forecaster(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = cell(4, 16, batch_first=batch_first)
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, x, state):
+            out, _ = self.rnn(x, state)
+            return self.head(out[:, -1] if batch_first else out[-1])
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 5, 4, generator=g), torch.randn(100, 1, generator=g)
+    model = Forecaster()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="Expected hidden"):
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+            for i in range(0, 100, 16):  # 100 = 6 x 16 + 4
+                h = torch.zeros(1, 16, 16)  # the bug: the batch size written in
+                state = (h, h.clone()) if cell is nn.LSTM else h
+                xb = x[i : i + 16] if batch_first else x[i : i + 16].transpose(0, 1)
+                loss = nn.functional.mse_loss(model(xb, state), y[i : i + 16])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    f = only(lens)
+    assert (f.likely_cause, f.module, f.step) == ("layer_input_mismatch", "rnn", 6)
+    assert "built for its input's batch of 4" in f.top.evidence
+    assert "built for a batch of 16" in f.top.evidence
+    assert f"x.size({0 if batch_first else 1})" in f.fix_attempt
+    assert "drop_last=True" in f.fix_attempt
+
+
 # --- right shape, wrong kind: dtypes and class ids ---------------------------------------
 def test_numpy_float64_data_into_a_float32_layer_is_dtype_mismatch(run_dir):
     import numpy as np

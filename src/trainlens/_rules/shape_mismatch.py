@@ -89,7 +89,7 @@ def _crash_finding(records: Records, catalogue: Catalogue) -> Finding | None:
     module = exc.get("module")
     attrs = module_attrs(records, module)
     check = expectation(
-        catalogue, exc.get("module_type") or "", attrs, inputs, exc.get("int_range")
+        catalogue, exc.get("module_type") or "", attrs, inputs, exc.get("int_range"), message
     )
     if check is None and not _SHAPE_MESSAGE.search(message):
         return None  # not a shape problem; other rules may know it
@@ -136,12 +136,18 @@ def _crash_finding(records: Records, catalogue: Catalogue) -> Finding | None:
     )
 
 
+#: an RNN's hidden state of the wrong shape: "Expected hidden[0] size (1, 4, 16), got
+#: [1, 16, 16]" (LSTM) or "Expected hidden size (1, 4, 16), got [1, 16, 16]" (RNN, GRU)
+_HIDDEN_SIZE = re.compile(r"Expected hidden(?:\[\d\])? size \(([\d, ]+)\), got \[([\d, ]+)\]")
+
+
 def expectation(
     catalogue: Catalogue,
     module_type: str,
     attrs: dict[str, Any],
     inputs: list[list[int]],
     int_range: list[int] | None = None,
+    message: str = "",
 ) -> tuple[str, str] | None:
     """(what the layer expects, what to change) when the input contradicts its config:
     the recipe's `<case>_expected` and `<case>_suggestion` texts, filled in."""
@@ -210,6 +216,18 @@ def expectation(
         want = attrs.get("input_size")
         if want is not None and (len(x) not in (2, 3) or x[-1] != want):
             return says("rnn", want=want, got=x[-1], batch_first=attrs.get("batch_first"))
+        hidden = _HIDDEN_SIZE.search(message)
+        if hidden is not None and len(x) == 3:
+            expected = [int(v) for v in re.findall(r"\d+", hidden.group(1))]
+            got = [int(v) for v in re.findall(r"\d+", hidden.group(2))]
+            if len(expected) == len(got) == 3 and expected[1] != got[1]:
+                # the state was built for another batch size: a smaller last batch
+                return says(
+                    "rnn_hidden_batch",
+                    batch=expected[1],
+                    built=got[1],
+                    dim="0" if attrs.get("batch_first") else "1",
+                )
     elif module_type == "MultiheadAttention":
         want = attrs.get("embed_dim")
         if want is not None and x and x[-1] != want:
