@@ -509,3 +509,89 @@ def test_a_finding_that_rests_on_a_stopped_probes_records_is_no_confident_error(
         {"probe": "steps", "step": 0, "tables": ["params", "steps"]}
     ]
     assert [f.severity for f in lens.findings] == [f["severity"] for f in drill["findings"]]
+
+
+# --- torch.func transforms: the model called on batched wrappers records nothing ----------
+def _per_sample_grad_loop(run_dir: Path | None) -> tuple[dict[str, torch.Tensor], Any]:
+    """Per-sample gradient norms with `vmap(grad(...))` over `functional_call` (as
+    differential-privacy and data-attribution code computes them), next to the ordinary
+    mean loss the step trains on."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 6, generator=g), torch.randint(0, 3, (96,), generator=g)
+
+    def one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor):
+        return F.cross_entropy(functional_call(model, params, (xi[None],)), yi[None])
+
+    def loop() -> None:
+        for _ in range(3):
+            for i in range(0, 96, 16):
+                params = {k: v.detach() for k, v in model.named_parameters()}
+                per_sample = vmap(grad(one), in_dims=(None, 0, 0))(
+                    params, x[i : i + 16], y[i : i + 16]
+                )
+                assert per_sample["0.weight"].shape == (16, 16, 6)
+                loss = F.cross_entropy(model(x[i : i + 16]), y[i : i + 16])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    lens = None
+    if run_dir is None:
+        loop()
+    else:
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+            loop()
+    return {k: v.clone() for k, v in model.state_dict().items()}, lens
+
+
+def test_per_sample_gradients_with_vmap_leave_every_probe_running(tmp_path):
+    plain, _ = _per_sample_grad_loop(None)
+    watched, lens = _per_sample_grad_loop(tmp_path / "run")
+    for key in plain:
+        assert torch.equal(plain[key], watched[key]), key
+    drill = json.loads((tmp_path / "run" / "drill.json").read_text())
+    assert drill.get("probes_stopped") in (None, []), drill.get("probes_stopped")
+    assert drill["status"] == "healthy", drill["findings"]
+    # the losses are the step's mean losses, not the vmapped per-sample ones
+    assert len(lens.records.train_loss()) == 18
+    assert (
+        lens.records.shapes.loc[lens.records.shapes["module"] == "0", "inputs"]
+        .str.contains(r"\[16, 6\]")
+        .all()
+    )
+
+
+class _Unreadable(torch.Tensor):
+    """A statistic that cannot be read back to the host (as a batched wrapper could not)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.to, torch.Tensor.tolist, torch.Tensor.item, torch.stack):
+            raise RuntimeError("cannot be read back")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_one_unreadable_statistic_costs_its_own_row_not_the_drill(tmp_path, monkeypatch):
+    original = LossProbe._log
+
+    def log_and_add_a_bad_value(self, loss, split, source):
+        original(self, loss, split, source)
+        bad = torch.zeros(3).as_subclass(_Unreadable)
+        self.state.deferred.add_row(self.state.tables["activations"], ("x",), bad)
+
+    monkeypatch.setattr(LossProbe, "_log", log_and_add_a_bad_value)
+    plain, _ = _train(None)
+    with pytest.warns(RuntimeWarning, match="some sampled statistics"):
+        watched, lens = _train(tmp_path / "run")
+    for key in plain:
+        assert torch.equal(plain[key], watched[key]), key
+    drill = json.loads((tmp_path / "run" / "drill.json").read_text())
+    assert drill["steps"] == 5
+    assert drill.get("probes_stopped") in (None, []), drill.get("probes_stopped")
+    assert len(lens.records.train_loss()) == 5  # the other statistics all came back
+    assert not lens.records.params.empty

@@ -328,6 +328,13 @@ class Deferred:
         # callables run at the start of each flush: statistics kept as raw copies until
         # then are computed there, all steps of one kind in one batched pass
         self._before_flush: list[Any] = []
+        # what a flush could not read back ("ExcType: message", at most a few): one bad
+        # value costs its own rows, never the others' nor the run's drill
+        self.errors: list[str] = []
+
+    def _failed(self, err: BaseException) -> None:
+        if len(self.errors) < 8:
+            self.errors.append(f"{type(err).__name__}: {str(err)[:200]}")
 
     def add(self, table: Table, prefixes: list[tuple[Any, ...]], values: torch.Tensor) -> None:
         """`values` is `[len(prefixes), k]`: row i is `prefixes[i] + values[i]`."""
@@ -355,12 +362,26 @@ class Deferred:
 
     def flush(self) -> None:
         for fn in self._before_flush:
-            fn()
+            try:
+                fn()
+            except Exception as err:
+                self._failed(err)
         if self._scalars:
             self._flush_scalars()
         if not self._items:
             return
         items, self._items = self._items, []
+        try:
+            self._flush_items(items)
+        except Exception as err:  # one value that cannot be read: each item on its own
+            self._failed(err)
+            for item in items:
+                try:
+                    self._flush_items([item])
+                except Exception as one:
+                    self._failed(one)
+
+    def _flush_items(self, items: list[tuple[Table, list[tuple[Any, ...]], torch.Tensor]]) -> None:
         # one concatenation and one transfer per (device, row width): no per-item copies
         groups: dict[tuple[torch.device, int, int], list[int]] = {}
         for i, (_, _, values) in enumerate(items):
@@ -393,16 +414,28 @@ class Deferred:
         host: list[float]
         try:  # one device (the usual case): one stack, dtypes promoted, one transfer
             host = torch.stack([v for _, _, v in scalars]).to(torch.float64).tolist()
-        except RuntimeError:  # values on several devices: one stack per device and dtype
+        except Exception:  # several devices: one stack per device and dtype, else one each
             groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
             for i, (_, _, value) in enumerate(scalars):
                 groups.setdefault((value.device, value.dtype), []).append(i)
             host = [math.nan] * len(scalars)
             for idx in groups.values():
-                values = torch.stack([scalars[i][2] for i in idx]).to(torch.float64).tolist()
+                try:
+                    stacked = torch.stack([scalars[i][2] for i in idx]).to(torch.float64)
+                    values = stacked.tolist()
+                except Exception:
+                    values = [self._one(scalars[i][2]) for i in idx]
                 for i, v in zip(idx, values, strict=True):
                     host[i] = v
         _write((table, [(*prefix, v)]) for (table, prefix, _), v in zip(scalars, host, strict=True))
+
+    def _one(self, value: torch.Tensor) -> float:
+        """One scalar read on its own; NaN (and the error kept) when it cannot be read."""
+        try:
+            return float(value.to(torch.float64).item())
+        except Exception as err:
+            self._failed(err)
+            return math.nan
 
 
 def _write(batches: Iterable[tuple[Any, list[tuple[Any, ...]]]]) -> None:

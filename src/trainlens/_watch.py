@@ -312,7 +312,9 @@ class Lens:
             # a probe may read what only the end of the run knows (the exception, memory);
             # one that failed (then or during the run) is named in what was lost
             lost += self._probe_set.finish(exc)
-        state.deferred.flush()
+        state.deferred.flush()  # never raises: what it could not read is in `errors`
+        if state.deferred.errors:
+            lost.append(f"some sampled statistics ({state.deferred.errors[0]})")
         thinned = {n: t.thinning() for n, t in state.tables.items() if t.dropped}
         if thinned:  # long runs: rules can see which tables lost resolution, and how much
             state.extra_meta["thinning"] = thinned

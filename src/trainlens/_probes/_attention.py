@@ -46,7 +46,7 @@ from ._attention_math import (
     _thin,
 )
 from ._base import Probe, guarded, hook
-from ._state import WatchState, compiling, hook_modules, suspended_here
+from ._state import WatchState, compiling, hook_modules, suspended_here, transformed
 
 #: side of the weight map kept per layer for attention.png
 MAP_SIZE = 64
@@ -82,7 +82,9 @@ class AttentionProbe(Probe):
     # --- sources ---------------------------------------------------------------------
     def _wanted(self, name: str) -> bool:
         state = self.state
-        if compiling() or not state.sampled or suspended_here() or state.split() != "train":
+        if compiling() or transformed() or not state.sampled or suspended_here():
+            return False
+        if state.split() != "train":
             return False
         return self._recorded.get(name) != state.step
 
@@ -376,7 +378,7 @@ def _patch_sdpa(probe: AttentionProbe) -> _SdpaHandle:
         @functools.wraps(original)
         def scaled_dot_product_attention(*args: Any, **kwargs: Any) -> Any:
             out = original(*args, **kwargs)
-            if _LISTENERS and not compiling() and not suspended_here():
+            if _LISTENERS and not compiling() and not transformed() and not suspended_here():
                 for listener in tuple(_LISTENERS):
                     listener.on_sdpa(args, kwargs, out)
             return out

@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 from torch.nn.parameter import is_lazy
 
-from ._state import _ANY_SUSPENDED, _LOCAL, WatchState, compiling
+from ._state import _ANY_SUSPENDED, _LOCAL, WatchState, compiling, transformed
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,7 +86,9 @@ class Probe:
         probe = self
 
         def guarded_closure(*args: Any) -> Any:
-            if (not in_compiled and compiling()) or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
+            if (not in_compiled and (compiling() or transformed())) or (
+                _ANY_SUSPENDED[0] and _LOCAL.suspended
+            ):
                 return None
             if probe.stopped:
                 return None
@@ -143,7 +145,12 @@ def hook(fn: F | None = None, *, in_compiled: bool = False) -> Any:
 
             @functools.wraps(fn)
             def guarded_hook(probe: Probe, *args: Any, **kwargs: Any) -> Any:
-                if compiling() or (_ANY_SUSPENDED[0] and _LOCAL.suspended) or probe.stopped:
+                if (
+                    compiling()
+                    or transformed()
+                    or (_ANY_SUSPENDED[0] and _LOCAL.suspended)
+                    or probe.stopped
+                ):
                     return None
                 try:
                     return fn(probe, *args, **kwargs)
@@ -282,7 +289,7 @@ class ForwardDispatch:
             if module is self.state.model:
                 self.state.compiled = True  # inside compiled code: only note that it ran
             return
-        if _ANY_SUSPENDED[0] and _LOCAL.suspended:
+        if transformed() or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
             return
         subs = self._pre.get(id(module))
         if subs is None:
@@ -296,7 +303,7 @@ class ForwardDispatch:
                     probe.stop(err, "forward pre-hook")
 
     def _dispatch_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if compiling() or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
+        if compiling() or transformed() or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
             return
         subs = self._post.get(id(module))
         loss = self._loss if isinstance(module, _Loss) else None

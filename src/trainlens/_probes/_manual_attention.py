@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._state import _SUSPENDED, compiling, hook_modules
+from ._state import _SUSPENDED, compiling, hook_modules, transformed
 
 if TYPE_CHECKING:
     from ._attention import AttentionProbe
@@ -183,6 +183,7 @@ class ManualAttention:
         state = self.state
         if (
             compiling()
+            or transformed()
             or self.done
             or _SUSPENDED[0]
             or not state.sampled

@@ -71,6 +71,10 @@ def is_suspended() -> bool:
 # True while torch.compile traces: hooks return at once, so dynamo folds them away and
 # compiled graphs get no graph break, guard or recompilation from trainlens.
 compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+#: inside a torch.func transform (`vmap`, `grad`, `jacrev`: per-sample gradients, MAML's
+#: inner loop) the model runs on batched or functional wrappers: no record is taken there
+#: (asked after `compiling()`, which dynamo must see first)
+transformed = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 # Every hook that dynamo may trace asks `compiling()` FIRST: reading trainlens's own
 # changing state (the step, `sampled`) before it would make dynamo guard on that state
 # and recompile the user's graph. The call costs well under a microsecond.
@@ -271,7 +275,7 @@ def _behind_guard(owner: Any, hook: Any) -> Any:
         return hook
 
     def guarded(*args: Any) -> None:
-        if (_ANY_SUSPENDED[0] and _LOCAL.suspended) or owner.stopped:
+        if (_ANY_SUSPENDED[0] and _LOCAL.suspended) or owner.stopped or transformed():
             return
         try:
             hook(*args)
