@@ -279,7 +279,7 @@ def test_a_device_mismatch_is_not_called_a_dtype_problem(message):
     ("labels", "fix"),
     [
         (torch.arange(1, 17) % 3 + 1, "count from 0 (`target - 1`)"),  # 1..3 for 3 classes
-        (torch.arange(16) % 10, "nn.Linear(..., 10)"),  # 10 classes in the data, 3 outputs
+        (torch.arange(16) % 10, "give it 10 (`out_features` of a final `nn.Linear`"),  # 3 outputs
     ],
     ids=["labels from 1", "more classes than outputs"],
 )
@@ -291,6 +291,20 @@ def test_class_targets_outside_the_outputs_are_target_out_of_range(labels, fix, 
     assert "3 classes (valid targets 0 to 2)" in f.top.evidence
     assert f"targets from {int(labels.min())} to {int(labels.max())}" in f.top.evidence
     assert fix in f.fix_attempt
+
+
+def test_a_segmentation_mask_with_the_void_label_255_says_ignore_index(run_dir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 1))
+    masks = torch.randint(0, 5, (4, 16, 16))
+    masks[:, ::5, :] = 255  # boundary pixels, as VOC marks them
+    lens, exc = crash(model, torch.randn(4, 3, 16, 16), masks, nn.CrossEntropyLoss(), run_dir)
+    assert isinstance(exc, IndexError)
+    f = only(lens)
+    assert f.likely_cause == "target_out_of_range"
+    assert "targets from 0 to 255" in f.top.evidence
+    assert "`nn.CrossEntropyLoss(ignore_index=255)`" in f.fix_attempt
+    assert "nn.Linear" not in f.fix_attempt
 
 
 def test_silent_broadcast_is_an_error_finding(run_dir):

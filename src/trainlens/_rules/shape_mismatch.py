@@ -346,6 +346,10 @@ def _param_dtype(records: Records, module: str | None) -> str | None:
     return None
 
 
+#: the label segmentation masks use for pixels to leave out (VOC, Cityscapes, ADE20K)
+_VOID_LABEL = 255
+
+
 def _target_range_crash(
     records: Records,
     catalogue: Catalogue,
@@ -370,6 +374,8 @@ def _target_range_crash(
             case = "fix_one_based"
         elif low < 0:
             case = "fix_negative"
+        elif high == _VOID_LABEL and classes < _VOID_LABEL:
+            case = "fix_void_label"
         else:
             case = "fix_more_classes"
     fields = dict(loss=loss, classes=classes, last=classes - 1, seen=seen)
