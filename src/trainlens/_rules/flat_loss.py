@@ -909,10 +909,29 @@ def _update_ratio(ctx: _Context) -> float | None:
     return float(moving["ratio"].median())
 
 
+def _travel(ctx: _Context, ratio: float) -> float | None:
+    """How far the weights can have moved over the whole run, as a share of their size:
+    the per-step update/param ratio times the steps (an upper bound: steps may cancel)."""
+    steps = ctx.records.meta.get("steps") or 0
+    return ratio * steps if steps else None
+
+
 def _lr_too_low(ctx: _Context) -> Cause | None:
+    """Updates two orders below the healthy ~1e-3; or, on a run whose loss sits flat,
+    updates merely small that over all its steps moved the weights by a few % at most:
+    too little to learn anything (a fine-tuning lr on a model trained from scratch)."""
     ratio = _update_ratio(ctx)
     low = ctx.t("update_ratio_low", "lr_too_low")
-    if ratio is None or ratio >= low:
+    if ratio is None:
+        return None
+    travel = _travel(ctx, ratio)
+    slow = (
+        ratio >= low
+        and travel is not None
+        and ratio < ctx.t("slow_ratio", "lr_too_low")
+        and travel < ctx.t("travel_min", "lr_too_low")
+    )
+    if ratio >= low and not slow:
         return None
     pp = ctx.per_param
     rel_grad = float(pp[pp["in_optimizer"] & (pp["grad_pos"] > 0.5)]["rel_grad"].median())
@@ -921,9 +940,9 @@ def _lr_too_low(ctx: _Context) -> Cause | None:
     lr = ctx.lr
     text = functools.partial(ctx.text, "lr_too_low")
     known = math.isfinite(lr)
-    return ctx.cause(
+    cause = ctx.cause(
         "lr_too_low",
-        0.85 if healthy_grads else 0.5,
+        (0.7 if healthy_grads else 0.45) if slow else (0.85 if healthy_grads else 0.5),
         lr=num(lr) if known else text("lr_unknown"),
         ratio=num(ratio),
         factor=f"{factor:g}",
@@ -931,6 +950,11 @@ def _lr_too_low(ctx: _Context) -> Cause | None:
         at_lr=ctx.at_lr(),
         grads=text("healthy_grads" if healthy_grads else "small_grads", rel_grad=num(rel_grad)),
     )
+    if not slow:
+        return cause
+    steps = ctx.records.meta.get("steps")
+    moved = text("travel", steps=steps, travel=f"{travel:.1%}")
+    return dataclasses.replace(cause, evidence=f"{cause.evidence}; {moved}")
 
 
 def _weight_growth(ctx: _Context) -> dict[str, Any] | None:
@@ -1159,6 +1183,9 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
     hi = ctx.t("update_ratio_max", "label_mismatch")
     if ratio is None or not lo <= ratio <= hi:
         return None
+    travel = _travel(ctx, ratio)
+    if travel is not None and travel < ctx.t("travel_min", "lr_too_low"):
+        return None  # the weights barely moved over the run: the level proves nothing yet
     growth = _weight_growth(ctx)
     if growth is not None and growth["median"] < ctx.t("shrink_min", "label_mismatch"):
         return None  # the weights are being decayed toward 0, not fitted: not healthy
