@@ -522,3 +522,7 @@ def test_two_losses_sharing_one_forward_within_a_step_are_not_called_a_retained_
                     opt_g.step()
         drill = json.loads((out_dir / "drill.json").read_text())
         assert not [f for f in drill["findings"] if f["symptom"] == "oom"], drill["findings"]
+        md = (out_dir / "drill.md").read_text()
+        assert "No problems found" not in md  # the run raised: not "nothing wrong"
+        if not drill["findings"]:
+            assert "No finding explains this exception" in md

@@ -21,6 +21,21 @@ def run_status(failed: bool, findings: Sequence[Any]) -> str:
     return "warning" if findings else "healthy"
 
 
+def no_findings_text(raised: bool) -> str:
+    """What a drill without findings says: nothing wrong, or (the run raised) nothing known
+    that explains the exception."""
+    if raised:
+        return (
+            "No finding explains this exception: the records match none of the failure "
+            "patterns trainlens knows. Read the traceback from the bottom up; the last frame "
+            "in your own code is the line to print shapes and values around first."
+        )
+    return (
+        "No problems found: the recorded shapes, gradients, updates and losses match "
+        "none of the failure patterns trainlens knows."
+    )
+
+
 def build_drill(
     run_id: str,
     findings: Sequence[Finding],
@@ -187,11 +202,7 @@ def render_markdown(drill: dict[str, Any], sections: Sequence[tuple[str, str]] =
     findings = drill["findings"]
     lines += ["## Findings", ""]
     if not findings:
-        lines += [
-            "No problems found: the recorded shapes, gradients, updates and losses match "
-            "none of the failure patterns trainlens knows.",
-            "",
-        ]
+        lines += [no_findings_text(bool(exc)), ""]
     for i, f in enumerate(findings, 1):
         lines += finding_markdown(i, drill["run_id"], f)
     for title, body in sections:

@@ -24,6 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from .._drill import no_findings_text
 from .._finding import DRILL_FIELDS
 from .._format import FIELD_CHARS, num, terminal_safe
 from .._records import Records
@@ -477,11 +478,8 @@ class DrillReport:
             yield plain(self.note, style="yellow")
         findings = d.get("findings") or []
         if not findings:
-            yield Text(
-                "No problems found: the recorded shapes, gradients, updates and losses match "
-                "none of the failure patterns trainlens knows.",
-                style="green",
-            )
+            raised = bool(d.get("exception"))
+            yield Text(no_findings_text(raised), style="yellow" if raised else "green")
         for i, f in enumerate(findings[:MAX_FINDINGS], 1):
             yield FindingPanel(i, str(d["run_id"]), f)
         if len(findings) > MAX_FINDINGS:
