@@ -1172,6 +1172,8 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
     tol = ctx.t("baseline_tolerance", "label_mismatch")
     if abs(flat.end - flat.baseline) > tol * flat.baseline:
         return None
+    if flat.end < (1 - ctx.t("below_baseline", "label_mismatch")) * flat.baseline:
+        return None  # clearly below the best constant prediction: the inputs explain some
     # its own evidence: the loss is at the constant-prediction level *and* the machinery
     # is demonstrably healthy, so the model could learn if the targets allowed it
     pp = ctx.per_param
@@ -1245,11 +1247,10 @@ def _unknown(ctx: _Context) -> Cause | None:
     fast in its first window and then settled learned something; it stays silent.
     """
     flat = ctx.flat
-    tol = ctx.t("baseline_tolerance", "label_mismatch")
     curve = ctx.records.train_loss()
     first = float(curve.iloc[0]) if len(curve) else flat.start
     if flat.baseline is not None:
-        if flat.end < (1 - tol) * flat.baseline:
+        if flat.end < (1 - ctx.t("below_baseline", "label_mismatch")) * flat.baseline:
             return None  # it beats the best constant prediction: it learned something
     elif not math.isfinite(first) or flat.end < (1 - ctx.t("max_drop")) * first:
         return None
