@@ -327,3 +327,43 @@ def test_the_check_restores_every_buffer_the_extra_forward_changes(run_dir):
     assert plain.keys() == watched.keys()
     assert all(torch.equal(plain[k], watched[k]) for k in plain)
     assert int(watched["calls"]) == 3 and int(watched["ptr"]) == 12
+
+
+# --- the loss normalised over the batch, outside the model -----------------------------
+def _classifier_run(run_dir, loss_of):
+    torch.manual_seed(0)
+    x = torch.randn(640, 20)
+    y = (x @ torch.randn(20, 5)).argmax(1)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(3):
+            for i in range(0, 640, 32):
+                loss = loss_of(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def test_a_log_softmax_over_the_batch_in_the_loss_code_is_batch_mixing(run_dir):
+    # the model keeps samples apart (its own check is clean); the loss code does not
+    lens = _classifier_run(run_dir, lambda out, y: F.nll_loss(F.log_softmax(out, dim=0), y))
+    assert lens.records.meta["batch_dependency"]["mixed"] is False
+    (f,) = [f for f in lens.findings if f.symptom == "shape_mismatch"]
+    assert (f.severity, f.likely_cause) == ("error", "batch_dim_mixing")
+    assert "normalised over the batch, not over the classes" in f.top.evidence
+    assert "F.log_softmax(out, dim=1)" in f.fix_attempt
+    assert "out.exp().sum(dim=0)" in f.first_check
+
+
+def test_a_clip_style_contrastive_loss_over_a_batch_similarity_matrix_stays_clean(run_dir):
+    # logits [N, N] compared across the batch on purpose, raw (not normalised over dim 0)
+    def clip(out, y):
+        z = F.normalize(out, dim=1)
+        logits = z @ z.roll(1, 0).t() / 0.1
+        labels = torch.arange(len(out))
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+    lens = _classifier_run(run_dir, clip)
+    assert not [f for f in lens.findings if f.symptom == "shape_mismatch"], lens.drill["findings"]

@@ -72,7 +72,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     # CrossEntropy/NLL/MSE input and target on sampled steps: are the inputs already
     # probabilities (prob_dev = mean |row sum - 1|) or log-probabilities (logprob_dev =
     # mean |logsumexp(row)|); baseline = loss of the best constant prediction; target_rms
-    # = root mean square of the regression targets seen so far (NaN for classification)
+    # = root mean square of the regression targets seen so far (NaN for classification);
+    # the *_batch deviations are the same over the batch axis of a [N, C] input (columns
+    # normalised: a softmax over dim=0, each sample's loss depends on the others)
     "loss_inputs": (
         "step",
         "split",
@@ -85,6 +87,8 @@ TABLES: dict[str, tuple[str, ...]] = {
         "logprob_dev",
         "baseline",
         "target_rms",
+        "prob_dev_batch",
+        "logprob_dev_batch",
     ),
     # sampled optimizer steps: the norm of the optimizer's `.grad`s before the step's first
     # backward pass adds to them (carried, 0 after zero_grad) and at `optimizer.step()`

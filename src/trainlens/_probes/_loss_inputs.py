@@ -100,20 +100,22 @@ class _RegressionRows:
         baseline = v[2] if len(v) > 2 else math.nan
         square = v[2] + v[3] if len(v) > 3 else math.nan
         rms = math.sqrt(square) if square >= 0 else math.nan  # NaN targets: NaN, not 0
-        self.table.append(*prefix, v[0], v[1], math.nan, math.nan, baseline, rms)
+        nan = math.nan
+        self.table.append(*prefix, v[0], v[1], nan, nan, baseline, rms, nan, nan)
 
 
 class _ClassificationRows:
-    """Deferred sink: a classification loss has no target scale (NaN, on the host)."""
+    """Deferred sink: a classification loss has no target scale (NaN, on the host), put
+    in before its two batch-axis deviations, the last of its values."""
 
     def __init__(self, table: Any):
         self.table = table
 
     def append(self, *row: Any) -> None:
-        self.table.append(*row, math.nan)
+        self.table.append(*row[:-2], math.nan, *row[-2:])
 
     def extend(self, rows: list[tuple[Any, ...]]) -> None:
-        self.table.extend([(*row, math.nan) for row in rows])
+        self.table.extend([(*row[:-2], math.nan, *row[-2:]) for row in rows])
 
 
 def _update_prior(running: dict[str, Any]) -> bool:
@@ -141,7 +143,7 @@ def _classification_stats(
             running["sum"] = running["sum"] + tf.sum(0)
             p = (running["sum"] / running["n"]).clamp(1e-7, 1 - 1e-7)
             baseline = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
-        return 2, torch.stack([xf.min(), xf.max(), nan, nan, baseline])
+        return 2, torch.stack([xf.min(), xf.max(), nan, nan, baseline, nan, nan])
     cdim = 1 if x.dim() >= 2 else 0
     classes = x.shape[cdim]
     # the row statistics of a slice suffice; every target counts for the prior
@@ -149,6 +151,12 @@ def _classification_stats(
     # few kernels: both row deviations in one stack, one |.| and one mean
     rows = torch.stack([xf.sum(cdim) - 1, torch.logsumexp(xf, cdim)])
     devs = rows.abs().reshape(2, -1).mean(1)
+    if x.dim() == 2 and 1 < x.shape[0] <= MAX_ROWS:
+        # the same over the batch axis: columns that sum to 1 are a softmax over dim=0
+        cols = torch.stack([xf.sum(0) - 1, torch.logsumexp(xf, 0)])
+        batch_devs = cols.abs().mean(1)
+    else:
+        batch_devs = torch.full((2,), math.nan, device=x.device)
     baseline = None
     reduction, weight = getattr(module, "reduction", "mean"), getattr(module, "weight", None)
     plain = reduction == "mean" and weight is None and not isinstance(module, nn.KLDivLoss)
@@ -180,7 +188,7 @@ def _classification_stats(
     if baseline is None:
         baseline = torch.full((1,), math.nan, device=x.device)
     lo, hi = torch.aminmax(xf)
-    stats = torch.cat([torch.stack([lo, hi]), devs, baseline.to(xf.device)])
+    stats = torch.cat([torch.stack([lo, hi]), devs, baseline.to(xf.device), batch_devs])
     return classes, stats
 
 

@@ -12,6 +12,7 @@ forward raised, the shapes it received) compared with that module's own configur
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -21,7 +22,7 @@ from .._catalogue import Catalogue
 from .._finding import Finding
 from .._hookspecs import hookimpl
 from .._records import Records
-from ._common import exception_info, is_oom, module_attrs, shape_str
+from ._common import exception_info, is_oom, module_attrs, num, shape_str
 from ._common import model_module as _model_module
 
 SYMPTOM = "shape_mismatch"
@@ -68,7 +69,8 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     if crash is not None:
         findings.append(crash)
     findings.extend(_broadcast_findings(records, catalogue))
-    findings.extend(_mixing_findings(records, catalogue))
+    mixing = _mixing_findings(records, catalogue)
+    findings.extend(mixing or _loss_over_batch(records, catalogue))
     return findings
 
 
@@ -499,6 +501,49 @@ def _data_axes(catalogue: Catalogue, dep: dict[str, Any], module: str | None) ->
         match=f"{data['match']:.0%}" if t is not None else "",
         shown=_display(module),
     )
+
+
+def _loss_over_batch(records: Records, catalogue: Catalogue) -> list[Finding]:
+    """A classification loss whose `[N, C]` input is normalised over the batch, not over
+    the classes: each column (one class across the N samples) sums to 1 or has a
+    logsumexp of 0, and the rows do not. The (log-)softmax ran over dim=0 outside the
+    model (the model's own outputs keep samples apart), so each sample's loss depends on
+    the others'."""
+    li = records.loss_inputs
+    if li.empty or "logprob_dev_batch" not in li.columns:
+        return []
+    li = li[(li["split"] == "train") & li["logprob_dev_batch"].notna()]
+    if li.empty:
+        return []
+    tol = catalogue.threshold(SYMPTOM, "batch_tolerance", "batch_dim_mixing")
+    by_batch = (li["prob_dev_batch"] <= tol) | (li["logprob_dev_batch"] <= tol)
+    by_class = (li["prob_dev"] <= tol) | (li["logprob_dev"] <= tol)
+    hit = li[by_batch & ~by_class]
+    if len(hit) < catalogue.threshold(SYMPTOM, "batch_share", "batch_dim_mixing") * len(li):
+        return []
+    logs = bool((hit["logprob_dev_batch"] <= tol).mean() >= 0.5)
+    fields = dict(
+        loss=str(hit["loss"].mode().iloc[0]),
+        rows=len(hit),
+        sampled=len(li),
+        what=catalogue.text(SYMPTOM, "batch_dim_mixing", "loss_logsumexp" if logs else "loss_sums"),
+        deviation=num(float(hit["logprob_dev_batch" if logs else "prob_dev_batch"].median())),
+    )
+
+    def text(key: str) -> str:
+        return catalogue.text(SYMPTOM, "batch_dim_mixing", key, **fields)
+
+    cause = catalogue.cause(
+        SYMPTOM,
+        "batch_dim_mixing",
+        confidence=0.9,
+        evidence=text("loss_evidence"),
+        step=int(hit["step"].iloc[0]),
+        where="",
+        suggestion="",
+    )
+    cause = dataclasses.replace(cause, first_check=text("loss_check"), fix_attempt=text("loss_fix"))
+    return [catalogue.finding(SYMPTOM, "error", [cause])]
 
 
 def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
