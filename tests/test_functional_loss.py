@@ -19,6 +19,8 @@ from models import classification_data, mlp, train
 from trainlens._probes._functional_loss import LOSSES, functional_losses_patched
 
 ORIGINALS = {name: getattr(F, name) for name in LOSSES}
+ORIGINAL_BACKWARD = torch.autograd.backward
+ORIGINAL_SCALE = torch.amp.GradScaler.scale
 
 
 def drill_of(run_dir):
@@ -282,7 +284,10 @@ def test_a_run_whose_loss_is_never_seen_gets_a_warning_that_shows_how_to_log_one
             logp = torch.log_softmax(model(x), dim=1)
             loss = -logp.gather(1, y[:, None]).mean()  # written by hand
             opt.zero_grad()
-            loss.backward()
+            # gradients by `autograd.grad`, no `backward()`: no root to read the loss from
+            params = list(model.parameters())
+            for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
+                p.grad = g
             opt.step()
     drill = drill_of(run_dir)
     assert drill["status"] == "warning"
@@ -293,6 +298,81 @@ def test_a_run_whose_loss_is_never_seen_gets_a_warning_that_shows_how_to_log_one
     md = (run_dir / "drill.md").read_text()
     assert "No problems found" not in md
     assert lens.findings[0].likely_causes[0].id == "no_loss_recorded"
+
+
+def test_a_hand_written_loss_is_read_from_the_root_of_its_backward(run_dir):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = classification_data()
+    seen = []
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(5):
+            logp = torch.log_softmax(model(x), dim=1)
+            loss = -logp.gather(1, y[:, None]).mean()  # written by hand
+            seen.append(loss.item())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert torch.autograd.backward is ORIGINAL_BACKWARD  # given back after the block
+    losses = lens.records.losses
+    assert list(losses["source"]) == ["backward()"] * 5
+    assert list(losses["step"]) == [0, 1, 2, 3, 4] and set(losses["split"]) == {"train"}
+    assert losses["value"].tolist() == pytest.approx(seen)
+    assert drill_of(run_dir)["status"] == "healthy"
+
+
+def test_a_backward_root_is_not_added_to_a_loss_module_seen_in_its_step(run_dir):
+    # CrossEntropyLoss plus a hand-written penalty: the module's loss is the step's, once
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = classification_data()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(4):
+            loss = nn.CrossEntropyLoss()(model(x), y)
+            total = loss + 1e-4 * sum(p.square().sum() for p in model.parameters())
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+    assert list(lens.records.losses["source"]) == ["CrossEntropyLoss"] * 4
+
+
+def test_a_gradscaler_loss_is_recorded_before_scaling(run_dir):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    x, y = classification_data()
+    seen = []
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(3):
+            logp = torch.log_softmax(model(x), dim=1)
+            loss = -logp.gather(1, y[:, None]).mean()
+            seen.append(loss.item())
+            opt.zero_grad()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert torch.amp.GradScaler.scale is ORIGINAL_SCALE
+    assert lens.records.losses["value"].tolist() == pytest.approx(seen)  # not x 65536
+
+
+def test_the_backward_of_another_models_loss_is_not_the_watched_models_loss(run_dir):
+    # a GAN watched from its generator: the discriminator's own passes never reach it
+    torch.manual_seed(0)
+    gen, disc = nn.Linear(4, 2), nn.Linear(2, 1)
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.01)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=0.01)
+    with trainlens.watch(gen, opt_g, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(3):
+            fake = gen(torch.randn(8, 4))
+            d_loss = disc(fake.detach()).mean() - disc(torch.randn(8, 2)).mean()
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()
+            g_loss = -disc(fake).mean()
+            opt_g.zero_grad()
+            g_loss.backward()
+            opt_g.step()
+    assert len(lens.records.losses) == 3  # the generator's three, by hand
 
 
 def test_the_same_run_with_lens_log_loss_is_clean(run_dir):

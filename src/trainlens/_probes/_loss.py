@@ -1,4 +1,5 @@
-"""Loss capture: every `torch.nn` loss module called inside the block, with no extra line.
+"""Loss capture: every `torch.nn` loss module called inside the block, with no extra line;
+a loss written by hand is read from the root of its `backward()` (`_backward_loss`).
 
 A global forward hook sees loss modules that are not part of the model (the usual
 `loss_fn = nn.CrossEntropyLoss()`), user subclasses of `_Loss` included. It also checks
@@ -9,16 +10,20 @@ against `[N]` silently broadcasts to `[N, N]` and only warns.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
+from . import _backward_loss
 from ._base import Probe, guarded
 from ._state import WatchState
 from ._tensors import int_range, tensor_leaves
 
+#: the source name of a loss read from the root of `backward()` (a loss written by hand)
+BACKWARD_SOURCE = "backward()"
 #: losses that compare input and target element by element: their shapes must match
 ELEMENTWISE_LOSSES = (
     nn.MSELoss,
@@ -56,14 +61,43 @@ class LossProbe(Probe):
         self._checked: set[tuple[int, Any, Any]] = set()
         self.count = 0  # losses logged so far (integrations log a loss only if none came)
         self._recent: list[tuple[int, torch.Tensor]] = []
+        self._train_step = -1  # the last step a training loss was logged by name
 
     def install(self) -> None:
         # every loss module of the run's threads, also when its forward raises
         self.state.forwards.loss(self, self._on_forward, always=True)
+        # and, for a loss written by hand, the root of a backward pass into the model
+        self.handles.append(_backward_loss.subscribe(self))
 
-    def _log(self, loss: torch.Tensor | float, split: str | None, source: str) -> None:
+    # --- the root of a backward pass (`_backward_loss`) -----------------------------------
+    def before_backward(self) -> tuple[int, int]:
+        return self.state.backward_passes, self.state.step
+
+    def after_backward(self, root: torch.Tensor, before: tuple[int, int]) -> None:
+        """A scalar `backward()` root that reached the watched parameters is the loss of
+        the step it began in (a run without optimizer counts the step in the pass),
+        unless a loss module, a functional loss or `lens.log_loss` gave one for that
+        step (a regulariser added to it would be counted twice)."""
+        if self.stopped:
+            return
+        try:
+            state = self.state
+            passes, step = before
+            if state.backward_passes == passes or self._train_step == step:
+                return
+            if threading.get_ident() not in state.threads:
+                return
+            if root.numel() != 1 or not root.is_floating_point() or root.is_meta:
+                return
+            self._log(_backward_loss.unscaled(root), None, BACKWARD_SOURCE, step=step)
+        except Exception as err:
+            self.stop(err, "backward root")
+
+    def _log(
+        self, loss: torch.Tensor | float, split: str | None, source: str, step: int | None = None
+    ) -> None:
         state = self.state
-        step = state.step
+        step = state.step if step is None else step
         recent = self._recent  # the losses captured this step, so logging one by hand
         if recent and recent[0][0] != step:  # does not double it
             recent.clear()
@@ -76,6 +110,8 @@ class LossProbe(Probe):
             recent.append((step, value))
         self.count += 1
         split = split or state.split()
+        if split == "train" and source != BACKWARD_SOURCE:
+            self._train_step = step
         if value is None:
             value = torch.tensor(float(loss))
         elif value.numel() != 1:
