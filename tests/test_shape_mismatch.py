@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import trainlens
@@ -338,3 +339,48 @@ def test_matching_loss_shapes_stay_clean(run_dir):
             loss.backward()
             opt.step()
     assert lens.findings == [] and lens.drill["status"] == "healthy"
+
+
+# --- a loss written by hand that broadcasts ----------------------------------------------
+def _hand_written(run_dir, loss_of, targets_2d=False):
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    y = x @ torch.randn(8) + 0.1 * torch.randn(512)  # [N], as a CSV column loads
+    if targets_2d:
+        y = y[:, None]
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(4):
+            for i in range(0, 512, 32):
+                loss = loss_of(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def test_a_hand_written_mse_that_broadcasts_n_1_against_n_is_found(run_dir):
+    lens = _hand_written(run_dir, lambda pred, y: ((pred - y) ** 2).mean())
+    f = only(lens)
+    assert (f.severity, f.likely_cause) == ("error", "loss_target_shape_mismatch")
+    assert "averaged a [32, 32] tensor" in f.top.evidence
+    assert "the model's output is [32, 1]" in f.top.evidence
+    assert "output.squeeze(-1)" in f.fix_attempt
+    assert list(lens.records.losses["source"].unique()) == ["backward()"]
+
+
+def test_the_same_hand_written_mse_with_matching_shapes_is_clean(run_dir):
+    lens = _hand_written(run_dir, lambda pred, y: ((pred - y) ** 2).mean(), targets_2d=True)
+    assert lens.findings == [], lens.drill["findings"]
+
+
+def test_a_pairwise_ranking_loss_over_n_by_n_is_not_a_broadcast(run_dir):
+    # every pair of scores compared on purpose: both operands come from the model
+    def pairwise(pred, y):
+        s = pred.squeeze(1)
+        sign = torch.sign(y[:, None] - y[None, :])
+        return F.softplus(-sign * (s[:, None] - s[None, :])).mean()
+
+    lens = _hand_written(run_dir, pairwise)
+    assert not [f for f in lens.findings if f.symptom == "shape_mismatch"], lens.drill["findings"]

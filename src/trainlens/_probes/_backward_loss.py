@@ -109,3 +109,51 @@ def _uninstall() -> None:
         if getattr(scaler.scale, "__wrapped__", None) is original_scale:
             scaler.scale = original_scale
     _SCALED.clear()
+
+
+#: reductions a hand-written loss ends in, and the ops around them that keep its shape
+_REDUCTIONS = ("MeanBackward0", "MeanBackward1", "SumBackward0", "SumBackward1")
+_SCALINGS = ("MulBackward0", "DivBackward0", "NegBackward0")
+_ELEMENTWISE = (
+    "PowBackward0", "AbsBackward0", "MulBackward0", "DivBackward0", "NegBackward0",
+    "SqrtBackward0", "SquareBackward0", "ExpBackward0", "LogBackward0", "ReluBackward0",
+    "SmoothL1LossBackward0", "ClampMinBackward0",
+)  # fmt: skip
+_BINARY = ("SubBackward0", "AddBackward0", "MulBackward0", "DivBackward0")
+
+
+def root_reduction(root: torch.Tensor) -> dict[str, Any] | None:
+    """What a hand-written loss reduced, read from its graph near the root: the shape of
+    the tensor its final mean or sum took in, and whether that tensor came from a binary
+    op with one constant operand (a prediction minus a target, say). Shapes only: the
+    nodes keep the sizes they need for backward, and no value is read."""
+    node = root.grad_fn
+    for _ in range(3):  # `0.5 * x.mean()`, `x.sum() / n`, `-x.mean()`
+        if node is None or type(node).__name__ in _REDUCTIONS:
+            break
+        if type(node).__name__ not in _SCALINGS:
+            return None
+        node = next((n for n, _ in node.next_functions if n is not None), None)
+    if node is None or type(node).__name__ not in _REDUCTIONS:
+        return None
+    sizes = getattr(node, "_saved_self_sym_sizes", None)
+    if sizes is None:
+        return None
+    const_operand = None
+    below = next((n for n, _ in node.next_functions if n is not None), None)
+    for _ in range(4):  # `(pred - y) ** 2`, `(pred - y).abs()`, `F.relu(margin - ...)`
+        if below is None:
+            break
+        name = type(below).__name__
+        inputs = [n for n, _ in below.next_functions]
+        if name in _BINARY and len(inputs) == 2 and (inputs[0] is None) != (inputs[1] is None):
+            const_operand = name
+            break
+        if name not in _ELEMENTWISE:
+            break
+        below = next((n for n in inputs if n is not None), None)
+    return {
+        "reduction": type(node).__name__,
+        "reduced_shape": [int(v) for v in sizes],
+        "constant_operand": const_operand,
+    }

@@ -24,6 +24,8 @@ from ._tensors import int_range, tensor_leaves
 
 #: the source name of a loss read from the root of `backward()` (a loss written by hand)
 BACKWARD_SOURCE = "backward()"
+#: hand-written losses whose reduction is described for the rules (its shapes are fixed)
+MAX_ROOTS = 3
 #: losses that compare input and target element by element: their shapes must match
 ELEMENTWISE_LOSSES = (
     nn.MSELoss,
@@ -62,6 +64,7 @@ class LossProbe(Probe):
         self.count = 0  # losses logged so far (integrations log a loss only if none came)
         self._recent: list[tuple[int, torch.Tensor]] = []
         self._train_step = -1  # the last step a training loss was logged by name
+        self._roots: list[dict[str, Any]] = []  # `root_reduction` of the first roots read
 
     def install(self) -> None:
         # every loss module of the run's threads, also when its forward raises
@@ -89,7 +92,13 @@ class LossProbe(Probe):
                 return
             if root.numel() != 1 or not root.is_floating_point() or root.is_meta:
                 return
-            self._log(_backward_loss.unscaled(root), None, BACKWARD_SOURCE, step=step)
+            loss = _backward_loss.unscaled(root)
+            self._log(loss, None, BACKWARD_SOURCE, step=step)
+            if len(self._roots) < MAX_ROOTS:  # what the loss reduced, for a broadcast
+                facts = _backward_loss.root_reduction(root)  # scaled: a Mul above it
+                if facts is not None:
+                    self._roots.append({"step": step, **facts})
+                    state.extra_meta["backward_roots"] = self._roots
         except Exception as err:
             self.stop(err, "backward root")
 

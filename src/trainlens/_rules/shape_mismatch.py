@@ -68,7 +68,8 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     crash = _crash_finding(records, catalogue)
     if crash is not None:
         findings.append(crash)
-    findings.extend(_broadcast_findings(records, catalogue))
+    broadcast = _broadcast_findings(records, catalogue)
+    findings.extend(broadcast or _hand_written_broadcast(records, catalogue))
     mixing = _mixing_findings(records, catalogue)
     findings.extend(mixing or _loss_over_batch(records, catalogue))
     return findings
@@ -451,6 +452,62 @@ def _broadcast_findings(records: Records, catalogue: Catalogue) -> list[Finding]
             catalogue.finding(SYMPTOM, "error", [cause], evidence={"silent_broadcast": data})
         )
     return findings
+
+
+def _hand_written_broadcast(records: Records, catalogue: Catalogue) -> list[Finding]:
+    """A loss written by hand (read from the root of its `backward()`) that reduced an
+    `[N, N]` tensor made by a binary op with a constant operand, while the model's output
+    was `[N, 1]` or `[N]`: `(pred - y) ** 2` with `pred` `[N, 1]` and `y` `[N]` compares
+    every output with every target. A pairwise loss (`s - s.T`) has no constant operand."""
+    roots = records.meta.get("backward_roots") or []
+    shapes = records.shapes
+    if not roots or shapes.empty:
+        return []
+    root_rows = shapes[(shapes["module"] == "") & (shapes["split"] == "train")]
+    if root_rows.empty:
+        return []
+    outputs = json.loads(root_rows["outputs"].iloc[0])
+    if not outputs or not outputs[0]:
+        return []
+    out = [int(v) for v in outputs[0]]
+    n = out[0]
+    hits = [
+        r
+        for r in roots
+        if r.get("constant_operand")
+        and r.get("reduced_shape") == [n, n]
+        and n >= 2
+        and math.prod(out) == n
+    ]
+    if len(hits) < len(roots):  # every root described must show it
+        return []
+    target = [n] if len(out) == 2 else [n, 1]  # what broadcast against the output
+    fields = dict(
+        loss=_loss_text(catalogue, "hand_written_loss"),
+        input_shape=shape_str(out),
+        target_shape=shape_str(target),
+    )
+    evidence = _loss_text(
+        catalogue,
+        "hand_written_broadcast",
+        step=int(hits[0]["step"]),
+        reduced=shape_str([n, n]),
+        op=str(hits[0]["constant_operand"]).removesuffix("Backward0").lower(),
+        **fields,
+    )
+    cause = catalogue.cause(
+        SYMPTOM,
+        "loss_target_shape_mismatch",
+        confidence=0.85,
+        evidence=evidence,
+        step=int(hits[0]["step"]),
+        suggestion=_loss_text(catalogue, "fix_squeeze_output" if len(out) == 2 else "fix_reshape"),
+        **fields,
+    )
+    cause = dataclasses.replace(
+        cause, first_check=_loss_text(catalogue, "hand_written_check", **fields)
+    )
+    return [catalogue.finding(SYMPTOM, "error", [cause], evidence={"backward_roots": roots})]
 
 
 def _display(name: str | None) -> str:
