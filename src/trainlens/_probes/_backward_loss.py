@@ -1,33 +1,36 @@
 """The loss a hand-written loop calls `backward()` on, when no loss module or functional
 loss said it first: `((pred - y) ** 2).mean()`, `-(logp * adv).mean()`, a VAE's sum.
 
-`torch.autograd.backward` (which `Tensor.backward` calls) is wrapped for the block: after
-a backward pass that reached the watched model's parameters (the gradient dispatch
-counted it), its scalar root is the step's training loss. A root made by
-`GradScaler.scale(loss)` is told by the scaler's own wrapped `scale`, and the loss before
-scaling is the one recorded. Roots of other models' losses (a GAN's other half) never
-reach the watched parameters and are left out. Nothing runs in the backward pass itself.
+At the first gradient of a backward pass into the watched parameters (the shared
+gradient dispatch), the pass's root is read from the frame of autograd's engine call
+below `torch.autograd.backward` (`Tensor.backward` goes through it): on the calling
+thread's stack on a CPU, on the stack of the thread blocked in the call when the engine
+runs the hook on a device thread. Nothing is wrapped around `backward()`, so the user's
+tracebacks keep their frames. A root made by `GradScaler.scale(loss)` is told by the
+scaler's wrapped `scale`, and the loss before scaling is the one recorded. Roots of other
+models' losses (a GAN's other half) never reach the watched parameters.
 """
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
 import torch
 
-from ._state import compiling, transformed
-
-#: subscribers (one per watched run): `before()` -> token, `after(root, token)`
+#: subscribers (one per watched run) of the wrapped `GradScaler.scale`
 _LISTENERS: list[Any] = []
 #: id(scaled loss) -> (weak ref to it, the loss before scaling), for the current steps
 _SCALED: dict[int, tuple[Any, torch.Tensor]] = {}
 _MAX_SCALED = 64
 _ORIGINAL: dict[str, Any] = {}
+#: frames walked up from a gradient hook to autograd's engine call
+_MAX_DEPTH = 32
 
 
 def subscribe(listener: Any) -> _Subscription:
-    """Start telling `listener` of backward roots; the wrappers go on with the first."""
+    """Keep `GradScaler.scale` told apart while `listener` watches."""
     if not _LISTENERS:
         _install()
     _LISTENERS.append(listener)
@@ -48,6 +51,37 @@ class _Subscription:
             _uninstall()
 
 
+def current_root(threads: set[int]) -> torch.Tensor | None:
+    """The scalar-or-not root of the `backward()` running now, from a gradient hook."""
+    root = _root_in(sys._getframe(1))
+    if root is not None:
+        return root
+    frames = sys._current_frames()  # the engine ran the hook on a device thread
+    for ident in threads:
+        frame = frames.get(ident)
+        if frame is not None and (root := _root_in(frame)) is not None:
+            return root
+    return None
+
+
+def _root_in(frame: Any) -> torch.Tensor | None:
+    for _ in range(_MAX_DEPTH):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_name == "_engine_run_backward" and "autograd" in code.co_filename:
+            caller = frame.f_back
+            if caller is None or caller.f_code.co_name != "backward":
+                return None  # `torch.autograd.grad` (a penalty, an inner loop): not a loss
+            roots = frame.f_locals.get("t_outputs")
+            if isinstance(roots, (tuple, list)) and len(roots) == 1:
+                root = roots[0]
+                return root if isinstance(root, torch.Tensor) else None
+            return None
+        frame = frame.f_back
+    return None
+
+
 def unscaled(root: torch.Tensor) -> torch.Tensor:
     """The loss before `GradScaler.scale`, or `root` itself."""
     entry = _SCALED.get(id(root))
@@ -57,52 +91,30 @@ def unscaled(root: torch.Tensor) -> torch.Tensor:
 
 
 def _install() -> None:
-    autograd = torch.autograd
-    original = autograd.backward
-    _ORIGINAL["backward"] = original
+    scaler = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    if scaler is None or "scale" not in vars(scaler):
+        return
+    original_scale = scaler.scale
+    _ORIGINAL["scale"] = (scaler, original_scale)
 
-    def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-        listeners = tuple(_LISTENERS)
-        if not listeners or compiling() or transformed():
-            return original(tensors, *args, **kwargs)
-        tokens = [listener.before_backward() for listener in listeners]
-        out = original(tensors, *args, **kwargs)
-        root = tensors if isinstance(tensors, torch.Tensor) else None
-        if root is None and isinstance(tensors, (tuple, list)) and len(tensors) == 1:
-            root = tensors[0] if isinstance(tensors[0], torch.Tensor) else None
-        if root is not None:
-            for listener, token in zip(listeners, tokens, strict=True):
-                listener.after_backward(root, token)
+    def scale(self: Any, outputs: Any) -> Any:
+        out = original_scale(self, outputs)
+        if (
+            _LISTENERS
+            and isinstance(outputs, torch.Tensor)
+            and isinstance(out, torch.Tensor)
+            and outputs.numel() == 1
+        ):
+            if len(_SCALED) >= _MAX_SCALED:
+                _SCALED.clear()
+            _SCALED[id(out)] = (weakref.ref(out), outputs.detach())
         return out
 
-    backward.__wrapped__ = original  # type: ignore[attr-defined]
-    autograd.backward = backward
-    scaler = getattr(getattr(torch, "amp", None), "GradScaler", None)
-    if scaler is not None and "scale" in vars(scaler):
-        original_scale = scaler.scale
-        _ORIGINAL["scale"] = (scaler, original_scale)
-
-        def scale(self: Any, outputs: Any) -> Any:
-            out = original_scale(self, outputs)
-            if (
-                _LISTENERS
-                and isinstance(outputs, torch.Tensor)
-                and isinstance(out, torch.Tensor)
-                and outputs.numel() == 1
-            ):
-                if len(_SCALED) >= _MAX_SCALED:
-                    _SCALED.clear()
-                _SCALED[id(out)] = (weakref.ref(out), outputs.detach())
-            return out
-
-        scale.__wrapped__ = original_scale  # type: ignore[attr-defined]
-        scaler.scale = scale
+    scale.__wrapped__ = original_scale  # type: ignore[attr-defined]
+    scaler.scale = scale
 
 
 def _uninstall() -> None:
-    original = _ORIGINAL.pop("backward", None)
-    if original is not None and getattr(torch.autograd.backward, "__wrapped__", None) is original:
-        torch.autograd.backward = original
     entry = _ORIGINAL.pop("scale", None)
     if entry is not None:
         scaler, original_scale = entry

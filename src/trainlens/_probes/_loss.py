@@ -10,7 +10,6 @@ against `[N]` silently broadcasts to `[N, N]` and only warns.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import torch
@@ -71,36 +70,32 @@ class LossProbe(Probe):
         self.state.forwards.loss(self, self._on_forward, always=True)
         # and, for a loss written by hand, the root of a backward pass into the model
         self.handles.append(_backward_loss.subscribe(self))
+        self.state.backwards.first_grad(self, self._on_first_grad)
 
     # --- the root of a backward pass (`_backward_loss`) -----------------------------------
-    def before_backward(self) -> tuple[int, int]:
-        return self.state.backward_passes, self.state.step
-
-    def after_backward(self, root: torch.Tensor, before: tuple[int, int]) -> None:
-        """A scalar `backward()` root that reached the watched parameters is the loss of
-        the step it began in (a run without optimizer counts the step in the pass),
-        unless a loss module, a functional loss or `lens.log_loss` gave one for that
-        step (a regulariser added to it would be counted twice)."""
-        if self.stopped:
+    def _on_first_grad(self, grad: torch.Tensor) -> None:
+        """The scalar root of a `backward()` that reached the watched parameters is the
+        step's loss, unless a loss module, a functional loss or `lens.log_loss` gave one
+        this step (a regulariser added to it would be counted twice)."""
+        state = self.state
+        step = state.step
+        if self._train_step == step:
             return
-        try:
-            state = self.state
-            passes, step = before
-            if state.backward_passes == passes or self._train_step == step:
-                return
-            if threading.get_ident() not in state.threads:
-                return
-            if root.numel() != 1 or not root.is_floating_point() or root.is_meta:
-                return
-            loss = _backward_loss.unscaled(root)
-            self._log(loss, None, BACKWARD_SOURCE, step=step)
-            if len(self._roots) < MAX_ROOTS:  # what the loss reduced, for a broadcast
-                facts = _backward_loss.root_reduction(root)  # scaled: a Mul above it
-                if facts is not None:
-                    self._roots.append({"step": step, **facts})
-                    state.extra_meta["backward_roots"] = self._roots
-        except Exception as err:
-            self.stop(err, "backward root")
+        root = _backward_loss.current_root(state.threads)
+        if root is None or root.numel() != 1 or not root.is_floating_point() or root.is_meta:
+            return
+        # grad is off inside the engine: the split is the one the loss was made in, with
+        # grad on (it has a graph) and the model in the mode of its last such forward
+        training = state.forward_training
+        if training is None:
+            training = state.model.training
+        split = state.split_override or ("train" if training else "val")
+        self._log(_backward_loss.unscaled(root), split, BACKWARD_SOURCE, step=step)
+        if len(self._roots) < MAX_ROOTS:  # what the loss reduced, for a broadcast
+            facts = _backward_loss.root_reduction(root)  # scaled: a Mul above it
+            if facts is not None:
+                self._roots.append({"step": step, **facts})
+                state.extra_meta["backward_roots"] = self._roots
 
     def _log(
         self, loss: torch.Tensor | float, split: str | None, source: str, step: int | None = None
