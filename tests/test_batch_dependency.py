@@ -335,15 +335,7 @@ def _classifier_run(run_dir, loss_of):
     x = torch.randn(640, 20)
     y = (x @ torch.randn(20, 5)).argmax(1)
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        for _ in range(3):
-            for i in range(0, 640, 32):
-                loss = loss_of(model(x[i : i + 32]), y[i : i + 32])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return lens
+    return train(model, (x, y), steps=60, batch=32, lr=1e-3, loss_fn=loss_of, run_dir=run_dir)
 
 
 def test_a_log_softmax_over_the_batch_in_the_loss_code_is_batch_mixing(run_dir):

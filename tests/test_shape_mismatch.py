@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import trainlens
+from models import train
 from trainlens._demo import load_example
 
 PACKAGE_DIR = Path(trainlens.__file__).parent
@@ -349,15 +350,10 @@ def _hand_written(run_dir, loss_of, targets_2d=False):
     if targets_2d:
         y = y[:, None]
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        for _ in range(4):
-            for i in range(0, 512, 32):
-                loss = loss_of(model(x[i : i + 32]), y[i : i + 32])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return lens
+    return train(
+        model, (x, y), steps=64, batch=32, lr=0.05, loss_fn=loss_of,
+        optimizer=torch.optim.SGD, run_dir=run_dir,
+    )  # fmt: skip
 
 
 def test_a_hand_written_mse_that_broadcasts_n_1_against_n_is_found(run_dir):
