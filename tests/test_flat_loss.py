@@ -591,3 +591,20 @@ def test_a_slow_learner_already_below_the_constant_prediction_is_no_label_mismat
     losses = lens.records.train_loss()
     assert losses.iloc[-16:].median() < 0.95 * math.log(4)
     assert not [f for f in lens.findings if f.likely_cause in ("label_mismatch", "unknown")]
+
+
+def test_gentle_fine_tuning_of_a_model_that_already_knows_the_task_is_no_lr_too_low(run_dir):
+    # AdamW at 1e-5 moves the weights under 1% over the run, and the loss barely moves:
+    # but it sits far below the constant prediction (the model was trained first), so the
+    # small steps are a choice, not a bug
+    torch.manual_seed(0)
+    x = torch.randn(896, 20)
+    y = (x @ torch.randn(20, 4)).argmax(1)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    train(model, (x, y), steps=84, batch=32, lr=1e-2, watch=False)  # "pretrained"
+    lens = train(
+        model, (x, y), steps=140, batch=32, lr=1e-5, optimizer=torch.optim.AdamW,
+        run_dir=run_dir,
+    )  # fmt: skip
+    assert lens.records.train_loss().median() < 0.5 * math.log(4)
+    assert lens.findings == [], lens.drill["findings"]

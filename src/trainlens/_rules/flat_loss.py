@@ -925,11 +925,16 @@ def _lr_too_low(ctx: _Context) -> Cause | None:
     if ratio is None:
         return None
     travel = _travel(ctx, ratio)
+    flat = ctx.flat
     slow = (
         ratio >= low
         and travel is not None
         and ratio < ctx.t("slow_ratio", "lr_too_low")
         and travel < ctx.t("travel_min", "lr_too_low")
+        # and the model knows nothing yet: a pretrained model fine-tuned gently sits well
+        # below the constant prediction with small updates, and that is no bug
+        and flat.baseline is not None
+        and flat.end >= (1 - ctx.t("below_baseline", "label_mismatch")) * flat.baseline
     )
     if ratio >= low and not slow:
         return None
