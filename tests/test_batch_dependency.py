@@ -359,3 +359,18 @@ def test_a_clip_style_contrastive_loss_over_a_batch_similarity_matrix_stays_clea
 
     lens = _classifier_run(run_dir, clip)
     assert not [f for f in lens.findings if f.symptom == "shape_mismatch"], lens.drill["findings"]
+
+
+def test_a_listwise_ranking_loss_over_one_score_per_sample_stays_clean(run_dir):
+    # ListNet: a softmax over the batch of [N, 1] scores, on purpose (one column, no classes)
+    def listnet(scores, relevance):
+        target = F.softmax(relevance.float()[:, None], dim=0)
+        return F.kl_div(F.log_softmax(scores, dim=0), target, reduction="sum")
+
+    torch.manual_seed(0)
+    x = torch.randn(640, 20)
+    relevance = (x @ torch.randn(20)).round()
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 1))
+    lens = train(model, (x, relevance), steps=60, batch=32, lr=1e-3, loss_fn=listnet,
+                 run_dir=run_dir)  # fmt: skip
+    assert not [f for f in lens.findings if f.symptom == "shape_mismatch"], lens.drill["findings"]

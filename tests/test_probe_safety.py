@@ -595,3 +595,25 @@ def test_one_unreadable_statistic_costs_its_own_row_not_the_drill(tmp_path, monk
     assert drill.get("probes_stopped") in (None, []), drill.get("probes_stopped")
     assert len(lens.records.train_loss()) == 5  # the other statistics all came back
     assert not lens.records.params.empty
+
+
+def test_a_failure_reading_backward_roots_leaves_the_other_losses_recorded(tmp_path, monkeypatch):
+    from trainlens._probes import _backward_loss
+
+    monkeypatch.setattr(_backward_loss, "current_root", _boom)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 6, generator=g), torch.randint(0, 3, (64,), generator=g)
+    with trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True) as lens:
+        for _ in range(4):
+            loss = -torch.log_softmax(model(x), 1).gather(1, y[:, None]).mean()  # by hand
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                F.cross_entropy(model(x), y)  # a functional validation loss
+    assert not lens.records.meta.get("probes_stopped")
+    assert list(lens.records.losses["split"]) == ["val"] * 4  # still seen
+    assert "backward_root_off" in set(lens.records.events["kind"])

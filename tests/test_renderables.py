@@ -137,6 +137,11 @@ def test_report_without_findings_says_so_and_cuts_a_long_finding_list():
     assert "No problems found" not in text
     assert f"symptom_{MAX_FINDINGS - 1}" in text and f"symptom_{MAX_FINDINGS} " not in text
     assert "… 2 more findings in drill.md" in text
+    # a run that raised with no finding: no "nothing wrong" under its exception
+    exc = {"type": "RuntimeError", "message": "boom", "phase": "backward", "step": 3}
+    raised = words(DrillReport(drill(status="failed", exception=exc)))
+    assert "No problems found" not in raised
+    assert "No finding explains this exception" in raised
 
 
 # --- the loss curve ---------------------------------------------------------------------

@@ -14,6 +14,7 @@ models' losses (a GAN's other half) never reach the watched parameters.
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 from typing import Any
 
@@ -52,34 +53,40 @@ class _Subscription:
 
 
 def current_root(threads: set[int]) -> torch.Tensor | None:
-    """The scalar-or-not root of the `backward()` running now, from a gradient hook."""
-    root = _root_in(sys._getframe(1))
-    if root is not None:
+    """The root of the `backward()` running now (None for `torch.autograd.grad` and for
+    several roots), from a gradient hook."""
+    found, root = _root_in(sys._getframe(1))
+    if found:
         return root
-    frames = sys._current_frames()  # the engine ran the hook on a device thread
+    # the engine ran the hook on a device thread: the caller waits in another one
+    here = threading.get_ident()
+    frames = sys._current_frames()
     for ident in threads:
-        frame = frames.get(ident)
-        if frame is not None and (root := _root_in(frame)) is not None:
-            return root
+        frame = frames.get(ident) if ident != here else None
+        if frame is not None:
+            found, root = _root_in(frame)
+            if found:
+                return root
     return None
 
 
-def _root_in(frame: Any) -> torch.Tensor | None:
+def _root_in(frame: Any) -> tuple[bool, torch.Tensor | None]:
+    """(whether autograd's engine call is on this stack, the root it was given)."""
     for _ in range(_MAX_DEPTH):
         if frame is None:
-            return None
+            return False, None
         code = frame.f_code
         if code.co_name == "_engine_run_backward" and "autograd" in code.co_filename:
             caller = frame.f_back
             if caller is None or caller.f_code.co_name != "backward":
-                return None  # `torch.autograd.grad` (a penalty, an inner loop): not a loss
+                return True, None  # `torch.autograd.grad` (a penalty, an inner loop)
             roots = frame.f_locals.get("t_outputs")
             if isinstance(roots, (tuple, list)) and len(roots) == 1:
                 root = roots[0]
-                return root if isinstance(root, torch.Tensor) else None
-            return None
+                return True, root if isinstance(root, torch.Tensor) else None
+            return True, None
         frame = frame.f_back
-    return None
+    return False, None
 
 
 def unscaled(root: torch.Tensor) -> torch.Tensor:
@@ -99,15 +106,18 @@ def _install() -> None:
 
     def scale(self: Any, outputs: Any) -> Any:
         out = original_scale(self, outputs)
-        if (
-            _LISTENERS
-            and isinstance(outputs, torch.Tensor)
-            and isinstance(out, torch.Tensor)
-            and outputs.numel() == 1
-        ):
-            if len(_SCALED) >= _MAX_SCALED:
-                _SCALED.clear()
-            _SCALED[id(out)] = (weakref.ref(out), outputs.detach())
+        try:  # bookkeeping only: never the user's error
+            if (
+                _LISTENERS
+                and isinstance(outputs, torch.Tensor)
+                and isinstance(out, torch.Tensor)
+                and outputs.numel() == 1
+            ):
+                if len(_SCALED) >= _MAX_SCALED:
+                    _SCALED.clear()
+                _SCALED[id(out)] = (weakref.ref(out), outputs.detach())
+        except Exception:  # pragma: no cover - the root is then recorded scaled
+            pass
         return out
 
     scale.__wrapped__ = original_scale  # type: ignore[attr-defined]

@@ -64,6 +64,7 @@ class LossProbe(Probe):
         self._recent: list[tuple[int, torch.Tensor]] = []
         self._train_step = -1  # the last step a training loss was logged by name
         self._roots: list[dict[str, Any]] = []  # `root_reduction` of the first roots read
+        self._read_roots = True
 
     def install(self) -> None:
         # every loss module of the run's threads, also when its forward raises
@@ -79,9 +80,14 @@ class LossProbe(Probe):
         this step (a regulariser added to it would be counted twice)."""
         state = self.state
         step = state.step
-        if self._train_step == step:
+        if self._train_step == step or not self._read_roots:
             return
-        root = _backward_loss.current_root(state.threads)
+        try:
+            root = _backward_loss.current_root(state.threads)
+        except Exception as err:  # reading frames failed: module losses go on being seen
+            self._read_roots = False
+            state.event("backward_root_off", None, f"backward roots not read: {type(err).__name__}")
+            return
         if root is None or root.numel() != 1 or not root.is_floating_point() or root.is_meta:
             return
         # grad is off inside the engine: the split is the one the loss was made in, with

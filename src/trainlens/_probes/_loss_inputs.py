@@ -155,7 +155,7 @@ def _classification_stats(
     rows = torch.stack([xf.sum(cdim) - 1, torch.logsumexp(xf, cdim)])
     devs = rows.abs().reshape(2, -1).mean(1)
     looks = running.get("batch_looks", 0)
-    if x.dim() == 2 and 1 < x.shape[0] <= MAX_ROWS and looks < BATCH_LOOKS:
+    if x.dim() == 2 and 1 < x.shape[0] <= MAX_ROWS and classes > 1 and looks < BATCH_LOOKS:
         # the same over the batch axis: columns that sum to 1 are a softmax over dim=0
         # (~20 us on a CPU: the loss's first sampled steps show it as well as all would)
         running["batch_looks"] = looks + 1
