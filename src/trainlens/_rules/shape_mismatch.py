@@ -603,13 +603,28 @@ def _loss_over_batch(records: Records, catalogue: Catalogue) -> list[Finding]:
     return [catalogue.finding(SYMPTOM, "error", [cause])]
 
 
+def _pairwise_scores(dep: dict[str, Any]) -> bool:
+    """The model's output is a score matrix over the batch: `[N, N]` or `[2N, 2N]` (CLIP's
+    image-text logits, SimCLR's two views, in-batch negatives with one hard negative each),
+    each row a sample compared with every sample: its rows depend on the other samples by
+    design. A classifier whose class count happens to equal the batch would look the same:
+    a miss there is the price of no false error on every contrastive model."""
+    out, batch = dep.get("output"), dep.get("batch")
+    if not isinstance(out, list) or len(out) != 2 or not isinstance(batch, int) or batch < 2:
+        return False
+    if dep.get("batch_axis", 0) != 0:
+        return False
+    rows, cols = out
+    return rows in (batch, 2 * batch) and cols in (batch, 2 * batch)
+
+
 def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
     dep = records.meta.get("batch_dependency") or {}
     if not dep.get("mixed"):
         return []
     module = dep.get("module")
     module_type = dep.get("module_type") or ""
-    if _MIXES_ON_PURPOSE.match(module_type):
+    if _MIXES_ON_PURPOSE.match(module_type) or _pairwise_scores(dep):
         return []
     leak = float(dep["max_leak"])
     if leak <= catalogue.threshold(SYMPTOM, "mixing_leak", "batch_dim_mixing"):
