@@ -222,6 +222,28 @@ def test_a_nan_on_a_step_that_was_not_sampled_names_the_step_and_how_to_look(run
     assert "sample_every=1" in f["first_check"]
 
 
+def test_a_nan_input_on_an_unsampled_step_is_not_called_finite_nor_blamed_on_a_later_layer(
+    run_dir,
+):
+    # step 13 is not sampled; the NaN loss's gradient makes the weights NaN, so the next
+    # checked step (14) sees `0`'s output NaN from its weights, not from what broke
+    x, y = classification_data(n=128)
+
+    def batch(step):
+        xb = x[:16].clone()
+        if step == 13:
+            xb[3, 2] = float("nan")
+        return xb, y[:16]
+
+    run(mlp(), run_dir, steps=20, batch=batch)
+    f = finding(run_dir)
+    assert (f["likely_cause"], f["step"]) == ("numerical_instability", 13)
+    evidence = f["likely_causes"][0]["evidence"]
+    assert "input, targets and module outputs were not checked" in evidence
+    assert "finite input" not in evidence
+    assert "the weights were non-finite too" in evidence
+
+
 def test_a_custom_loss_taking_log_of_zero_blames_the_loss_computation(run_dir):
     class LogLoss(nn.modules.loss._Loss):
         def forward(self, probs, target):

@@ -334,11 +334,18 @@ def _loss_instability(
     if not looked:
         later = train_nf[(train_nf["kind"] == "output") & (train_nf["step"] > first)]
         if len(later):
-            seen = text(
-                "unsampled_seen",
-                shown=_shown(catalogue, later.iloc[0]["name"]),
-                seen_step=int(later.iloc[0]["step"]),
-            )
+            row = later.iloc[0]
+            seen_step = int(row["step"])
+            # weights NaN by then (recorded after each sampled step's update): the output
+            # may only carry them, not name where the first NaN came from
+            params = records.params
+            spoilt = params[
+                (params["step"] >= first)
+                & (params["step"] <= seen_step)
+                & np.isnan(params["param_norm"].astype(float))
+            ]
+            key = "unsampled_seen_weights" if len(spoilt) else "unsampled_seen"
+            seen = text(key, shown=_shown(catalogue, row["name"]), seen_step=seen_step)
     case = "loss" if looked else "unsampled"
     return catalogue.cause(
         SYMPTOM,
