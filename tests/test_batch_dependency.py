@@ -122,6 +122,44 @@ def test_batchnorm_without_running_stats_mixes_on_purpose_and_is_not_flagged(run
     assert lens.findings == []  # ...and known to be by design
 
 
+class ScratchBatchNorm(nn.Module):
+    """Batch normalisation written from scratch, as courses teach it: the moving averages
+    are used only when gradients are off, so an eval-mode pass with gradients on (the
+    batch-dependency check's) still normalises with the batch's own statistics."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(features))
+        self.beta = nn.Parameter(torch.zeros(features))
+        self.register_buffer("moving_mean", torch.zeros(features))
+        self.register_buffer("moving_var", torch.ones(features))
+
+    def forward(self, x):
+        if not torch.is_grad_enabled():
+            x_hat = (x - self.moving_mean) / torch.sqrt(self.moving_var + 1e-5)
+        else:
+            mean, var = x.mean(0), ((x - x.mean(0)) ** 2).mean(0)
+            x_hat = (x - mean) / torch.sqrt(var + 1e-5)
+            with torch.no_grad():
+                self.moving_mean.lerp_(mean, 0.1)
+                self.moving_var.lerp_(var, 0.1)
+        return self.gamma * x_hat + self.beta
+
+
+def test_a_hand_written_batch_norm_is_a_warning_about_batch_statistics_not_an_error(run_dir):
+    model = nn.Sequential(nn.Linear(6, 16), ScratchBatchNorm(16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    lens = _watch_steps(model, x, y, run_dir)
+    [f] = lens.findings
+    assert (f.symptom, f.severity, f.likely_cause, f.module) == (
+        "shape_mismatch", "warning", "batch_dim_mixing", "1"
+    )  # fmt: skip
+    assert "statistics over the batch axis" in f.first_check
+    assert "running statistics" in f.fix_attempt
+    dep = lens.records.meta["batch_dependency"]
+    assert dep["mixed_samples"] == 32 and dep["max_leak"] < 0.5
+
+
 def test_the_check_changes_no_parameter_grad_running_stat_flag_or_rng():
     torch.manual_seed(3)
     model = SmallCNN()

@@ -536,6 +536,8 @@ def _trail(records: Records, exc: dict[str, Any]) -> list[dict[str, Any]]:
 # --- samples mixing across the batch ---------------------------------------------------
 # layers that mix samples on purpose even in eval mode (BatchNorm without running stats)
 _MIXES_ON_PURPOSE = re.compile(r"^(Sync)?BatchNorm|^LazyBatchNorm")
+# layers whose job is to mix along an axis: fed the batch there, the error is theirs
+_SEQUENCE_MIXERS = re.compile(r"RNN|LSTM|GRU|Attention|Attn|Transformer", re.I)
 #: how the batch-dependency probe names an activation it probed: `output of `<module>``
 _PROBED_OUTPUT = "output of "
 
@@ -649,7 +651,12 @@ def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
     if dep.get("batch_axis_from") == "data":
         evidence = f"{evidence} {text('along_data_axis', axis=dep['batch_axis'])}"
     attrs = module_attrs(records, module)
-    if dep.get("starts") == "between":
+    severity, confidence = "error", 0.9
+    if _batch_statistics(records, catalogue, dep):
+        severity, confidence = "warning", 0.5
+        where = text("statistics_where", module_type=module_type, ratio=f"{leak:.2g}")
+        suggestion = text("statistics_suggestion")
+    elif dep.get("starts") == "between":
         clean = (
             text("clean_output", last_clean=dep["last_clean"])
             if dep.get("last_clean")
@@ -674,11 +681,27 @@ def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
     cause = catalogue.cause(
         SYMPTOM,
         "batch_dim_mixing",
-        confidence=0.9,
+        confidence=confidence,
         evidence=evidence,
         module=module if module in records.meta.get("modules", {}) else None,
         step=0,
         where=where,
         suggestion=suggestion,
     )
-    return [catalogue.finding(SYMPTOM, "error", [cause], evidence={"batch_dependency": dep})]
+    return [catalogue.finding(SYMPTOM, severity, [cause], evidence={"batch_dependency": dep})]
+
+
+def _batch_statistics(records: Records, catalogue: Catalogue, dep: dict[str, Any]) -> bool:
+    """Mixing that starts inside a leaf layer of the user's own (no recurrence, no
+    attention) and pulls every sample in by a small share: statistics over the batch (a
+    hand-written BatchNorm or standardisation), a design choice to question, not a bug
+    to assert; a misplaced reshape carries other samples whole."""
+    module = dep.get("module")
+    if dep.get("starts") != "inside" or not module:
+        return False
+    if _SEQUENCE_MIXERS.search(dep.get("module_type") or ""):
+        return False
+    if any(name.startswith(f"{module}.") for name in records.meta.get("modules", {})):
+        return False
+    limit = catalogue.threshold(SYMPTOM, "statistics_leak", "batch_dim_mixing")
+    return dep.get("mixed_samples") == dep.get("batch") and float(dep["max_leak"]) <= limit
