@@ -156,6 +156,27 @@ def test_loss_that_raises_on_target_shape_is_named(run_dir):
     assert f.evidence["loss"] == "CrossEntropyLoss"
 
 
+def test_a_hard_coded_view_that_changes_the_row_count_names_where_and_the_flatten(run_dir):
+    class Net(nn.Module):  # sized for 4x4 maps, fed 8x8: view(-1, 64) makes 4 rows a sample
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+            self.fc = nn.Linear(4 * 4 * 4, 5)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.conv(x)).view(-1, 4 * 4 * 4))
+
+    target = torch.zeros(6, dtype=torch.long)
+    lens, _ = crash(Net(), torch.randn(6, 3, 16, 16), target, nn.CrossEntropyLoss(), run_dir)
+    f = only(lens)
+    assert (f.likely_cause, f.module) == ("loss_target_shape_mismatch", "fc")
+    assert "took 6 samples ([6, 3, 16, 16]) and returned 24 rows" in f.top.evidence
+    assert "at the input of `fc` ([24, 64]), after `pool` gave [6, 4, 8, 8]" in f.top.evidence
+    assert "torch.flatten(x, 1)" in f.fix_attempt and "256 features" in f.fix_attempt
+    assert "squeeze" not in f.fix_attempt
+
+
 def test_a_last_batch_of_one_sample_into_batch_norm_says_drop_last(run_dir):
     from torch.utils.data import DataLoader, TensorDataset
 

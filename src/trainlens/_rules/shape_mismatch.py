@@ -252,14 +252,22 @@ def _loss_crash(
     if pred == target and not _SHAPE_MESSAGE.search(message):
         return None
     fields = dict(loss=loss, input_shape=shape_str(pred), target_shape=shape_str(target))
+    evidence = _loss_text(catalogue, "raised", message=message[:200], **fields)
+    module = _model_module(records, exc.get("module"))
+    suggestion = loss_fix(catalogue, loss, pred, target)
+    changed = _rows_changed(records, exc.get("step"), pred, target)
+    if changed is not None:
+        evidence = evidence.rstrip(". ") + _loss_text(catalogue, "batch_changed", **changed)
+        suggestion = _loss_text(catalogue, "fix_batch_changed", **changed)
+        module = changed["module"]
     return _crash(
         catalogue,
         "loss_target_shape_mismatch",
         confidence=0.95,
-        evidence=_loss_text(catalogue, "raised", message=message[:200], **fields),
-        module=_model_module(records, exc.get("module")),
+        evidence=evidence,
+        module=module,
         step=exc.get("step"),
-        suggestion=loss_fix(catalogue, loss, pred, target),
+        suggestion=suggestion,
         **fields,
         details={
             "loss": loss,
@@ -269,6 +277,54 @@ def _loss_crash(
             "exception": message[:500],
         },
     )
+
+
+def _rows_changed(
+    records: Records, step: Any, pred: list[int], target: list[int]
+) -> dict[str, Any] | None:
+    """Where the model turned its batch into another number of rows: the loss got more (or
+    fewer) rows than targets, the targets match the model's input batch, and the shape
+    trace shows the first module fed another row count than the module before it gave."""
+    if not pred or not target or pred[0] == target[0]:
+        return None
+    shapes = records.shapes
+    if shapes.empty or step is None:
+        return None
+    # each module's latest signature (a signature is recorded the first time it is seen)
+    rows = shapes[(shapes["step"] <= int(step)) & (shapes["split"] == "train")]
+    rows = rows.sort_values("step", kind="stable").groupby("module").tail(1).sort_values("call")
+    root = rows[rows["module"] == ""]
+    if root.empty:
+        return None
+    ins, outs = json.loads(root.iloc[0]["inputs"]), json.loads(root.iloc[0]["outputs"])
+    if not ins or not outs or not ins[0] or not outs[0]:
+        return None
+    batch = ins[0][0]
+    if batch != target[0] or outs[0][0] != pred[0]:
+        return None
+    before = None
+    for _, row in rows[rows["module"] != ""].iterrows():
+        got = json.loads(row["inputs"])
+        if got and got[0] and got[0][0] not in (batch, pred[0]):
+            return None  # a layout the trace cannot follow (time-major, packed)
+        if got and got[0] and got[0][0] == pred[0] and before is not None:
+            per_sample = math.prod(before[1][1:]) if len(before[1]) > 1 else 1
+            return dict(
+                batch=batch,
+                rows=pred[0],
+                model_input=shape_str(ins[0]),
+                model_output=shape_str(outs[0]),
+                module=str(row["module"]),
+                shown=_display(str(row["module"])),
+                received=shape_str(got[0]),
+                before=_display(before[0]),
+                before_shape=shape_str(before[1]),
+                per_sample=per_sample,
+            )
+        out = json.loads(row["outputs"])
+        if out and out[0] and out[0][0] == batch:
+            before = (str(row["module"]), out[0])
+    return None
 
 
 def _dtype_crash(
