@@ -85,6 +85,24 @@ def test_validation_from_another_distribution_is_a_bad_split(run_dir):
     assert "random_split" in f["fix_attempt"]
 
 
+def test_validation_worse_from_its_first_evaluation_names_both_readings(run_dir):
+    # the scaler applied to the training features only: validation starts close to the
+    # train loss (both models of nothing yet), then drifts off as the model fits
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, generator=g)
+    train = regression(256, 4, 0.1, g, w)
+    x_val, y_val = regression(64, 4, 0.1, g, w)
+    lens = fit(run_dir, train, (x_val * 4 + 1, y_val), steps=80, lr=3e-3)
+    val = lens.records.val_loss()
+    assert val.idxmin() == val.index[0] and val.iloc[-1] > 10 * val.iloc[0]
+    f = finding(run_dir)
+    assert f["severity"] == "warning"  # two readings, neither sure
+    assert [c["id"] for c in f["likely_causes"]] == ["bad_split", "overfitting"]
+    assert "never improved" in f["likely_causes"][0]["evidence"]
+    assert "x_train.mean(0)" in f["first_check"]
+    assert "best at its first evaluation" in f["likely_causes"][1]["evidence"]
+
+
 def test_a_run_without_validation_is_clean(run_dir):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(4, 1, generator=g)

@@ -14,6 +14,7 @@ and the two causes above are not judged from them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,9 @@ from ._common import num
 SYMPTOM = "overfitting"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
 CAUSES = frozenset({"overfitting", "bad_split", "train_mode_missing"})
+#: a validation loss worse from its first evaluation on: two readings, neither sure
+NEVER_TRACKED_CONFIDENCE = 0.5
+FROM_FIRST_CONFIDENCE = 0.45
 
 
 @hookimpl
@@ -65,6 +69,11 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         cause, extreme = over
         causes.append(cause)
         severity = "error" if extreme else severity
+        if split is None and int(np.argmin(val.to_numpy(dtype=float))) == 0:
+            # validation worse from its first evaluation on, never tracking training: a
+            # model that memorises from the first epoch, or validation data prepared
+            # differently (raw features, other labels); the curves cannot tell which
+            causes.insert(0, _never_tracked(catalogue, val, train_at, float(train.iloc[0])))
     if not causes:
         return []
     return [
@@ -126,8 +135,8 @@ def _overfitting(
     values = val.to_numpy(dtype=float)
     b = int(np.argmin(values))
     after = values[b + 1 :]
-    if b == 0 or len(after) < th("min_evals_after_best"):
-        return None  # validation must have improved first: it tracked, then it parted
+    if len(after) < th("min_evals_after_best"):
+        return None
     best = float(values[b])
 
     def rise(x: Any, ref: float) -> Any:  # how far above `ref`, as a fraction
@@ -147,6 +156,8 @@ def _overfitting(
     step = int(val.index[b])
     ratio = 1 + rise(last, best) if scale is not None or best > 0 else np.inf
     conf = min(0.9, 0.55 + 0.15 * np.log2(max(ratio, 1.0)))
+    if b == 0:  # never improved: it did not track first, so memorising is one reading of two
+        conf = FROM_FIRST_CONFIDENCE
     fields = dict(
         best_val=num(best),
         last_val=num(last),
@@ -156,7 +167,9 @@ def _overfitting(
         train_last=num(t_last),
     )
     evidence = None
-    if scale is not None:
+    if b == 0:
+        evidence = catalogue.text(SYMPTOM, "overfitting", "from_first", step=step, **fields)
+    elif scale is not None:
         evidence = catalogue.text(
             SYMPTOM,
             "overfitting",
@@ -169,7 +182,33 @@ def _overfitting(
     cause = catalogue.cause(
         SYMPTOM, "overfitting", confidence=conf, evidence=evidence, step=step, **fields
     )
-    return cause, ratio >= th("extreme_ratio")
+    return cause, b > 0 and ratio >= th("extreme_ratio")
+
+
+def _never_tracked(
+    catalogue: Catalogue, val: pd.Series, train_at: pd.Series, train_first: float
+) -> Cause:
+    """bad_split's reading of a validation loss that got worse from its first evaluation."""
+    v0, t0 = float(val.iloc[0]), float(train_at.iloc[0])
+    ratios = val / train_at.where(train_at > 0)
+    fields = dict(
+        step=int(val.index[0]),
+        first_val=num(v0),
+        first_train=num(t0),
+        ratio=num(v0 / t0) if t0 > 0 else "?",
+        evals=len(val),
+        min_ratio=num(float(ratios.min())) if ratios.notna().any() else "?",
+        val_fall=f"{1 - float(val.min()) / v0:.0%}" if v0 > 0 else "?",
+        train_fall=f"{1 - float(train_at.min()) / max(train_first, t0):.0%}",
+        last_val=num(float(val.iloc[-1])),
+        train_last=num(float(train_at.iloc[-1])),
+    )
+    evidence = catalogue.text(SYMPTOM, "bad_split", "never_tracked", **fields)
+    cause = catalogue.cause(
+        SYMPTOM, "bad_split", confidence=NEVER_TRACKED_CONFIDENCE, evidence=evidence, **fields
+    )
+    check = catalogue.text(SYMPTOM, "bad_split", "never_tracked_check", **fields)
+    return dataclasses.replace(cause, first_check=check)
 
 
 def _bad_split(
