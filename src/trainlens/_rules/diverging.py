@@ -50,6 +50,10 @@ class Dynamics:
     early_steps: tuple[int, ...] = ()  # the sampled steps of the "early" ratio
     ratios: pd.Series | None = None  # whole-model update/param ratio per sampled step
     growth_step: int | None = None  # first sampled step 10x above the starting grad norm
+    # the largest one-step growth of the total gradient norm between neighbouring steps
+    # (log10), and whether the train loss had been falling up to that step
+    jump_orders: float = 0.0
+    fell_before_jump: bool = False
 
 
 def dynamics(
@@ -96,6 +100,7 @@ def dynamics(
     grad_start = float(total.iloc[0])
     grad_max = float(total.max())
     diffs = np.diff(np.log(np.maximum(total.to_numpy(), 1e-30)))
+    jump_orders, fell = _sudden_jump(records, total)
     return Dynamics(
         early_ratio=early_ratio,
         median_ratio=_median(ratio),
@@ -114,7 +119,29 @@ def dynamics(
         early_steps=tuple(int(s) for s in early_steps),
         ratios=ratio,
         growth_step=int(above.index[0]) if len(above := total[total > 10 * grad_start]) else None,
+        jump_orders=jump_orders,
+        fell_before_jump=fell,
     )
+
+
+def _sudden_jump(records: Records, total: pd.Series) -> tuple[float, bool]:
+    """The largest growth of the gradient norm from one step to the next (sampled steps
+    that are neighbours), and whether the train loss fell from the first step up to it:
+    a recurrent net hitting a cliff of its loss surface, not a step size too large from
+    the start (that makes the loss rise at once)."""
+    steps = total.index.to_numpy()
+    values = np.log10(np.maximum(total.to_numpy(dtype=float), 1e-30))
+    best, at = 0.0, None
+    for i in range(1, len(steps)):
+        if steps[i] == steps[i - 1] + 1 and values[i] - values[i - 1] > best:
+            best, at = float(values[i] - values[i - 1]), int(steps[i])
+    if at is None:
+        return 0.0, False
+    loss = records.train_loss()
+    before = loss[loss.index < at]
+    if len(before) < 2:
+        return best, False
+    return best, bool(float(before.iloc[-1]) < float(before.iloc[0]))
 
 
 def divergence_causes(
@@ -144,11 +171,15 @@ def divergence_causes(
     text = functools.partial(catalogue.text, SYMPTOM)
     causes = []
     r0 = dyn.early_ratio
+    # the gradient leapt by orders of magnitude in one step after the loss had been falling
+    sudden = dyn.fell_before_jump and dyn.jump_orders >= growth_needed
     if math.isfinite(r0):
         # 0.5 at the threshold, +0.2 per order of magnitude above it
         conf = 0.5 + 0.2 * math.log10(max(r0, 1e-12) / ratio_high)
         if dyn.growth_orders >= growth_needed and r0 < 10 * ratio_high:
             conf -= 0.2  # moderate step sizes that only grew with the gradients
+        elif sudden:
+            conf -= 0.2  # the loss fell at this step size until the gradient jumped
         conf = min(0.85, conf) if r0 >= ratio_high else min(0.3, conf)
         causes.append(
             catalogue.cause(
@@ -181,7 +212,7 @@ def divergence_causes(
     if grows or spikes:
         conf = 0.5 + 0.1 * (max(dyn.growth_orders, math.log10(max(dyn.spike, 1.0))) - 2)
         conf = min(0.85, conf + 0.2 * dyn.monotone)  # exponential growth rises steadily
-        if math.isfinite(r0) and r0 >= 10 * ratio_high:
+        if math.isfinite(r0) and r0 >= 10 * ratio_high and not sudden:
             conf -= 0.25  # the updates were huge from the start: the lr came first
         how = text(
             "exploding_gradient",
