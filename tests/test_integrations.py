@@ -67,8 +67,8 @@ def _fit(tmp_path, module_args, epochs=3, **trainer_kw):
     from trainlens.integrations.lightning import TrainlensCallback
 
     pl, module = _lightning_module(**module_args)
-    x, y = classification_data(n=128)
-    xv, yv = classification_data(n=32, seed=1)
+    x, y = classification_data(n=160)  # one draw: the same labelling rule for both
+    x, y, xv, yv = x[:128], y[:128], x[128:], y[128:]
     callback = TrainlensCallback(run_dir=tmp_path / "run", quiet=True)
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
