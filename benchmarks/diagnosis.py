@@ -41,6 +41,9 @@ def program_files(folder: Path = PROGRAMS) -> list[Path]:
 
 
 def load_program(path: Path) -> ModuleType:
+    folder = str(path.parent)
+    if folder not in sys.path:  # as for a script run from there: `_sibling` is importable
+        sys.path.append(folder)
     spec = importlib.util.spec_from_file_location(f"trainlens_program_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

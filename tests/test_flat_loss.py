@@ -8,10 +8,10 @@ must name the cause first, the module to blame where there is one, and real numb
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -21,6 +21,9 @@ from torch import nn
 
 import trainlens
 from models import classification_data, mlp, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from diagnosis import PROGRAMS, load_program
 
 
 def loop(model, opt, data, run_dir, *, steps=60, batch=16, loss_fn=None, zero_grad=True,
@@ -458,14 +461,9 @@ def test_the_flat_loss_example_names_the_softmax_module(run_dir):
 
 
 # --- root causes first, fallbacks honest (issue 18 §3 §4): the program collection --------
-PROGRAMS = Path(__file__).parent / "programs"
-
-
 def run_program(name, run_dir):
     """Run `tests/programs/<name>.py` as the benchmark does; its drill.json, validated."""
-    spec = importlib.util.spec_from_file_location(f"programs_{name}", PROGRAMS / f"{name}.py")
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = load_program(PROGRAMS / f"{name}.py")
     program.main(run_dir)
     drill = json.loads((run_dir / "drill.json").read_text())
     schema = json.loads((Path(trainlens.__file__).parent / "drill.schema.json").read_text())

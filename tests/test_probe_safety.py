@@ -597,6 +597,22 @@ def test_one_unreadable_statistic_costs_its_own_row_not_the_drill(tmp_path, monk
     assert not lens.records.params.empty
 
 
+def test_a_sink_that_raises_at_the_read_back_loses_its_rows_and_no_other_is_written_twice():
+    from trainlens._records import Deferred, Table
+
+    class BrokenSink:  # a probe's row sink with a bug of its own
+        def append(self, *row):
+            raise ValueError("sink bug")
+
+    deferred, table = Deferred(), Table(("step", "a", "b"), policy=None)
+    deferred.add_row(table, (0,), torch.tensor([1.0, 2.0]))
+    deferred.add_row(BrokenSink(), (0,), torch.tensor([3.0, 4.0]))
+    deferred.add_row(table, (1,), torch.tensor([5.0, 6.0]))
+    deferred.flush()  # never raises
+    assert table.frame().values.tolist() == [[0, 1.0, 2.0], [1, 5.0, 6.0]]
+    assert deferred.errors == ["ValueError: sink bug"]
+
+
 def test_a_failure_reading_backward_roots_leaves_the_other_losses_recorded(tmp_path, monkeypatch):
     from trainlens._probes import _backward_loss
 

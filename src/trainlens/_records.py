@@ -376,17 +376,31 @@ class Deferred:
             return
         items, self._items = self._items, []
         try:
-            self._flush_items(items)
+            host = self._read_items(items)
         except Exception as err:  # one value that cannot be read: each item on its own
             self._failed(err)
+            kept, host = [], []
             for item in items:
                 try:
-                    self._flush_items([item])
+                    host += self._read_items([item])
+                    kept.append(item)
                 except Exception as one:
                     self._failed(one)
+            items = kept
+        # rows written once, after every read-back: a retry never writes a row twice
+        _write(
+            (
+                (table, [(*prefix, *vals) for prefix, vals in zip(prefixes, values, strict=True)])
+                for (table, prefixes, _), values in zip(items, host, strict=True)
+            ),
+            self._failed,
+        )
 
-    def _flush_items(self, items: list[tuple[Table, list[tuple[Any, ...]], torch.Tensor]]) -> None:
-        # one concatenation and one transfer per (device, row width): no per-item copies
+    def _read_items(
+        self, items: list[tuple[Table, list[tuple[Any, ...]], torch.Tensor]]
+    ) -> list[list[list[float]]]:
+        """The items' values on the host, per item its rows. One concatenation and one
+        transfer per (device, row width): no per-item copies."""
         groups: dict[tuple[torch.device, int, int], list[int]] = {}
         for i, (_, _, values) in enumerate(items):
             groups.setdefault((values.device, values.shape[-1], values.dim()), []).append(i)
@@ -408,10 +422,7 @@ class Deferred:
                 n_rows = items[i][2].shape[0]
                 host[i] = rows[pos : pos + n_rows]
                 pos += n_rows
-        _write(
-            (table, [(*prefix, *vals) for prefix, vals in zip(prefixes, values, strict=True)])
-            for (table, prefixes, _), values in zip(items, host, strict=True)
-        )
+        return host
 
     def _flush_scalars(self) -> None:
         scalars, self._scalars = self._scalars, []
@@ -431,7 +442,10 @@ class Deferred:
                     values = [self._one(scalars[i][2]) for i in idx]
                 for i, v in zip(idx, values, strict=True):
                     host[i] = v
-        _write((table, [(*prefix, v)]) for (table, prefix, _), v in zip(scalars, host, strict=True))
+        _write(
+            ((table, [(*prefix, v)]) for (table, prefix, _), v in zip(scalars, host, strict=True)),
+            self._failed,
+        )
 
     def _one(self, value: torch.Tensor) -> float:
         """One scalar read on its own; NaN (and the error kept) when it cannot be read."""
@@ -442,9 +456,10 @@ class Deferred:
             return math.nan
 
 
-def _write(batches: Iterable[tuple[Any, list[tuple[Any, ...]]]]) -> None:
+def _write(batches: Iterable[tuple[Any, list[tuple[Any, ...]]]], failed: Any) -> None:
     """(table, rows) batches written in one call per table, each table's rows in the order
-    they came; a table is a `Table` or a probe's sink (anything with `append(*row)`)."""
+    they came; a table is a `Table` or a probe's sink (anything with `append(*row)`). A
+    sink that raises loses its own rows (`failed(err)`), never another table's."""
     by_table: dict[int, tuple[Any, list[tuple[Any, ...]]]] = {}
     for table, rows in batches:
         entry = by_table.get(id(table))
@@ -452,12 +467,15 @@ def _write(batches: Iterable[tuple[Any, list[tuple[Any, ...]]]]) -> None:
             entry = by_table[id(table)] = (table, [])
         entry[1].extend(rows)
     for table, rows in by_table.values():
-        extend = getattr(table, "extend", None)
-        if extend is not None:
-            extend(rows)
-        else:
-            for row in rows:
-                table.append(*row)
+        try:
+            extend = getattr(table, "extend", None)
+            if extend is not None:
+                extend(rows)
+            else:
+                for row in rows:
+                    table.append(*row)
+        except Exception as err:
+            failed(err)
 
 
 class Records:

@@ -3,18 +3,13 @@ with its free function `attention(...)` scaled by 1/sqrt(d_k); recognised, and c
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("annotated_attention_no_scale.py")
-    spec = importlib.util.spec_from_file_location("_annotated_attention_healthy_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("annotated_attention_no_scale.py")
     program.SCALED = True
     program.STEPS = 30
     program.main(run_dir)

@@ -3,17 +3,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("cnn_sgd_lr_far_too_high.py")
-    spec = importlib.util.spec_from_file_location("_cnn_lr_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("cnn_sgd_lr_far_too_high.py")
     program.LR = 0.05
     program.main(run_dir)

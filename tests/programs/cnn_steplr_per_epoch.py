@@ -1,10 +1,8 @@
 """Healthy twin of cnn_steplr_stepped_every_batch: StepLR stepped once per epoch, with a
 validation pass after each epoch (pytorch/examples imagenet order)."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from _sibling import sibling
 from torch import nn
 from torch.optim.lr_scheduler import StepLR
 
@@ -13,11 +11,7 @@ import trainlens
 EXPECT = None
 
 # the model and the data are the bug program's; only the loop differs
-_path = Path(__file__).with_name("cnn_steplr_stepped_every_batch.py")
-_spec = importlib.util.spec_from_file_location("_cnn_steplr_twin", _path)
-assert _spec is not None and _spec.loader is not None
-_twin = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_twin)
+_twin = sibling("cnn_steplr_stepped_every_batch.py")
 
 
 def main(run_dir):

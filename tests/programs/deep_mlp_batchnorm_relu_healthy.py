@@ -5,17 +5,12 @@ falls from ~2.5 to ~0.003 within the five epochs."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("deep_mlp_sigmoid_vanishing_gradient.py")
-    spec = importlib.util.spec_from_file_location("_deep_mlp_batchnorm_relu_healthy_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("deep_mlp_sigmoid_vanishing_gradient.py")
     program.SIGMOID = False
     program.main(run_dir)

@@ -6,10 +6,8 @@ freeze, not the head-swapped-after-the-optimizer bug (its weights are no fresh i
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from _sibling import sibling
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -19,11 +17,7 @@ EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("finetune_frozen_fresh_backbone.py")
-    spec = importlib.util.spec_from_file_location("_pretrained_backbone", path)
-    assert spec is not None and spec.loader is not None
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
+    base = sibling("finetune_frozen_fresh_backbone.py")
     torch.manual_seed(0)
     loader = DataLoader(base.dataset(), batch_size=32, shuffle=False)
     model = base.FineTuneModel()

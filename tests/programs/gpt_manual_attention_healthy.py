@@ -3,18 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("gpt_manual_attention_inverted_scale.py")
-    spec = importlib.util.spec_from_file_location("_gpt_manual_attention_healthy_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("gpt_manual_attention_inverted_scale.py")
     program.SCALE = "sqrt"
     program.STEPS = 30
     program.main(run_dir)

@@ -1,10 +1,8 @@
 """Healthy twin of gpt_warmup_never_ends: nanoGPT's loop shape with a warm-up that ends,
 cosine decay, and gradient accumulation (loss / k, zero_grad(set_to_none=True) after the step)."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from _sibling import sibling
 from torch import nn
 
 import trainlens
@@ -19,11 +17,7 @@ gradient_accumulation_steps = 4
 
 
 # the model, `get_lr(it)` and `get_batch` are the bug program's, read with this run's settings
-_path = Path(__file__).with_name("gpt_warmup_never_ends.py")
-_spec = importlib.util.spec_from_file_location("_gpt_warmup_twin", _path)
-assert _spec is not None and _spec.loader is not None
-_twin = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_twin)
+_twin = sibling("gpt_warmup_never_ends.py")
 _twin.block_size, _twin.batch_size, _twin.vocab = block_size, batch_size, vocab
 _twin.learning_rate, _twin.min_lr = learning_rate, min_lr
 _twin.warmup_iters, _twin.lr_decay_iters = warmup_iters, lr_decay_iters

@@ -3,17 +3,12 @@ as KLDivLoss expects."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("label_smoothing_kldiv_on_softmax.py")
-    spec = importlib.util.spec_from_file_location("_label_smoothing_healthy_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("label_smoothing_kldiv_on_softmax.py")
     program.LOG_SOFTMAX = True
     program.main(run_dir)

@@ -6,11 +6,9 @@ then sits at ln(10): it looks like a network with no gradient flow."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
+from _sibling import sibling
 from torch.optim.lr_scheduler import StepLR
 
 import trainlens
@@ -20,11 +18,7 @@ LR = 100.0  # the planted bug; the example's default is 1.0
 
 
 def _example():
-    path = Path(__file__).with_name("mnist_cnn_unnormalized_pixels.py")
-    spec = importlib.util.spec_from_file_location("_mnist_example", path)
-    assert spec is not None and spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = sibling("mnist_cnn_unnormalized_pixels.py")
     return example
 
 

@@ -4,17 +4,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("mnist_cnn_unnormalized_pixels.py")
-    spec = importlib.util.spec_from_file_location("_mnist_cnn_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("mnist_cnn_unnormalized_pixels.py")
     program.NORMALIZE = True
     program.main(run_dir)

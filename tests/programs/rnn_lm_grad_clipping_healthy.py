@@ -6,17 +6,12 @@ first steps), yet the loss falls from ln(16) = 2.77 to ~0.4."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("rnn_lm_no_grad_clipping.py")
-    spec = importlib.util.spec_from_file_location("_rnn_lm_grad_clipping_healthy_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("rnn_lm_no_grad_clipping.py")
     program.CLIP = 0.25
     program.main(run_dir)

@@ -6,10 +6,8 @@ line: the second window's backward pass runs into the first window's graph and r
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from _sibling import sibling
 from torch import nn
 
 import trainlens
@@ -18,11 +16,7 @@ EXPECT = {"symptom": "oom", "cause": "graph_retained_across_steps"}
 
 
 def _example():
-    path = Path(__file__).with_name("rnn_lm_seq_first_fed_batch_first_windows.py")
-    spec = importlib.util.spec_from_file_location("_word_lm_example", path)
-    assert spec is not None and spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = sibling("rnn_lm_seq_first_fed_batch_first_windows.py")
     return example
 
 

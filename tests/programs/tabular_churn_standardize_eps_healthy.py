@@ -9,17 +9,12 @@ error here was found on code written this way."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = {"healthy": True, "allow": ["shape_mismatch"]}
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("tabular_churn_standardize_no_eps.py")
-    spec = importlib.util.spec_from_file_location("_tabular_churn_standardize_healthy_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("tabular_churn_standardize_no_eps.py")
     program.EPS = 1e-5
     program.main(run_dir)

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("tabular_hand_written_mse_broadcast.py")
-    spec = importlib.util.spec_from_file_location("_tabular_hand_written_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("tabular_hand_written_mse_broadcast.py")
     program.TARGET_COLUMN_2D = True
     program.main(run_dir)

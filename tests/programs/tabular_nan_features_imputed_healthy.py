@@ -4,17 +4,12 @@ the features are standardised and turned into a tensor."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from _sibling import sibling
 
 EXPECT = None
 
 
 def main(run_dir) -> None:
-    path = Path(__file__).with_name("tabular_nan_features_not_imputed.py")
-    spec = importlib.util.spec_from_file_location("_tabular_nan_features_healthy_twin", path)
-    assert spec is not None and spec.loader is not None
-    program = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(program)
+    program = sibling("tabular_nan_features_not_imputed.py")
     program.IMPUTE = True
     program.main(run_dir)

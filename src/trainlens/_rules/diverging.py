@@ -31,6 +31,11 @@ SYMPTOM = "diverging"
 CAUSES = frozenset({"lr_too_high", "exploding_gradient"})
 
 
+#: "the loss had been falling" before a gradient jump: no loss on the way above its start
+#: by more than this factor (one noisy mini-batch may sit a little above it)
+FELL_MARGIN = 1.1
+
+
 @dataclass
 class Dynamics:
     """What the parameter statistics say about the size of steps and gradients."""
@@ -138,10 +143,13 @@ def _sudden_jump(records: Records, total: pd.Series) -> tuple[float, bool]:
     if at is None:
         return 0.0, False
     loss = records.train_loss()
-    before = loss[loss.index < at]
+    before = loss[loss.index < at].to_numpy(dtype=float)
     if len(before) < 2:
         return best, False
-    return best, bool(float(before.iloc[-1]) < float(before.iloc[0]))
+    # below its start just before the jump, and never well above it on the way (a step
+    # size too large lifts the loss at once, whatever one noisy batch says later)
+    first = before[0]
+    return best, bool(before[-1] < first and before.max() <= FELL_MARGIN * first)
 
 
 def divergence_causes(
