@@ -332,6 +332,8 @@ class Deferred:
         # callables run at the start of each flush: statistics kept as raw copies until
         # then are computed there, all steps of one kind in one batched pass
         self._before_flush: list[Any] = []
+        # callables run at the end of each flush, when the rows have reached the host
+        self._after_flush: list[Any] = []
         # what a flush could not read back ("ExcType: message", at most a few): one bad
         # value costs its own rows, never the others' nor the run's drill
         self.errors: list[str] = []
@@ -364,12 +366,23 @@ class Deferred:
         """Run `fn()` at the start of every flush (it may `add` rows)."""
         self._before_flush.append(fn)
 
+    def after_flush(self, fn: Any) -> None:
+        """Run `fn()` at the end of every flush, once its rows are in their tables."""
+        self._after_flush.append(fn)
+
     def flush(self) -> None:
-        for fn in self._before_flush:
+        self._run(self._before_flush)
+        self._read_back()
+        self._run(self._after_flush)
+
+    def _run(self, callbacks: list[Any]) -> None:
+        for fn in callbacks:
             try:
                 fn()
             except Exception as err:
                 self._failed(err)
+
+    def _read_back(self) -> None:
         if self._scalars:
             self._flush_scalars()
         if not self._items:

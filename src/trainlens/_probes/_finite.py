@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
-from ._base import Probe
+from ._base import Probe, guarded
 from ._loss import loss_name
 from ._state import WatchState
 from ._tensors import detached, distinct, has_values, tensor_leaves, version
@@ -87,20 +87,22 @@ class FiniteProbe(Probe):
         # checking one twice costs a kernel for no new fact (unless written to in between)
         self._summed: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
         self._losses_seen = 0  # rows of the losses table already checked for NaN/Inf
-        self._checked_at = 0
         self._alarm_until = -1
 
     def install(self) -> None:
         model = self.state.model
-        self.state.forwards.pre(self, {model: self._on_input})
+        # nothing runs on the other steps: the losses are looked at after each read-back
+        # (`_check_losses`), a step's sums are written at the next sampled step or flush
+        self.state.forwards.pre(self, {model: self._on_input}, sampled=True)
+        self.state.deferred.before_flush(self._emit_guarded)
+        self.state.deferred.after_flush(self._check_losses)
         # the model's modules through the shared dispatch; loss modules wherever they live
         outputs = {
             module: self._on_output(name)
             for name, module in model.named_modules()
             if not isinstance(module, _Loss)
         }
-        # per module and per loss only on sampled (and alarm) steps, gated in the dispatch;
-        # the model's input hook runs every step: it starts the step's bookkeeping
+        # per module and per loss only on sampled (and alarm) steps, gated in the dispatch
         self.state.forwards.post(self, outputs, sampled=True)
         self.state.forwards.loss(self, self._on_loss, sampled=True)
 
@@ -109,7 +111,7 @@ class FiniteProbe(Probe):
 
     # --- per step --------------------------------------------------------------------
     def _sync_step(self) -> None:
-        """First hook of a new step: write out the previous one, decide whether to look."""
+        """First hook of a sampled step: write out the previous one, decide whether to look."""
         state = self.state
         if state.step == self._step:
             return
@@ -117,19 +119,25 @@ class FiniteProbe(Probe):
         self._step = state.step
         self._order = 0
         self._summed.clear()
-        if state.step - self._checked_at >= state.sampling.flush_every:
-            self._checked_at = state.step
-            # on the flush cadence the recorded losses have just reached the host
-            losses = state.tables["losses"]
-            new, self._losses_seen = losses.seen - self._losses_seen, losses.seen
-            if any(not math.isfinite(v) for v in losses.tail("value", new)):
-                self._alarm_until = state.step + ALARM_STEPS
-                # the next steps are sampled for every probe: the statistics around the
-                # first NaN/Inf are the ones worth having, and the per-module checks
-                # here ride the dispatch's sampled-steps gate
-                state.alarm_until = max(state.alarm_until, self._alarm_until)
-                state.sampled = True
         self._look = state.sampled or state.step < self._alarm_until
+
+    @guarded
+    def _check_losses(self) -> None:
+        """After a read-back: a NaN/Inf among the losses that just reached the host raises
+        the alarm, and the next `ALARM_STEPS` steps are sampled for every probe (the
+        statistics around the first NaN/Inf are the ones worth having; the per-module
+        checks here ride the dispatch's sampled-steps gate)."""
+        state = self.state
+        losses = state.tables["losses"]
+        new, self._losses_seen = losses.seen - self._losses_seen, losses.seen
+        if any(not math.isfinite(v) for v in losses.tail("value", new)):
+            self._alarm_until = state.step + ALARM_STEPS
+            state.alarm_until = max(state.alarm_until, self._alarm_until)
+            state.sampled = True
+
+    @guarded
+    def _emit_guarded(self) -> None:
+        self._emit()
 
     def _emit(self) -> None:
         if not self._counts:
