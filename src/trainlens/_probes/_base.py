@@ -32,6 +32,7 @@ import functools
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, TypeVar
 
@@ -40,6 +41,7 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 from torch.nn.parameter import is_lazy
 
+from ._calls import call_signature
 from ._state import _ANY_SUSPENDED, _LOCAL, WatchState, compiling, transformed
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -198,6 +200,17 @@ Post = Callable[[nn.Module, tuple[Any, ...], Any], None]
 Pre = Callable[[nn.Module, tuple[Any, ...]], None]
 
 
+#: loss modules given a hook of their own; a run that makes more is never quiet
+MAX_LOSS_MODULES = 16
+#: models whose forward reads their own hooks (the fused fast path), or has no modules
+#: inside to be quiet about
+_NEVER_QUIET = (nn.TransformerEncoderLayer, nn.TransformerEncoder, nn.Transformer)
+
+
+def _may_be_quiet(model: nn.Module) -> bool:
+    return next(model.children(), None) is not None and not isinstance(model, _NEVER_QUIET)
+
+
 class _Subscription:
     def __init__(self, dispatch: ForwardDispatch, kind: str, key: int | None, item: Any):
         self._args = (kind, key, item)
@@ -217,6 +230,19 @@ class ForwardDispatch:
     only the interested probes are called, each behind the guard. Loss modules are
     process-wide (`loss_fn = nn.CrossEntropyLoss()` lives outside the model): only those
     called in the run's threads (`state.threads`) count.
+
+    Quiet calls: a global hook makes every module call of the process run through Python
+    twice, most of an unsampled step's cost on a model of many small modules. The model
+    itself is dispatched by hooks of its own, and a call of it on an unsampled step whose
+    `call_signature` was seen before, every module hooked, goes through the same shapes
+    again: the global hooks are taken off for it (and for what follows until the next
+    call of the model), and the loss modules seen so far report through hooks of their
+    own. A failure inside such a call is placed from the traceback (`module_calls`).
+    Sampled steps, a call with new shapes or modes, and the first calls of a run are
+    dispatched in full. Never quiet: a compiled model (changing hooks recompiles it), a
+    leaf or transformer-layer model (nothing to save, or its fast path reads its hooks),
+    a run whose model's modules are called outside a call of the model, or whose loss
+    modules are made anew (one of them died, or more than `MAX_LOSS_MODULES`).
     """
 
     def __init__(self, state: WatchState):
@@ -225,6 +251,18 @@ class ForwardDispatch:
         self._post: dict[int, list[tuple[Probe, Post, bool, bool]]] = {}
         self._loss: list[tuple[Probe, Post, bool, bool]] = []
         self._handles: list[Any] = []
+        self._root: nn.Module = state.model
+        # the model, once its own hooks dispatch it (not a ScriptModule: no hooks there)
+        self._own_root: nn.Module | None = None
+        self._global: list[Any] = []  # the global hooks' handles, while they are on
+        self.quiet = False  # the global hooks are off
+        self._quiet_ok = _may_be_quiet(state.model)
+        self._familiar: set[Any] = set()  # call signatures dispatched in full
+        self._keys: list[Any] = []  # per call of the model in progress: its key to learn
+        self._depth = 0  # calls of the model in progress
+        self._thread = threading.get_ident()  # the one thread whose calls may be quiet
+        # id(loss module) -> (weak reference, handle of its own post hook)
+        self._losses: dict[int, tuple[Any, Any]] = {}
 
     def pre(self, probe: Probe, hooks: dict[nn.Module, Pre], *, sampled: bool = False) -> None:
         """`hooks[module](module, args)` before the forward of each module named; with
@@ -273,27 +311,111 @@ class ForwardDispatch:
             table.pop(key, None)  # type: ignore[arg-type]
 
     def remove(self) -> None:
-        remove_all(self._handles)
+        try:
+            remove_all(self._global)
+        finally:
+            remove_all(self._handles)
 
     def _ensure(self) -> None:
         if self._handles:
             return
+        root = self._root
+        self._handles.append(_Removal(lambda: self._losses.clear()))
+        self._attach()
+        try:
+            pre = root.register_forward_pre_hook(self._root_pre, with_kwargs=True)
+        except RuntimeError:  # a ScriptModule takes no hooks: the global ones see it
+            self._quiet_ok = False
+            return
+        self._handles.append(pre)
+        self._handles.append(root.register_forward_hook(self._root_post, always_call=True))
+        self._own_root = root
+
+    def _attach(self) -> None:
         glob = nn.modules.module
-        self._handles.append(glob.register_module_forward_pre_hook(self._dispatch_pre))
-        self._handles.append(
+        self._global.append(glob.register_module_forward_pre_hook(self._dispatch_pre))
+        self._global.append(
             glob.register_module_forward_hook(self._dispatch_post, always_call=True)
         )
+        self.quiet = False
 
-    def _dispatch_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+    def _detach(self) -> None:
+        remove_all(self._global)
+        self.quiet = True
+
+    # --- the model's own calls ---------------------------------------------------------
+    def _root_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if compiling():
-            if module is self.state.model:
-                self.state.compiled = True  # inside compiled code: only note that it ran
+            self.state.compiled = True  # inside compiled code: only note that it ran
             return
         if transformed() or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
             return
+        state = self.state
+        key = None
+        if not self._depth:
+            quiet = False
+            try:
+                if threading.get_ident() != self._thread:
+                    self._quiet_ok = False  # the model runs in several threads
+                if self._quiet_ok:
+                    key = call_signature(module, args, kwargs)
+                    quiet = (
+                        key is not None
+                        and not state.sampled
+                        and not state.compiled
+                        and key in self._familiar
+                    )
+                if quiet and not self.quiet:
+                    self._detach()
+                elif self.quiet and not quiet:
+                    self._attach()
+            except Exception:  # never quiet rather than ever wrong
+                self._quiet_ok, key = False, None
+                if self.quiet:
+                    self._attach()
+        self._keys.append(None if self.quiet else key)
+        self._depth += 1
+        self._call_pre(module, args)
+
+    def _root_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if compiling() or transformed() or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
+            return
+        if not self._depth:
+            return  # its pre-hook did not run (the block began inside the call)
+        self._depth -= 1
+        key = self._keys.pop()
+        failing = output is None and sys.exc_info()[1] is not None
+        if key is not None and not failing:
+            self._familiar.add(key)  # every module of this call was dispatched
+        subs = self._post.get(id(module))
+        if subs is not None:
+            self._call_post(subs, module, args, output, failing, "forward hook")
+
+    # --- every module's calls (the global hooks) ----------------------------------------
+    def _dispatch_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if compiling():
+            return
+        if transformed() or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
+            return
+        if module is self._own_root:
+            return  # its own hooks
         subs = self._pre.get(id(module))
         if subs is None:
             return
+        if not self._depth:
+            self._quiet_ok = False  # a module of the model called on its own
+        self._call_pre(module, args, subs)
+
+    def _call_pre(
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        subs: list[tuple[Probe, Pre, bool]] | None = None,
+    ) -> None:
+        if subs is None:
+            subs = self._pre.get(id(module))
+            if subs is None:
+                return
         sampled = self.state.sampled
         for probe, fn, only_sampled in subs:
             if not probe.stopped and (sampled or not only_sampled):
@@ -305,6 +427,8 @@ class ForwardDispatch:
     def _dispatch_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if compiling() or transformed() or (_ANY_SUSPENDED[0] and _LOCAL.suspended):
             return
+        if module is self._own_root:
+            return  # its own hooks
         subs = self._post.get(id(module))
         loss = self._loss if isinstance(module, _Loss) else None
         if subs is None and loss is None:
@@ -314,7 +438,31 @@ class ForwardDispatch:
         if subs is not None:
             self._call_post(subs, module, args, output, failing, "forward hook")
         if loss and threading.get_ident() in self.state.threads:
+            self._remember(module)
             self._call_post(loss, module, args, output, failing, "loss hook")
+
+    # --- loss modules, also on quiet calls ---------------------------------------------
+    def _remember(self, module: nn.Module) -> None:
+        """A loss module gets a hook of its own, for the calls the global hooks are off."""
+        known = self._losses.get(id(module))
+        if known is not None and known[0]() is module:
+            return
+        if len(self._losses) >= MAX_LOSS_MODULES or any(
+            ref() is None for ref, _ in self._losses.values()
+        ):
+            # loss modules made anew (`nn.MSELoss()(y, t)`, one per epoch): a quiet call
+            # would miss the next one's first calls
+            self._quiet_ok = False
+            if len(self._losses) >= MAX_LOSS_MODULES:
+                return
+        handle = module.register_forward_hook(self._loss_post, always_call=True)
+        self._losses[id(module)] = (weakref.ref(module), handle)
+        self._handles.append(handle)
+
+    def _loss_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self.quiet:
+            return  # the global hook has it
+        self._dispatch_post(module, args, output)
 
     def _call_post(
         self,

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import Probe, guarded
+from ._calls import module_calls
 from ._state import WatchState
 from ._tensors import (
     detached,
@@ -316,8 +317,16 @@ class ModuleProbe(Probe):
         """The innermost module sees the exception first; outer modules keep its record."""
         if self.state.failure is not None and self.state.failure.exc_id == id(exc):
             return  # cheap early out: the outer modules of a raising call see it again
-        ins = tensor_leaves(args)
         path = [n for n, _ in stack] + [name]
+        if not stack:
+            # the model's own call sees it first: it raised in the model's own code, or in
+            # a module the dispatch let run without hooks (a quiet call): the traceback
+            # says which
+            calls = module_calls(exc, self.state.module_names)
+            if calls and calls[-1][1] is not module:
+                name, module, args = calls[-1]
+                path, call = [n for n, _, _ in calls], None
+        ins = tensor_leaves(args)
         self.state.record_failure(
             exc, "forward", name, type(module).__name__, ins, path, call, int_range(ins)
         )

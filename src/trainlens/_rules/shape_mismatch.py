@@ -573,10 +573,17 @@ def _display(name: str | None) -> str:
 def _trail(records: Records, exc: dict[str, Any]) -> list[dict[str, Any]]:
     """The last shapes seen on the way to the failing module, in call order."""
     shapes = records.shapes
-    call = exc.get("call")
-    if shapes.empty or call is None:
+    if shapes.empty:
         return []
     latest = shapes.sort_values("step").groupby("module", sort=False).tail(1)
+    call = exc.get("call")
+    if call is None:
+        # placed from the traceback (a call the dispatch let run without hooks): where the
+        # module came in the last call that recorded its shapes
+        mine = latest[(latest["module"] == exc.get("module")) & latest["call"].notna()]
+        if mine.empty:
+            return []
+        call = mine["call"].iloc[-1]
     before = latest[latest["call"].notna() & (latest["call"] < call)].sort_values("call")
     return [
         {

@@ -1,0 +1,148 @@
+"""Quiet calls: on an unsampled step, a call of the model whose shapes and modes were seen
+before runs without the per-module hooks (issue 20). Nothing a user sees may change: the
+losses of every step, the shapes of a new batch, the module a crash is placed at."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.modules import module as torch_module
+
+import trainlens
+
+#: steps the default schedule leaves unsampled (steps 0-9 are sampled, then 10, 12, ...)
+UNSAMPLED = (11, 13, 21, 25, 27)
+
+
+def global_hooks() -> int:
+    return len(torch_module._global_forward_pre_hooks) + len(torch_module._global_forward_hooks)
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
+
+
+def train(model, run_dir, steps=30, batch=lambda step: 16, on_step=None, watch=True):
+    torch.manual_seed(1)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    lens = trainlens.watch(model, opt, run_dir=run_dir, quiet=True) if watch else None
+    with lens if lens is not None else torch.enable_grad():
+        for step in range(steps):
+            n = batch(step)
+            loss = loss_fn(model(x[:n]), y[:n])
+            if on_step is not None:
+                on_step(step)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return lens
+
+
+def test_an_unsampled_call_with_seen_shapes_runs_without_global_hooks_and_loses_nothing(tmp_path):
+    before = global_hooks()
+    seen: dict[int, int] = {}
+    watched = mlp()
+    lens = train(watched, tmp_path / "run", on_step=lambda s: seen.__setitem__(s, global_hooks()))
+    plain = mlp()
+    train(plain, None, watch=False)
+    # sampled steps (and the first call of the run) are dispatched in full, the others not
+    assert seen[0] == seen[10] == before + 2
+    assert all(seen[s] == before for s in UNSAMPLED), seen
+    assert global_hooks() == before
+    # nothing the user sees changes: the model trains as without watch, every step's loss
+    # is recorded by its loss module, and the run is healthy
+    pairs = zip(watched.parameters(), plain.parameters(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    losses = lens.records.losses
+    train_losses = losses[losses["split"] == "train"]
+    assert list(train_losses["step"]) == list(range(30))
+    assert set(train_losses["source"]) == {"CrossEntropyLoss"}
+    assert lens.drill["status"] == "healthy"
+
+
+def test_a_new_batch_size_on_an_unsampled_step_has_its_shapes_traced(tmp_path):
+    lens = train(mlp(), tmp_path / "run", batch=lambda step: 5 if step == 21 else 16)
+    shapes = lens.records.shapes
+    late = shapes[shapes["step"] == 21]
+    # every module, not only the model's own call
+    assert set(late["module"]) == {"", "0", "1", "2", "3", "4"}
+    assert all(row.startswith("[[5,") for row in late["inputs"])
+
+
+def test_a_crash_inside_a_quiet_call_is_placed_at_the_module_that_raised(tmp_path):
+    """A token id past the vocabulary at step 25, in a batch of the shape seen since step
+    0: the call is quiet, and the drill still names the embedding and the ids it got."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    ids, y = torch.arange(12).reshape(4, 3) % 10, torch.zeros(4, dtype=torch.long)
+    lens = trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True)
+    with pytest.raises(IndexError), lens:
+        for step in range(30):
+            batch = ids.clone()
+            if step == 25:
+                batch[1, 2] = 12
+            loss = loss_fn(model(batch), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    (finding,) = [f for f in lens.findings if f.symptom == "shape_mismatch"]
+    assert finding.module == "0"
+    assert "num_embeddings=10" in finding.top.evidence and "[0, 12]" in finding.top.evidence
+
+
+def test_a_module_of_the_model_called_on_its_own_keeps_every_call_dispatched(tmp_path):
+    """An encoder-decoder driven piece by piece: the model's own call would not see its
+    parts, so no call is quiet and every part's shapes are traced."""
+
+    class EncoderDecoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Linear(8, 16), nn.ReLU())
+            self.decoder = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.decoder(self.encoder(x))
+
+    torch.manual_seed(0)
+    model = EncoderDecoder()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    before = global_hooks()
+    seen = {}
+    with trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True) as lens:
+        for step in range(30):
+            n = 3 if step == 22 else 8  # step 22 is not sampled
+            out = model(x) if step % 2 else model.decoder(model.encoder(x[:n]))
+            loss = nn.functional.cross_entropy(out, y[: len(out)])
+            seen[step] = global_hooks()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert all(seen[s] == before + 2 for s in UNSAMPLED), seen
+    assert 3 in set(lens.records.shapes.query("module == 'decoder'")["batch"])
+
+
+def test_loss_modules_made_anew_every_step_keep_every_loss_recorded(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    with trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True) as lens:
+        for _ in range(40):
+            loss = nn.CrossEntropyLoss()(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    losses = lens.records.losses
+    train_losses = losses[losses["split"] == "train"]
+    assert list(train_losses["step"]) == list(range(40))
+    assert set(train_losses["source"]) == {"CrossEntropyLoss"}
+    assert lens.drill["status"] == "healthy"
