@@ -138,6 +138,32 @@ def test_update_norm_is_learning_rate_times_gradient_for_plain_sgd(run_dir):
     assert (small["update_norm"] / (0.05 * small["grad_norm"])).sub(1).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+def test_update_norm_of_a_parameter_stored_out_of_order_is_measured_on_its_storage(layout, run_dir):
+    """A `channels_last` conv weight, or a weight made from a transposed tensor, is not
+    contiguous: a sample taken through `reshape` was a copy, whose update was always 0."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 3)
+    if layout == "transposed":
+        conv.weight = nn.Parameter(
+            conv.weight.detach().transpose(0, 1).contiguous().transpose(0, 1)
+        )
+    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2))
+    x = torch.randn(8, 16, 8, 8)
+    if layout == "channels_last":
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.contiguous(memory_format=torch.channels_last),
+        )
+    assert not conv.weight.is_contiguous() and conv.weight.numel() > 4096
+    y = torch.randint(0, 2, (8,))
+    lens = train(model, (x, y), steps=4, lr=0.05, optimizer=torch.optim.SGD, run_dir=run_dir)
+    p = lens.records.params
+    weight = p[p["param"] == "0.weight"]
+    ratio = weight["update_norm"] / (0.05 * weight["grad_norm"])
+    assert ratio.between(0.8, 1.2).all(), ratio.tolist()
+
+
 def test_records_round_trip_through_load_run(run_dir):
     lens = train(mlp(), classification_data(), steps=12, run_dir=run_dir)
     run = trainlens.load_run(run_dir)

@@ -145,13 +145,13 @@ class FiniteProbe(Probe):
         counts, highs, labels = self._counts, self._highs, tuple(self._labels)
         self._counts, self._highs, self._labels = [], [], []
         device = counts[0].device  # the sums are detached: no `no_grad()` needed
-        if any(h is not None for h in highs):
+        if highs.count(None) != len(highs):
             # min + max of the extremes read, + 0 for the sums: NaN, +Inf, -Inf alike
             zero = self._zero
             if zero is None or zero.device != device:
                 zero = self._zero = torch.zeros((), device=device)
-            counts = [*counts, *(zero if h is None else h for h in highs)]
-        if any(c.device != device for c in counts):  # a model split over devices
+            counts = [*counts, *[zero if h is None else h for h in highs]]
+        if len({c.device for c in counts}) > 1:  # a model split over devices
             counts = [c.to(device) for c in counts]
         row = torch.stack(counts)
         if len(row) != len(labels):
@@ -223,6 +223,11 @@ class FiniteProbe(Probe):
 
 
 def _first_float(value: Any) -> torch.Tensor | None:
+    if type(value) is tuple and len(value) == 1:
+        value = value[0]  # a module's usual arguments: one tensor
+    if type(value) is torch.Tensor:  # without walking the structures
+        ok = value.is_floating_point() and has_values(value) and value.numel() > 0
+        return value if ok else None
     for t in tensor_leaves(value):
         if t.is_floating_point() and has_values(t) and t.numel() > 0:
             return t

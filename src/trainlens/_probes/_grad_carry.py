@@ -74,14 +74,12 @@ class GradCarryProbe(Probe):
         state = self.state
         if not state.sampled:
             return
-        if (
-            self._task is not None
-            and state.zero_grads == self._zeroed
-            and any(p.grad is not None for p in self.params)
-        ):
+        # a list, not a generator: one Python frame, not one resumption a parameter
+        cleared = [p.grad for p in self.params].count(None) == len(self.params)
+        if self._task is not None and state.zero_grads == self._zeroed and not cleared:
             return  # accumulating onto this step's earlier passes
         self._task, self._step, self._zeroed = True, state.step, state.zero_grads
-        if all(p.grad is None for p in self.params):
+        if cleared:
             self._carried = _NOTHING  # zero_grad(set_to_none=True): no kernel needed
             return
         with torch.no_grad():
@@ -129,7 +127,7 @@ class GradCarryProbe(Probe):
         if not present:
             return None if device is None else torch.zeros((), device=device)
         device = present[0].device if device is None else device
-        if any(n.device != device for n in present):
+        if len({n.device for n in present}) > 1 or present[0].device != device:
             return None
         return torch.linalg.vector_norm(torch.stack(present))
 
@@ -156,7 +154,8 @@ def _total_norm(params: list[torch.Tensor], device: torch.device | None) -> torc
             device = params[0].device if params else torch.device("cpu")
         return torch.zeros(2, device=device)
     norms = float32_norms(grads)
-    if any(n.device != device for n in norms):
+    device = norms[0].device if device is None else device
+    if len({n.device for n in norms}) > 1 or norms[0].device != device:
         norms = [n.to(device) for n in norms]
     norms_t = torch.stack(norms)
     # the 2-norm of the norms is the norm of all together; the 0-norm counts non-zero ones

@@ -35,7 +35,8 @@ def has_values(t: torch.Tensor) -> bool:
     """A plain tensor whose values statistics can be taken of: strided, not nested, not
     on the `meta` device (sparse COO/CSR and nested tensors lack most reductions, and a
     meta tensor has no values at all)."""
-    return t.layout == torch.strided and not t.is_nested and t.device.type != "meta"
+    # `is_meta`, not `device.type`: no device object made on every call
+    return t.layout == torch.strided and not t.is_nested and not t.is_meta
 
 
 def distinct(t: torch.Tensor) -> torch.Tensor:
@@ -111,6 +112,7 @@ def version(t: torch.Tensor) -> int:
 
 
 _LOW = (torch.float16, torch.bfloat16)
+_WIDENED = {torch.float32, *_LOW}
 
 
 def float32_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -120,7 +122,8 @@ def float32_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     would narrow); half precision is accumulated in float32 so a large norm does not
     overflow. Tensors of one kind go through one `_foreach_norm` call.
     """
-    if all(t.dtype == torch.float32 or t.dtype in _LOW for t in tensors):
+    # a set of the dtypes, not a generator: one Python frame, not one resumption a tensor
+    if {t.dtype for t in tensors} <= _WIDENED:
         return list(torch._foreach_norm(tensors, 2, dtype=torch.float32)) if tensors else []
     out: list[torch.Tensor | None] = [None] * len(tensors)
     groups: dict[bool, list[int]] = {}
