@@ -145,7 +145,9 @@ class FiniteProbe(Probe):
         counts, highs, labels = self._counts, self._highs, tuple(self._labels)
         self._counts, self._highs, self._labels = [], [], []
         device = counts[0].device  # the sums are detached: no `no_grad()` needed
-        if highs.count(None) != len(highs):
+        # a list of bools, not `highs.count(None)`: that compares each tensor to None
+        # with a torch op
+        if not all([h is None for h in highs]):
             # min + max of the extremes read, + 0 for the sums: NaN, +Inf, -Inf alike
             zero = self._zero
             if zero is None or zero.device != device:

@@ -74,8 +74,9 @@ class GradCarryProbe(Probe):
         state = self.state
         if not state.sampled:
             return
-        # a list, not a generator: one Python frame, not one resumption a parameter
-        cleared = [p.grad for p in self.params].count(None) == len(self.params)
+        # a list of bools, not a generator: one Python frame, not one resumption a
+        # parameter (and not `.count(None)`, which compares each tensor with a torch op)
+        cleared = all([p.grad is None for p in self.params])
         if self._task is not None and state.zero_grads == self._zeroed and not cleared:
             return  # accumulating onto this step's earlier passes
         self._task, self._step, self._zeroed = True, state.step, state.zero_grads
