@@ -367,6 +367,8 @@ def test_every_dtype_and_layout_trains_identically_under_watch(case, tmp_path):
     for key in plain:
         assert torch.equal(plain[key], watched[key]), key
     assert "probes_stopped" not in lens.drill, lens.drill.get("probes_stopped")
+    # and no rule failed on what it recorded (a nested tensor's ragged dim is a name)
+    assert not lens.drill.get("plugin_errors"), lens.drill.get("plugin_errors")
     assert lens.drill["steps"] == 4
 
 

@@ -523,9 +523,10 @@ def _hand_written_broadcast(records: Records, catalogue: Catalogue) -> list[Find
     if root_rows.empty:
         return []
     outputs = json.loads(root_rows["outputs"].iloc[0])
-    if not outputs or not outputs[0]:
+    # a nested tensor's ragged dim is recorded by name ("j2"): no [N, 1] output there
+    if not outputs or not outputs[0] or not all(type(v) is int for v in outputs[0]):
         return []
-    out = [int(v) for v in outputs[0]]
+    out = list(outputs[0])
     n = out[0]
     hits = [
         r
