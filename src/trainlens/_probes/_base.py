@@ -202,6 +202,9 @@ Pre = Callable[[nn.Module, tuple[Any, ...]], None]
 
 #: loss modules given a hook of their own; a run that makes more is never quiet
 MAX_LOSS_MODULES = 16
+#: call signatures kept (a batch length that varies every step makes a new one each time:
+#: such calls are dispatched in full, and the set stays bounded)
+MAX_FAMILIAR = 1024
 #: models whose forward reads their own hooks (the fused fast path), or has no modules
 #: inside to be quiet about
 _NEVER_QUIET = (nn.TransformerEncoderLayer, nn.TransformerEncoder, nn.Transformer)
@@ -385,7 +388,7 @@ class ForwardDispatch:
         self._depth -= 1
         key = self._keys.pop()
         failing = output is None and sys.exc_info()[1] is not None
-        if key is not None and not failing:
+        if key is not None and not failing and len(self._familiar) < MAX_FAMILIAR:
             self._familiar.add(key)  # every module of this call was dispatched
         subs = self._post.get(id(module))
         if subs is not None:
