@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 
 import pytest
 import torch
@@ -83,6 +84,19 @@ def test_watch_adds_no_graph_break_or_recompilation(mode, tmp_path):
     for a, b in zip(plain_model.parameters(), watched_model.parameters(), strict=True):
         assert torch.equal(a, b)
     assert lens.drill["status"] == "healthy"
+
+
+def test_a_longer_compiled_run_compiles_no_hook_of_trainlens_again(tmp_path, monkeypatch):
+    """Dynamo meets trainlens's hooks as frames once; none is compiled again on later
+    steps. (A list the attention probe appended to while dynamo traced made dynamo guard
+    on its length and recompile that hook on every call, up to its cache limit, with a
+    warning on stderr each time.)"""
+    monkeypatch.setattr(sys.modules[__name__], "STEPS", 3)
+    _, _, short = _train("wrapper", True, tmp_path / "short")
+    monkeypatch.setattr(sys.modules[__name__], "STEPS", 40)
+    lens, _, long = _train("wrapper", True, tmp_path / "long")
+    assert long["frames"] == short["frames"], (short, long)
+    assert long["recompiles"] == 0 and lens.drill["steps"] == 40
 
 
 def test_watch_on_compiled_model_records_what_runs_eagerly(tmp_path, capfd):

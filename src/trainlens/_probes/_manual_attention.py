@@ -180,10 +180,13 @@ class ManualAttention:
         self._flush()
 
     def _enter(self) -> None:
+        if compiling():
+            # nothing recorded, as `_leave` pops nothing: a list mutated while dynamo
+            # traces makes it guard on the list and recompile on every call
+            return
         state = self.state
         if (
-            compiling()
-            or transformed()
+            transformed()
             or self.done
             or _SUSPENDED[0]
             or not state.sampled
