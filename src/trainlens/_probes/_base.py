@@ -458,8 +458,12 @@ class ForwardDispatch:
             self._quiet_ok = False
             if len(self._losses) >= MAX_LOSS_MODULES:
                 return
-        handle = module.register_forward_hook(self._loss_post, always_call=True)
-        self._losses[id(module)] = (weakref.ref(module), handle)
+        try:
+            handle = module.register_forward_hook(self._loss_post, always_call=True)
+            self._losses[id(module)] = (weakref.ref(module), handle)
+        except Exception:  # a loss that takes no hook (scripted): never quiet, then
+            self._quiet_ok = False
+            return
         self._handles.append(handle)
 
     def _loss_post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:

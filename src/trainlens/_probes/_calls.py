@@ -45,9 +45,11 @@ def call_signature(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, A
             for name, value in kwargs.items():
                 items.append(name)
                 _key(value, items)
-    except _Unkeyed:
+        key = tuple(items)
+        hash(key)  # a symbolic size (a nested tensor's ragged dim) may not hash
+    except (_Unkeyed, TypeError):
         return None
-    return tuple(items)
+    return key
 
 
 def _key(value: Any, items: list[Any]) -> None:
