@@ -146,3 +146,33 @@ def test_loss_modules_made_anew_every_step_keep_every_loss_recorded(tmp_path):
     assert list(train_losses["step"]) == list(range(40))
     assert set(train_losses["source"]) == {"CrossEntropyLoss"}
     assert lens.drill["status"] == "healthy"
+
+
+def test_every_validation_batch_keeps_its_loss_when_its_calls_are_quiet(tmp_path):
+    """A validation pass after each epoch, most of them on unsampled steps: its calls are
+    quiet after the first, and the validation curve still has every batch."""
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    criterion = nn.CrossEntropyLoss()
+    # seven steps an epoch: the passes after steps 21, 35 and 42 are on unsampled steps
+    x, y = torch.randn(224, 8), torch.randint(0, 3, (224,))
+    xv, yv = torch.randn(96, 8), torch.randint(0, 3, (96,))
+    quiet_val_calls = 0
+    with trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True) as lens:
+        for _ in range(6):
+            model.train()
+            for i in range(0, 224, 32):
+                loss = criterion(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                for i in range(0, 96, 32):
+                    criterion(model(xv[i : i + 32]), yv[i : i + 32])
+                    quiet_val_calls += lens._state.forwards.quiet
+    losses = lens.records.losses
+    assert quiet_val_calls > 0
+    assert len(losses[losses["split"] == "val"]) == 18
+    assert len(losses[losses["split"] == "train"]) == 42
