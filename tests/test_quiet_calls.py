@@ -19,6 +19,14 @@ def global_hooks() -> int:
     return len(torch_module._global_forward_pre_hooks) + len(torch_module._global_forward_hooks)
 
 
+def assert_every_step_has_its_named_loss(lens, steps: int) -> None:
+    losses = lens.records.losses
+    train_losses = losses[losses["split"] == "train"]
+    assert list(train_losses["step"]) == list(range(steps))
+    assert set(train_losses["source"]) == {"CrossEntropyLoss"}
+    assert lens.drill["status"] == "healthy"
+
+
 def mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -59,11 +67,7 @@ def test_an_unsampled_call_with_seen_shapes_runs_without_global_hooks_and_loses_
     # is recorded by its loss module, and the run is healthy
     pairs = zip(watched.parameters(), plain.parameters(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
-    losses = lens.records.losses
-    train_losses = losses[losses["split"] == "train"]
-    assert list(train_losses["step"]) == list(range(30))
-    assert set(train_losses["source"]) == {"CrossEntropyLoss"}
-    assert lens.drill["status"] == "healthy"
+    assert_every_step_has_its_named_loss(lens, 30)
 
 
 def test_a_new_batch_size_on_an_unsampled_step_has_its_shapes_traced(tmp_path):
@@ -141,11 +145,7 @@ def test_loss_modules_made_anew_every_step_keep_every_loss_recorded(tmp_path):
             opt.zero_grad()
             loss.backward()
             opt.step()
-    losses = lens.records.losses
-    train_losses = losses[losses["split"] == "train"]
-    assert list(train_losses["step"]) == list(range(40))
-    assert set(train_losses["source"]) == {"CrossEntropyLoss"}
-    assert lens.drill["status"] == "healthy"
+    assert_every_step_has_its_named_loss(lens, 40)
 
 
 def test_every_validation_batch_keeps_its_loss_when_its_calls_are_quiet(tmp_path):
