@@ -196,6 +196,33 @@ def test_eval_inference_keeps_the_fused_fast_path_and_its_numbers_inside_the_blo
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def test_a_watched_encoder_layer_keeps_its_fused_eval_path_between_training_steps(run_dir):
+    """The watched model is itself a `TransformerEncoderLayer`: no hook of its own, so its
+    evaluation passes inside the block stay on the fused path (and its numbers)."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.01)
+    x = torch.randn(3, 5, 16)
+    fused, calls = torch._transformer_encoder_layer_fwd, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    with trainlens.watch(layer, opt, run_dir=run_dir, quiet=True):
+        for _ in range(3):
+            layer.train()
+            loss = layer(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            layer.eval()
+            with torch.no_grad(), pytest.MonkeyPatch.context() as m:
+                m.setattr(torch, "_transformer_encoder_layer_fwd", counting)
+                layer(x)
+    assert len(calls) == 3
+
+
 def test_no_sdpa_patch_survives_the_block_even_after_an_exception(run_dir):
     model = TinyGPT()
     x, _ = copy_data(n=4)

@@ -81,9 +81,10 @@ def test_a_new_batch_size_on_an_unsampled_step_has_its_shapes_traced(tmp_path):
 
 def test_a_crash_inside_a_quiet_call_is_placed_at_the_module_that_raised(tmp_path):
     """A token id past the vocabulary at step 25, in a batch of the shape seen since step
-    0: the call is quiet, and the drill still names the embedding and the ids it got."""
+    0: the call is quiet, and the drill still names the embedding, the ids it got and
+    the shapes on the way to it (from the calls that traced them)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
+    model = nn.Sequential(nn.Identity(), nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loss_fn = nn.CrossEntropyLoss()
     ids, y = torch.arange(12).reshape(4, 3) % 10, torch.zeros(4, dtype=torch.long)
@@ -98,8 +99,9 @@ def test_a_crash_inside_a_quiet_call_is_placed_at_the_module_that_raised(tmp_pat
             loss.backward()
             opt.step()
     (finding,) = [f for f in lens.findings if f.symptom == "shape_mismatch"]
-    assert finding.module == "0"
+    assert finding.module == "1"
     assert "num_embeddings=10" in finding.top.evidence and "[0, 12]" in finding.top.evidence
+    assert [t["module"] for t in finding.evidence["trail"]] == ["(model)", "0"]
 
 
 def test_a_module_of_the_model_called_on_its_own_keeps_every_call_dispatched(tmp_path):
@@ -176,3 +178,6 @@ def test_every_validation_batch_keeps_its_loss_when_its_calls_are_quiet(tmp_path
     assert quiet_val_calls > 0
     assert len(losses[losses["split"] == "val"]) == 18
     assert len(losses[losses["split"] == "train"]) == 42
+    # the hooks the loss module and the model were given went with the block
+    assert not criterion._forward_hooks
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

@@ -325,6 +325,10 @@ class ForwardDispatch:
         root = self._root
         self._handles.append(_Removal(lambda: self._losses.clear()))
         self._attach()
+        if not self._quiet_ok:
+            # nothing to be quiet about (a leaf), or a model whose fused fast path reads
+            # its own hooks: the global hooks dispatch it, as every other module
+            return
         try:
             pre = root.register_forward_pre_hook(self._root_pre, with_kwargs=True)
         except RuntimeError:  # a ScriptModule takes no hooks: the global ones see it

@@ -135,10 +135,6 @@ class FiniteProbe(Probe):
             state.alarm_until = max(state.alarm_until, self._alarm_until)
             state.sampled = True
 
-    @guarded
-    def _emit_guarded(self) -> None:
-        self._emit()
-
     def _emit(self) -> None:
         if not self._counts:
             return
@@ -159,6 +155,9 @@ class FiniteProbe(Probe):
         if len(row) != len(labels):
             row = row.view(2, -1).sum(0)
         self.state.deferred.add_row(self._rows, (self._step, labels), row)
+
+    #: for the read-back, outside any hook: its failure stops only this probe
+    _emit_guarded = guarded(_emit)
 
     def _count(self, kind: str, name: str, t: torch.Tensor) -> None:
         seen = self._summed.get(id(t))
