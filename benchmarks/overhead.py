@@ -13,9 +13,14 @@ every repetition) so machine noise hits all of them alike:
   hook: what any hook-based tool pays at least;
 - `watch`: trainlens with its defaults (`sample_every=20`), in steady state;
 - `dense`: trainlens in a run's first 100 steps, with its defaults: the step count
-  goes back to 0 every 100 steps, so every chunk times steps 0-99 of a default run, with
-  its sampling schedule (every step of the first 10, then thinning out; see
-  `Sampling`). The first-batch checks, once a run, are left out as in `watch`.
+  goes back to 0 every 100 steps, and every chunk times 100 steps, so each one is steps
+  0-99 of a default run with its sampling schedule (every step of the first 10, then
+  thinning out; see `Sampling`). The first-batch checks, once a run, are left out as in
+  `watch`.
+
+A `watch` chunk is a whole number of sampling periods (20 steps), a `dense` chunk the
+whole window: every chunk of a mode has the same mix of sampled and unsampled steps
+(`chunk_lengths`), so the ratios of one repetition and the next measure the same thing.
 
 Both phases are checked against their own target (`WORKLOADS`); the table prints the
 hook floor beside them.
@@ -219,6 +224,23 @@ def _chunk(step: Step, n: int) -> tuple[float, float]:
     return (time.perf_counter() - w0) / n, (time.process_time() - c0) / n
 
 
+#: the steps a dense chunk times: a whole first-100 window, steps 0-99
+DENSE_WINDOW = 100
+
+
+def chunk_lengths(steps: int) -> dict[str, int]:
+    """Steps each mode times per chunk: `steps` for the loops without trainlens, whole
+    periods of the sampling schedule for the watched ones, so every chunk has the same
+    mix of sampled and unsampled steps. A steady-state chunk of 10 steps has a sampled
+    step every other repetition, and the median of such ratios flips between the two;
+    dense chunks shorter than the window would time its first steps (all sampled) in
+    one repetition and its last (one in 16) in another, and their median is no run's
+    first 100 steps."""
+    every = Sampling().every
+    watch = -(-steps // every) * every
+    return {"plain": steps, "floor": steps, "watch": watch, "dense": DENSE_WINDOW}
+
+
 def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
     model, opt, step = _workload(name)
     watch_steps, first_steps = [160], [0]
@@ -229,8 +251,9 @@ def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
         "floor": lambda: _Floor(model, opt),
         # steady state: step 160 onwards of a default run; dense: its steps 0-99
         "watch": lambda: _Watch(model, opt, tmp, Sampling(), watch_steps),
-        "dense": lambda: _Watch(model, opt, tmp, Sampling(), first_steps, wrap=100),
+        "dense": lambda: _Watch(model, opt, tmp, Sampling(), first_steps, wrap=DENSE_WINDOW),
     }
+    lengths = chunk_lengths(steps)
     for mode in MODES:  # one untimed chunk each: first-call costs out of the way
         with contexts[mode]() as ctx:
             _chunk(ctx.steps(step) if ctx else step, min(steps, 10))
@@ -239,10 +262,10 @@ def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
         order = MODES[rep % len(MODES) :] + MODES[: rep % len(MODES)]
         for mode in order:
             with contexts[mode]() as ctx:
-                wall, cpu = _chunk(ctx.steps(step) if ctx else step, steps)
+                wall, cpu = _chunk(ctx.steps(step) if ctx else step, lengths[mode])
             times[mode]["wall"].append(wall)
             times[mode]["cpu"].append(cpu)
-    out: dict = {"steps_per_chunk": steps, "reps": reps}
+    out: dict = {"steps_per_chunk": lengths, "reps": reps}
     for clock in ("wall", "cpu"):
         for mode in MODES:
             v = times[mode][clock]
@@ -260,8 +283,8 @@ def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
     return out
 
 
-#: workload -> (steps per chunk; target for watch/plain (steady state); target for
-#: dense/plain (the first 100 steps))
+#: workload -> (steps per chunk of the plain loop; target for watch/plain (steady state);
+#: target for dense/plain (the first 100 steps))
 WORKLOADS = {
     "tiny": (500, 1.25, 1.8),
     "mlp": (100, 1.08, 1.20),
