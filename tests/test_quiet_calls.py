@@ -181,3 +181,48 @@ def test_every_validation_batch_keeps_its_loss_when_its_calls_are_quiet(tmp_path
     # the hooks the loss module and the model were given went with the block
     assert not criterion._forward_hooks
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_subscriptions_for_sampled_steps_run_on_those_alone_and_go_with_their_handle(tmp_path):
+    """The shared dispatch keeps the every-step subscriptions apart from those of sampled
+    steps (an unsampled step walks only the first): each kind is called on its steps, for
+    the model, the loss and the first gradient, until its handle is removed (the model's
+    inner modules are left out of quiet calls altogether: see the first test)."""
+    from trainlens._probes import Probe
+    from trainlens._probes._base import remove_all
+
+    calls: dict[str, list[int]] = {}
+    model = mlp()
+    torch.manual_seed(1)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True) as lens:
+        state = lens._state
+        probes = {kind: Probe(state) for kind in ("every", "sampled")}
+
+        def note(name: str):
+            def fn(*args) -> None:
+                calls.setdefault(name, []).append(state.step)
+
+            return fn
+
+        for kind, probe in probes.items():
+            sampled = kind == "sampled"
+            state.forwards.pre(probe, {model: note(f"{kind} pre")}, sampled=sampled)
+            state.forwards.post(probe, {model: note(f"{kind} post")}, sampled=sampled)
+            state.forwards.loss(probe, note(f"{kind} loss"), sampled=sampled)
+            state.backwards.first_grad(probe, note(f"{kind} grad"), sampled=sampled)
+        for step in range(30):
+            if step == 20:
+                remove_all(probes["every"].handles)
+                remove_all(probes["sampled"].handles)
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    sampled_steps = [s for s in range(20) if state.sampling(s)]
+    assert len(sampled_steps) < 20  # the default schedule leaves some of them out
+    for where in ("pre", "post", "loss", "grad"):
+        assert calls[f"every {where}"] == list(range(20)), where
+        assert calls[f"sampled {where}"] == sampled_steps, where

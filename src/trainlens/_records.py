@@ -160,10 +160,14 @@ class Table:
         self.generation = 0  # +1 at each compaction: rows before it may have moved
 
     def append(self, *row: Any) -> None:
-        for col, value in zip(self._data, row, strict=True):
-            col.append(value)
+        data = self._data
+        if len(row) != len(data):
+            raise ValueError(f"a row of {len(row)} values for the columns {self.columns}")
+        # one C loop over the columns (`list.append` returns None: `any` reads them all);
+        # a Python loop is most of what a step's row costs on a small model
+        any(map(list.append, data, row))
         self.seen += 1
-        if len(self._data[0]) >= self._limit:
+        if len(data[0]) >= self._limit:
             self._compact()
 
     def extend(self, rows: Sequence[Sequence[Any]]) -> None:

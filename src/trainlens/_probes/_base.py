@@ -250,9 +250,14 @@ class ForwardDispatch:
 
     def __init__(self, state: WatchState):
         self.state = state
+        # subscriptions by module id (all of them), and those that act on every step: an
+        # unsampled step walks the second, not every subscription to skip most of them
         self._pre: dict[int, list[tuple[Probe, Pre, bool]]] = {}
         self._post: dict[int, list[tuple[Probe, Post, bool, bool]]] = {}
         self._loss: list[tuple[Probe, Post, bool, bool]] = []
+        self._pre_every: dict[int, list[tuple[Probe, Pre, bool]]] = {}
+        self._post_every: dict[int, list[tuple[Probe, Post, bool, bool]]] = {}
+        self._loss_every: list[tuple[Probe, Post, bool, bool]] = []
         self._handles: list[Any] = []
         self._root: nn.Module = state.model
         # the model, once its own hooks dispatch it (not a ScriptModule: no hooks there)
@@ -274,6 +279,8 @@ class ForwardDispatch:
         for module, fn in hooks.items():
             item = (probe, fn, sampled)
             self._pre[id(module)] = [*self._pre.get(id(module), ()), item]
+            if not sampled:
+                self._pre_every[id(module)] = [*self._pre_every.get(id(module), ()), item]
             probe.handles.append(_Subscription(self, "pre", id(module), item))
 
     def post(
@@ -291,6 +298,8 @@ class ForwardDispatch:
         for module, fn in hooks.items():
             item = (probe, fn, always, sampled)
             self._post[id(module)] = [*self._post.get(id(module), ()), item]
+            if not sampled:
+                self._post_every[id(module)] = [*self._post_every.get(id(module), ()), item]
             probe.handles.append(_Subscription(self, "post", id(module), item))
 
     def loss(self, probe: Probe, fn: Post, *, always: bool = False, sampled: bool = False) -> None:
@@ -299,19 +308,25 @@ class ForwardDispatch:
         self._ensure()
         item = (probe, fn, always, sampled)
         self._loss = [*self._loss, item]
+        if not sampled:
+            self._loss_every = [*self._loss_every, item]
         probe.handles.append(_Subscription(self, "loss", None, item))
 
     def _unsubscribe(self, kind: str, key: int | None, item: Any) -> None:
         # copy on write: a dispatch in progress keeps iterating the list it started with
         if kind == "loss":
             self._loss = [x for x in self._loss if x is not item]
+            self._loss_every = [x for x in self._loss_every if x is not item]
             return
-        table: dict[int, Any] = self._pre if kind == "pre" else self._post
-        subs = [x for x in table.get(key, ()) if x is not item]  # type: ignore[arg-type]
-        if subs:
-            table[key] = subs  # type: ignore[index]
-        else:
-            table.pop(key, None)  # type: ignore[arg-type]
+        tables: tuple[dict[int, Any], ...] = (
+            (self._pre, self._pre_every) if kind == "pre" else (self._post, self._post_every)
+        )
+        for table in tables:
+            subs = [x for x in table.get(key, ()) if x is not item]  # type: ignore[arg-type]
+            if subs:
+                table[key] = subs  # type: ignore[index]
+            else:
+                table.pop(key, None)  # type: ignore[arg-type]
 
     def remove(self) -> None:
         try:
@@ -394,8 +409,8 @@ class ForwardDispatch:
         failing = output is None and sys.exc_info()[1] is not None
         if key is not None and not failing and len(self._familiar) < MAX_FAMILIAR:
             self._familiar.add(key)  # every module of this call was dispatched
-        subs = self._post.get(id(module))
-        if subs is not None:
+        subs = (self._post if self.state.sampled else self._post_every).get(id(module))
+        if subs:
             self._call_post(subs, module, args, output, failing, "forward hook")
 
     # --- every module's calls (the global hooks) ----------------------------------------
@@ -406,26 +421,18 @@ class ForwardDispatch:
             return
         if module is self._own_root:
             return  # its own hooks
-        subs = self._pre.get(id(module))
-        if subs is None:
+        if id(module) not in self._pre:
             return
         if not self._depth:
             self._quiet_ok = False  # a module of the model called on its own
-        self._call_pre(module, args, subs)
+        self._call_pre(module, args)
 
-    def _call_pre(
-        self,
-        module: nn.Module,
-        args: tuple[Any, ...],
-        subs: list[tuple[Probe, Pre, bool]] | None = None,
-    ) -> None:
-        if subs is None:
-            subs = self._pre.get(id(module))
-            if subs is None:
-                return
-        sampled = self.state.sampled
-        for probe, fn, only_sampled in subs:
-            if not probe.stopped and (sampled or not only_sampled):
+    def _call_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        subs = (self._pre if self.state.sampled else self._pre_every).get(id(module))
+        if not subs:
+            return
+        for probe, fn, _ in subs:
+            if not probe.stopped:
                 try:
                     fn(module, args)
                 except Exception as err:
@@ -436,17 +443,20 @@ class ForwardDispatch:
             return
         if module is self._own_root:
             return  # its own hooks
-        subs = self._post.get(id(module))
-        loss = self._loss if isinstance(module, _Loss) else None
-        if subs is None and loss is None:
+        is_loss = isinstance(module, _Loss)
+        if not is_loss and id(module) not in self._post:
             return
+        sampled = self.state.sampled
+        subs = (self._post if sampled else self._post_every).get(id(module))
         # always_call: torch also calls this hook when the forward raised
         failing = output is None and sys.exc_info()[1] is not None
-        if subs is not None:
+        if subs:
             self._call_post(subs, module, args, output, failing, "forward hook")
-        if loss and threading.get_ident() in self.state.threads:
+        if is_loss and self._loss and threading.get_ident() in self.state.threads:
             self._remember(module)
-            self._call_post(loss, module, args, output, failing, "loss hook")
+            loss = self._loss if sampled else self._loss_every
+            if loss:
+                self._call_post(loss, module, args, output, failing, "loss hook")
 
     # --- loss modules, also on quiet calls ---------------------------------------------
     def _remember(self, module: nn.Module) -> None:
@@ -484,9 +494,9 @@ class ForwardDispatch:
         failing: bool,
         where: str,
     ) -> None:
-        sampled = self.state.sampled
-        for probe, fn, always, only_sampled in subs:
-            if probe.stopped or (only_sampled and not sampled) or (failing and not always):
+        # `subs` is the list for this step (every step's, or on a sampled step all)
+        for probe, fn, always, _ in subs:
+            if probe.stopped or (failing and not always):
                 continue
             try:
                 fn(module, args, output)
@@ -508,6 +518,7 @@ class BackwardDispatch:
     def __init__(self, state: WatchState):
         self.state = state
         self._subs: list[tuple[Probe, Callable[[Any], None], bool]] = []
+        self._subs_every: list[tuple[Probe, Callable[[Any], None], bool]] = []  # not `sampled`
         self._handles: list[Any] = []
         self.params: list[nn.Parameter] = []
 
@@ -518,10 +529,14 @@ class BackwardDispatch:
             self._install()
         item = (probe, fn, sampled)
         self._subs = [*self._subs, item]
+        if not sampled:
+            self._subs_every = [*self._subs_every, item]
         probe.handles.append(_Removal(lambda: self._unsubscribe(item)))
 
     def _unsubscribe(self, item: Any) -> None:
-        self._subs = [x for x in self._subs if x is not item]  # copy on write
+        # copy on write: a dispatch in progress keeps iterating the list it started with
+        self._subs = [x for x in self._subs if x is not item]
+        self._subs_every = [x for x in self._subs_every if x is not item]
 
     def remove(self) -> None:
         remove_all(self._handles)
@@ -558,9 +573,8 @@ class BackwardDispatch:
     def _first(self, grad: Any) -> None:
         if _ANY_SUSPENDED[0] and _LOCAL.suspended:
             return
-        sampled = self.state.sampled
-        for probe, fn, only_sampled in self._subs:
-            if not probe.stopped and (sampled or not only_sampled):
+        for probe, fn, _ in self._subs if self.state.sampled else self._subs_every:
+            if not probe.stopped:
                 try:
                     fn(grad)
                 except Exception as err:

@@ -30,24 +30,36 @@ class _Unkeyed(Exception):
     pass
 
 
+_ONE = (tuple, 1)  # what `_key` puts first for a tuple of one argument
+
+
 def call_signature(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """A hashable key of the call, or None when an argument is of a kind it does not know
     (an object that may hold tensors of any shape: such calls are never keyed)."""
-    items: list[Any] = [
+    modes = (
         torch.is_grad_enabled(),
         module.training,
         torch.is_autocast_enabled(),
         torch.is_autocast_enabled("cpu"),
-    ]
-    try:
-        _key(args, items)
-        if kwargs:
-            for name, value in kwargs.items():
-                items.append(name)
-                _key(value, items)
+    )
+    if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
+        # the usual call, one plain tensor: the key `_key` would build, built at once
+        x = args[0]
+        key: tuple[Any, ...] = (*modes, _ONE, (x.shape, x.dtype, x.device, x.layout))
+    else:
+        items: list[Any] = list(modes)
+        try:
+            _key(args, items)
+            if kwargs:
+                for name, value in kwargs.items():
+                    items.append(name)
+                    _key(value, items)
+        except (_Unkeyed, TypeError):
+            return None
         key = tuple(items)
+    try:
         hash(key)  # a symbolic size (a nested tensor's ragged dim) may not hash
-    except (_Unkeyed, TypeError):
+    except TypeError:
         return None
     return key
 
