@@ -81,3 +81,39 @@ def test_checkpoint_is_off_by_default_and_changes_no_number(tmp_path):
 def test_a_bad_checkpoint_value_is_a_usage_error(run_dir):
     with pytest.raises(trainlens.UsageError, match="checkpoint must be"):
         trainlens.watch(nn.Linear(1, 1), checkpoint="last-epoch", run_dir=run_dir)
+
+
+@pytest.mark.parametrize(
+    ("bad", "steps", "saved_step"),
+    [
+        ({49}, 120, 0),  # read back at the end of step 49: seen at the check of step 50
+        ({50}, 120, 0),  # the check's own step: its loss is read there
+        ({55}, 60, 50),  # after the last check: seen at the block's end
+        (set(), 60, 60),  # every loss finite: the final weights
+    ],
+)
+def test_checkpoint_reads_the_losses_the_read_back_brought_and_the_checked_steps_own(
+    run_dir, bad, steps, saved_step
+):
+    """No kernel per step: the check every 50 steps reads the training losses the read-back
+    has just brought to the host, and its own step's loss. One non-finite loss (its
+    gradients finite: the weights stay good) keeps the copy from before it."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(16, 4)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True, checkpoint=True):
+        for step in range(steps):
+            loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+            if step in bad:
+                loss = loss + torch.tensor(float("nan"))  # NaN, with finite gradients
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert torch.isfinite(model.weight).all()
+    meta = json.loads((run_dir / "run.json").read_text())["checkpoint"]
+    assert meta["step"] == saved_step, meta
+    saved = torch.load(run_dir / "checkpoint.pt")
+    if not bad:
+        assert "final weights" in meta["reason"]
+        assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())

@@ -4,9 +4,10 @@
 training loss (as captured: an `nn` loss module or `lens.log_loss`) was still finite.
 The cost is bounded: a CPU copy of the `state_dict` only when an evaluation improves the
 validation loss (one host read per evaluation, not per step); without validation losses,
-a finiteness flag kept on the device (no sync) and read every `flush_every` (50) steps,
-with one copy each time while every loss is finite, so the checkpoint before a NaN is at
-most 50 steps old. Off by default.
+a look every `flush_every` (50) steps at the losses the read-back has just brought to the
+host, and at that step's own (one host read), with one copy each time while every loss is
+finite, so the checkpoint before a NaN is at most 50 steps old. The steps in between pay
+one comparison: no kernel, no sync. Off by default.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class CheckpointProbe(Probe):
         self._val_n = 0
         self._val_step = 0
         self._seen_val = False
-        self._nonfinite: torch.Tensor | None = None
+        self._losses_seen = 0  # rows of the losses table looked at so far
         self._checked_step = -1
         self._frozen = False
         self._on_disk = False  # checkpoint.pt holds the weights of `_saved_step`
@@ -65,7 +66,7 @@ class CheckpointProbe(Probe):
 
     @guarded
     def _on_loss(self, split: str, value: torch.Tensor) -> None:
-        if value.device.type == "meta":
+        if value.is_meta:
             return  # a dry run on the meta device: no values to judge weights by
         if split == "val":
             v = value.detach().reshape(()).float()
@@ -74,20 +75,32 @@ class CheckpointProbe(Probe):
             self._val_step = self.state.step
             self._seen_val = True
             return
-        self._decide_val()  # the weights are still the evaluated ones
+        if self._val_sum is not None:
+            self._decide_val()  # the weights are still the evaluated ones
         if self._seen_val or self._frozen:
             return
-        bad = ~torch.isfinite(value.detach().reshape(()))
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
         step = self.state.step
-        if step % self.state.sampling.flush_every == 0 and step != self._checked_step:
-            self._checked_step = step
-            self._check_finite(step, "last weights with every loss finite (checked every "
-                               f"{self.state.sampling.flush_every} steps)")  # fmt: skip
+        every = self.state.sampling.flush_every
+        if step % every or step == self._checked_step:
+            return
+        # the read-back at the end of the last step brought every loss before this one
+        # to the host: this step's is the one left to read
+        self._checked_step = step
+        self._check_finite(
+            step,
+            f"last weights with every loss finite (checked every {every} steps)",
+            bool(torch.isfinite(value.detach()).all()),
+        )
 
-    def _check_finite(self, step: int, reason: str) -> None:
-        if self._nonfinite is not None and bool(self._nonfinite):
-            self._frozen = True  # keep the copy from before the first non-finite loss
+    def _check_finite(self, step: int, reason: str, current: bool = True) -> None:
+        """Copy the weights if every training loss so far was finite (`current`: the one
+        not read back yet); from the first that was not, keep the copy made before it."""
+        losses = self.state.tables["losses"]
+        new, self._losses_seen = losses.seen - self._losses_seen, losses.seen
+        values, splits = losses.tail("value", new), losses.tail("split", new)
+        train = (v for v, split in zip(values, splits, strict=True) if split == "train")
+        if not current or not all(math.isfinite(v) for v in train):
+            self._frozen = True
             return
         self._snapshot(step, reason)
 
@@ -138,6 +151,7 @@ class CheckpointProbe(Probe):
             return
         self._decide_val()
         if not self._seen_val and not self._frozen:
+            self.state.deferred.flush()  # the losses since the last read-back, on the host
             self._check_finite(self.state.step, "final weights: every loss was finite")
         if self._weights is not None and self.state.run_dir is not None:
             self._write(durable=True)
