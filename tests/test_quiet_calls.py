@@ -226,3 +226,43 @@ def test_subscriptions_for_sampled_steps_run_on_those_alone_and_go_with_their_ha
     for where in ("pre", "post", "loss", "grad"):
         assert calls[f"every {where}"] == list(range(20)), where
         assert calls[f"sampled {where}"] == sampled_steps, where
+
+
+def test_a_call_from_another_thread_inside_a_quiet_call_is_dispatched_in_full(tmp_path):
+    """A second thread calls the model while the training thread's call is quiet (a layer
+    that hands work to a thread): its modules are hooked again, with their new shapes,
+    and no later call is quiet."""
+    import threading
+
+    calls_in_thread: list[torch.Tensor] = []
+
+    class HandOff(nn.Module):
+        """At one step, has another thread run the whole model on a batch of 5."""
+
+        armed = False
+
+        def forward(self, x):
+            if HandOff.armed:
+                HandOff.armed = False
+                batch = torch.randn(5, 8)
+                worker = threading.Thread(target=lambda: calls_in_thread.append(model(batch)))
+                worker.start()
+                worker.join()
+            return x
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), HandOff(), nn.ReLU(), nn.Linear(16, 3))
+    before = global_hooks()
+    seen = {}
+
+    def on_step(step):
+        seen[step] = global_hooks()
+        HandOff.armed = step == 20  # the forward of step 21, a quiet one, hands off
+
+    lens = train(model, tmp_path / "run", on_step=on_step)
+    assert seen[13] == before and len(calls_in_thread) == 1
+    shapes = lens.records.shapes
+    handed = shapes[shapes["step"] == 21]
+    assert {"0", "3"} <= set(handed["module"]), handed  # not only the model's own call
+    assert all(row.startswith("[[5,") for row in handed["inputs"])
+    assert all(seen[s] == before + 2 for s in (25, 27)), seen

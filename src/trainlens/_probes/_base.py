@@ -374,11 +374,16 @@ class ForwardDispatch:
             return
         state = self.state
         key = None
+        if threading.get_ident() != self._thread and self._quiet_ok:
+            # the model runs in several threads, maybe inside a quiet call of another one:
+            # every call is dispatched in full from now on
+            self._quiet_ok = False
+            if self.quiet:
+                with contextlib.suppress(Exception):  # a hook of the user's: never raise
+                    self._attach()
         if not self._depth:
             quiet = False
             try:
-                if threading.get_ident() != self._thread:
-                    self._quiet_ok = False  # the model runs in several threads
                 if self._quiet_ok:
                     key = call_signature(module, args, kwargs)
                     quiet = (
