@@ -5,17 +5,24 @@
 probabilities or log-probabilities (rows summing to 1, or whose exp sums to 1), and the loss
 of the best constant prediction for the targets seen so far (class-prior entropy, target
 variance).
+
+A small input and target (a classifier's head, a regression batch) are copied on the
+sampled step, and their statistics are taken at the read-back: every sampled step of one
+loss and shape in one batched pass. Taken on the step they are some twenty small kernels,
+the larger part of a small model's sampled step. A large input's (a language model's
+logits) are taken on the step, by the same code on a batch of one.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from ._base import Probe
+from ._base import Probe, guarded
 from ._loss import loss_name
 from ._state import WatchState
 from ._tensors import detached, has_values
@@ -24,6 +31,7 @@ from ._tensors import detached, has_values
 #: (KLDivLoss: whether its input is log-probabilities, as it expects; it has no prior)
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss, nn.KLDivLoss)
 REGRESSION_LOSSES = (nn.MSELoss,)
+_LOSSES = CLASSIFICATION_LOSSES + REGRESSION_LOSSES
 #: the targets' running statistics (class prior, mean and variance) settle within a few
 #: batches: they take in every sampled step's targets this many times, then those of
 #: one sampled step in `PRIOR_EVERY` (the baseline in between is the last one computed)
@@ -32,9 +40,45 @@ PRIOR_EVERY = 8
 #: rows of a classification loss's input whose statistics are taken (a large-vocabulary
 #: LM's logits are [batch * seq, vocab]: a slice tells probabilities from logits as well)
 MAX_ROWS = 1024
-#: sampled steps of each loss whose input is also checked for normalisation over the batch
-#: axis (a softmax over dim=0 in the loss code is there from the first step on)
+#: sampled steps of each loss whose large input is also checked for normalisation over the
+#: batch axis (a softmax over dim=0 in the loss code is there from the first step on); a
+#: small one is checked on every sampled step, in the batched pass at the read-back
 BATCH_LOOKS = 16
+#: an input (the part looked at) and a target up to this many elements each are copied
+#: and reduced at the read-back; larger ones are reduced on the step (copying them would
+#: cost more than the kernels saved)
+DEFERRED_ELEMENTS = 16_384
+#: elements of one stacked block (256 KB of float32: it stays in the cache)
+STACKED_ELEMENTS = 65_536
+#: elements of copies held before they are reduced even without a read-back (an eval-only
+#: loop never completes a step): 4 MB of float32 at most
+MAX_PENDING_ELEMENTS = 1_048_576
+
+
+class _Look(NamedTuple):
+    """What one sampled step's look at a loss takes, decided on the step: the block
+    function and its parameters, the part of the input looked at, and the host-side
+    choices that keep the running statistics in step order (`update`, `reset`)."""
+
+    block: Callable[..., torch.Tensor]
+    classes: int
+    x: torch.Tensor  # the part of the input whose statistics are taken
+    cdim: int = 0  # the class axis of `x` (classification)
+    batch_look: bool = False  # also the batch-axis deviations (classification)
+    prior: bool = False  # the loss has a constant-prediction baseline of these targets
+    update: bool = False  # these targets go into the running statistics
+    reset: bool = False  # the running statistics start again from these targets
+    ignore_index: int = -100
+    smoothing: float = 0.0
+
+
+class _Pending(NamedTuple):
+    key: tuple[int, str]
+    group: tuple[Any, ...]
+    look: _Look
+    prefix: tuple[Any, ...]
+    x: torch.Tensor
+    t: torch.Tensor
 
 
 class LossInputProbe(Probe):
@@ -44,11 +88,15 @@ class LossInputProbe(Probe):
     def __init__(self, state: WatchState):
         super().__init__(state)
         self._seen: dict[tuple[int, str], int] = {}  # (loss id, split) -> last step recorded
-        # (loss id, split) -> running target statistics over the sampled steps, on device:
-        # the prior of one batch underestimates the entropy of many classes
+        # (loss id, split) -> the targets' running statistics: host-side counters, set on
+        # the step, and device tensors, set where the statistics are taken; the prior of
+        # one batch underestimates the entropy of many classes
         self._running: dict[tuple[int, str], dict[str, Any]] = {}
         self._regression_rows = _RegressionRows(state.tables["loss_inputs"])
         self._classification_rows = _ClassificationRows(state.tables["loss_inputs"])
+        self._pending: list[_Pending] = []
+        self._pending_elements = 0
+        state.deferred.before_flush(self._reduce_pending)
 
     def install(self) -> None:
         self.state.forwards.loss(self, self._on_forward, sampled=True)
@@ -56,7 +104,7 @@ class LossInputProbe(Probe):
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not self.state.sampled:
             return
-        if not isinstance(module, CLASSIFICATION_LOSSES + REGRESSION_LOSSES) or len(args) < 2:
+        if not isinstance(module, _LOSSES) or len(args) < 2:
             return
         x, t = args[0], args[1]
         if not (isinstance(x, torch.Tensor) and isinstance(t, torch.Tensor)):
@@ -73,20 +121,75 @@ class LossInputProbe(Probe):
         self._seen[key] = state.step
         running = self._running.setdefault(key, {})
         # detached tensors record no graph: no `no_grad()` context (~9 Python calls)
-        if isinstance(module, CLASSIFICATION_LOSSES):
-            classes, stats = _classification_stats(module, detached(x), detached(t), running)
-            sink = self._classification_rows
+        x, t = detached(x), detached(t)
+        if isinstance(module, nn.BCEWithLogitsLoss):
+            look = _binary_look(module, x, t)
+        elif isinstance(module, CLASSIFICATION_LOSSES):
+            look = _classification_look(module, x, t, running)
         else:
-            classes = 0
-            stats = _regression_stats(module, detached(x), detached(t), running)
-            sink = self._regression_rows
-        if stats is None:
+            look = _regression_look(module, x, t, running)
+        if look is None:
             return
-        state.deferred.add_row(
-            sink,
-            (state.step, split, loss_name(state, module), type(module).__name__, classes),
-            stats,
+        sink = (
+            self._regression_rows if look.block is _regression_block else self._classification_rows
         )
+        prefix = (state.step, split, loss_name(state, module), type(module).__name__, look.classes)
+        if _deferred(look.x, t):
+            # two copies now, the statistics with the other steps' at the read-back
+            xc = look.x.to(torch.float32, copy=True)
+            tc = (
+                t.clone() if look.block is _classification_block else t.to(torch.float32, copy=True)
+            )
+            group = (sink, xc.shape, tc.shape, tc.dtype, xc.device, look.batch_look)
+            self._pending.append(_Pending(key, group, look, prefix, xc, tc))
+            self._pending_elements += xc.numel() + tc.numel()
+            if self._pending_elements >= MAX_PENDING_ELEMENTS:
+                self._reduce_pending()
+            return
+        if self._pending:
+            self._reduce_pending()  # each loss's running statistics go in step order
+        ts = t.unsqueeze(0)
+        if look.block is not _classification_block:
+            ts = ts.float()
+        stats = look.block(look, look.x.unsqueeze(0).float(), ts, [look.update], running)
+        state.deferred.add(sink, [prefix], stats)
+
+    @guarded
+    def _reduce_pending(self) -> None:
+        """The statistics of the copies held since the last read-back: each loss's steps in
+        order, consecutive steps of one shape stacked into one pass."""
+        pending, self._pending = self._pending, []
+        self._pending_elements = 0
+        by_loss: dict[tuple[int, str], list[_Pending]] = {}
+        for p in pending:
+            by_loss.setdefault(p.key, []).append(p)
+        add = self.state.deferred.add
+        for key, steps in by_loss.items():
+            running = self._running[key]
+            for run in _runs(steps):
+                first = run[0]
+                xs = torch.stack([p.x for p in run])
+                ts = torch.stack([p.t for p in run])
+                stats = first.look.block(first.look, xs, ts, [p.look.update for p in run], running)
+                add(first.group[0], [p.prefix for p in run], stats)
+
+
+def _runs(steps: list[_Pending]) -> list[list[_Pending]]:
+    """Consecutive steps of one group (shapes, device, batch look), in blocks that stay in
+    the cache; a reset of the running statistics starts a block."""
+    runs: list[list[_Pending]] = []
+    for p in steps:
+        last = runs[-1] if runs else None
+        if (
+            last is None
+            or last[0].group != p.group
+            or p.look.reset
+            or (len(last) + 1) * (p.x.numel() + p.t.numel()) > STACKED_ELEMENTS
+        ):
+            runs.append([p])
+        else:
+            last.append(p)
+    return runs
 
 
 class _RegressionRows:
@@ -121,6 +224,11 @@ class _ClassificationRows:
         self.table.extend([(*row[:-2], math.nan, *row[-2:]) for row in rows])
 
 
+def _deferred(x: torch.Tensor, t: torch.Tensor) -> bool:
+    """The part of the input looked at and the target are small enough to copy."""
+    return x.numel() <= DEFERRED_ELEMENTS and t.numel() <= DEFERRED_ELEMENTS
+
+
 def _update_prior(running: dict[str, Any]) -> bool:
     """Whether this sampled step adds its targets to the running statistics."""
     seen = running.get("updates", 0)
@@ -128,103 +236,183 @@ def _update_prior(running: dict[str, Any]) -> bool:
     return seen < PRIOR_WARMUP or seen % PRIOR_EVERY == 0
 
 
-def _classification_stats(
+# --- on the step: what to take ----------------------------------------------------------
+def _binary_look(module: nn.BCEWithLogitsLoss, x: torch.Tensor, t: torch.Tensor) -> _Look:
+    # it applies the sigmoid itself: inputs all in [0, 1] are sigmoid outputs; the best
+    # constant prediction (the mean target) scores its binary entropy
+    plain = module.reduction == "mean" and module.weight is None and module.pos_weight is None
+    prior = plain and t.shape == x.shape and t.is_floating_point() and t.dim() >= 1
+    return _Look(_binary_block, 2, x.reshape(-1)[: MAX_ROWS * 64], prior=prior, update=prior)
+
+
+def _classification_look(
     module: nn.Module, x: torch.Tensor, t: torch.Tensor, running: dict[str, Any]
-) -> tuple[int, torch.Tensor | None]:
-    if isinstance(module, nn.BCEWithLogitsLoss):
-        # it applies the sigmoid itself: inputs all in [0, 1] are sigmoid outputs; the best
-        # constant prediction (the mean target) scores its binary entropy
-        xf = x.reshape(-1)[: MAX_ROWS * 64].float()
-        nan = torch.full((), math.nan, device=x.device)
-        baseline = nan
-        plain = module.reduction == "mean" and module.weight is None and module.pos_weight is None
-        if plain and t.shape == x.shape and t.is_floating_point() and t.dim() >= 1:
-            tf = t.float()
-            if running.get("shape") != tf.shape[1:]:
-                running.update(shape=tf.shape[1:], n=0, sum=0.0)
-            running["n"] += tf.shape[0]
-            running["sum"] = running["sum"] + tf.sum(0)
-            p = (running["sum"] / running["n"]).clamp(1e-7, 1 - 1e-7)
-            baseline = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
-        return 2, torch.stack([xf.min(), xf.max(), nan, nan, baseline, nan, nan])
+) -> _Look:
     cdim = 1 if x.dim() >= 2 else 0
     classes = x.shape[cdim]
     # the row statistics of a slice suffice; every target counts for the prior
-    xf = (x[:MAX_ROWS] if x.dim() >= 2 else x).float()
-    # few kernels: both row deviations in one stack, one |.| and one mean
-    rows = torch.stack([xf.sum(cdim) - 1, torch.logsumexp(xf, cdim)])
-    devs = rows.abs().reshape(2, -1).mean(1)
-    looks = running.get("batch_looks", 0)
-    if x.dim() == 2 and 1 < x.shape[0] <= MAX_ROWS and classes > 1 and looks < BATCH_LOOKS:
-        # the same over the batch axis: columns that sum to 1 are a softmax over dim=0
-        # (~20 us on a CPU: the loss's first sampled steps show it as well as all would)
-        running["batch_looks"] = looks + 1
-        cols = torch.stack([xf.sum(0) - 1, torch.logsumexp(xf, 0)])
-        batch_devs = cols.abs().mean(1)
-    else:
-        batch_devs = torch.full((2,), math.nan, device=x.device)
-    baseline = None
+    part = x[:MAX_ROWS] if x.dim() >= 2 else x
+    # the same over the batch axis: columns that sum to 1 are a softmax over dim=0 (a
+    # large input's first sampled steps show it as well as all would)
+    batch_look = x.dim() == 2 and 1 < x.shape[0] <= MAX_ROWS and classes > 1
+    if batch_look and not _deferred(part, t):
+        looks = running.get("batch_looks", 0)
+        batch_look = looks < BATCH_LOOKS
+        running["batch_looks"] = looks + batch_look
     reduction, weight = getattr(module, "reduction", "mean"), getattr(module, "weight", None)
     plain = reduction == "mean" and weight is None and not isinstance(module, nn.KLDivLoss)
-    if plain and not _update_prior(running) and running.get("baseline") is not None:
-        baseline = running["baseline"]  # the prior has settled: the last one computed
-    if baseline is None and plain:
-        mass = None
-        if not t.is_floating_point():
-            # class indices: count them without boolean indexing (no host sync). The
-            # forward succeeded, so every target is a class or the ignore index
-            ignore = getattr(module, "ignore_index", -100)
-            valid = (t != ignore).reshape(-1).float()
-            idx = t.reshape(-1).clamp(0, classes - 1)
-            if idx.dtype != torch.int64:
-                idx = idx.long()
-            mass = torch.zeros(classes, device=x.device).scatter_add_(0, idx, valid)
-        elif t.shape == x.shape:
-            mass = t.float().movedim(cdim, -1).reshape(-1, classes).sum(0)
-        if mass is not None:
-            total = running.get("mass")
-            total = mass if total is None or total.shape != mass.shape else total + mass
-            running["mass"] = total
-            q = total / total.sum().clamp_min(1e-12)
-            eps = float(getattr(module, "label_smoothing", 0.0) or 0.0)
-            if eps:
-                q = (1 - eps) * q + eps / classes
-            # the loss of the best constant prediction (predict the prior) is its entropy
-            baseline = running["baseline"] = torch.special.entr(q).sum()[None]
-    if baseline is None:
-        baseline = torch.full((1,), math.nan, device=x.device)
-    lo, hi = torch.aminmax(xf)
-    stats = torch.cat([torch.stack([lo, hi]), devs, baseline.to(xf.device), batch_devs])
-    return classes, stats
+    # class indices, or one probability per class (the forward succeeded: every index
+    # is a class or the ignore index)
+    prior = plain and (not t.is_floating_point() or t.shape == x.shape)
+    # the prior is updated until there is one, then as `_update_prior` says
+    update = prior and (_update_prior(running) or not running.get("primed"))
+    running["primed"] = running.get("primed") or update
+    return _Look(
+        _classification_block, classes, part, cdim, batch_look, prior, update, False,
+        getattr(module, "ignore_index", -100),
+        float(getattr(module, "label_smoothing", 0.0) or 0.0),
+    )  # fmt: skip
 
 
-def _regression_stats(
+def _regression_look(
     module: nn.Module, x: torch.Tensor, t: torch.Tensor, running: dict[str, Any]
-) -> torch.Tensor | None:
+) -> _Look | None:
     if t.shape != x.shape or t.dim() == 0 or t.shape[0] < 2 or not t.is_floating_point():
         return None
-    xf, tf = x.float(), t.float()
-    lo, hi = torch.aminmax(xf)
     if module.reduction != "mean":
-        return torch.stack([lo, hi])  # no baseline: `_RegressionRows` fills in NaN
-    if running.get("shape") != tf.shape[1:]:
-        running.update(shape=tf.shape[1:], n=0, updates=0)
-    elif not _update_prior(running):
-        return torch.stack([lo, hi, running["baseline"], running["mean_square"]])
-    # this batch's variance and mean per target, pooled with the earlier batches'
-    # (Chan et al.): exact at any offset of the targets; 9 kernels with the targets' scale
-    var, mean = torch.var_mean(tf, dim=0, correction=0)
-    seen, new = running["n"], tf.shape[0]
-    total = seen + new
-    if seen == 0:
-        pooled_mean, m2 = mean, var * new
+        return _Look(_regression_block, 0, x)  # no baseline: `_RegressionRows` fills in NaN
+    if running.get("shape") != t.shape[1:]:
+        running.update(shape=t.shape[1:], updates=0)
+        return _Look(_regression_block, 0, x, prior=True, update=True, reset=True)
+    return _Look(_regression_block, 0, x, prior=True, update=_update_prior(running))
+
+
+# --- the statistics of k steps at once: xs [k, ...], ts [k, ...] --------------------------
+def _classification_block(
+    look: _Look, xs: torch.Tensor, ts: torch.Tensor, updates: list[bool], running: dict[str, Any]
+) -> torch.Tensor:
+    """[k, 7]: min, max, row deviations (sum - 1, logsumexp), baseline, batch deviations."""
+    k = xs.shape[0]
+    cdim = look.cdim + 1
+    # few kernels: both row deviations in one stack, one |.| and one mean
+    rows = torch.stack([xs.sum(cdim) - 1, torch.logsumexp(xs, cdim)], 1)
+    devs = rows.abs().reshape(k, 2, -1).mean(2)
+    if look.batch_look:
+        batch = torch.stack([xs.sum(1) - 1, torch.logsumexp(xs, 1)], 1).abs().mean(2)
     else:
-        delta = mean - running["mean"]
-        pooled_mean = running["mean"].add(delta, alpha=new / total)
-        m2 = running["m2"].add(var, alpha=new).addcmul_(delta, delta, value=seen * new / total)
-    running.update(n=total, mean=pooled_mean, m2=m2)
-    # predicting the mean target for every sample scores the target variance under MSE
-    baseline = running["baseline"] = m2.mean() / total
+        batch = xs.new_full((k, 2), math.nan)
+    flat = xs.reshape(k, -1)
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    return torch.cat([lo, hi, devs, _class_prior(look, ts, updates, running, xs), batch], 1)
+
+
+def _class_prior(
+    look: _Look, ts: torch.Tensor, updates: list[bool], running: dict[str, Any], xs: torch.Tensor
+) -> torch.Tensor:
+    """[k, 1]: the entropy of the class prior of every target seen up to each step (the
+    loss of predicting the prior), NaN where the loss has none."""
+    k = ts.shape[0]
+    if not look.prior or not running.get("primed"):
+        return xs.new_full((k, 1), math.nan)
+    if not any(updates):
+        return running["baseline"].expand(k, 1)
+    classes = look.classes
+    if not ts.is_floating_point():
+        # class indices: counted without boolean indexing (no host sync)
+        valid = (ts != look.ignore_index).reshape(k, -1).float()
+        idx = ts.reshape(k, -1).clamp(0, classes - 1)
+        if idx.dtype != torch.int64:
+            idx = idx.long()
+        mass = xs.new_zeros(k, classes).scatter_add_(1, idx, valid)
+    else:
+        mass = ts.float().movedim(look.cdim + 1, -1).reshape(k, -1, classes).sum(1)
+    if not all(updates):
+        keep = torch.tensor(updates, device=mass.device)[:, None]
+        mass = torch.where(keep, mass, 0.0)
+    total = mass.cumsum(0)
+    before = running.get("mass")
+    if before is not None and before.shape == total.shape[1:]:
+        total = total + before
+    running["mass"] = total[-1]
+    q = total / total.sum(1, keepdim=True).clamp_min(1e-12)
+    if look.smoothing:
+        q = (1 - look.smoothing) * q + look.smoothing / classes
+    baseline = torch.special.entr(q).sum(1, keepdim=True)
+    running["baseline"] = baseline[-1:]
+    return baseline
+
+
+def _binary_block(
+    look: _Look, xs: torch.Tensor, ts: torch.Tensor, updates: list[bool], running: dict[str, Any]
+) -> torch.Tensor:
+    """[k, 7]: min, max, NaN, NaN, baseline (the binary entropy of the mean target), NaN, NaN."""
+    k = xs.shape[0]
+    nan = xs.new_full((k, 1), math.nan)
+    baseline = nan
+    if look.prior:
+        n = ts.shape[1]
+        if running.get("shape") != ts.shape[2:]:
+            running.update(shape=ts.shape[2:], n=0, sum=0.0)
+        total = running["sum"] + ts.sum(1).cumsum(0)
+        seen = running["n"] + n * torch.arange(1, k + 1, device=ts.device, dtype=ts.dtype)
+        running["n"] += n * k
+        running["sum"] = total[-1]
+        p = (total / seen.view(k, *[1] * (total.dim() - 1))).clamp(1e-7, 1 - 1e-7)
+        entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+        baseline = entropy.reshape(k, -1).mean(1, keepdim=True)
+    return torch.cat(
+        [xs.amin(1, keepdim=True), xs.amax(1, keepdim=True), nan, nan, baseline, nan, nan], 1
+    )
+
+
+def _regression_block(
+    look: _Look, xs: torch.Tensor, ts: torch.Tensor, updates: list[bool], running: dict[str, Any]
+) -> torch.Tensor:
+    """[k, 2] (min, max) without a baseline, else [k, 4]: min, max, the variance of every
+    target seen up to each step, and the mean over targets of their squared mean."""
+    k = xs.shape[0]
+    flat = xs.reshape(k, -1)
+    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    if not look.prior:
+        return torch.cat([lo, hi], 1)
+    if look.reset:
+        running.update(n=0, mean=None, m2=None)
+    upd = [i for i, u in enumerate(updates) if u]
+    if not upd:
+        kept = running["kept"].expand(k, 2)
+        return torch.cat([lo, hi, kept], 1)
+    tu = ts if len(upd) == k else ts[upd]
+    u, n = tu.shape[0], tu.shape[1]
+    # each step's variance and mean per target, pooled with the earlier steps' (Chan et
+    # al.), all u prefixes at once: exact at any offset of the targets, centred on the
+    # mean before these steps so the sums hold only what moved since
+    var, mean = torch.var_mean(tu, dim=1, correction=0)
+    previous = running.get("kept")
+    centre = running["mean"] if running["mean"] is not None else mean[0]
+    a = mean - centre
+    before = running["n"]
+    counts = before + n * torch.arange(1, u + 1, device=tu.device, dtype=tu.dtype)
+    counts = counts.view(u, *[1] * (a.dim() - 1))
+    shift = (n * a.cumsum(0)) / counts  # the pooled mean's offset from the centre
+    between = (n * (a * a).cumsum(0) - counts * shift * shift).clamp_min(0)
+    m2 = n * var.cumsum(0) + between
+    if running["m2"] is not None:
+        m2 = m2 + running["m2"]
+    pooled = centre + shift
+    # predicting the mean target for every sample scores the target variance under MSE;
     # with it, the targets' scale: mean square = variance + squared mean
-    running["mean_square"] = pooled_mean.square().mean()
-    return torch.stack([lo, hi, baseline, running["mean_square"]])
+    kept = torch.stack(
+        [(m2 / counts).reshape(u, -1).mean(1), pooled.square().reshape(u, -1).mean(1)], 1
+    )
+    running.update(n=before + n * u, mean=pooled[-1], m2=m2[-1], kept=kept[-1:])
+    if len(upd) != k:
+        # a step that did not update keeps the statistics of the last one that did
+        last, at = [], -1
+        for did in updates:
+            at += did
+            last.append(at)
+        if last[0] < 0:  # steps before this block's first update: those from before it
+            kept = torch.cat([previous, kept])
+            last = [i + 1 for i in last]
+        kept = kept[torch.tensor(last, device=kept.device)]
+    return torch.cat([lo, hi, kept], 1)
