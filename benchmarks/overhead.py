@@ -31,7 +31,11 @@ per repetition (the transformer takes a second a step on a busy machine), each `
 chunk enters `trainlens.watch` with its defaults and continues the step count where the
 workload's previous `watch` chunk left it, starting at step 160: the chunks together are
 steps 160, 161, ... of one default run, with its sampled steps (one in 20) and read-
-backs (one in 50) where that run has them, whatever a chunk's length. Leaving a block
+backs (one in 50) where that run has them, whatever a chunk's length. A new block has
+none of the state a run has built by step 160 (its calls seen, its shape trace, the loss
+inputs' warm-up), so before each timed chunk it takes, untimed, the 30 sampled steps a
+default run has taken by then (`_Watch.warm`): a run pays those costs once, in its first
+steps, which the `dense` chunks time. Leaving a block
 (rules, drill) is not timed: it happens once per run, not per step (see
 benchmarks/memory.py).
 
@@ -209,12 +213,29 @@ class _Watch:
                 probe.retire()
         return self
 
+    def warm(self, step: Step) -> None:
+        """Bring the probes' per-run state to where a default run has it at step 160, untimed:
+        as many sampled steps as that run had before (30), then a read-back. A fresh block
+        pays once what a run pays once (its first calls dispatched in full, the shape trace,
+        the loss inputs' warm-up: 16 prior updates and batch-axis looks); a steady-state
+        chunk that paid it again would charge a run's start to its steady state."""
+        state = self.state
+        at, schedule = state.step, state.sampling
+        state.sampling, state.sampled = Sampling(every=1, dense_steps=0), True
+        for _ in range(sum(map(schedule, range(STEADY_FROM)))):
+            step()
+        state.sampling, state.step = schedule, at
+        state.sampled = schedule(at)
+        state.deferred.flush()
+
     def __exit__(self, *exc) -> None:
         self.next_step[0] = self.state.step
         self.lens.__exit__(None, None, None)
 
 
 MODES = ("plain", "floor", "watch", "dense")
+#: where a default run's sampling has thinned out to one step in `sample_every`
+STEADY_FROM = 160
 
 
 def _chunk(step: Step, n: int) -> tuple[float, float]:
@@ -243,7 +264,7 @@ def chunk_lengths(steps: int) -> dict[str, int]:
 
 def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
     model, opt, step = _workload(name)
-    watch_steps, first_steps = [160], [0]
+    watch_steps, first_steps = [STEADY_FROM], [0]
     for _ in range(max(20, steps)):
         step()  # warm-up: allocator, kernels, lazy init
     contexts = {
@@ -262,6 +283,8 @@ def measure(name: str, steps: int, reps: int, tmp: Path) -> dict:
         order = MODES[rep % len(MODES) :] + MODES[: rep % len(MODES)]
         for mode in order:
             with contexts[mode]() as ctx:
+                if mode == "watch":
+                    ctx.warm(step)
                 wall, cpu = _chunk(ctx.steps(step) if ctx else step, lengths[mode])
             times[mode]["wall"].append(wall)
             times[mode]["cpu"].append(cpu)
