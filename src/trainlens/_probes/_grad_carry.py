@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.nn.parameter import is_lazy
 
-from ._base import Probe, guarded, hook
+from ._base import Probe, guarded
 from ._state import WatchState
 from ._tensors import dense_values, float32_norms
 
@@ -39,7 +39,10 @@ class GradCarryProbe(Probe):
         state = self.state
         if state.optimizer is None:
             return  # without an optimizer a step is a backward pass: nothing to carry over
-        self.handles.append(state.optimizer.register_step_post_hook(self._post_step))
+        # at the watched optimizer's step, through the step's end: no hook of its own, so
+        # an unsampled step, which has nothing to read, pays one attribute test
+        state.step_listeners.append(self._after_step)
+        self.handles.append(_Unlisten(state.step_listeners, self._after_step))
         state.backwards.first_grad(self, self._on_grad, sampled=True)
         if any(is_lazy(p) for p in state.model.parameters()):
 
@@ -86,8 +89,12 @@ class GradCarryProbe(Probe):
         with torch.no_grad():
             self._carried = _total_norm(self.params, grad.device)
 
-    @hook(in_compiled=True)
-    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def _after_step(self) -> None:
+        if self._task is not None or self._carried is not None:
+            self._post_step()
+
+    @guarded
+    def _post_step(self) -> None:
         carried = self._carried
         if carried is _NOTHING:
             now = self._shared_norm(None)
@@ -110,7 +117,6 @@ class GradCarryProbe(Probe):
         the gradients are the same ones, and a norm of a large model costs a pass over
         all of them."""
         shared = self.state.grad_norms
-        # StepProbe's post-step hook, which runs first, has already advanced state.step
         if shared is None or shared[0] != self._step:
             return None
         _, params, has_grad, norms = shared
@@ -131,6 +137,17 @@ class GradCarryProbe(Probe):
         if len({n.device for n in present}) > 1 or present[0].device != device:
             return None
         return torch.linalg.vector_norm(torch.stack(present))
+
+
+class _Unlisten:
+    """The removal of a step listener, with the `remove()` of a `RemovableHandle`."""
+
+    def __init__(self, listeners: list[Any], fn: Any):
+        self._listeners, self._fn = listeners, fn
+
+    def remove(self) -> None:
+        if self._fn in self._listeners:
+            self._listeners.remove(self._fn)
 
 
 #: the carried-over gradients were None at the start of the step: nothing carried

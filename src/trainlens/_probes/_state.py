@@ -202,6 +202,10 @@ class WatchState:
         # (step, params, has_grad, norms): the gradient norms StepProbe took at this step's
         # `optimizer.step()`, for other probes that need the same norms (GradCarryProbe)
         self.grad_norms: tuple[int, list[Any], list[bool], list[Any]] | None = None
+        # called first thing in `end_step`, every step: a probe's work at the step's end
+        # without an optimizer hook of its own (each one is a guarded call per step); a
+        # listener returns at once when it has nothing to do and never raises
+        self.step_listeners: list[Any] = []
         # streaming the records to the run dir (set by the Lens): due at this step clock
         self.stream_due = float("inf")
         self.on_stream: Any = None
@@ -217,6 +221,8 @@ class WatchState:
         return "train" if torch.is_grad_enabled() and self.model.training else "val"
 
     def end_step(self, lr: float) -> None:
+        for listener in self.step_listeners:
+            listener()
         now = time.perf_counter() - self.t0
         self.tables["steps"].append(self.step, now, lr, self.backward_in_step, self.sampled)
         self.step += 1
