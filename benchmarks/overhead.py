@@ -35,7 +35,9 @@ backs (one in 50) where that run has them, whatever a chunk's length. A new bloc
 none of the state a run has built by step 160 (its calls seen, its shape trace, the loss
 inputs' warm-up), so before each timed chunk it takes, untimed, the 30 sampled steps a
 default run has taken by then (`_Watch.warm`): a run pays those costs once, in its first
-steps, which the `dense` chunks time. Leaving a block
+steps, which the `dense` chunks time. The warm-up ends with the records' write to the run
+dir that a running run makes every 10 s, so that write (tens of ms) does not land in a
+chunk that times a few seconds at most. Leaving a block
 (rules, drill) is not timed: it happens once per run, not per step (see
 benchmarks/memory.py).
 
@@ -227,6 +229,10 @@ class _Watch:
         state.sampling, state.step = schedule, at
         state.sampled = schedule(at)
         state.deferred.flush()
+        if state.on_stream is not None:
+            # the records go to the run dir every 10 s (`_stream`): written here, as a
+            # running run last wrote them, not in the first timed step of a short chunk
+            state.on_stream(time.perf_counter() - state.t0)
 
     def __exit__(self, *exc) -> None:
         self.next_step[0] = self.state.step
