@@ -73,8 +73,11 @@ class _Look(NamedTuple):
 
 
 class _Pending(NamedTuple):
-    key: tuple[int, str]
-    group: tuple[Any, ...]
+    """One sampled step's copies, reduced at the read-back with its loss's other steps."""
+
+    key: tuple[int, str]  # the loss and split: whose running statistics
+    group: tuple[Any, ...]  # steps of one group stack into one pass
+    sink: Any
     look: _Look
     prefix: tuple[Any, ...]
     x: torch.Tensor
@@ -141,7 +144,7 @@ class LossInputProbe(Probe):
                 t.clone() if look.block is _classification_block else t.to(torch.float32, copy=True)
             )
             group = (sink, xc.shape, tc.shape, tc.dtype, xc.device, look.batch_look)
-            self._pending.append(_Pending(key, group, look, prefix, xc, tc))
+            self._pending.append(_Pending(key, group, sink, look, prefix, xc, tc))
             self._pending_elements += xc.numel() + tc.numel()
             if self._pending_elements >= MAX_PENDING_ELEMENTS:
                 self._reduce_pending()
@@ -171,7 +174,7 @@ class LossInputProbe(Probe):
                 xs = torch.stack([p.x for p in run])
                 ts = torch.stack([p.t for p in run])
                 stats = first.look.block(first.look, xs, ts, [p.look.update for p in run], running)
-                add(first.group[0], [p.prefix for p in run], stats)
+                add(first.sink, [p.prefix for p in run], stats)
 
 
 def _runs(steps: list[_Pending]) -> list[list[_Pending]]:
