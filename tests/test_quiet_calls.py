@@ -183,6 +183,29 @@ def test_every_validation_batch_keeps_its_loss_when_its_calls_are_quiet(tmp_path
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def test_a_model_that_is_never_quiet_puts_no_hook_on_its_loss_module(tmp_path):
+    """A leaf model (the course's `nn.Linear`) is dispatched by the global hooks on every
+    call: its loss module needs no hook of its own, which would be one more call a step."""
+    torch.manual_seed(0)
+    model = nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.MSELoss()
+    x = torch.linspace(-1, 1, 16).unsqueeze(1)
+    own_hooks = []
+    with trainlens.watch(model, opt, run_dir=tmp_path / "run", quiet=True) as lens:
+        for _ in range(30):
+            loss = loss_fn(model(x), 2 * x)
+            own_hooks.append(len(loss_fn._forward_hooks))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert own_hooks == [0] * 30
+    losses = lens.records.losses
+    assert list(losses["step"]) == list(range(30))
+    assert set(losses["source"]) == {"MSELoss"}
+    assert lens.drill["status"] == "healthy"
+
+
 def test_subscriptions_for_sampled_steps_run_on_those_alone_and_go_with_their_handle(tmp_path):
     """The shared dispatch keeps the every-step subscriptions apart from those of sampled
     steps (an unsampled step walks only the first): each kind is called on its steps, for

@@ -466,6 +466,10 @@ class ForwardDispatch:
     # --- loss modules, also on quiet calls ---------------------------------------------
     def _remember(self, module: nn.Module) -> None:
         """A loss module gets a hook of its own, for the calls the global hooks are off."""
+        if not self._quiet_ok:
+            # never quiet (a leaf model, several threads, ...): the global hooks see every
+            # call, and a hook of its own would be one more call on each of them
+            return
         known = self._losses.get(id(module))
         if known is not None and known[0]() is module:
             return

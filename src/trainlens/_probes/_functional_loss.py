@@ -50,7 +50,7 @@ from torch.nn import _reduction
 from torch.nn.modules.loss import _Loss
 
 from ._base import Probe
-from ._state import _SUSPENDED, compiling, transformed
+from ._state import _ANY_SUSPENDED, _LOCAL, compiling, transformed
 from ._tensors import int_range, tensor_leaves
 
 #: `torch.nn.functional` loss -> the `nn` loss module computing the same thing
@@ -312,7 +312,13 @@ def _make_wrapper(spec: _Spec) -> Any:
 
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if compiling() or not _LISTENERS or _DEPTH[0] or _SUSPENDED[0] or transformed():
+        if (
+            compiling()
+            or not _LISTENERS
+            or _DEPTH[0]
+            or (_ANY_SUSPENDED[0] and _LOCAL.suspended)
+            or transformed()
+        ):
             return original(*args, **kwargs)
         caller = sys._getframe(1)
         if caller.f_code in _LOSS_FORWARDS or _inside_loss_module(caller):
