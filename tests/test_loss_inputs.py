@@ -42,8 +42,10 @@ CASES = {
 }
 
 
-def _run(run_dir, case: str, steps: int = 230) -> pd.DataFrame:
+def _run(run_dir, case: str, steps: int = 230, anew: bool = False) -> pd.DataFrame:
+    """`anew`: a loss module made anew every step, each kept alive (so no two share an id)."""
     make_loss, outputs, kind = CASES[case]
+    made = []
     x, y = _data(kind)
     torch.manual_seed(0)
     model = nn.Linear(8, outputs)
@@ -56,6 +58,9 @@ def _run(run_dir, case: str, steps: int = 230) -> pd.DataFrame:
             # an epoch's short last batch now and then: steps of two shapes interleave
             i, n = (s * 64) % 1984, 64 if s % 9 != 8 else 13
             target = y[i : i + n] + 0.05 * s if kind == "regression" else y[i : i + n]
+            if anew:
+                loss_fn = make_loss()
+                made.append(loss_fn)
             loss = loss_fn(model(x[i : i + n]), target)
             opt.zero_grad()
             loss.backward()
@@ -103,3 +108,13 @@ def test_a_class_prior_counts_every_target_but_the_ignored_ones(tmp_path):
     entropy = -(p * p.log()).sum().item()
     assert rows["baseline"].iloc[-1] == pytest.approx(entropy, rel=1e-5)
     assert not math.isnan(rows["prob_dev_batch"].iloc[-1])
+
+
+@pytest.mark.parametrize("case", ["cross_entropy", "mse"])
+def test_a_loss_module_made_anew_every_step_keeps_one_running_prior(tmp_path, case):
+    """`nn.CrossEntropyLoss()(out, y)` in the loop is one loss: its prior (the baseline a
+    flat loss is measured against) pools every step's targets, as one instance's does."""
+    once = _run(tmp_path / "once", case, steps=120)
+    anew = _run(tmp_path / "anew", case, steps=120, anew=True)
+    assert once["baseline"].notna().all()
+    pd.testing.assert_frame_equal(once, anew, rtol=1e-6, atol=1e-9)

@@ -59,7 +59,7 @@ class LossProbe(Probe):
 
     def __init__(self, state: WatchState):
         super().__init__(state)
-        self._checked: set[tuple[int, Any, Any]] = set()
+        self._checked: set[tuple[str, Any, Any]] = set()
         self.count = 0  # losses logged so far (integrations log a loss only if none came)
         self._recent: list[tuple[int, torch.Tensor]] = []
         self._train_step = -1  # the last step a training loss was logged by name
@@ -156,7 +156,7 @@ class LossProbe(Probe):
             return
         if pred.shape == target.shape:
             return
-        key = (id(module), pred.shape, target.shape)
+        key = (name, pred.shape, target.shape)  # by name: a loss made anew each step is one
         if key in self._checked:
             return
         self._checked.add(key)

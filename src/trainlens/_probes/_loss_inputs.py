@@ -75,7 +75,7 @@ class _Look(NamedTuple):
 class _Pending(NamedTuple):
     """One sampled step's copies, reduced at the read-back with its loss's other steps."""
 
-    key: tuple[int, str]  # the loss and split: whose running statistics
+    key: tuple[str, str]  # the loss's name and split: whose running statistics
     group: tuple[Any, ...]  # steps of one group stack into one pass
     sink: Any
     look: _Look
@@ -90,11 +90,14 @@ class LossInputProbe(Probe):
 
     def __init__(self, state: WatchState):
         super().__init__(state)
-        self._seen: dict[tuple[int, str], int] = {}  # (loss id, split) -> last step recorded
-        # (loss id, split) -> the targets' running statistics: host-side counters, set on
-        # the step, and device tensors, set where the statistics are taken; the prior of
-        # one batch underestimates the entropy of many classes
-        self._running: dict[tuple[int, str], dict[str, Any]] = {}
+        # keyed by the loss's name (its path in the model, else its class), not its id: a
+        # loss module made anew every step (`nn.CrossEntropyLoss()(out, y)`) is one loss,
+        # and its rows already share that name
+        self._seen: dict[tuple[str, str], int] = {}  # (loss, split) -> last step recorded
+        # (loss, split) -> the targets' running statistics: host-side counters, set on the
+        # step, and device tensors, set where the statistics are taken; the prior of one
+        # batch underestimates the entropy of many classes
+        self._running: dict[tuple[str, str], dict[str, Any]] = {}
         self._regression_rows = _RegressionRows(state.tables["loss_inputs"])
         self._classification_rows = _ClassificationRows(state.tables["loss_inputs"])
         self._pending: list[_Pending] = []
@@ -118,7 +121,8 @@ class LossInputProbe(Probe):
             return  # sparse, nested or meta: no statistics to take
         state = self.state
         split = state.split()
-        key = (id(module), split)
+        name = loss_name(state, module)
+        key = (name, split)
         if self._seen.get(key) == state.step:
             return  # one look per loss and step: a per-token loop stays cheap
         self._seen[key] = state.step
@@ -136,7 +140,7 @@ class LossInputProbe(Probe):
         sink = (
             self._regression_rows if look.block is _regression_block else self._classification_rows
         )
-        prefix = (state.step, split, loss_name(state, module), type(module).__name__, look.classes)
+        prefix = (state.step, split, name, type(module).__name__, look.classes)
         if _deferred(look.x, t):
             # two copies now, the statistics with the other steps' at the read-back
             xc = look.x.to(torch.float32, copy=True)
