@@ -93,3 +93,45 @@ def test_head_swapped_in_after_the_optimizer_is_named_though_the_loss_falls(run_
 def test_a_pretrained_backbone_left_out_of_the_optimizer_is_a_freeze(run_dir):
     drill, _ = run("finetune_head_only_optimizer_pretrained_healthy", run_dir)
     assert drill["status"] == "healthy"
+
+
+def test_binary_targets_outside_0_1_are_named_not_the_logits(run_dir):
+    """Masks read from PNG files as 0/255: the first BCE loss is ~27 with logits near zero.
+    The drill names the targets' range and the division, not an init or a temperature."""
+    drill, _ = run("segmentation_masks_read_as_0_255", run_dir)
+    f = flat(drill)
+    assert (f["severity"], f["likely_cause"]) == ("error", "bad_initial_loss")
+    assert f["evidence"]["initial_loss"]["target_range"] == [0.0, 255.0]
+    assert "they range over [0, 255]" in f["first_check"]
+    assert "1/sqrt(d)" not in f["first_check"]  # not the logits' story
+    assert "`mask / 255.0`" in f["fix_attempt"]
+
+
+def test_binary_targets_outside_0_1_are_named_even_when_the_first_loss_looks_right(run_dir):
+    """A head initialised at zero gives logits of exactly 0, and BCE at logit 0 is ln 2
+    whatever the target: the first loss looks like a uniform guess, the targets (0 and 2,
+    class ids 1/2 shifted by one too few) are still wrong."""
+    import torch
+    from torch import nn
+
+    import trainlens
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    y = 2.0 * (x[:, :1] > 0).float()  # class ids 0/2 where 0/1 were meant
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    nn.init.zeros_(model[2].weight)
+    nn.init.zeros_(model[2].bias)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for i in range(0, 256, 16):
+            loss = nn.BCEWithLogitsLoss()(model(x[i : i + 16]), y[i : i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    first = lens.records.meta["initial_loss"]
+    assert abs(first["value"] - 0.6931) < 1e-3  # ln 2: a plausible first loss
+    f = flat(lens.drill)
+    assert (f["severity"], f["likely_cause"]) == ("error", "bad_initial_loss")
+    assert "they range over [0, 2]" in f["first_check"]

@@ -354,3 +354,21 @@ def test_a_failure_whose_loss_stalled_says_more_steps_will_not_help(run_dir):
     assert result.steps == 200  # stalled at the first look: the budget is not extended
     assert "stalled" in result.verdict and "more steps alone will not help" in result.verdict
     assert trainlens.load_run(run_dir).records.meta["overfit"]["trend"] == "stalled"
+
+
+def test_binary_targets_outside_0_1_fail_naming_the_targets_not_more_steps(run_dir):
+    """Masks kept as 0/255: BCE's loss falls below zero without end. The verdict names the
+    targets' range, and does not send the user to train longer."""
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    masks = (x > 0.5).float() * 255
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 1))
+    result = trainlens.overfit_one_batch(
+        model, (x, masks), nn.BCEWithLogitsLoss(), steps=200, run_dir=run_dir
+    )
+    assert not result.passed and result.losses[-1] < 0
+    assert "its targets range over [0, 255], outside [0, 1]" in result.verdict
+    assert "falling below zero" in result.verdict and "more steps will not help" in result.verdict
+    assert "Give it more steps" not in result.verdict
+    first = result.findings[0]
+    assert (first.severity, first.likely_causes[0].id) == ("error", "bad_initial_loss")

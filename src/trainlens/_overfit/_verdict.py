@@ -103,7 +103,7 @@ def initial_loss_check(
     """
     if not info:
         return None
-    from .._rules._initial_loss import expected_initial_loss
+    from .._rules._initial_loss import binary_targets_off, expected_initial_loss
 
     flagged = any(
         c["id"] == "bad_initial_loss" for f in findings for c in f.get("likely_causes", [])
@@ -112,8 +112,22 @@ def initial_loss_check(
     out = dict(info)
     out["expected"] = expected
     out["ok"] = None if expected is None else not flagged
-    out["verdict"] = None if not flagged else "negative" if info["value"] < 0 else "high"
+    # a binary loss's targets outside [0, 1] are the reason whatever the first loss shows
+    out["verdict"] = (
+        None
+        if not flagged
+        else "targets"
+        if binary_targets_off(info)
+        else "negative"
+        if info["value"] < 0
+        else "high"
+    )
     return out
+
+
+def _targets(init: dict[str, Any]) -> str:
+    r = init.get("target_range") or ["?", "?"]
+    return f"[{_g(r[0])}, {_g(r[1])}]"
 
 
 # --- the one renderer ------------------------------------------------------------------
@@ -128,11 +142,17 @@ def verdict_lines(r: OverfitResult) -> list[str]:
         head = f"FAILED: training crashed at step {len(losses)}: {r.error.splitlines()[0][:200]}"
     elif r.memorised and r.initial_loss and r.initial_loss.get("ok") is False:
         init = r.initial_loss
-        head = (
-            f"FAILED: the batch{of} was memorised, but the loss at initialisation, "
-            f"{_g(init['value'])}, is far from the ln({init['classes']}) = "
-            f"{_g(init['expected'])} of an untrained model"
-        )
+        if init.get("verdict") == "targets":
+            head = (
+                f"FAILED: the batch{of} was memorised, but its targets range over "
+                f"{_targets(init)}: {init['loss']} takes targets in [0, 1]"
+            )
+        else:
+            head = (
+                f"FAILED: the batch{of} was memorised, but the loss at initialisation, "
+                f"{_g(init['value'])}, is far from the ln({init['classes']}) = "
+                f"{_g(init['expected'])} of an untrained model"
+            )
     elif r.memorised:
         head = "FAILED: the loss went down, but the drill found errors"
     else:
@@ -148,6 +168,8 @@ def verdict_lines(r: OverfitResult) -> list[str]:
     init = r.initial_loss
     if init and init.get("expected") is not None:
         state = "ok" if init["ok"] else f"far off ({init['verdict']})"
+        if init.get("verdict") == "targets":
+            state = f"its targets range over {_targets(init)}, outside [0, 1]"
         lines.append(
             f"initial loss {_g(init['value'])}, a uniform guess over {init['classes']} classes "
             f"gives ln({init['classes']}) = {_g(init['expected'])}: {state}"
@@ -192,6 +214,15 @@ def _trend_line(r: OverfitResult) -> str | None:
         return None
     state = r.details.get("trend")
     recent = r.losses[-2 * trend_window(len(r.losses)) :]
+    init = r.initial_loss or {}
+    if state == "improving" and init.get("verdict") in ("targets", "negative") and recent[-1] < 0:
+        # falling below zero: a cross-entropy on valid inputs and targets cannot, so more
+        # steps only push it further down
+        return (
+            f"falling below zero: the loss went from {_g(recent[0])} to {_g(recent[-1])} over "
+            f"the last {len(recent)} steps, which {init.get('loss', 'the loss')} cannot do on "
+            "valid inputs and targets: more steps will not help; see the findings below."
+        )
     if state == "improving":
         more = (
             "" if not r.details.get("adaptive") else f" (the automatic budget stops at {MAX_STEPS})"

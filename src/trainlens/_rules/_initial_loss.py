@@ -2,9 +2,10 @@
 
 An untrained classifier should guess uniformly, so its first cross-entropy is close to
 ln(C) for C classes (ln 2 for binary cross-entropy). Far above it: logits are huge from
-the start (a bad init, a missing scaling). Below zero: the loss got the wrong kind of
-input (`NLLLoss` on probabilities instead of log-probabilities) or targets outside
-their range. Reads `meta["initial_loss"]` (`_probes/_initial_loss.py`).
+the start (a bad init, a missing scaling), or a binary loss's targets leave [0, 1] (0/255
+masks: then whatever the first loss). Below zero: the loss got the wrong kind of input
+(`NLLLoss` on probabilities instead of log-probabilities) or targets outside their range.
+Reads `meta["initial_loss"]` (`_probes/_initial_loss.py`).
 
 A cause of the `flat_loss` symptom, owned by `flat_loss.py` (which calls `finding`);
 the numbers are decided here, the words are `recipes/flat_loss.toml`'s.
@@ -57,15 +58,22 @@ def finding(records: Records, catalogue: Catalogue) -> Finding | None:
     high_ratio = catalogue.threshold(SYMPTOM, "initial_loss_ratio", CAUSE)
     high_margin = catalogue.threshold(SYMPTOM, "initial_loss_margin", CAUSE)
     verdict = judge_initial_loss(info, high_ratio, high_margin)
+    expected = expected_initial_loss(info)
+    if verdict is None and expected is not None and binary_targets_off(info):
+        verdict = "targets"  # the first loss may look plausible: the targets are wrong anyway
     if verdict is None:
         return None
-    expected = expected_initial_loss(info)
     assert expected is not None
     loss, value, classes = info["loss"], info["value"], info["classes"]
-    # which of the recipe's texts fits: the verdict, and for a negative loss its kind
+    # which of the recipe's texts fits: the verdict, and for a negative loss its kind; a
+    # high first loss of a binary loss on targets outside [0, 1] (masks stored as 0/255
+    # images) is the targets' doing, not the logits'
     case = "high"
     if verdict == "negative":
         case = "negative_nll" if loss == "NLLLoss" else "negative_targets"
+    elif binary_targets_off(info):
+        case = "targets_range"
+    certain = case != "high"
     fields = dict(
         loss=loss,
         value=num(value),
@@ -79,7 +87,7 @@ def finding(records: Records, catalogue: Catalogue) -> Finding | None:
     cause = catalogue.cause(
         SYMPTOM,
         CAUSE,
-        confidence=0.85 if verdict == "negative" else 0.6,
+        confidence=0.85 if certain else 0.6,
         evidence=text("evidence"),
         step=int(info.get("step", 0)),
         onset=int(info.get("step", 0)),
@@ -95,8 +103,15 @@ def finding(records: Records, catalogue: Catalogue) -> Finding | None:
     )
     if squashed is not None:
         causes.insert(0, squashed)
-    severity = "error" if verdict == "negative" else "warning"
+    severity = "error" if certain else "warning"
     return catalogue.finding(SYMPTOM, severity, causes, evidence={"initial_loss": info})
+
+
+def binary_targets_off(info: dict[str, Any]) -> bool:
+    """A binary cross-entropy whose first targets leave [0, 1]: torch takes them without a
+    word, and every step then pulls the outputs towards a probability that cannot be."""
+    r = info.get("target_range")
+    return info.get("kind") == "binary" and bool(r) and (r[0] < -1e-6 or r[1] > 1 + 1e-6)
 
 
 #: modules that end a model with normalised rows (flat_loss.SOFTMAX_MODULES, but the
