@@ -96,12 +96,14 @@ def test_a_pretrained_backbone_left_out_of_the_optimizer_is_a_freeze(run_dir):
 
 
 def test_binary_targets_outside_0_1_are_named_not_the_logits(run_dir):
-    """Masks read from PNG files as 0/255: the first BCE loss is ~27 with logits near zero.
+    """Masks read from PNG files as 0/255: the first BCE loss is ~9 with logits near zero.
     The drill names the targets' range and the division, not an init or a temperature."""
     drill, _ = run("segmentation_masks_read_as_0_255", run_dir)
     f = flat(drill)
     assert (f["severity"], f["likely_cause"]) == ("error", "bad_initial_loss")
-    assert f["evidence"]["initial_loss"]["target_range"] == [0.0, 255.0]
+    first = f["evidence"]["initial_loss"]
+    assert first["target_range"] == [0.0, 255.0]
+    assert max(abs(v) for v in first["input_range"]) < 1 < first["value"]  # not the logits
     assert "they range over [0, 255]" in f["first_check"]
     assert "1/sqrt(d)" not in f["first_check"]  # not the logits' story
     assert "`mask / 255.0`" in f["fix_attempt"]

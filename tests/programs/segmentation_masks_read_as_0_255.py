@@ -2,8 +2,8 @@
 `nn.BCEWithLogitsLoss` on masks loaded from PNG files the way many tutorials load them:
 `torch.from_numpy(np.array(Image.open(path))).float()`, which keeps the mask's 0/255
 pixel values. BCE takes a probability in [0, 1] per pixel and torch accepts 255 without
-a word: the first loss is ~27 with logits near zero, and the model is pulled towards a
-probability that cannot be."""
+a word: the first loss is ~9 with logits near zero (about -0.2), and the model is pulled
+towards a probability that cannot be."""
 
 from __future__ import annotations
 

@@ -75,6 +75,7 @@ def describe_loss(loss: Any, pred: torch.Tensor, target: torch.Tensor) -> dict[s
         info["kind"] = "binary"
         info["classes"] = 2
         info["weighted"] = getattr(loss, "pos_weight", None) is not None
+        info["input_range"] = _range(pred)
         info["target_range"] = _range(target)
     return info
 
