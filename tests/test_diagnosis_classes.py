@@ -137,3 +137,21 @@ def test_binary_targets_outside_0_1_are_named_even_when_the_first_loss_looks_rig
     f = flat(lens.drill)
     assert (f["severity"], f["likely_cause"]) == ("error", "bad_initial_loss")
     assert "they range over [0, 2]" in f["first_check"]
+
+
+def test_an_input_of_zeros_is_named_not_a_cut_graph(run_dir):
+    """Feature columns asked for by misspelt names, filled with zeros: the first layer's
+    weights get zero gradients because their input is zero. The drill names the input and
+    the loading to look at, not a `.detach()`, and does not advise dividing by its std."""
+    drill, _ = run("tabular_features_misspelt_columns_filled_with_zeros", run_dir)
+    f = flat(drill)
+    assert (f["severity"], f["likely_cause"], f["module"]) == (
+        "error",
+        "unnormalized_input",
+        "net.0",
+    )
+    assert [c["id"] for c in f["likely_causes"]] == ["unnormalized_input"]
+    assert "every value is 0" in f["first_check"]
+    assert "misspelt or renamed column" in f["first_check"]
+    assert "/ std" not in f["fix_attempt"]
+    assert "does not vary" in f["likely_causes"][0]["evidence"]

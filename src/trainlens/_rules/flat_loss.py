@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -773,6 +774,11 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
         if not used.empty
         else []
     )
+    if zero and _constant_input(stats := _input_scale(ctx)) and stats["min"] == 0:
+        # an input of zeros gives the weights that multiply it a zero gradient: that is the
+        # input's doing (`unnormalized_input` says so), not a cut graph
+        first = _first_leaf(ctx)
+        zero = [n for n in zero if pp.at[n, "module"] != first]
     stopped = none + frozen + zero
     if not stopped:
         return None
@@ -1105,9 +1111,18 @@ def _input_scale(ctx: _Context) -> dict[str, float] | None:
     }
 
 
+def _constant_input(stats: dict[str, float] | None) -> bool:
+    """Every value of the model's (first floating-point) input on every sampled training
+    step was the same: blank images, a misspelt column filled with zeros, a transform that
+    wiped the batch. Such an input carries nothing to learn from."""
+    return stats is not None and math.isfinite(stats["min"]) and stats["min"] == stats["max"]
+
+
 def _input_off_scale(ctx: _Context, stats: dict[str, float] | None) -> bool:
     if stats is None:
         return False
+    if _constant_input(stats):
+        return True
     big = stats["scale"] > ctx.t("scale_max", "unnormalized_input")
     small = 0 < stats["scale"] < ctx.t("scale_min", "unnormalized_input")
     return big or small
@@ -1118,11 +1133,9 @@ def _unnormalized_input(ctx: _Context) -> Cause | None:
     if not _input_off_scale(ctx, stats):
         return None
     assert stats is not None
-    first = min(
-        (m for m in ctx.order if ctx.modules.get(m, {}).get("leaf")),
-        key=ctx.forward_pos,
-        default=None,
-    )
+    first = _first_leaf(ctx)
+    if _constant_input(stats):
+        return _constant_input_cause(ctx, stats, first)
     far = stats["scale"] / ctx.t("scale_max", "unnormalized_input")
     return ctx.cause(
         "unnormalized_input",
@@ -1135,6 +1148,52 @@ def _unnormalized_input(ctx: _Context) -> Cause | None:
         rows=stats["rows"],
         receives=ctx.text("unnormalized_input", "receives", first=first) if first else "",
     )
+
+
+def _first_leaf(ctx: _Context) -> str | None:
+    """The first leaf module to run: the one that receives the model's input."""
+    return min(
+        (m for m in ctx.order if ctx.modules.get(m, {}).get("leaf")),
+        key=ctx.forward_pos,
+        default=None,
+    )
+
+
+def _constant_input_cause(ctx: _Context, stats: dict[str, float], first: str | None) -> Cause:
+    """The input does not vary: the loss can only sit at the level of the average target.
+    Less sure when the model takes other tensors too (only its first is recorded)."""
+    text = functools.partial(ctx.text, "unnormalized_input")
+    value = num(stats["min"])
+    receives = text("receives", first=first) if first else ""
+    cause = ctx.cause(
+        "unnormalized_input",
+        0.85 if _model_tensor_inputs(ctx) <= 1 else 0.5,
+        text("constant_evidence", value=value, rows=stats["rows"], receives=receives),
+        module=first,
+        mean=num(stats["mean"]),
+        std=num(stats["std"]),
+        min=value,
+        max=value,
+        rows=stats["rows"],
+        receives=receives,
+    )
+    return dataclasses.replace(
+        cause, first_check=text("constant_check", value=value), fix_attempt=text("constant_fix")
+    )
+
+
+def _model_tensor_inputs(ctx: _Context) -> int:
+    """How many tensors the model's own call takes (its first shape-trace row); 1 if unknown."""
+    shapes = ctx.records.shapes
+    if shapes.empty or "inputs" not in shapes.columns:
+        return 1
+    root = shapes[shapes["module"] == ""]
+    if root.empty:
+        return 1
+    try:
+        return max(1, len(json.loads(root["inputs"].iloc[0])))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _unnormalized_target(ctx: _Context) -> Cause | None:
