@@ -316,6 +316,20 @@ def test_class_targets_outside_the_outputs_are_target_out_of_range(labels, fix, 
     assert fix in f.fix_attempt
 
 
+def test_class_weights_of_the_wrong_length_are_named_not_the_shapes(run_dir):
+    """`CrossEntropyLoss(weight=w)` with 3 weights for 5 classes raises a message that
+    mentions a shape; the input [16, 5] and target [16] are right, the weights are not."""
+    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5]))
+    lens, exc = crash(nn.Linear(4, 5), torch.randn(16, 4), torch.arange(16) % 5, loss_fn, run_dir)
+    assert isinstance(exc, RuntimeError)
+    f = only(lens)
+    assert (f.severity, f.likely_cause) == ("error", "loss_target_shape_mismatch")
+    assert "its `weight` holds 3 class weights and the input has 5 classes" in f.top.evidence
+    assert "criterion.weight.shape" in f.first_check
+    assert "`output.shape` and `target.shape`" not in f.first_check
+    assert "`weight` of shape [5]" in f.fix_attempt
+
+
 def test_a_segmentation_mask_with_the_void_label_255_says_ignore_index(run_dir):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 1))

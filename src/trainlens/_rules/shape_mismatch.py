@@ -55,6 +55,12 @@ _DTYPE_MESSAGE = re.compile(
 _DEVICE_MESSAGE = re.compile(r"device|cuda|mps|xpu|hip", re.I)
 # a class target outside [0, C) (CPU message; CUDA's device-side assert)
 _TARGET_RANGE = re.compile(r"Target -?\d+ is out of bounds|t >= 0 && t < n_classes")
+#: a class-weighted loss (`CrossEntropyLoss(weight=w)`, `NLLLoss`) whose `w` is not one
+#: weight per class: the input and target shapes are fine, the weights are not
+_CLASS_WEIGHTS = re.compile(
+    r"weight tensor should be defined either for all (\d+) classes or no classes but got "
+    r"weight tensor of shape: \[(\d+)\]"
+)
 _INTEGER = ("int64", "int32", "int16", "int8", "uint8", "bool")
 _INDEX_LOSSES = ("CrossEntropyLoss", "NLLLoss")
 
@@ -87,6 +93,9 @@ def _crash_finding(records: Records, catalogue: Catalogue) -> Finding | None:
     if exc["phase"] == "loss":
         if _TARGET_RANGE.search(message) and len(inputs) >= 2:
             return _target_range_crash(records, catalogue, exc, message, inputs)
+        weights = _CLASS_WEIGHTS.search(message)
+        if weights and len(inputs) >= 2:
+            return _class_weights_crash(records, catalogue, exc, message, inputs, weights)
         return _loss_crash(records, catalogue, exc, message, inputs)
 
     module = exc.get("module")
@@ -277,6 +286,45 @@ def _loss_crash(
             "exception": message[:500],
         },
     )
+
+
+def _class_weights_crash(
+    records: Records,
+    catalogue: Catalogue,
+    exc: dict[str, Any],
+    message: str,
+    inputs: list[list[int]],
+    weights: re.Match[str],
+) -> Finding:
+    """The loss's class weights are not one per class: said about the weights, since the
+    input and target shapes that reached it are right."""
+    loss = exc.get("module_type") or _loss_text(catalogue, "the_loss")
+    classes, got = int(weights.group(1)), int(weights.group(2))
+    fields = dict(
+        loss=loss,
+        input_shape=shape_str(inputs[0]),
+        target_shape=shape_str(inputs[1]),
+        classes=classes,
+        weights=got,
+        message=message[:200],
+    )
+    text = lambda key: _loss_text(catalogue, key, **fields)  # noqa: E731
+    found = catalogue.cause(
+        SYMPTOM,
+        "loss_target_shape_mismatch",
+        confidence=0.95,
+        evidence=text("class_weights_evidence"),
+        module=_model_module(records, exc.get("module")),
+        step=exc.get("step"),
+        suggestion=text("class_weights_fix"),
+        **{k: v for k, v in fields.items() if k != "message"},
+    )
+    found = dataclasses.replace(
+        found, first_check=text("class_weights_check"), fix_attempt=text("class_weights_fix")
+    )
+    details = {"loss": loss, "input": inputs[0], "target": inputs[1], "classes": classes,
+               "class_weights": got, "exception": message[:500]}  # fmt: skip
+    return catalogue.finding(SYMPTOM, "error", [found], evidence=details)
 
 
 def _rows_changed(
