@@ -6,7 +6,9 @@ loss with `torch.nn.functional`, and must be diagnosed as with the `nn` loss mod
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 
 import pytest
 import torch
@@ -38,6 +40,30 @@ def cross_entropy(logits, y):
 
 
 # --- the catalogue's loss-dependent bug classes, with a functional loss ------------------
+def test_a_loss_modules_warning_points_where_it_does_without_watch(run_dir):
+    """`nn.MSELoss` calls `F.mse_loss`, wrapped during the block: torch's broadcasting
+    warning (`stacklevel=2`) must still name MSELoss.forward's line in torch, not the
+    wrapper's file, so filters and the once-per-line registry work as without watch."""
+
+    def warned_at(watch: bool) -> set[tuple[str, int]]:
+        model = nn.Linear(3, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(8, 3), torch.randn(8)
+        lens = trainlens.watch(model, opt, run_dir=run_dir, quiet=True) if watch else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with lens if lens is not None else contextlib.nullcontext():
+                loss = nn.MSELoss()(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return {(w.filename, w.lineno) for w in caught if "target size" in str(w.message)}
+
+    plain = warned_at(watch=False)
+    assert len(plain) == 1 and next(iter(plain))[0].endswith("loss.py")
+    assert warned_at(watch=True) == plain
+
+
 def test_softmax_before_f_cross_entropy_is_softmax_before_loss(run_dir):
     model = nn.Sequential(mlp(), nn.Softmax(dim=1))
     train(model, classification_data(n=256), steps=60, lr=1e-3, loss_fn=cross_entropy,

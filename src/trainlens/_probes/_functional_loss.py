@@ -312,17 +312,22 @@ def _make_wrapper(spec: _Spec) -> Any:
 
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if (
-            compiling()
-            or not _LISTENERS
-            or _DEPTH[0]
-            or (_ANY_SUSPENDED[0] and _LOCAL.suspended)
-            or transformed()
-        ):
+        if compiling() or transformed():
             return original(*args, **kwargs)
         caller = sys._getframe(1)
-        if caller.f_code in _LOSS_FORWARDS or _inside_loss_module(caller):
-            return original(*args, **kwargs)  # its module's hooks record it
+        if (
+            not _LISTENERS
+            or _DEPTH[0]
+            or (_ANY_SUSPENDED[0] and _LOCAL.suspended)
+            or caller.f_code in _LOSS_FORWARDS
+            or _inside_loss_module(caller)
+        ):
+            # not recorded here (a loss module's own hooks record its call); a warning
+            # torch aims at the caller (`stacklevel=2`) must still land at the caller's
+            # line, as without the wrapper, not at this file
+            if spec.may_warn_at_caller(args, kwargs):
+                return _call_from(caller, original, args, kwargs)
+            return original(*args, **kwargs)
         _DEPTH[0] += 1
         try:
             if spec.may_warn_at_caller(args, kwargs):
