@@ -3,11 +3,17 @@ named as its cause, ranked by which evidence came first."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
 import trainlens
 from models import classification_data, mlp, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from diagnosis import PROGRAMS, load_program
 
 
 def finding(run_dir, symptom="diverging"):
@@ -164,3 +170,18 @@ def test_a_loss_below_zero_that_swings_up_is_still_diverging(run_dir):
     assert f["likely_cause"] == "lr_too_high"
     assert "counted from its lowest value -" in f["likely_causes"][0]["evidence"]
     assert lens.records.train_loss().min() < 0
+
+
+def test_a_surrogate_loss_whose_first_value_was_its_lowest_settling_at_zero_is_not_diverging(
+    run_dir,
+):
+    """REINFORCE's surrogate starts at -0.24 (its lowest), swings, and settles at 0 as the
+    policy commits: counted from that floor every later value is a rise of any ratio, but
+    none clears the loss's own early scatter. Not diverging."""
+    program = load_program(PROGRAMS / "rl_bandit_policy_gradient_healthy.py")
+    program.main(run_dir)
+    lens = trainlens.load_run(run_dir)
+    losses = lens.records.train_loss()
+    assert losses.iloc[0] == losses.min() < 0  # the floor is the first value
+    assert abs(losses.iloc[-30:].median()) < 0.01  # settled at zero
+    assert lens.drill["status"] == "healthy", lens.drill["findings"]

@@ -281,6 +281,18 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     late = values[len(values) // 2 :]
     swings = float((late > t("rise_ratio") * start).mean())
     oscillates = swings >= t("swing_fraction")
+    if floor < 0:
+        # below zero the floor is wherever the noise took the loss lowest: a start at (or
+        # near) it makes every later value a rise of any ratio (a policy-gradient surrogate
+        # whose first value, -0.24, was its lowest, settling at 0). A rise must also clear
+        # the loss's own scatter over its first steps (robust: a blow-up at step 1, the
+        # very evidence of a lr too high, must not widen it)
+        first = raw[:k]
+        scatter = 1.4826 * float(np.median(np.abs(first - np.median(first))))
+        margin = t("noise_ratio") * scatter
+        rose = rose and end - start > margin
+        swings = float((late > max(t("rise_ratio") * start, start + margin)).mean())
+        oscillates = swings >= t("swing_fraction")
     if not (rose or rebound or oscillates):
         return []
     onset = _first_above(loss.iloc[low:] - floor, max(start, best) * t("rise_ratio"))
