@@ -415,3 +415,36 @@ def test_a_pairwise_ranking_loss_over_n_by_n_is_not_a_broadcast(run_dir):
 
     lens = _hand_written(run_dir, pairwise)
     assert not [f for f in lens.findings if f.symptom == "shape_mismatch"], lens.drill["findings"]
+
+
+def test_a_recurrent_layer_fed_a_2d_batch_is_told_it_read_one_unbatched_sequence(run_dir):
+    """An LSTM given [batch, features] takes it as one unbatched sequence: the samples
+    became its time steps and each output depends on the samples before it. The fix is a
+    sequence axis, not batch_first."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(10, 32)
+            self.fc = nn.Linear(32, 2)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0])
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 10, generator=g)
+    y = (x[:, 0] > 0).long()
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for i in range(0, 256, 16):
+            loss = nn.functional.cross_entropy(model(x[i : i + 16]), y[i : i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    f = only(lens)
+    assert (f.likely_cause, f.module) == ("batch_dim_mixing", "rnn")
+    assert "`rnn` got a 2-D input [16, 10]" in f.fix_attempt
+    assert "`x.unsqueeze(1)`" in f.fix_attempt
+    assert "batch_first=False but is fed" not in f.fix_attempt

@@ -780,7 +780,12 @@ def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
         where = text(
             "module_where", module_type=module_type, data_axes=_data_axes(catalogue, dep, module)
         )
-        if "batch_first" in attrs:
+        fed = _first_input_shape(records, module)
+        if "batch_first" in attrs and fed is not None and len(fed) == 2:
+            # a 2-D input is one unbatched sequence to a recurrent layer: the batch became
+            # its time axis, whatever batch_first says
+            suggestion = text("unbatched_suggestion", shape=shape_str(fed), steps=fed[0])
+        elif "batch_first" in attrs:
             batch_first = attrs["batch_first"]
             suggestion = text(
                 "batch_first_suggestion",
@@ -801,6 +806,21 @@ def _mixing_findings(records: Records, catalogue: Catalogue) -> list[Finding]:
         suggestion=suggestion,
     )
     return [catalogue.finding(SYMPTOM, severity, [cause], evidence={"batch_dependency": dep})]
+
+
+def _first_input_shape(records: Records, module: str | None) -> list[int] | None:
+    """The shape of the first tensor `module` was called with, from the shape trace."""
+    shapes = records.shapes
+    if module is None or shapes.empty:
+        return None
+    rows = shapes[shapes["module"] == module]
+    if rows.empty:
+        return None
+    try:
+        first = json.loads(rows.iloc[0]["inputs"])
+    except (TypeError, ValueError):
+        return None
+    return first[0] if first and isinstance(first[0], list) else None
 
 
 def _batch_statistics(records: Records, catalogue: Catalogue, dep: dict[str, Any]) -> bool:
