@@ -185,3 +185,32 @@ def test_a_surrogate_loss_whose_first_value_was_its_lowest_settling_at_zero_is_n
     assert losses.iloc[0] == losses.min() < 0  # the floor is the first value
     assert abs(losses.iloc[-30:].median()) < 0.01  # settled at zero
     assert lens.drill["status"] == "healthy", lens.drill["findings"]
+
+
+def test_accumulating_an_undivided_loss_over_16_passes_adds_the_division_to_the_fix(run_dir):
+    """Gradient accumulation over 16 micro-batches without `loss / 16`: every step is 16x
+    what the lr says. The lr is too high in effect, and the fix says where the 16x comes
+    from."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 32, generator=g)
+    y = (x @ torch.randn(32, 10, generator=g)).argmax(1)
+    model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for it in range(40):
+            for k in range(16):
+                i = ((it * 16 + k) * 16) % 4080
+                nn.functional.cross_entropy(model(x[i : i + 16]), y[i : i + 16]).backward()
+            opt.step()
+            opt.zero_grad()
+    (f,) = [f for f in lens.findings if f.symptom == "diverging"]
+    assert f.likely_cause == "lr_too_high"
+    assert "runs 16 backward passes before each step" in f.fix_attempt
+    assert "`(loss / 16).backward()`" in f.fix_attempt
+
+
+def test_one_backward_pass_a_step_gets_no_accumulation_advice(run_dir):
+    lens = gaussian_nll(run_dir, 0.2)
+    (f,) = [f for f in lens.findings if f.symptom == "diverging"]
+    assert "backward passes before each step" not in f.fix_attempt

@@ -59,6 +59,8 @@ class Dynamics:
     # (log10), and whether the train loss had been falling up to that step
     jump_orders: float = 0.0
     fell_before_jump: bool = False
+    # backward passes per optimizer step (median): gradient accumulation when above 1
+    passes: int = 1
 
 
 def dynamics(
@@ -126,7 +128,17 @@ def dynamics(
         growth_step=int(above.index[0]) if len(above := total[total > 10 * grad_start]) else None,
         jump_orders=jump_orders,
         fell_before_jump=fell,
+        passes=_passes_per_step(records),
     )
+
+
+def _passes_per_step(records: Records) -> int:
+    """Backward passes per optimizer step, the median over the run (1 if unknown)."""
+    steps = records.steps
+    if steps.empty or "backward_passes" not in steps.columns:
+        return 1
+    passes = pd.to_numeric(steps["backward_passes"], errors="coerce").dropna()
+    return max(1, int(passes.median())) if len(passes) else 1
 
 
 def _sudden_jump(records: Records, total: pd.Series) -> tuple[float, bool]:
@@ -189,32 +201,34 @@ def divergence_causes(
         elif sudden:
             conf -= 0.2  # the loss fell at this step size until the gradient jumped
         conf = min(0.85, conf) if r0 >= ratio_high else min(0.3, conf)
-        causes.append(
-            catalogue.cause(
-                symptom,
+        cause = catalogue.cause(
+            symptom,
+            "lr_too_high",
+            confidence=max(0.05, conf),
+            evidence=text(
                 "lr_too_high",
-                confidence=max(0.05, conf),
-                evidence=text(
-                    "lr_too_high",
-                    "update_ratio" if math.isfinite(dyn.lr) else "update_ratio_no_lr",
+                "update_ratio" if math.isfinite(dyn.lr) else "update_ratio_no_lr",
+                ratio=num(r0),
+                median_ratio=num(dyn.median_ratio),
+                lr=num(dyn.lr),
+            ),
+            module=dyn.ratio_module,
+            step=step,
+            onset=_first_large(dyn, ratio_high),
+            **{
+                **dict(
                     ratio=num(r0),
-                    median_ratio=num(dyn.median_ratio),
-                    lr=num(dyn.lr),
+                    lr=num(dyn.lr) if math.isfinite(dyn.lr) else text("lr_too_high", "lr_unknown"),
                 ),
-                module=dyn.ratio_module,
-                step=step,
-                onset=_first_large(dyn, ratio_high),
-                **{
-                    **dict(
-                        ratio=num(r0),
-                        lr=num(dyn.lr)
-                        if math.isfinite(dyn.lr)
-                        else text("lr_too_high", "lr_unknown"),
-                    ),
-                    **loss_fields,
-                },
-            )
+                **loss_fields,
+            },
         )
+        if dyn.passes > 1:
+            # accumulated gradients add up: a loss not divided by the passes makes each
+            # step that many times what the lr says
+            extra = text("lr_too_high", "accumulation", passes=dyn.passes)
+            cause = dataclasses.replace(cause, fix_attempt=f"{cause.fix_attempt} {extra}")
+        causes.append(cause)
     grows = dyn.growth_orders >= growth_needed
     spikes = dyn.spike >= spike_needed
     if grows or spikes:
