@@ -40,28 +40,30 @@ def cross_entropy(logits, y):
 
 
 # --- the catalogue's loss-dependent bug classes, with a functional loss ------------------
-def test_a_loss_modules_warning_points_where_it_does_without_watch(run_dir):
-    """`nn.MSELoss` calls `F.mse_loss`, wrapped during the block: torch's broadcasting
-    warning (`stacklevel=2`) must still name MSELoss.forward's line in torch, not the
-    wrapper's file, so filters and the once-per-line registry work as without watch."""
+def test_a_loss_warning_shows_where_and_as_often_as_without_watch(run_dir):
+    """`nn.MSELoss` calls `F.mse_loss`, wrapped during the block, and so does the user's own
+    `F.mse_loss` call: torch's broadcasting warning (`stacklevel=2`) must name the same
+    lines as without watch (MSELoss.forward in torch, the user's line), and under the
+    default filter show once per line, not once per step."""
 
-    def warned_at(watch: bool) -> set[tuple[str, int]]:
+    def warned(watch: bool) -> list[tuple[str, int]]:
         model = nn.Linear(3, 1)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         x, y = torch.randn(8, 3), torch.randn(8)
         lens = trainlens.watch(model, opt, run_dir=run_dir, quiet=True) if watch else None
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("default")
             with lens if lens is not None else contextlib.nullcontext():
-                loss = nn.MSELoss()(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        return {(w.filename, w.lineno) for w in caught if "target size" in str(w.message)}
+                for _ in range(5):
+                    loss = nn.MSELoss()(model(x), y) + F.mse_loss(model(x), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        return [(w.filename, w.lineno) for w in caught if "target size" in str(w.message)]
 
-    plain = warned_at(watch=False)
-    assert len(plain) == 1 and next(iter(plain))[0].endswith("loss.py")
-    assert warned_at(watch=True) == plain
+    plain = warned(watch=False)
+    assert len(plain) == 2 and plain[0][0].endswith("loss.py") and plain[1][0] == __file__
+    assert warned(watch=True) == plain
 
 
 def test_softmax_before_f_cross_entropy_is_softmax_before_loss(run_dir):

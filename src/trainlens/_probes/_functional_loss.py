@@ -40,7 +40,6 @@ import inspect
 import math
 import sys
 import types
-import warnings
 from typing import Any
 
 import torch
@@ -283,28 +282,46 @@ def _elements(spec: _Spec, values: dict[str, Any]) -> Any:
         return None
 
 
+def _trampoline(f: Any, a: tuple, k: dict) -> Any:
+    return f(*a, **k)
+
+
+# the line of the trampoline's call, counted from its first line
+_CALL_OFFSET = (
+    max(line for *_, line in _trampoline.__code__.co_lines() if line is not None)
+    - _trampoline.__code__.co_firstlineno
+)
+
+
+#: (caller's code, line) -> the trampoline that calls from there (bounded)
+_TRAMPOLINES: dict[tuple[Any, int], Any] = {}
+MAX_TRAMPOLINES = 256
+
+
 def _call_from(caller: types.FrameType, original: Any, args: tuple, kwargs: dict) -> Any:
-    """Call `original`; a warning it gives points at the caller's line, not at the wrapper.
+    """Call `original` from a frame that has the caller's file, line and globals.
 
     torch warns with `stacklevel=2` (e.g. MSELoss's "Using a target size ... broadcasting"):
-    one frame up is now the wrapper. The warnings are recorded and issued again at the
-    caller's file and line, through the caller's own filters (an "error" filter still
-    raises there).
+    one frame up from the loss is now the wrapper. Calling through a one-line trampoline
+    whose code carries the caller's file and line, and whose globals are the caller's, puts
+    the warning where it is without the wrapper: same location, same module for the
+    filters, same once-per-location registry. (Catching and re-issuing it instead would
+    mutate the filters on every call, which clears every registry: a warning shown once
+    per line would then show on every step.)
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = original(*args, **kwargs)
-    for w in caught:
-        glob = caller.f_globals
-        warnings.warn_explicit(
-            w.message,
-            w.category,
-            caller.f_code.co_filename,
-            caller.f_lineno,
-            module=glob.get("__name__"),
-            registry=glob.setdefault("__warningregistry__", {}),
+    key = (caller.f_code, caller.f_lineno)
+    call = _TRAMPOLINES.get(key)
+    if call is None:
+        code = _trampoline.__code__.replace(
+            co_filename=caller.f_code.co_filename,
+            co_firstlineno=max(1, caller.f_lineno - _CALL_OFFSET),
+            co_name=caller.f_code.co_name,
         )
-    return out
+        call = types.FunctionType(code, caller.f_globals, caller.f_code.co_name)
+        if len(_TRAMPOLINES) >= MAX_TRAMPOLINES:
+            _TRAMPOLINES.clear()
+        _TRAMPOLINES[key] = call
+    return call(original, args, kwargs)
 
 
 def _make_wrapper(spec: _Spec) -> Any:
