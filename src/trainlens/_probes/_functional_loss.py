@@ -312,12 +312,15 @@ def _call_from(caller: types.FrameType, original: Any, args: tuple, kwargs: dict
     key = (caller.f_code, caller.f_lineno)
     call = _TRAMPOLINES.get(key)
     if call is None:
-        code = _trampoline.__code__.replace(
-            co_filename=caller.f_code.co_filename,
-            co_firstlineno=max(1, caller.f_lineno - _CALL_OFFSET),
-            co_name=caller.f_code.co_name,
-        )
-        call = types.FunctionType(code, caller.f_globals, caller.f_code.co_name)
+        try:
+            code = _trampoline.__code__.replace(
+                co_filename=caller.f_code.co_filename,
+                co_firstlineno=max(1, caller.f_lineno - _CALL_OFFSET),
+                co_name=caller.f_code.co_name,
+            )
+            call = types.FunctionType(code, caller.f_globals, caller.f_code.co_name)
+        except Exception:  # no line (f_lineno None), an odd code object: call it plainly
+            return original(*args, **kwargs)
         if len(_TRAMPOLINES) >= MAX_TRAMPOLINES:
             _TRAMPOLINES.clear()
         _TRAMPOLINES[key] = call
