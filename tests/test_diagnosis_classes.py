@@ -155,3 +155,13 @@ def test_an_input_of_zeros_is_named_not_a_cut_graph(run_dir):
     assert "misspelt or renamed column" in f["first_check"]
     assert "/ std" not in f["fix_attempt"]
     assert "does not vary" in f["likely_causes"][0]["evidence"]
+
+
+def test_a_sigmoid_before_cross_entropy_is_softmax_before_loss_naming_it(run_dir):
+    """Logits squashed into [0, 1] by a final Sigmoid: no row sums to 1, every value lies
+    in [0, 1], and the softmax of such a row cannot put more than e / (e + 2) on a class."""
+    drill, _ = run("mlp_sigmoid_before_cross_entropy", run_dir)
+    f = flat(drill)
+    assert (f["likely_cause"], f["module"]) == ("softmax_before_loss", "net.3")
+    assert "squashed into [0, 1]" in f["first_check"]
+    assert "Remove the final `Sigmoid`" in f["fix_attempt"] and "0.551" in f["fix_attempt"]

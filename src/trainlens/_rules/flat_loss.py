@@ -526,7 +526,10 @@ def _zero_grad_missing(ctx: _Context) -> Cause | None:
 class NormalisedInput:
     """A logits loss fed normalised outputs: which kind (`case`) and on which rows."""
 
-    case: str  # "sigmoid" (outputs in [0, 1]), "probabilities" or "log_probabilities"
+    # "sigmoid" (outputs in [0, 1] into BCEWithLogitsLoss), "squashed" (every value in
+    # [0, 1] into a softmax loss, rows not summing to 1: a sigmoid before it),
+    # "probabilities" or "log_probabilities"
+    case: str
     loss: str
     inputs: pd.DataFrame  # the loss's sampled train inputs
     rows: pd.DataFrame  # those normalised
@@ -557,6 +560,8 @@ def _normalised_rows(ctx: _Context, li: pd.DataFrame) -> NormalisedInput | None:
     # rows summing to 1, or (a sigmoid loss) every value inside [0, 1]
     probs = (li["min"] >= -1e-6) & ((li["prob_dev"] <= tol) | (binary & (li["max"] <= 1 + 1e-6)))
     logprobs = (li["max"] <= 1e-6) & (li["logprob_dev"] <= tol) & ~li["type"].isin(LOGPROB_LOSSES)
+    # every value in [0, 1], rows not summing to 1: a sigmoid's outputs into a softmax loss
+    squashed = (li["min"] >= -1e-6) & (li["max"] <= 1 + 1e-6) & ~binary & (li["classes"] > 1)
     need = ctx.t("steps_share", "softmax_before_loss") * len(li)
     loss = str(li["type"].mode().iloc[0])
     classes = int(li["classes"].median())
@@ -572,6 +577,10 @@ def _normalised_rows(ctx: _Context, li: pd.DataFrame) -> NormalisedInput | None:
         rows, case = li[logprobs], "log_probabilities"
         deviation = float(rows["logprob_dev"].median())
         floor = 0.0
+    elif squashed.sum() >= need and loss not in LOGPROB_LOSSES:
+        # logits confined to [0, 1]: the softmax of such a row gives at most e / (e + C - 1)
+        rows, case, deviation = li[squashed], "squashed", math.nan
+        floor = -math.log(math.e / (math.e + classes - 1)) if classes > 1 else 0.0
     else:
         return None
     return NormalisedInput(case, loss, li, rows, deviation, floor)
@@ -584,8 +593,10 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
     loss, rows, case = found.loss, found.rows, found.case
     text = functools.partial(ctx.text, "softmax_before_loss")
     sigmoid = loss == "BCEWithLogitsLoss"
-    squash = "sigmoid" if sigmoid else "softmax"  # the recipe's `<squash>_...` texts
-    kinds = ("Sigmoid",) if sigmoid else SOFTMAX_MODULES
+    # the recipe's `<squash>_...` texts: what squashed the outputs, and what the loss applies
+    squash = "sigmoid" if sigmoid or case == "squashed" else "softmax"
+    applies = text("sigmoid_applies" if sigmoid else "softmax_applies")
+    kinds = ("Sigmoid",) if squash == "sigmoid" else SOFTMAX_MODULES
     softmaxes = [n for n, m in ctx.modules.items() if m.get("type") in kinds]
     module = max(softmaxes, key=ctx.forward_pos) if softmaxes else None
     module_type = ctx.modules[module]["type"] if module else text(f"{squash}_module_type")
@@ -628,7 +639,7 @@ def _softmax_before_loss(ctx: _Context) -> Cause | None:
         module_type=module_type,
         floor=num(found.floor),
         printout=text(f"{squash}_printout"),
-        applies=text(f"{squash}_applies"),
+        applies=applies,
         rows=len(rows),
         sampled=len(found.inputs),
         where=where,
