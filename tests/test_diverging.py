@@ -214,3 +214,27 @@ def test_one_backward_pass_a_step_gets_no_accumulation_advice(run_dir):
     lens = gaussian_nll(run_dir, 0.2)
     (f,) = [f for f in lens.findings if f.symptom == "diverging"]
     assert "backward passes before each step" not in f.fix_attempt
+
+
+def test_lbfgs_evaluating_its_closure_several_times_a_step_is_no_accumulation(run_dir):
+    """LBFGS runs 4 backward passes inside each `step(closure)`: its lr too high must not
+    be told to divide the loss by 4, which the loop never accumulated."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = torch.optim.LBFGS(model.parameters(), lr=5.0, max_iter=4)
+    x = torch.randn(256, 4)
+    y = x.sum(1, keepdim=True).sin()
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(30):
+            opt.step(closure)
+    assert lens.records.meta["in_step_backward_passes"] == 4 * 30
+    causes = [c for f in lens.findings for c in f.likely_causes if c.id == "lr_too_high"]
+    assert causes, lens.drill["findings"]  # lr 5 blows LBFGS up
+    assert all("backward passes before each step" not in c.fix_attempt for c in causes)

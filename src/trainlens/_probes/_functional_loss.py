@@ -307,7 +307,8 @@ def _call_from(caller: types.FrameType, original: Any, args: tuple, kwargs: dict
     the warning where it is without the wrapper: same location, same module for the
     filters, same once-per-location registry. (Catching and re-issuing it instead would
     mutate the filters on every call, which clears every registry: a warning shown once
-    per line would then show on every step.)
+    per line would then show on every step.) An exception of the loss passes through
+    unchanged; its traceback shows the trampoline as one more frame at the caller's line.
     """
     key = (caller.f_code, caller.f_lineno)
     call = _TRAMPOLINES.get(key)

@@ -159,6 +159,11 @@ class StepProbe(Probe):
                 modes["train_before"] = modes["train"]
         state.backward_passes += 1
         state.backward_in_step += 1
+        if self._in_step:
+            # a pass the optimizer ran itself (`step(closure)`: LBFGS evaluates several):
+            # not the loop accumulating gradients (run.json `in_step_backward_passes`)
+            meta = state.extra_meta
+            meta["in_step_backward_passes"] = meta.get("in_step_backward_passes", 0) + 1
         state.phase = "backward"
         if state.optimizer is None:
             # without an optimizer the end of a backward pass ends the step. With one, the

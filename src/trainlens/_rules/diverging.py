@@ -133,7 +133,11 @@ def dynamics(
 
 
 def _passes_per_step(records: Records) -> int:
-    """Backward passes per optimizer step, the median over the run (1 if unknown)."""
+    """Backward passes the loop runs per optimizer step, the median over the run (1 if
+    unknown, or if the optimizer ran passes itself: LBFGS's `step(closure)` evaluates the
+    loss several times a step, which is no accumulation)."""
+    if records.meta.get("in_step_backward_passes"):
+        return 1
     steps = records.steps
     if steps.empty or "backward_passes" not in steps.columns:
         return 1
