@@ -46,6 +46,7 @@ def _exact_heap_readings(monkeypatch: pytest.MonkeyPatch):
     from trainlens._probes import _memory
 
     monkeypatch.setattr(_memory, "SLOW_HEAP_READ_S", math.inf)
+    monkeypatch.setattr(_memory, "HEAP_READ_SHARE", math.inf)
 
 
 @pytest.fixture

@@ -413,6 +413,52 @@ def test_one_slow_heap_reading_among_fast_ones_keeps_the_heap_curve(monkeypatch)
     reader.close()
 
 
+def test_a_heap_reading_dear_for_the_step_it_is_taken_in_switches_to_rss(monkeypatch):
+    """A fragmented heap's 30-40 us reading is nothing to a 10 ms step but a quarter of a
+    small model's: a reading slower than `HEAP_READ_SHARE` of the step (measured by the
+    probe between readings) counts as slow, however far under `SLOW_HEAP_READ_S`."""
+    from trainlens._probes import _memory
+
+    if _memory._MALLINFO2 is None:
+        pytest.skip("no mallinfo2 here: the run reads RSS from the start")
+    monkeypatch.setattr(_memory, "SLOW_HEAP_READ_S", 0.5)
+    monkeypatch.setattr(_memory, "HEAP_READ_SHARE", 0.05)
+    kinds = []
+    for step_s in (None, 10.0, 1.0):
+        _, reader = _memory.step_reader(torch.device("cpu"))
+        reader.step_s = step_s
+        # every reading takes 0.1 s: under the 0.5 s ceiling, 1% of a 10 s step, 10% of 1 s
+        reader._clock = iter([0, 0.1] * 3).__next__
+        for _ in range(3):
+            assert reader() > 0
+        kinds.append(reader.kind)
+        reader.close()
+    assert kinds == ["cpu_heap", "cpu_heap", "cpu_rss"]
+
+
+def test_the_watched_run_paces_its_heap_reader_by_its_own_steps(run_dir, monkeypatch):
+    """The memory probe measures the step between two readings: a run whose heap reading
+    costs more than that share of it reads RSS from its third sampled step on."""
+    from trainlens._probes import _memory
+
+    if _memory._MALLINFO2 is None:
+        pytest.skip("no mallinfo2 here: the run reads RSS from the start")
+    monkeypatch.setattr(_memory, "HEAP_READ_SHARE", 0.0)  # any reading is dear
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(6):
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    mem = lens.records.memory
+    # the first reading has no step to compare with; the next two are dear: then RSS
+    assert list(mem["kind"]) == ["cpu_heap"] * 3 + ["cpu_rss"] * 3
+
+
 # --- "backward through the graph a second time": a graph carried across steps ---------------
 class WordLM(nn.Module):
     """An LSTM language model over a long token stream, the hidden state carried from one

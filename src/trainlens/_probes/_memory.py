@@ -103,6 +103,10 @@ def cpu_heap() -> int | None:
 #: a heap reading slower than this: the heap is fragmented, the run reads RSS from then on
 #: (one reading per sampled step: 27 in a run's first 100 steps, then one in 20)
 SLOW_HEAP_READ_S = 0.00025
+#: ... or slower than this share of the run's step: on a model whose step takes 150 us a
+#: fragmented heap's 30-40 us reading would be a quarter of each sampled step, for a curve
+#: that RSS draws too (in steps of pages)
+HEAP_READ_SHARE = 0.05
 
 
 class _HeapReader:
@@ -114,6 +118,8 @@ class _HeapReader:
 
     def __init__(self) -> None:
         self.kind = "cpu_heap" if _MALLINFO2 is not None else "cpu_rss"
+        #: seconds a training step takes, as the probe last measured it (None: not yet)
+        self.step_s: float | None = None
         self._slow = 0  # slow heap readings in a row
         self._clock = time.perf_counter
         self._fd: int | None = None
@@ -123,9 +129,13 @@ class _HeapReader:
         if self.kind == "cpu_heap":
             t0 = self._clock()
             value = cpu_heap()
+            took = self._clock() - t0
+            limit = SLOW_HEAP_READ_S
+            if self.step_s is not None:
+                limit = min(limit, HEAP_READ_SHARE * self.step_s)
             # two in a row: a fragmented heap is slow every time, a reading the scheduler
             # interrupted is slow once
-            self._slow = self._slow + 1 if self._clock() - t0 > SLOW_HEAP_READ_S else 0
+            self._slow = self._slow + 1 if took > limit else 0
             if self._slow >= 2:
                 self.kind = "cpu_rss"
             return value
@@ -220,6 +230,7 @@ class MemoryProbe(Probe):
         self._row_step = -1
         self._marked_step = -1
         self._model_input: tuple[torch.Size, torch.dtype] | None = None
+        self._paced: tuple[int, float] | None = None  # (step, clock) of the last reading
 
     def install(self) -> None:
         model = self.state.model
@@ -248,6 +259,11 @@ class MemoryProbe(Probe):
         alive = [(s, r) for s, r in self._tracked if r() is not None]
         self._tracked = alive
         read = self._read
+        if type(read) is _HeapReader:  # what a reading may cost depends on the step's time
+            now = time.perf_counter()
+            if self._paced is not None and state.step > self._paced[0]:
+                read.step_s = (now - self._paced[1]) / (state.step - self._paced[0])
+            self._paced = (state.step, now)
         kind = getattr(read, "kind", self._kind)  # a reader may change what it reads
         state.tables["memory"].append(
             state.step, read(), kind, len(alive), alive[0][0] if alive else None
