@@ -373,7 +373,15 @@ def test_the_same_targets_standardised_train_and_stay_clean(run_dir):
 @pytest.mark.parametrize(
     ("case", "said", "fix"),
     [
-        ("no_grad", "gradients switched off", "`torch.no_grad()` around validation only"),
+        ("no_grad", "ran with gradients switched off", "`torch.no_grad()` around validation only"),
+        # the forward alone under no_grad, the loss outside it: filed under "train"
+        (
+            "no_grad_forward",
+            "the model's forward that made it ran with gradients switched off",
+            "`torch.no_grad()` around validation only",
+        ),
+        # the forward with gradients, the loss alone under no_grad: filed under "val"
+        ("no_grad_loss", "the loss itself (trainlens filed it under", "validation only"),
         ("frozen", "no parameter of the model has requires_grad=True", "requires_grad_(True)"),
         ("rebuilt", "cut from the graph", "use `.item()` just for logging"),
     ],
@@ -388,7 +396,13 @@ def test_a_backward_with_no_graph_is_no_gradient_flow_with_how_it_was_cut(case, 
         with trainlens.watch(model, opt, run_dir=run_dir, quiet=True):
             for i in range(0, 64, 16):
                 with torch.set_grad_enabled(case != "no_grad"):
-                    loss = nn.functional.cross_entropy(model(x[i : i + 16]), y[i : i + 16])
+                    if case == "no_grad_forward":
+                        with torch.no_grad():
+                            out = model(x[i : i + 16])
+                    else:
+                        out = model(x[i : i + 16])
+                    with torch.set_grad_enabled(case != "no_grad_loss"):
+                        loss = nn.functional.cross_entropy(out, y[i : i + 16])
                 if case == "rebuilt":  # the loss rebuilt from its value: no graph left
                     loss = torch.tensor(loss.item(), requires_grad=False)
                 opt.zero_grad()

@@ -378,6 +378,8 @@ class Lens:
                 "num_params": sum(p.numel() for p in params),
                 "trainable_params": sum(p.numel() for p in params if p.requires_grad),
                 "training": model.training,
+                # the grad mode of its last forward (None: never called)
+                "last_forward_grad_enabled": state.forward_grad,
             },
             "modules": describe_modules(model),
             "params": describe_params(model, opt),

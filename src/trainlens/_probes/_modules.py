@@ -130,7 +130,8 @@ class ModuleProbe(Probe):
         def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
             if is_root:
                 state.threads.add(get_ident())  # loss modules of this thread are the run's
-                if grad_enabled():  # the mode the next backward pass's loss was made in
+                grad = state.forward_grad = grad_enabled()
+                if grad:  # the mode the next backward pass's loss was made in
                     state.forward_training = module.training
                 state.call_index = 0
                 state.call_stack.clear()  # a forward that raised earlier and was caught

@@ -167,6 +167,10 @@ class WatchState:
         self.zero_grads = 0
         # the watched model's mode at its last forward with grad enabled (None: none seen)
         self.forward_training: bool | None = None
+        # whether the watched model's last forward ran with grad enabled (None: none seen):
+        # a `loss.backward()` that raises for want of a graph after a forward under
+        # `torch.no_grad()` was cut there
+        self.forward_grad: bool | None = None
         # steps of other optimizers in the run's threads (counted by StepProbe)
         self.other_steps = 0
         self.phase = "other"  # "forward" | "backward" | "step" | "other"

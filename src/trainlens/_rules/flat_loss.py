@@ -140,15 +140,21 @@ def _graph_cut_crash(records: Records, catalogue: Catalogue) -> Finding | None:
     params = records.meta.get("params") or {}
     losses = records.losses
     step = exc.get("step")
+    model = records.meta.get("model") or {}
     if params and not any(info.get("requires_grad", True) for info in params.values()):
         case = "frozen"
+    elif model.get("last_forward_grad_enabled") is False:
+        case, what = "no_grad", "forward"  # the model's output it came from had no graph
     elif len(losses) and str(losses["split"].iloc[-1]) == "val":
-        case = "no_grad"
+        case, what = "no_grad", "loss"  # the loss itself made with gradients off
     else:
         case = "rebuilt"
 
     def text(key: str) -> str:
-        return catalogue.text(SYMPTOM, "no_gradient_flow", key, step=step)
+        fields = {"step": step}
+        if case == "no_grad":
+            fields["what"] = catalogue.text(SYMPTOM, "no_gradient_flow", f"crash_no_grad_{what}")
+        return catalogue.text(SYMPTOM, "no_gradient_flow", key, **fields)
 
     cause = catalogue.cause(
         SYMPTOM,
