@@ -238,3 +238,63 @@ def test_lbfgs_evaluating_its_closure_several_times_a_step_is_no_accumulation(ru
     causes = [c for f in lens.findings for c in f.likely_causes if c.id == "lr_too_high"]
     assert causes, lens.drill["findings"]  # lr 5 blows LBFGS up
     assert all("backward passes before each step" not in c.fix_attempt for c in causes)
+
+
+def _accumulate(run_dir, opt_cls, **opt_kw):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 32, generator=g)
+    y = (x @ torch.randn(32, 10, generator=g)).argmax(1)
+    model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = opt_cls(model.parameters(), **opt_kw)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for it in range(40):
+            for k in range(16):
+                i = ((it * 16 + k) * 16) % 4080
+                nn.functional.cross_entropy(model(x[i : i + 16]), y[i : i + 16]).backward()
+            opt.step()
+            opt.zero_grad()
+    return lens
+
+
+def test_adam_that_diverges_while_accumulating_gets_no_division_advice(run_dir):
+    """Adam divides each gradient by its running scale: 16 undivided passes make no larger
+    step than one, so its lr too high is not blamed on the missing division."""
+    lens = _accumulate(run_dir, torch.optim.Adam, lr=0.5)
+    causes = [c for f in lens.findings for c in f.likely_causes if c.id == "lr_too_high"]
+    assert causes, lens.drill["findings"]  # Adam at 0.5 blows up
+    assert all("backward passes before each step" not in c.fix_attempt for c in causes)
+
+
+def _summed_mse(run_dir, opt_cls, lr):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = x.sum(1, keepdim=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    opt = opt_cls(model.parameters(), lr=lr)
+    loss_fn = nn.MSELoss(reduction="sum")
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(5):
+            for i in range(0, 512, 128):
+                loss = loss_fn(model(x[i : i + 128]), y[i : i + 128])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return [c for f in lens.findings for c in f.likely_causes if c.id == "lr_too_high"]
+
+
+def test_a_summed_loss_under_sgd_that_blows_up_says_the_sum_is_the_step_size(run_dir):
+    """`MSELoss(reduction="sum")` over batches of 128 at an lr meant for a mean: each SGD
+    step is 128x too large. lr_too_high, and the fix says where the 128x comes from."""
+    causes = _summed_mse(run_dir, torch.optim.SGD, 0.01)
+    assert causes and causes[0].fix_attempt.count('reduction="sum"') == 1, causes
+    assert "The loss sums 128 terms" in causes[0].fix_attempt
+    assert "divide the lr by 128" in causes[0].fix_attempt
+
+
+def test_a_summed_loss_under_adam_gets_no_sum_advice(run_dir):
+    """Adam's step does not grow with the gradient: a summed loss is no step size there."""
+    causes = _summed_mse(run_dir, torch.optim.Adam, 3.0)
+    assert causes  # an lr of 3 blows Adam up
+    assert all("The loss sums" not in c.fix_attempt for c in causes)

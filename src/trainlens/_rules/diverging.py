@@ -61,6 +61,12 @@ class Dynamics:
     fell_before_jump: bool = False
     # backward passes per optimizer step (median): gradient accumulation when above 1
     passes: int = 1
+    # the terms a loss with `reduction="sum"` adds up (its gradient is that many times the
+    # mean's at the same lr); None for a mean, or when unknown
+    summed: int | None = None
+    # an optimizer whose step grows with the gradient (SGD; a loop without an optimizer
+    # steps by hand): for Adam and its kin the scale of the gradient washes out
+    scale_sensitive: bool = False
 
 
 def dynamics(
@@ -129,7 +135,35 @@ def dynamics(
         jump_orders=jump_orders,
         fell_before_jump=fell,
         passes=_passes_per_step(records),
+        summed=_summed_terms(records),
+        scale_sensitive=_scale_sensitive(records),
     )
+
+
+#: optimizers whose step is the lr times the gradient (with momentum: its running sum)
+_SCALE_SENSITIVE = frozenset({"SGD", "ASGD"})
+
+
+def _scale_sensitive(records: Records) -> bool:
+    optimizer = records.meta.get("optimizer")
+    if optimizer is None:
+        return not records.meta.get("optimizer_given", True)
+    return optimizer.get("class") in _SCALE_SENSITIVE
+
+
+def _summed_terms(records: Records) -> int | None:
+    """How many terms the run's loss sums (`reduction="sum"`, from its first call): a
+    class score per sample (and position) for a classification loss, every element
+    otherwise. None for a mean, or when that first call was not seen."""
+    info = records.meta.get("initial_loss") or {}
+    shape = info.get("input_shape")
+    if info.get("reduction") != "sum" or not shape:
+        return None
+    dims = [int(d) for d in shape]
+    if info.get("kind") == "multiclass" and len(dims) >= 2:
+        dims = [dims[0], *dims[2:]]  # [N, C, ...]: one term per sample and position
+    terms = math.prod(dims)
+    return terms if terms > 1 else None
 
 
 def _passes_per_step(records: Records) -> int:
@@ -227,10 +261,14 @@ def divergence_causes(
                 **loss_fields,
             },
         )
-        if dyn.passes > 1:
+        if dyn.passes > 1 and dyn.scale_sensitive:
             # accumulated gradients add up: a loss not divided by the passes makes each
             # step that many times what the lr says
             extra = text("lr_too_high", "accumulation", passes=dyn.passes)
+            cause = dataclasses.replace(cause, fix_attempt=f"{cause.fix_attempt} {extra}")
+        if dyn.summed and dyn.scale_sensitive:
+            # a summed loss's gradient grows with the batch: the same scaling, in the loss
+            extra = text("lr_too_high", "summed", terms=dyn.summed)
             cause = dataclasses.replace(cause, fix_attempt=f"{cause.fix_attempt} {extra}")
         causes.append(cause)
     grows = dyn.growth_orders >= growth_needed
