@@ -113,7 +113,7 @@ def test_every_table_a_rule_reads_is_named_in_its_recipe_and_written_by_a_probe(
 def test_a_recipe_naming_an_unknown_table_is_refused(tmp_path):
     recipe = (data_dir("recipes") / "overfitting.toml").read_text(encoding="utf-8")
     (tmp_path / "overfitting.toml").write_text(
-        recipe.replace('reads = ["losses"]', 'reads = ["loses"]'), encoding="utf-8"
+        recipe.replace('reads = ["losses",', 'reads = ["loses",'), encoding="utf-8"
     )
     with pytest.raises(trainlens.CatalogueError, match="loses"):
         load_catalogue([tmp_path])

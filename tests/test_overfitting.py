@@ -268,3 +268,113 @@ def test_a_likelihood_below_zero_that_overfits_is_found(run_dir):
     assert f.likely_cause == "overfitting"
     assert "of the" in f.top.evidence and "the train loss fell over the run" in f.top.evidence
     assert lens.records.train_loss().min() < 0
+
+
+# --- same_batch_every_step: `next(iter(loader))` inside the step loop -------------------
+def loader_fit(run_dir, loader, val, *, steps=60, next_iter=True):
+    """The wide MLP trained one batch a step from `loader`: each step takes
+    `next(iter(loader))` (a fresh pass), or the batches of one pass after another."""
+    model = nn.Sequential(
+        nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = nn.MSELoss()
+    batches = iter(())
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for step in range(steps):
+            model.train()
+            if next_iter:
+                xb, yb = next(iter(loader))
+            else:
+                xb, yb = next(batches, (None, None))
+                if xb is None:
+                    batches = iter(loader)
+                    xb, yb = next(batches)
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % 10 == 9:
+                model.eval()
+                with torch.no_grad():
+                    loss_fn(model(val[0]), val[1])
+    return lens
+
+
+def test_a_fresh_iterator_over_an_unshuffled_loader_every_step_is_the_same_batch(run_dir):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, generator=g)
+    train, val = regression(256, 4, 2.0, g, w), regression(64, 4, 2.0, g, w)
+    loader = DataLoader(TensorDataset(*train), batch_size=16)
+    lens = loader_fit(run_dir, loader, val, steps=150)
+    (entry,) = lens.records.meta["loaders"]
+    assert (entry["batches"], entry["sampler"]) == (16, "SequentialSampler")
+    assert entry["steps_started"] == entry["iterators"] == 150
+    f = finding(run_dir)
+    assert (f["severity"], f["likely_cause"]) == ("error", "same_batch_every_step")
+    top = f["likely_causes"][0]
+    assert "started on 150 of 150 optimizer steps" in top["evidence"]
+    assert "16 of about 256 samples" in top["evidence"]
+    assert all(c["confidence"] <= 0.3 for c in f["likely_causes"][1:])
+    assert "next(iter(train_loader))" in f["first_check"]
+    # the patch is gone with the block
+    assert DataLoader.__iter__ is vars(DataLoader)["__iter__"]
+    assert DataLoader.__iter__.__module__ == "torch.utils.data.dataloader"
+
+
+def test_the_same_loop_over_passes_of_the_loader_is_not_the_same_batch(run_dir):
+    """The same data and model, the batches of each pass in turn: whatever the curves say,
+    the loader is not to blame (one iterator per pass of 16 batches)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, generator=g)
+    train, val = regression(256, 4, 2.0, g, w), regression(64, 4, 2.0, g, w)
+    loader = DataLoader(TensorDataset(*train), batch_size=16)
+    lens = loader_fit(run_dir, loader, val, next_iter=False)
+    (entry,) = lens.records.meta["loaders"]
+    assert entry["steps_started"] == 4  # one pass every 16 steps
+    causes = {c.cause for f in lens.findings for c in f.causes}
+    assert "same_batch_every_step" not in causes
+
+
+def test_a_full_batch_loader_started_every_step_is_not_the_same_batch(run_dir):
+    """A loader of one batch (the whole training set) gives the same batch every step by
+    design: overfitting stays what the curves say."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 1, generator=g)
+    train, val = regression(16, 4, 2.0, g, w), regression(64, 4, 2.0, g, w)
+    loader = DataLoader(TensorDataset(*train), batch_size=16)
+    lens = loader_fit(run_dir, loader, val, steps=120)
+    assert lens.records.meta["loaders"][0]["batches"] == 1
+    f = finding(run_dir)
+    assert f["likely_cause"] == "overfitting"
+    assert "same_batch_every_step" not in {c["id"] for c in f["likely_causes"]}
+
+
+def test_an_iterator_that_raises_passes_through_and_the_loader_is_restored(run_dir):
+    """The patched `DataLoader.__iter__` hands the user's own dataset error through
+    unchanged and is removed when the block ends on it."""
+    import pytest
+    from torch.utils.data import DataLoader, Dataset
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise KeyError(f"sample {i} is missing")
+
+    model = nn.Linear(4, 1)
+    original = vars(DataLoader)["__iter__"]
+    with pytest.raises(KeyError, match="sample 0 is missing"):
+        with trainlens.watch(
+            model, torch.optim.SGD(model.parameters(), lr=0.1), run_dir=run_dir, quiet=True
+        ):
+            assert vars(DataLoader)["__iter__"] is not original
+            next(iter(DataLoader(Broken(), batch_size=2)))
+    assert vars(DataLoader)["__iter__"] is original

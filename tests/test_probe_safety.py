@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import trainlens
 from trainlens._probes import (
@@ -35,6 +36,7 @@ from trainlens._probes import (
     _functional_loss,
     _grad_carry,
     _initial_loss,
+    _loaders,
     _memory,
 )
 from trainlens._probes import _compile as _compile_probe
@@ -67,11 +69,14 @@ def _train(run_dir: Path | None, steps: int = 5) -> tuple[dict[str, torch.Tensor
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loss_fn = nn.CrossEntropyLoss()
     x, y = _data()
+    # one batch of the whole data a step, through a loader: food for the loader probe
+    loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
 
     def loop() -> None:
         for _ in range(steps):
+            (xb, yb), *_ = loader
             opt.zero_grad()
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
             with torch.no_grad():  # a functional validation loss: food for that probe
@@ -109,6 +114,7 @@ INJECTIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "batch_dependency": lambda mp: mp.setattr(_batch_dependency, "check_batch_dependency", _boom),
     "initial_loss": lambda mp: mp.setattr(_initial_loss, "describe_loss", _boom),
     "functional_losses": lambda mp: mp.setattr(_functional_loss, "_observe", _boom),
+    "loaders": lambda mp: mp.setattr(_loaders, "_describe", _boom),
     "attention_qk_grad": lambda mp: mp.setattr(
         AttentionQKGradProbe, "_hook", lambda self, name, dim: _boom
     ),

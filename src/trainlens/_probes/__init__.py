@@ -18,6 +18,7 @@ from ._finite import FiniteProbe
 from ._functional_loss import FunctionalLossProbe
 from ._grad_carry import GradCarryProbe
 from ._initial_loss import InitialLossProbe
+from ._loaders import LoaderProbe
 from ._loss import LossProbe
 from ._loss_inputs import LossInputProbe
 from ._memory import MemoryProbe
@@ -42,6 +43,7 @@ DEFAULT_PROBES = (
     InitialLossProbe,
     AttentionQKGradProbe,
     FunctionalLossProbe,
+    LoaderProbe,
 )
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "CompileProbe",
     "FunctionalLossProbe",
     "InitialLossProbe",
+    "LoaderProbe",
     "LossProbe",
     "ModuleProbe",
     "Probe",

@@ -28,7 +28,7 @@ from ._common import num
 
 SYMPTOM = "overfitting"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
-CAUSES = frozenset({"overfitting", "bad_split", "train_mode_missing"})
+CAUSES = frozenset({"overfitting", "bad_split", "train_mode_missing", "same_batch_every_step"})
 #: a validation loss worse from its first evaluation on: two readings, neither sure
 NEVER_TRACKED_CONFIDENCE = 0.5
 FROM_FIRST_CONFIDENCE = 0.45
@@ -76,6 +76,15 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
             causes.insert(0, _never_tracked(catalogue, val, train_at, float(train.iloc[0])))
     if not causes:
         return []
+    same = _same_batch(records, catalogue)
+    if same is not None:
+        # the curves are what one memorised batch gives: the other readings of them stay
+        # listed, below it and unsure
+        causes = [
+            same,
+            *(dataclasses.replace(c, confidence=min(c.confidence, 0.3)) for c in causes),
+        ]
+        severity = "error"
     return [
         catalogue.finding(
             SYMPTOM,
@@ -87,6 +96,66 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
             },
         )
     ]
+
+
+def _same_batch(records: Records, catalogue: Catalogue) -> Cause | None:
+    """A loop that starts a new iterator over its training loader every step
+    (`next(iter(loader))`) and so draws the same first batch each time: the loader probe's
+    counts (`meta["loaders"]`), and either a sampler that always starts at sample 0 or the
+    model's input identical on the sampled steps (a shuffling sampler gives a new batch
+    each pass, which is no bug). A loader of one batch (full-batch training) is not this."""
+    th = lambda name: catalogue.threshold(SYMPTOM, name, "same_batch_every_step")  # noqa: E731
+    steps = records.steps
+    n_steps = int(steps["step"].max()) + 1 if not steps.empty else 0
+    loaders = [
+        e
+        for e in records.meta.get("loaders") or []
+        if (e.get("batches") or 0) >= 2
+        and e.get("steps_started", 0) >= max(th("min_steps"), th("share") * n_steps)
+    ]
+    if not loaders:
+        return None
+    loader = max(loaders, key=lambda e: e["steps_started"])
+    inputs = records.inputs
+    train = inputs[inputs["split"].astype(str) == "train"] if not inputs.empty else inputs
+    stats = train[["mean", "std", "min", "max"]].to_numpy(dtype=float) if len(train) else None
+    same = 0
+    if stats is not None and len(stats) >= th("min_sampled"):
+        same = int(np.isclose(stats, stats[0], rtol=1e-6, atol=0, equal_nan=True).all(1).sum())
+    identical = (
+        stats is not None
+        and len(stats) >= th("min_sampled")
+        and (same >= th("same_share") * len(stats))
+    )
+    sequential = loader.get("sampler") == "SequentialSampler"
+    if not (identical or sequential):
+        return None
+
+    def text(key: str, **fields: object) -> str:
+        return catalogue.text(SYMPTOM, "same_batch_every_step", key, **fields)
+
+    detail = text("same_inputs", same=same, sampled=len(stats)) if identical else ""
+    if sequential:
+        detail += text("sequential")
+    batch_size = loader.get("batch_size")
+    described = text("loader", batch_size=batch_size, sampler=loader.get("sampler"))
+    if batch_size:
+        seen = text("seen", seen=batch_size, samples=loader["batches"] * batch_size)
+    else:
+        seen = text("seen_unknown")
+    return catalogue.cause(
+        SYMPTOM,
+        "same_batch_every_step",
+        confidence=0.9,
+        step=int(loader.get("first_step") or 0),
+        onset=int(loader.get("first_step") or 0),
+        batches=loader["batches"],
+        loader=described,
+        started=loader["steps_started"],
+        steps=n_steps,
+        same=detail,
+        seen=seen,
+    )
 
 
 def _train_mode_missing(records: Records, catalogue: Catalogue) -> tuple[str, Cause] | None:
