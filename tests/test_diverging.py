@@ -298,3 +298,82 @@ def test_a_summed_loss_under_adam_gets_no_sum_advice(run_dir):
     causes = _summed_mse(run_dir, torch.optim.Adam, 3.0)
     assert causes  # an lr of 3 blows Adam up
     assert all("The loss sums" not in c.fix_attempt for c in causes)
+
+
+# --- gradient_ascent: steps that climb the loss ------------------------------------------
+def _course_line(run_dir, *, sign=1.0, lr=0.1, epochs=20):
+    """The course's first model (`nn.Linear(1, 1)`, y = 2x) with the update written by
+    hand: `p += sign * lr * p.grad`."""
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 32).unsqueeze(1)
+    model = nn.Linear(1, 1)
+    with trainlens.watch(model, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(epochs):
+            loss = nn.functional.mse_loss(model(x), 2 * x)
+            model.zero_grad()
+            loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p += sign * lr * p.grad
+    return lens
+
+
+def test_a_hand_written_update_that_adds_the_gradient_is_gradient_ascent(run_dir):
+    lens = _course_line(run_dir, sign=1.0)
+    directions = lens.records.meta["update_direction"]
+    assert len(directions) == 5  # the first sampled steps only
+    assert all(d["cosine"] > 0.5 for d in directions)  # along the gradient
+    (f,) = [f for f in lens.findings if f.symptom == "diverging"]
+    assert f.likely_cause == "gradient_ascent"
+    top = f.likely_causes[0]
+    assert top.confidence == 0.9
+    assert "on 5 of the first 5 sampled steps the update pointed up the gradient" in top.evidence
+    assert "p -= lr * p.grad" in f.fix_attempt
+    assert all(c.confidence <= 0.3 for c in f.likely_causes[1:])
+
+
+def test_the_same_update_with_the_right_sign_points_down_the_gradient(run_dir):
+    lens = _course_line(run_dir, sign=-1.0)
+    assert all(d["cosine"] < -0.5 for d in lens.records.meta["update_direction"])
+    assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+
+
+def _negated(run_dir, factor):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = nn.CrossEntropyLoss()
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(6):
+            for i in range(0, 256, 32):
+                loss = loss_fn(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                (loss * factor).backward()
+                opt.step()
+    return lens
+
+
+def test_backward_on_minus_the_loss_is_gradient_ascent(run_dir):
+    """`(loss * -1).backward()`: SGD descends the negation faithfully (every update points
+    down its gradient), so only the backward root tells: a Mul by a negative constant
+    above the logged loss."""
+    lens = _negated(run_dir, -1.0)
+    assert all(d["cosine"] < 0 for d in lens.records.meta["update_direction"])
+    counts = lens.records.meta["negated_loss"]
+    assert counts["passes"] == counts["negated"] >= 3
+    (f,) = [f for f in lens.findings if f.symptom == "diverging"]
+    assert f.likely_cause == "gradient_ascent"
+    assert "`backward()` ran on minus the logged loss" in f.likely_causes[0].evidence
+    assert "not on `-loss`" in f.fix_attempt
+
+
+def test_a_loss_scaled_up_before_backward_is_no_ascent(run_dir):
+    """A GradScaler-style `(loss * 4).backward()` is counted and not negated."""
+    lens = _negated(run_dir, 4.0)
+    counts = lens.records.meta["negated_loss"]
+    assert counts["passes"] >= 3 and counts["negated"] == 0
+    causes = {c.id for f in lens.findings for c in f.likely_causes}
+    assert "gradient_ascent" not in causes

@@ -25,6 +25,9 @@ from ._tensors import int_range, tensor_leaves
 BACKWARD_SOURCE = "backward()"
 #: hand-written losses whose reduction is described for the rules (its shapes are fixed)
 MAX_ROOTS = 3
+#: backward passes of the first sampled steps checked for a negated loss (`-loss`): a
+#: loop that climbs its loss does so from the first step
+NEGATION_PASSES = 8
 #: losses that compare input and target element by element: their shapes must match
 ELEMENTWISE_LOSSES = (
     nn.MSELoss,
@@ -65,6 +68,12 @@ class LossProbe(Probe):
         self._train_step = -1  # the last step a training loss was logged by name
         self._roots: list[dict[str, Any]] = []  # `root_reduction` of the first roots read
         self._read_roots = True
+        # (step, {id of the autograd node of a loss value logged then: the value}): sampled
+        # steps only, to tell a backward pass run on the loss's negation (`-loss`)
+        self._nodes: tuple[int, dict[int, torch.Tensor]] = (-1, {})
+        # backward passes of sampled steps from a logged loss: all of them, and those run
+        # on its negation (run.json `negated_loss`)
+        self._negated = {"passes": 0, "negated": 0, "first_step": None}
 
     def install(self) -> None:
         # every loss module of the run's threads, also when its forward raises
@@ -80,7 +89,11 @@ class LossProbe(Probe):
         this step (a regulariser added to it would be counted twice)."""
         state = self.state
         step = state.step
-        if self._train_step == step or not self._read_roots:
+        if not self._read_roots:
+            return
+        if self._train_step == step:
+            if state.sampled and self._nodes[0] == step:
+                self._check_negated(step)
             return
         try:
             root = _backward_loss.current_root(state.threads)
@@ -102,6 +115,46 @@ class LossProbe(Probe):
             if facts is not None:
                 self._roots.append({"step": step, **facts})
                 state.extra_meta["backward_roots"] = self._roots
+
+    def _check_negated(self, step: int) -> None:
+        """Whether this backward pass runs on minus a loss logged this step: `-loss`,
+        `loss * -1`. The optimizer then descends the negation, and so climbs the loss."""
+        try:
+            self._negation(step)
+        except Exception:  # an autograd node read mid-backward: no count, the probe goes on
+            return
+
+    def _negation(self, step: int) -> None:
+        root = _backward_loss.current_root(self.state.threads)
+        node = getattr(root, "grad_fn", None)
+        if node is None:
+            return
+        nodes = self._nodes[1]
+        if id(node) in nodes:
+            negated = False  # `loss.backward()`
+        elif (
+            node.name() in ("NegBackward0", "MulBackward0")
+            and node.next_functions
+            and id(inner := node.next_functions[0][0]) in nodes
+        ):
+            if node.name() == "NegBackward0":
+                negated = True
+            else:
+                # `loss * c`: the node ran (and freed its constant) before this hook; the
+                # two values tell the sign of c, read where that needs no sync
+                value = nodes[id(inner)]
+                if root.device.type != "cpu" or value.device.type != "cpu":
+                    return
+                negated = float(root.detach()) * float(value) < 0
+        else:
+            return  # a root that is no logged loss (a sum of several): not counted
+        counts = self._negated
+        counts["passes"] += 1
+        if negated:
+            counts["negated"] += 1
+            if counts["first_step"] is None:
+                counts["first_step"] = step
+        self.state.extra_meta["negated_loss"] = counts
 
     def _log(
         self, loss: torch.Tensor | float, split: str | None, source: str, step: int | None = None
@@ -148,6 +201,16 @@ class LossProbe(Probe):
                 return
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             self._log(output, None, name)
+            if (
+                state.sampled
+                and self._negated["passes"] < NEGATION_PASSES
+                and output.grad_fn is not None
+            ):
+                step, nodes = self._nodes
+                if step != state.step:
+                    self._nodes = (state.step, nodes := {})
+                if len(nodes) < 8:
+                    nodes[id(output.grad_fn)] = output.detach()
         if isinstance(module, ELEMENTWISE_LOSSES) and len(args) >= 2:
             self._check_shapes(name, module, args[0], args[1])
 

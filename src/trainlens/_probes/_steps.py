@@ -37,6 +37,11 @@ UPDATE_BLOCK = 16
 MAX_SKIP_EVENTS = 100
 #: kinds of other optimizers described in `loop_order["other_optimizers"]`
 MAX_OTHER_OPTIMIZERS = 8
+#: sampled steps (the first ones with an update) whose update direction is measured: a
+#: step that climbs the loss (`p += lr * p.grad`) does so from the first step
+DIRECTION_STEPS = 5
+#: ... on models of at most this many parameter tensors (a Python call per tensor)
+MAX_DIRECTION_PARAMS = 2048
 
 
 def _flat_view(t: torch.Tensor) -> torch.Tensor | None:
@@ -80,6 +85,8 @@ class StepProbe(Probe):
         self._before: list[torch.Tensor] | None = None
         self._grad_norms: list[torch.Tensor] | None = None
         self._has_grad: list[bool] = []
+        # (step, cosine between the update and the gradient) of the first sampled steps
+        self._directions: list[tuple[int, torch.Tensor]] = []
         self._in_step = False
         # backward_passes when `zero_grad()` last ran after a backward pass of the step
         self._zeroed_after: int | None = None
@@ -415,6 +422,8 @@ class StepProbe(Probe):
         if update:
             torch._foreach_sub_(self._before, self._views)  # before - now: same norm
             norms = float32_norms([*self._detached, *self._before])
+            if len(self._directions) < DIRECTION_STEPS and n <= MAX_DIRECTION_PARAMS:
+                self._direction(self._before)
         else:
             self._refresh_views()
             norms = float32_norms(self._detached)
@@ -435,6 +444,49 @@ class StepProbe(Probe):
         ]
         state.deferred.add(state.tables["params"], prefixes, values)
         self._grad_norms = None
+
+    def _direction(self, back: list[torch.Tensor]) -> None:
+        """What the cosine between this step's update (`now - before`, on the measured
+        views) and the gradient is made of: negative for a step down the loss (SGD: -1),
+        positive for one up it. The gradient is the one the optimizer stepped on, or (no
+        optimizer: the step is the user's own code between backward passes) the next
+        pass's, which a small step leaves pointing the same way. Kept on the device as one
+        vector per step (the per-tensor dot products and norms), summed up at the end."""
+        try:
+            ds, gs = [], []
+            for p, d in zip(self.params, back, strict=True):
+                g = p.grad
+                if g is None or g.layout != torch.strided or g.is_complex():
+                    continue
+                gv = g.detach() if d.shape == p.shape else _sample_view(g)
+                if gv.shape == d.shape and gv.device == d.device:
+                    ds.append(d)
+                    gs.append(gv)
+            if not ds:
+                return
+            dots = [t.sum(dtype=torch.float32) for t in torch._foreach_mul(ds, gs)]
+            self._directions.append(
+                (self.state.step, torch.stack([*dots, *float32_norms(ds + gs)]))
+            )
+        except Exception:  # a dtype or device mix this cannot pair: no direction, no harm
+            return
+
+    def finish(self, exc: BaseException | None) -> None:
+        found = []
+        for step, parts in self._directions:
+            try:
+                values = parts.to(torch.float64).cpu().tolist()
+            except Exception:  # a value that cannot be read (a device that failed)
+                continue
+            n = len(values) // 3
+            dot = sum(values[:n])
+            nd = math.sqrt(sum(v * v for v in values[n : 2 * n]))
+            ng = math.sqrt(sum(v * v for v in values[2 * n :]))
+            # `back` was before - now: the update is its negation
+            cosine = -dot / (nd * ng) if nd > 0 and ng > 0 else math.nan
+            found.append({"step": step, "cosine": cosine if math.isfinite(cosine) else None})
+        if found:
+            self.state.extra_meta["update_direction"] = found
 
     def _scale_tensor(self, device: torch.device) -> torch.Tensor:
         cached = self._scale_t

@@ -28,7 +28,7 @@ from ._common import num
 
 SYMPTOM = "diverging"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
-CAUSES = frozenset({"lr_too_high", "exploding_gradient"})
+CAUSES = frozenset({"lr_too_high", "exploding_gradient", "gradient_ascent"})
 
 
 #: "the loss had been falling" before a gradient jump: no loss on the way above its start
@@ -164,6 +164,44 @@ def _summed_terms(records: Records) -> int | None:
         dims = [dims[0], *dims[2:]]  # [N, C, ...]: one term per sample and position
     terms = math.prod(dims)
     return terms if terms > 1 else None
+
+
+def _gradient_ascent(
+    records: Records, catalogue: Catalogue, loss_fields: dict[str, Any]
+) -> Cause | None:
+    """The steps climb the loss: the update points along the gradient on the first
+    sampled steps (`p += lr * p.grad`, run.json `update_direction`), or backward runs on
+    the loss's negation (`(-loss).backward()`, `negated_loss`), which the optimizer then
+    descends. Either rises at any lr."""
+    th = lambda name: catalogue.threshold(SYMPTOM, name, "gradient_ascent")  # noqa: E731
+    text = functools.partial(catalogue.text, SYMPTOM, "gradient_ascent")
+    meta = records.meta
+    cosines = [
+        (int(d["step"]), float(d["cosine"]))
+        for d in meta.get("update_direction") or []
+        if d.get("cosine") is not None and math.isfinite(float(d["cosine"]))
+    ]
+    uphill = [c for _, c in cosines if c > th("min_cosine")]
+    negated = meta.get("negated_loss") or {}
+    passes, neg = int(negated.get("passes") or 0), int(negated.get("negated") or 0)
+    if passes >= th("min_passes") and neg >= th("share") * passes:
+        evidence, fix_key = text("negated", negated=neg, passes=passes), "fix_negated"
+        step = negated.get("first_step")
+    elif len(cosines) >= th("min_passes") and len(uphill) >= th("share") * len(cosines):
+        evidence = text(
+            "uphill",
+            uphill=len(uphill),
+            steps=len(cosines),
+            low=f"{min(uphill):+.2f}",
+            high=f"{max(uphill):+.2f}",
+        )
+        fix_key, step = "fix_uphill", cosines[0][0]
+    else:
+        return None
+    cause = catalogue.cause(
+        SYMPTOM, "gradient_ascent", confidence=0.9, evidence=evidence, step=step, **loss_fields
+    )
+    return dataclasses.replace(cause, fix_attempt=text(fix_key))
 
 
 def _passes_per_step(records: Records) -> int:
@@ -394,6 +432,13 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
                 lr=catalogue.text(SYMPTOM, "lr_too_high", "lr_unknown"),
                 **loss_fields,
             )
+        ]
+    ascent = _gradient_ascent(records, catalogue, loss_fields)
+    if ascent is not None:
+        # steps that climb the loss rise at any lr: the step size is no cause of its own
+        causes = [
+            ascent,
+            *(dataclasses.replace(c, confidence=min(c.confidence, 0.3)) for c in causes),
         ]
     # the curve itself is the first evidence every cause shares
     causes = [dataclasses.replace(c, evidence=f"{how}; {c.evidence}") for c in causes]
