@@ -620,3 +620,84 @@ def test_gentle_fine_tuning_of_a_model_that_already_knows_the_task_is_no_lr_too_
     )  # fmt: skip
     assert lens.records.train_loss().median() < 0.5 * math.log(4)
     assert lens.findings == [], lens.drill["findings"]
+
+
+# --- gradient_clipped: clipping far below the gradient's own size ------------------------
+def _clipped(run_dir, clip, opt_cls=torch.optim.SGD, lr=0.1, epochs=8):
+    """A small classifier whose loop clips before each step: `clip(model)`."""
+    x, y = classification_data(n=256)
+    torch.manual_seed(0)
+    model = mlp()
+    opt = opt_cls(model.parameters(), lr=lr)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(epochs):
+            for i in range(0, 256, 32):
+                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                clip(model)
+                opt.step()
+    return lens, model
+
+
+def test_clip_grad_norm_far_below_the_gradient_is_gradient_clipped(run_dir):
+    from torch.nn.utils import clip_grad_norm_  # bound before the block: still seen
+
+    lens, _ = _clipped(run_dir, lambda m: clip_grad_norm_(m.parameters(), 1e-4))
+    info = lens.records.meta["grad_clipping"]
+    assert info["norm_calls"] == 64 and len(info["norm"]) == 16  # the first sampled steps
+    assert all(d["max_norm"] == 1e-4 and d["norm_before"] > 1e-2 for d in info["norm"])
+    f = flat_finding(lens, run_dir)
+    assert (f["severity"], f["likely_cause"]) == ("error", "gradient_clipped")
+    top = f["likely_causes"][0]
+    assert (
+        "`clip_grad_norm_` with max_norm 1.00e-04 cut the gradient on 16 of 16" in top["evidence"]
+    )
+    assert "max_norm=1.0" in f["fix_attempt"]
+    assert all(c["confidence"] <= 0.3 for c in f["likely_causes"][1:])  # not the lr
+    from torch.nn.utils import clip_grad
+
+    assert clip_grad._clip_grads_with_norm_.__module__ == "torch.nn.utils.clip_grad"
+
+
+def test_clip_grad_value_over_a_generator_is_seen_and_trains_as_without_watch(run_dir, tmp_path):
+    """`clip_grad_value_(model.parameters(), v)`: the generator is read once and handed on,
+    so the run trains bit for bit as the same loop without watch."""
+
+    def clip(m):
+        nn.utils.clip_grad_value_(m.parameters(), 1e-5)
+
+    lens, watched = _clipped(run_dir, clip)
+    x, y = classification_data(n=256)
+    torch.manual_seed(0)
+    plain = mlp()
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    for _ in range(8):
+        for i in range(0, 256, 32):
+            loss = nn.functional.cross_entropy(plain(x[i : i + 32]), y[i : i + 32])
+            opt.zero_grad()
+            loss.backward()
+            clip(plain)
+            opt.step()
+    for a, b in zip(plain.parameters(), watched.parameters(), strict=True):
+        assert torch.equal(a, b)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "gradient_clipped"
+    assert "`clip_grad_value_` at 1.00e-05 clipped" in f["likely_causes"][0]["evidence"]
+    assert "p.grad.abs().max()" in f["first_check"]
+    assert nn.utils.clip_grad_value_.__module__ == "torch.nn.utils.clip_grad"
+
+
+def test_clipping_at_one_and_adam_clipped_hard_are_no_clipping_cause(run_dir, tmp_path):
+    """max_norm 1.0 cuts only spikes; and Adam divides any cut back out of its steps."""
+    lens, _ = _clipped(run_dir, lambda m: nn.utils.clip_grad_norm_(m.parameters(), 1.0))
+    assert lens.records.meta["grad_clipping"]["norm_calls"] == 64
+    causes = {c.id for f in lens.findings for c in f.likely_causes}
+    assert "gradient_clipped" not in causes
+    lens, _ = _clipped(
+        tmp_path / "adam",
+        lambda m: nn.utils.clip_grad_norm_(m.parameters(), 1e-4),
+        opt_cls=torch.optim.Adam,
+        lr=1e-2,
+    )
+    assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]

@@ -33,6 +33,7 @@ from trainlens._probes import (
     ModuleProbe,
     StepProbe,
     _batch_dependency,
+    _clipping,
     _functional_loss,
     _grad_carry,
     _initial_loss,
@@ -78,6 +79,7 @@ def _train(run_dir: Path | None, steps: int = 5) -> tuple[dict[str, torch.Tensor
             opt.zero_grad()
             loss = loss_fn(model(xb), yb)
             loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # food for the clipping probe
             opt.step()
             with torch.no_grad():  # a functional validation loss: food for that probe
                 F.cross_entropy(model(x), y)
@@ -115,6 +117,7 @@ INJECTIONS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     "initial_loss": lambda mp: mp.setattr(_initial_loss, "describe_loss", _boom),
     "functional_losses": lambda mp: mp.setattr(_functional_loss, "_observe", _boom),
     "loaders": lambda mp: mp.setattr(_loaders, "_describe", _boom),
+    "clipping": lambda mp: mp.setattr(_clipping.ClipProbe, "_keep_norm", _boom),
     "attention_qk_grad": lambda mp: mp.setattr(
         AttentionQKGradProbe, "_hook", lambda self, name, dim: _boom
     ),

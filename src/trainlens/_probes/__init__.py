@@ -13,6 +13,7 @@ from ._attention import AttentionProbe
 from ._base import Probe, ProbeSet
 from ._batch_dependency import BatchDependencyProbe
 from ._checkpoint import CheckpointProbe
+from ._clipping import ClipProbe
 from ._compile import CompileProbe
 from ._finite import FiniteProbe
 from ._functional_loss import FunctionalLossProbe
@@ -44,6 +45,7 @@ DEFAULT_PROBES = (
     AttentionQKGradProbe,
     FunctionalLossProbe,
     LoaderProbe,
+    ClipProbe,
 )
 
 __all__ = [

@@ -136,7 +136,7 @@ def dynamics(
         fell_before_jump=fell,
         passes=_passes_per_step(records),
         summed=_summed_terms(records),
-        scale_sensitive=_scale_sensitive(records),
+        scale_sensitive=scale_sensitive(records),
     )
 
 
@@ -144,7 +144,10 @@ def dynamics(
 _SCALE_SENSITIVE = frozenset({"SGD", "ASGD"})
 
 
-def _scale_sensitive(records: Records) -> bool:
+def scale_sensitive(records: Records) -> bool:
+    """Whether the run's optimizer steps by the lr times the gradient (SGD, ASGD; a loop
+    without one steps by hand): a gradient scaled up or down scales its steps. Adam and
+    its kin divide by the gradient's own running scale."""
     optimizer = records.meta.get("optimizer")
     if optimizer is None:
         return not records.meta.get("optimizer_given", True)

@@ -34,7 +34,7 @@ from .._records import Records
 from . import _initial_loss, _loss_seen
 from ._common import constant_baseline, exception_info, leaf_activations, num, param_stats
 from ._common import names as _names
-from .diverging import dynamics
+from .diverging import dynamics, scale_sensitive
 
 SYMPTOM = "flat_loss"
 #: the causes this rule decides (the catalogue test checks every recipe cause has a rule)
@@ -44,6 +44,7 @@ CAUSES = frozenset({
     "softmax_before_loss", "no_gradient_flow", "dead_relu", "vanishing_gradient",
     "lr_too_low", "lr_too_high", "unnormalized_input", "unnormalized_target",
     "label_mismatch", "bad_initial_loss", "unknown", "no_loss_recorded",
+    "gradient_clipped",
 })  # fmt: skip
 
 #: activations that output exact zeros for negative inputs
@@ -82,6 +83,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         _no_gradient_flow,
         _dead_relu,
         _vanishing_gradient,
+        _gradient_clipped,
         _lr_too_low,
         _lr_too_high,
         _unnormalized_target,
@@ -114,6 +116,12 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
             return found
         evidence["ruled_out"] = list(ctx.ruled_out)
         return [*found, catalogue.finding(SYMPTOM, "warning", [unknown], evidence=evidence)]
+    if any(c.id == "gradient_clipped" for c in causes):
+        # the steps are small because the loop cut the gradients: the lr is not to blame
+        causes = [
+            dataclasses.replace(c, confidence=min(c.confidence, 0.3)) if c.id == "lr_too_low" else c
+            for c in causes
+        ]
     if any(c.id == "label_mismatch" for c in causes):
         evidence["ruled_out"] = list(ctx.ruled_out)
     top = catalogue.rank(causes)[0]
@@ -937,6 +945,63 @@ def _travel(ctx: _Context, ratio: float) -> float | None:
     the per-step update/param ratio times the steps (an upper bound: steps may cancel)."""
     steps = ctx.records.meta.get("steps") or 0
     return ratio * steps if steps else None
+
+
+def _gradient_clipped(ctx: _Context) -> Cause | None:
+    """The loop clips the gradients far below their own size on (nearly) every sampled
+    step (run.json `grad_clipping`): `clip_grad_norm_` with a max_norm a tenth of the
+    norm or less, or `clip_grad_value_` clipping most elements. Under SGD every step then
+    shrinks by that factor, whatever the lr."""
+    info = ctx.records.meta.get("grad_clipping") or {}
+    if not info or not scale_sensitive(ctx.records):
+        return None  # Adam and its kin divide the cut back out: their steps keep their size
+    t = functools.partial(ctx.t, cause="gradient_clipped")
+    text = functools.partial(ctx.text, "gradient_clipped")
+    norms = [d for d in info.get("norm") or [] if d.get("max_norm") and d.get("norm_before")]
+    values = [d for d in info.get("value") or [] if d.get("share_clipped") is not None]
+    if len(norms) >= t("min_steps"):
+        cuts = sorted(float(d["norm_before"]) / float(d["max_norm"]) for d in norms)
+        hard = [c for c in cuts if c >= t("min_factor")]
+        if len(hard) < t("share") * len(cuts):
+            return None
+        median = cuts[len(cuts) // 2]
+        max_norm = float(norms[0]["max_norm"])
+        before = sorted(float(d["norm_before"]) for d in norms)[len(norms) // 2]
+        evidence = text(
+            "by_norm",
+            max_norm=num(max_norm),
+            before=num(before),
+            hard=len(hard),
+            steps=len(cuts),
+            factor=num(median),
+        )
+        return ctx.cause(
+            "gradient_clipped",
+            0.85,
+            evidence=evidence,
+            call=f"clip_grad_norm_(model.parameters(), max_norm={num(max_norm)})",
+            suggested=text("suggested_norm"),
+            look=text("look_norm"),
+            onset=int(norms[0]["step"]),
+        )
+    if len(values) >= t("min_steps"):
+        shares = sorted(float(d["share_clipped"]) for d in values)
+        if shares[len(shares) // 2] < t("value_share"):
+            return None
+        clip = float(values[0]["clip_value"])
+        evidence = text(
+            "by_value", clip=num(clip), share=f"{shares[len(shares) // 2]:.0%}", steps=len(shares)
+        )
+        return ctx.cause(
+            "gradient_clipped",
+            0.85,
+            evidence=evidence,
+            call=f"clip_grad_value_(model.parameters(), clip_value={num(clip)})",
+            suggested=text("suggested_value"),
+            look=text("look_value"),
+            onset=int(values[0]["step"]),
+        )
+    return None
 
 
 def _lr_too_low(ctx: _Context) -> Cause | None:
