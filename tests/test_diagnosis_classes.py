@@ -165,3 +165,55 @@ def test_a_sigmoid_before_cross_entropy_is_softmax_before_loss_naming_it(run_dir
     assert (f["likely_cause"], f["module"]) == ("softmax_before_loss", "net.3")
     assert "squashed into [0, 1]" in f["first_check"]
     assert "Remove the final `Sigmoid`" in f["fix_attempt"] and "0.551" in f["fix_attempt"]
+
+
+def test_a_head_tied_to_the_embedding_is_not_told_to_zero_its_weight(run_dir):
+    """A small language model whose head shares its weight with the embedding (GPT's weight
+    tying) and keeps `nn.Embedding`'s N(0, 1) init: logits of std ~sqrt(d), a first loss
+    far above ln(V). The usual advice, zeroing the last layer's weight, would zero every
+    token's embedding too: the drill names the tie and the small init instead."""
+    import torch
+    from torch import nn
+
+    import trainlens
+
+    class TiedLM(nn.Module):
+        def __init__(self, vocab: int = 64, d: int = 64):
+            super().__init__()
+            self.wte = nn.Embedding(vocab, d)
+            self.mlp = nn.Sequential(nn.Linear(d, d), nn.Tanh())
+            self.lm_head = nn.Linear(d, vocab, bias=False)
+            self.lm_head.weight = self.wte.weight  # tied, as GPT-2 does
+
+        def forward(self, idx):
+            h = self.wte(idx)
+            return self.lm_head(h + self.mlp(h))
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 64, (64, 17), generator=g)
+    model = TiedLM()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for i in range(0, 64, 8):
+            logits = model(tokens[i : i + 8, :-1])
+            loss = nn.functional.cross_entropy(
+                logits.reshape(-1, 64), tokens[i : i + 8, 1:].reshape(-1)
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert lens.records.meta["tied_params"] == {"lm_head.weight": "wte.weight"}
+    causes = [
+        c
+        for f in lens.drill["findings"]
+        for c in f["likely_causes"]
+        if c["id"] == "bad_initial_loss"
+    ]
+    assert causes, lens.drill["findings"]
+    fix = next(
+        f["fix_attempt"] for f in lens.drill["findings"] if f["likely_cause"] == "bad_initial_loss"
+    )
+    assert "`lm_head.weight` is the same tensor as `wte.weight`" in fix
+    assert "nn.init.normal_(model.wte.weight, std=0.02)" in fix
+    assert "zeros_(head.weight)" not in fix

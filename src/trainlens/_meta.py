@@ -96,6 +96,20 @@ def describe_params(model: nn.Module, optimizer: Any) -> dict[str, dict[str, Any
     }
 
 
+def tied_params(model: nn.Module) -> dict[str, str]:
+    """Parameter names that are the same tensor as an earlier one (a language model's head
+    tied to its embedding: `lm_head.weight` -> `transformer.wte.weight`); `named_parameters`
+    lists each tensor once, under its first name."""
+    first: dict[int, str] = {}
+    tied: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            tied[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return tied
+
+
 def frozen_weight_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     """`rms` and `absmax` of each frozen (requires_grad=False) parameter at entry.
 

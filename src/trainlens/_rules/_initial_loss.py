@@ -84,6 +84,14 @@ def finding(records: Records, catalogue: Catalogue) -> Finding | None:
         target_range=_range(info.get("target_range")),
     )
     text = lambda key: catalogue.text(SYMPTOM, CAUSE, f"{case}_{key}", **fields)  # noqa: E731
+    suggestion = text("suggestion")
+    tied = records.meta.get("tied_params") or {}
+    if case == "high" and tied:
+        # a head tied to the embedding: the usual "zero the last layer" zeroes both
+        alias, shared = next(iter(tied.items()))
+        suggestion = catalogue.text(
+            SYMPTOM, CAUSE, "high_tied_suggestion", alias=alias, shared=shared, **fields
+        )
     cause = catalogue.cause(
         SYMPTOM,
         CAUSE,
@@ -92,7 +100,7 @@ def finding(records: Records, catalogue: Catalogue) -> Finding | None:
         step=int(info.get("step", 0)),
         onset=int(info.get("step", 0)),
         suspect=text("suspect"),
-        suggestion=text("suggestion"),
+        suggestion=suggestion,
         **fields,
     )
     causes = [cause]
