@@ -377,3 +377,29 @@ def test_a_loss_scaled_up_before_backward_is_no_ascent(run_dir):
     assert counts["passes"] >= 3 and counts["negated"] == 0
     causes = {c.id for f in lens.findings for c in f.likely_causes}
     assert "gradient_ascent" not in causes
+
+
+def test_a_few_input_rows_a_thousand_times_off_scale_are_named_above_the_gradients(run_dir):
+    """One row in 97 scaled by 1000 (a unit mix-up): a typical batch is at unit scale, the
+    batches with such a row blow the gradients up and the loss climbs by orders. The
+    drill names the rows; exploding_gradient, their mechanism, stays listed below."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 20, generator=g)
+    y = (x @ torch.randn(20, 4, generator=g)).argmax(1)
+    x[::97] *= 1000
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(5):
+            for i in range(0, 1024, 32):
+                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    (f,) = [f for f in lens.findings if f.symptom == "diverging"]
+    assert f.likely_cause == "unnormalized_input"
+    top = f.likely_causes[0]
+    assert "a few rows are" in top.evidence and "x off the scale of the rest" in top.evidence
+    assert "bad = (x.abs() > 100 *" in f.first_check
+    assert all(c.confidence <= 0.5 for c in f.likely_causes[1:])

@@ -193,3 +193,40 @@ def leaf_activations(records: Records, types: tuple[str, ...] | None = None) -> 
         act = act[act["type"].isin(types)]
     leaves = {n for n, m in records.meta.get("modules", {}).items() if m.get("leaf")}
     return act[act["module"].isin(leaves)] if leaves else act
+
+
+def input_outliers(
+    records: Records, factor: float, max_share: float, min_sampled: int
+) -> dict[str, Any] | None:
+    """A few training input rows far off the scale of the rest (a unit mix-up, a missing
+    value coded as 9999), from the `inputs` table: the largest |x| of some sampled batches
+    is `factor` times or more that of a typical batch (the median of each batch's largest
+    |x|), on at most `max_share` of them (more: the whole input is off scale). None when
+    not so, or with fewer than `min_sampled` sampled training steps."""
+    inputs = records.inputs
+    if inputs.empty:
+        return None
+    train = inputs[inputs["split"].astype(str) == "train"]
+    lo = pd.to_numeric(train["min"], errors="coerce").abs()
+    hi = pd.to_numeric(train["max"], errors="coerce").abs()
+    absmax = np.maximum(lo, hi).to_numpy(dtype=float)
+    steps = train["step"].to_numpy()
+    ok = np.isfinite(absmax)
+    absmax, steps = absmax[ok], steps[ok]
+    if len(absmax) < min_sampled:
+        return None
+    typical = float(np.median(absmax))
+    if not typical > 0:
+        return None
+    far = absmax >= factor * typical
+    if not far.any() or far.mean() > max_share:
+        return None
+    peak = float(absmax.max())
+    return {
+        "peak": peak,
+        "hit": int(far.sum()),
+        "sampled": len(absmax),
+        "typical": typical,
+        "factor": peak / typical,
+        "first_step": int(steps[far][0]),
+    }

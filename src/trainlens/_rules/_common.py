@@ -6,6 +6,7 @@ from .._format import num, shape_str
 from .._views import (
     constant_baseline,
     exception_info,
+    input_outliers,
     is_oom,
     leaf_activations,
     model_module,
@@ -17,6 +18,7 @@ from .._views import (
 __all__ = [
     "constant_baseline",
     "exception_info",
+    "input_outliers",
     "is_oom",
     "leaf_activations",
     "model_module",

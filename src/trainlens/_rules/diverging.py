@@ -24,11 +24,11 @@ from .._catalogue import Catalogue
 from .._finding import Cause, Finding
 from .._hookspecs import hookimpl
 from .._records import Records
-from ._common import num
+from ._common import input_outliers, num
 
 SYMPTOM = "diverging"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
-CAUSES = frozenset({"lr_too_high", "exploding_gradient", "gradient_ascent"})
+CAUSES = frozenset({"lr_too_high", "exploding_gradient", "gradient_ascent", "unnormalized_input"})
 
 
 #: "the loss had been falling" before a gradient jump: no loss on the way above its start
@@ -167,6 +167,34 @@ def _summed_terms(records: Records) -> int | None:
         dims = [dims[0], *dims[2:]]  # [N, C, ...]: one term per sample and position
     terms = math.prod(dims)
     return terms if terms > 1 else None
+
+
+def _outlier_inputs(
+    records: Records, catalogue: Catalogue, loss_fields: dict[str, Any]
+) -> Cause | None:
+    """A few training input rows far off the scale of the rest (`input_outliers`): their
+    gradients throw the weights about while a typical batch looks fine."""
+    th = lambda name: catalogue.threshold(SYMPTOM, name, "unnormalized_input")  # noqa: E731
+    found = input_outliers(records, th("outlier_factor"), th("max_share"), th("min_sampled"))
+    if found is None:
+        return None
+    text = functools.partial(catalogue.text, SYMPTOM, "unnormalized_input")
+    return catalogue.cause(
+        SYMPTOM,
+        "unnormalized_input",
+        confidence=0.8,
+        evidence=text(
+            "outliers",
+            peak=num(found["peak"]),
+            hit=found["hit"],
+            sampled=found["sampled"],
+            typical=num(found["typical"]),
+            factor=num(found["factor"]),
+        ),
+        typical=num(found["typical"]),
+        onset=found["first_step"],
+        **loss_fields,
+    )
 
 
 def _gradient_ascent(
@@ -442,6 +470,13 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         causes = [
             ascent,
             *(dataclasses.replace(c, confidence=min(c.confidence, 0.3)) for c in causes),
+        ]
+    outliers = _outlier_inputs(records, catalogue, loss_fields) if ascent is None else None
+    if outliers is not None:
+        # the gradients blew up on the rows far off scale: the mechanism stays listed, below
+        causes = [
+            outliers,
+            *(dataclasses.replace(c, confidence=min(c.confidence, 0.5)) for c in causes),
         ]
     # the curve itself is the first evidence every cause shares
     causes = [dataclasses.replace(c, evidence=f"{how}; {c.evidence}") for c in causes]

@@ -32,7 +32,14 @@ from .._finding import Cause, Finding
 from .._hookspecs import hookimpl
 from .._records import Records
 from . import _initial_loss, _loss_seen
-from ._common import constant_baseline, exception_info, leaf_activations, num, param_stats
+from ._common import (
+    constant_baseline,
+    exception_info,
+    input_outliers,
+    leaf_activations,
+    num,
+    param_stats,
+)
 from ._common import names as _names
 from .diverging import dynamics, scale_sensitive
 
@@ -1213,7 +1220,7 @@ def _input_off_scale(ctx: _Context, stats: dict[str, float] | None) -> bool:
 def _unnormalized_input(ctx: _Context) -> Cause | None:
     stats = _input_scale(ctx)
     if not _input_off_scale(ctx, stats):
-        return None
+        return _outlier_rows(ctx)
     assert stats is not None
     first = _first_leaf(ctx)
     if _constant_input(stats):
@@ -1229,6 +1236,43 @@ def _unnormalized_input(ctx: _Context) -> Cause | None:
         max=num(stats["max"]),
         rows=stats["rows"],
         receives=ctx.text("unnormalized_input", "receives", first=first) if first else "",
+    )
+
+
+def _outlier_rows(ctx: _Context) -> Cause | None:
+    """A typical batch at unit scale, a few with rows 100x off it (`input_outliers`): the
+    steps on those batches can wreck the network (dead ReLUs, weights thrown far) and
+    leave the loss flat after them."""
+    t = functools.partial(ctx.t, cause="unnormalized_input")
+    found = input_outliers(ctx.records, t("outlier_factor"), t("max_outlier_share"), 5)
+    if found is None:
+        return None
+    text = functools.partial(ctx.text, "unnormalized_input")
+    first = _first_leaf(ctx)
+    fields = dict(
+        peak=num(found["peak"]),
+        hit=found["hit"],
+        sampled=found["sampled"],
+        typical=num(found["typical"]),
+        factor=num(found["factor"]),
+    )
+    cause = ctx.cause(
+        "unnormalized_input",
+        0.8,
+        text("outliers_evidence", **fields),
+        module=first,
+        onset=found["first_step"],
+        mean="?",
+        std="?",
+        min="?",
+        max="?",
+        rows=found["sampled"],
+        receives="",
+    )
+    return dataclasses.replace(
+        cause,
+        first_check=text("outliers_check", **fields),
+        fix_attempt=text("outliers_fix", **fields),
     )
 
 
