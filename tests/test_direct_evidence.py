@@ -329,3 +329,72 @@ def test_the_cli_overfit_failure_prints_ranked_causes_and_writes_a_failed_drill(
     drill = json.loads((tmp_path / "run" / "drill.json").read_text())
     assert drill["status"] == "failed"
     assert finding(drill, "flat_loss")["likely_cause"] == "softmax_before_loss"
+
+
+# --- layers the forward runs that the model does not own ---------------------------------
+class _Listed(nn.Module):
+    """Its middle layers kept as `kind`: a plain list, an nn.ModuleList, or made in forward."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.inp = nn.Linear(8, 32)
+        layers = [nn.Linear(32, 32) for _ in range(2)]
+        self.mid = nn.ModuleList(layers) if kind == "module_list" else layers
+        self.out = nn.Linear(32, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        if self.kind == "made":
+            h = torch.relu(nn.Linear(32, 32)(h))  # a new layer, new random weights, each call
+        else:
+            for layer in self.mid:
+                h = torch.relu(layer(h))
+        return self.out(h)
+
+
+def _train_listed(kind: str, run_dir: Path):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+    model = _Listed(kind)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(4):
+            for i in range(0, 256, 32):
+                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def test_layers_in_a_plain_list_are_named_where_the_model_holds_them(run_dir):
+    lens = _train_listed("list", run_dir)
+    assert lens.records.meta["unregistered_modules"] == [
+        {"where": f"mid[{i}]", "type": "Linear", "params": 32 * 32 + 32, "in_optimizer": False}
+        for i in range(2)
+    ]
+    causes = [c for f in lens.drill["findings"] for c in f["likely_causes"]]
+    top = next(c for c in causes if c["id"] == "params_not_in_optimizer")
+    assert "`mid[0]` (Linear), `mid[1]` (Linear)" in top["evidence"]
+    assert "held in a plain Python list or dict" in top["evidence"]
+    f = next(f for f in lens.drill["findings"] if f["likely_cause"] == "params_not_in_optimizer")
+    assert "nn.ModuleList" in f["fix_attempt"]
+
+
+def test_a_layer_made_inside_forward_is_named_as_made_there(run_dir):
+    lens = _train_listed("made", run_dir)
+    found = lens.records.meta["unregistered_modules"]
+    assert found and all(m["where"] is None and m["type"] == "Linear" for m in found)
+    f = next(f for f in lens.drill["findings"] if f["likely_cause"] == "params_not_in_optimizer")
+    assert "made in `forward()`" in f["likely_causes"][0]["evidence"]
+    assert "constructed there" in f["first_check"]
+
+
+def test_layers_in_a_module_list_are_the_models_own(run_dir):
+    lens = _train_listed("module_list", run_dir)
+    assert lens.records.meta["unregistered_modules"] == []
+    causes = {c.id for f in lens.findings for c in f.likely_causes}
+    assert "params_not_in_optimizer" not in causes

@@ -96,6 +96,39 @@ def describe_params(model: nn.Module, optimizer: Any) -> dict[str, dict[str, Any
     }
 
 
+def describe_unregistered(model: nn.Module, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The modules with trainable weights of their own that ran inside the model's forward
+    without being its submodules (`WatchState.foreign_modules`), with where the model holds
+    them (`blocks[2]`: a plain list; None: made inside forward, or held elsewhere)."""
+    out = []
+    for entry in found:
+        module = entry["ref"]()
+        where = _held_at(model, module) if module is not None else None
+        out.append({"where": where, **{k: v for k, v in entry.items() if k != "ref"}})
+    return out
+
+
+def _held_at(model: nn.Module, target: nn.Module) -> str | None:
+    """`blocks[2]` for a module held in a list attribute `blocks` of the model (or of one of
+    its submodules, dotted), `heads['a']` in a dict; None when not found one level down."""
+    for name, owner in model.named_modules():
+        prefix = f"{name}." if name else ""
+        for attr, value in vars(owner).items():
+            if attr.startswith("_"):
+                continue
+            if value is target:
+                return f"{prefix}{attr}"
+            if isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if item is target:
+                        return f"{prefix}{attr}[{i}]"
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    if item is target:
+                        return f"{prefix}{attr}[{key!r}]"
+    return None
+
+
 def tied_params(model: nn.Module) -> dict[str, str]:
     """Parameter names that are the same tensor as an earlier one (a language model's head
     tied to its embedding: `lm_head.weight` -> `transformer.wte.weight`); `named_parameters`

@@ -20,7 +20,13 @@ from . import _distributed, _rundir, _stream, _wrappers
 from ._errors import UsageError
 from ._finding import Finding
 from ._finish import Written, finish_run, problems_message
-from ._meta import describe_modules, describe_optimizer, describe_params, tied_params
+from ._meta import (
+    describe_modules,
+    describe_optimizer,
+    describe_params,
+    describe_unregistered,
+    tied_params,
+)
 from ._plugins import get_plugin_manager
 from ._probes import DEFAULT_PROBES, LossProbe, ProbeSet, WatchState
 from ._probes._checkpoint import CheckpointProbe
@@ -384,6 +390,7 @@ class Lens:
             "modules": describe_modules(model),
             "params": describe_params(model, opt),
             "tied_params": tied_params(model),
+            "unregistered_modules": describe_unregistered(model, state.foreign_modules),
             "optimizer": describe_optimizer(opt),
             "exception": _exception_meta(state, exc),
             **state.extra_meta,

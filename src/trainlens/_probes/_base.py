@@ -205,6 +205,10 @@ MAX_LOSS_MODULES = 16
 #: call signatures kept (a batch length that varies every step makes a new one each time:
 #: such calls are dispatched in full, and the set stays bounded)
 MAX_FAMILIAR = 1024
+#: modules not the model's, seen running inside its forward, that are looked at
+MAX_FOREIGN = 256
+#: ... and described (those with trainable parameters of their own)
+MAX_FOREIGN_DESCRIBED = 16
 #: models whose forward reads their own hooks (the fused fast path), or has no modules
 #: inside to be quiet about
 _NEVER_QUIET = (nn.TransformerEncoderLayer, nn.TransformerEncoder, nn.Transformer)
@@ -271,6 +275,7 @@ class ForwardDispatch:
         self._thread = threading.get_ident()  # the one thread whose calls may be quiet
         # id(loss module) -> (weak reference, handle of its own post hook)
         self._losses: dict[int, tuple[Any, Any]] = {}
+        self._foreign_seen: set[int] = set()  # ids of modules not the model's seen inside it
 
     def pre(self, probe: Probe, hooks: dict[nn.Module, Pre], *, sampled: bool = False) -> None:
         """`hooks[module](module, args)` before the forward of each module named; with
@@ -427,10 +432,41 @@ class ForwardDispatch:
         if module is self._own_root:
             return  # its own hooks
         if id(module) not in self._pre:
+            if self.state.call_stack and threading.get_ident() == self._thread:
+                self._foreign(module)  # inside a call of the model: one it does not own
             return
         if not self._depth:
             self._quiet_ok = False  # a module of the model called on its own
         self._call_pre(module, args)
+
+    def _foreign(self, module: nn.Module) -> None:
+        """A module that is not the model's ran inside its forward: layers kept in a plain
+        list or dict are not submodules, and `model.parameters()` never lists their
+        weights. Noted once per module, those with trainable parameters of their own."""
+        seen = self._foreign_seen
+        if id(module) in seen or len(seen) >= MAX_FOREIGN:
+            return
+        seen.add(id(module))
+        found = self.state.foreign_modules
+        try:
+            params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if not params or len(found) >= MAX_FOREIGN_DESCRIBED:
+                return
+            # described now: a layer made inside forward() is gone by the end of the run
+            opt = self.state.optimizer
+            ids = (
+                {id(p) for g in opt.param_groups for p in g["params"]} if opt is not None else None
+            )
+            found.append(
+                {
+                    "ref": weakref.ref(module),
+                    "type": type(module).__name__,
+                    "params": sum(p.numel() for p in params),
+                    "in_optimizer": None if ids is None else all(id(p) in ids for p in params),
+                }
+            )
+        except Exception:  # an odd module (no weak references): not described
+            return
 
     def _call_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         subs = (self._pre if self.state.sampled else self._pre_every).get(id(module))

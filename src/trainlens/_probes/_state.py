@@ -176,6 +176,10 @@ class WatchState:
         self.phase = "other"  # "forward" | "backward" | "step" | "other"
         # (name, call index) of module forwards in flight, innermost last
         self.call_stack: list[tuple[str, int]] = []
+        # modules with trainable parameters of their own that ran inside a call of the
+        # model without being its submodules (layers kept in a plain list or dict, or made
+        # in forward): described when first seen, the module itself weakly
+        self.foreign_modules: list[dict[str, Any]] = []
         self.call_index = 0
         self.failure: Failure | None = None
         # set (by dynamo's replay of a constant store) when the model ran inside torch.compile

@@ -160,10 +160,42 @@ def direct_causes(view: _View, shown: str | None) -> list[Cause]:
         no_grad = params_without_gradient(view, warn_only=shown is None)
         if no_grad is not None:
             causes.append(no_grad)
-        outside = params_outside_optimizer(view)
+        outside = unregistered_layers(records, catalogue) or params_outside_optimizer(view)
         if outside is not None:
             causes.append(outside)
     return causes
+
+
+def unregistered_layers(records: Records, catalogue: Catalogue) -> Cause | None:
+    """`params_not_in_optimizer`: layers with trainable weights that the model's forward
+    runs without owning them (a plain list or dict instead of `nn.ModuleList`, or a layer
+    made inside `forward()`), left out of the optimizer: they never train."""
+    found = [
+        m
+        for m in records.meta.get("unregistered_modules") or []
+        if m.get("params") and m.get("in_optimizer") is not True
+    ]
+    if not found:
+        return None
+    text = functools.partial(_text, "unregistered_layers")
+    named = [f"`{m['where']}` ({m['type']})" for m in found if m.get("where")]
+    made = [m for m in found if not m.get("where")]
+    names = ", ".join(named[:4])
+    if len(named) > 4:
+        names = text("more", names=names, more=len(named) - 4)
+    if made:
+        kinds = ", ".join(sorted({m["type"] for m in made}))
+        made_names = text("made_names", kinds=kinds, seen=len(made))
+        names = f"{names}, {made_names}" if names else made_names
+    evidence = text(
+        "evidence",
+        count=len(found),
+        names=names,
+        numel=sum(int(m["params"]) for m in found),
+        how=text("in_list") if named else text("made"),
+    )
+    key = "unregistered_layers" if named else "made_in_forward"
+    return _variant(catalogue, key, 0.9, evidence, names=names)
 
 
 class _View:
