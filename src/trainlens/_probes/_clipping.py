@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ._base import Probe, hook
+from ._base import Probe, _Removal, hook
 from ._state import WatchState
 
 #: sampled steps whose clipping is measured (the cut is the same from the first step on)
@@ -85,17 +85,7 @@ class ClipProbe(Probe):
         self.state.extra_meta["grad_clipping"] = info
 
 
-class _Restore:
-    def __init__(self, undo: Any):
-        self._undo = undo
-
-    def remove(self) -> None:
-        undo, self._undo = self._undo, None
-        if undo is not None:
-            undo()
-
-
-def _patch_clipping(on_norm: Any, on_value: Any) -> _Restore:
+def _patch_clipping(on_norm: Any, on_value: Any) -> _Removal:
     """Wrap torch's clipping for the block; each wrapper calls the original whatever the
     probe does, and the probe's failure is never the user's."""
     import torch.nn.utils as utils
@@ -150,4 +140,4 @@ def _patch_clipping(on_norm: Any, on_value: Any) -> _Restore:
             if vars(module).get(name) is wrapper:
                 setattr(module, name, original)
 
-    return _Restore(restore)
+    return _Removal(restore)

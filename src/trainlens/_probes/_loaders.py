@@ -19,7 +19,7 @@ import threading
 import weakref
 from typing import Any
 
-from ._base import Probe, hook
+from ._base import Probe, _Removal, hook
 from ._state import WatchState
 
 #: loaders described per run (a loop that makes a loader per step: the first ones)
@@ -82,24 +82,14 @@ def _describe(loader: Any) -> dict[str, Any]:
     }
 
 
-class _Restore:
-    def __init__(self, undo: Any):
-        self._undo = undo
-
-    def remove(self) -> None:
-        undo, self._undo = self._undo, None
-        if undo is not None:
-            undo()
-
-
-def _patch_loader_iter(seen: Any) -> _Restore:
+def _patch_loader_iter(seen: Any) -> _Removal:
     """`seen(loader)` at every `iter(loader)` of a `torch.utils.data.DataLoader` (subclasses
     included: they call the base's `__iter__`), for the block only."""
     from torch.utils.data import DataLoader
 
     original = vars(DataLoader).get("__iter__")
     if original is None:  # pragma: no cover - every torch has it
-        return _Restore(None)
+        return _Removal(lambda: None)
     active = [True]
 
     def __iter__(self: Any) -> Any:
@@ -117,4 +107,4 @@ def _patch_loader_iter(seen: Any) -> _Restore:
         if vars(DataLoader).get("__iter__") is __iter__:
             DataLoader.__iter__ = original  # type: ignore[method-assign]
 
-    return _Restore(undo)
+    return _Removal(undo)

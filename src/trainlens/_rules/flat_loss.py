@@ -974,6 +974,7 @@ def _gradient_clipped(ctx: _Context) -> Cause | None:
         median = cuts[len(cuts) // 2]
         max_norm = float(norms[0]["max_norm"])
         before = sorted(float(d["norm_before"]) for d in norms)[len(norms) // 2]
+        kind, onset = "norm", int(norms[0]["step"])
         evidence = text(
             "by_norm",
             max_norm=num(max_norm),
@@ -982,33 +983,28 @@ def _gradient_clipped(ctx: _Context) -> Cause | None:
             steps=len(cuts),
             factor=num(median),
         )
-        return ctx.cause(
-            "gradient_clipped",
-            0.85,
-            evidence=evidence,
-            call=f"clip_grad_norm_(model.parameters(), max_norm={num(max_norm)})",
-            suggested=text("suggested_norm"),
-            look=text("look_norm"),
-            onset=int(norms[0]["step"]),
-        )
-    if len(values) >= t("min_steps"):
+        call = f"clip_grad_norm_(model.parameters(), max_norm={num(max_norm)})"
+    elif len(values) >= t("min_steps"):
         shares = sorted(float(d["share_clipped"]) for d in values)
         if shares[len(shares) // 2] < t("value_share"):
             return None
         clip = float(values[0]["clip_value"])
+        kind, onset = "value", int(values[0]["step"])
         evidence = text(
             "by_value", clip=num(clip), share=f"{shares[len(shares) // 2]:.0%}", steps=len(shares)
         )
-        return ctx.cause(
-            "gradient_clipped",
-            0.85,
-            evidence=evidence,
-            call=f"clip_grad_value_(model.parameters(), clip_value={num(clip)})",
-            suggested=text("suggested_value"),
-            look=text("look_value"),
-            onset=int(values[0]["step"]),
-        )
-    return None
+        call = f"clip_grad_value_(model.parameters(), clip_value={num(clip)})"
+    else:
+        return None
+    return ctx.cause(
+        "gradient_clipped",
+        0.85,
+        evidence=evidence,
+        call=call,
+        suggested=text(f"suggested_{kind}"),
+        look=text(f"look_{kind}"),
+        onset=onset,
+    )
 
 
 def _lr_too_low(ctx: _Context) -> Cause | None:
