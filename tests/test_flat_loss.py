@@ -701,3 +701,44 @@ def test_clipping_at_one_and_adam_clipped_hard_are_no_clipping_cause(run_dir, tm
         lr=1e-2,
     )
     assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+
+
+# --- a layer whose output is all zeros cuts the flow there -------------------------------
+def _dropout_net(run_dir, p, dead=False):
+    x, y = classification_data(n=256)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(p=p), nn.Linear(32, 3))
+    if dead:
+        with torch.no_grad():
+            model[0].bias.fill_(-100.0)  # every ReLU unit dead before the dropout
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(8):
+            for i in range(0, 256, 32):
+                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def test_a_dropout_of_p_1_is_where_the_gradient_stops_with_p_explained(run_dir):
+    """`nn.Dropout(p=1.0)` (a keep rate written as the drop rate) outputs only zeros: the
+    weights before it get no gradient and the layer after it no input. The drill names the
+    dropout, not the Linear after it, and says what p means; not `.detach()`."""
+    lens = _dropout_net(run_dir, 1.0)
+    f = flat_finding(lens, run_dir)
+    assert (f["likely_cause"], f["module"]) == ("no_gradient_flow", "2")
+    assert "`2` (Dropout) outputs exactly zero on" in f["likely_causes"][0]["evidence"]
+    assert "`p=1.0` drops every element" in f["fix_attempt"]
+    assert ".detach()" not in f["first_check"]
+
+
+def test_a_dropout_after_dead_relus_leaves_the_blame_on_the_relus(run_dir):
+    """Zeros that start at a dead ReLU also come out of the dropout after it: the ReLU is
+    where they start, and the dropout's p is not blamed."""
+    lens = _dropout_net(run_dir, 0.1, dead=True)
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "dead_relu"
+    assert all("drops every element" not in c["evidence"] for c in f["likely_causes"])
+    assert "drops every element" not in f["fix_attempt"]

@@ -37,6 +37,7 @@ from ._common import (
     exception_info,
     input_outliers,
     leaf_activations,
+    module_attrs,
     num,
     param_stats,
 )
@@ -598,13 +599,35 @@ def _normalised_rows(ctx: _Context, li: pd.DataFrame) -> NormalisedInput | None:
         rows, case = li[logprobs], "log_probabilities"
         deviation = float(rows["logprob_dev"].median())
         floor = 0.0
-    elif squashed.sum() >= need and loss not in LOGPROB_LOSSES:
+    elif squashed.sum() >= need and loss not in LOGPROB_LOSSES and _squashed_after_last(ctx):
         # logits confined to [0, 1]: the softmax of such a row gives at most e / (e + C - 1)
         rows, case, deviation = li[squashed], "squashed", math.nan
         floor = -math.log(math.e / (math.e + classes - 1)) if classes > 1 else 0.0
     else:
         return None
     return NormalisedInput(case, loss, li, rows, deviation, floor)
+
+
+#: modules whose outputs lie in [0, 1]
+SQUASH_MODULES = ("Sigmoid", "Hardsigmoid")
+
+
+def _squashed_after_last(ctx: _Context) -> bool:
+    """Whether something squashed the model's outputs into [0, 1]: a sigmoid module, or a
+    last leaf layer whose own outputs reach beyond 1 (a functional `torch.sigmoid` after
+    it). Logits that lie in [0, 1] straight out of the last layer (its input all zeros,
+    only its bias left) are no squashing: the flow is cut before it."""
+    if any(m.get("type") in SQUASH_MODULES for m in ctx.modules.values()):
+        return True
+    leaves = [n for n, m in ctx.modules.items() if m.get("leaf") and n in ctx.called]
+    if not leaves:
+        return True  # nothing to tell by: as before
+    last = max(leaves, key=ctx.forward_pos)
+    act = leaf_activations(ctx.records)
+    rows = act[act["module"] == last]
+    if rows.empty:
+        return True
+    return float(pd.to_numeric(rows["max_abs"], errors="coerce").median()) > 1 + 1e-6
 
 
 def _softmax_before_loss(ctx: _Context) -> Cause | None:
@@ -854,7 +877,46 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
         module=module,
         module_type=ctx.modules.get(module, {}).get("type", "?"),
     )
-    return ctx.cause("no_gradient_flow", confidence, evidence, module=module or None)
+    silent = None if none or frozen or zeroed else _zero_output(ctx, module)
+    if silent is None:
+        return ctx.cause("no_gradient_flow", confidence, evidence, module=module or None)
+    # a layer before the cut outputs nothing but zeros: what follows it gets no input to
+    # learn from, and nothing before it a gradient (Dropout(p=1.0), a mask of zeros)
+    name, zeros, rows = silent
+    kind = ctx.modules.get(name, {}).get("type", "?")
+    fields = dict(module=name, module_type=kind, zeros=zeros, sampled=rows)
+    # a dropout that drops everything: p = 1 (a keep rate written where the drop rate goes)
+    dropout = "Dropout" in kind and module_attrs(ctx.records, name).get("p") == 1.0
+    cause = ctx.cause(
+        "no_gradient_flow",
+        max(confidence, 0.85),
+        f"{evidence}; {text('zero_output', **fields)}",
+        module=name,
+    )
+    return dataclasses.replace(
+        cause,
+        first_check=text("zero_output_check", **fields),
+        fix_attempt=text("zero_output_dropout_fix" if dropout else "zero_output_fix", **fields),
+    )
+
+
+def _zero_output(ctx: _Context, before: str | None) -> tuple[str, int, int] | None:
+    """The first leaf module, up to `before` in forward order, whose output is exactly
+    zero on (nearly) every sampled training step: where the zeros start. None when that
+    is a ReLU (a dead ReLU is `dead_relu`'s, and every layer after it outputs zeros too)."""
+    act = leaf_activations(ctx.records)
+    if act.empty or before is None:
+        return None
+    limit = ctx.forward_pos(before)
+    found = []
+    for name, rows in act.groupby("module", sort=False):
+        zeros = int((pd.to_numeric(rows["zero_frac"], errors="coerce") >= 0.999).sum())
+        if len(rows) >= 3 and zeros >= 0.9 * len(rows) and ctx.forward_pos(name) <= limit:
+            found.append((str(name), zeros, len(rows)))
+    first = min(found, key=lambda f: ctx.forward_pos(f[0]), default=None)
+    if first is None or ctx.modules.get(first[0], {}).get("type") in RELU_FAMILY:
+        return None
+    return first
 
 
 def _dead_relu(ctx: _Context) -> Cause | None:
