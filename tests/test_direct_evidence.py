@@ -398,3 +398,40 @@ def test_layers_in_a_module_list_are_the_models_own(run_dir):
     assert lens.records.meta["unregistered_modules"] == []
     causes = {c.id for f in lens.findings for c in f.likely_causes}
     assert "params_not_in_optimizer" not in causes
+
+
+def test_an_attribute_that_cannot_be_walked_leaves_the_place_unknown_not_the_drill_lost(
+    run_dir,
+):
+    """Finding where the model holds a layer it does not own walks its attributes; one
+    that raises when read (a mapping of the user's own) costs the place, never the run's
+    drill."""
+
+    class Unreadable(dict):
+        def items(self):
+            raise RuntimeError("not readable")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = Unreadable()  # walked before the list below
+            self.inp = nn.Linear(8, 16)
+            self.mid = [nn.Linear(16, 16)]  # not registered
+            self.out = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.mid[0](torch.relu(self.inp(x)))))
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for i in range(0, 64, 16):
+            loss = nn.functional.cross_entropy(model(x[i : i + 16]), y[i : i + 16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert (run_dir / "drill.json").exists()
+    (found,) = lens.records.meta["unregistered_modules"]
+    assert (found["where"], found["type"]) == (None, "Linear")

@@ -103,7 +103,10 @@ def describe_unregistered(model: nn.Module, found: list[dict[str, Any]]) -> list
     out = []
     for entry in found:
         module = entry["ref"]()
-        where = _held_at(model, module) if module is not None else None
+        try:
+            where = _held_at(model, module) if module is not None else None
+        except Exception:  # an attribute that cannot be walked: the place stays unknown
+            where = None
         out.append({"where": where, **{k: v for k, v in entry.items() if k != "ref"}})
     return out
 

@@ -13,6 +13,7 @@ only, the first `MAX_SAMPLES`; every call is counted.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -115,7 +116,7 @@ def _patch_clipping(on_norm: Any, on_value: Any) -> _Removal:
         def clip_grad_value_(*args: Any, **kwargs: Any) -> Any:
             if active[0]:
                 params = args[0] if args else kwargs.get("parameters")
-                if not isinstance(params, (torch.Tensor, list, tuple)) and params is not None:
+                if isinstance(params, Iterator):
                     # a generator (`model.parameters()`) is read once, here, and the list
                     # handed on: torch reads the same parameters
                     params = list(params)
