@@ -384,6 +384,18 @@ def test_layers_in_a_plain_list_are_named_where_the_model_holds_them(run_dir):
     assert "nn.ModuleList" in f["fix_attempt"]
 
 
+def test_unowned_layers_leave_no_conclusion_by_elimination_beside_them(run_dir):
+    """Layers the model does not own never train, so the machinery is not healthy: the
+    flat finding does not also offer `label_mismatch` (targets nothing explains), whose
+    evidence said `params_not_in_optimizer` was ruled out."""
+    lens = _train_listed("list", run_dir)
+    flat = next(f for f in lens.drill["findings"] if f["symptom"] == "flat_loss")
+    ids = [c["id"] for c in flat["likely_causes"]]
+    assert ids[0] == "params_not_in_optimizer"
+    assert "label_mismatch" not in ids and "unknown" not in ids
+    assert "params_not_in_optimizer" not in str(flat["evidence"].get("ruled_out", []))
+
+
 def test_a_layer_made_inside_forward_is_named_as_made_there(run_dir):
     lens = _train_listed("made", run_dir)
     found = lens.records.meta["unregistered_modules"]

@@ -481,6 +481,9 @@ def _optimizer_not_stepping(ctx: _Context) -> Cause | None:
 
 
 def _params_not_in_optimizer(ctx: _Context) -> Cause | None:
+    unregistered = _unregistered(ctx)
+    if unregistered is not None:
+        return unregistered
     pp = ctx.per_param
     if pp.empty or not ctx.records.meta.get("optimizer_given"):
         return None
@@ -502,6 +505,14 @@ def _params_not_in_optimizer(ctx: _Context) -> Cause | None:
         grad=num(float(outside["grad"].median())),
         optimizer=ctx.optimizer_class,
     )
+
+
+def _unregistered(ctx: _Context) -> Cause | None:
+    """Layers the forward runs without owning them (kept in a plain list, made in
+    `forward()`): their weights are in no per-parameter row, and no optimizer has them."""
+    from .direct_evidence import unregistered_layers  # it builds on this module
+
+    return unregistered_layers(ctx.records, ctx.catalogue)
 
 
 def _zero_grad_missing(ctx: _Context) -> Cause | None:
@@ -1428,6 +1439,8 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
     trained = pp[pp["in_optimizer"]] if not pp.empty else pp
     if trained.empty or (trained["grad_pos"] < 0.9).any():
         return None
+    if _unregistered(ctx) is not None:
+        return None  # layers of the forward that never train: the machinery is not healthy
     ratio = _update_ratio(ctx)
     lo = ctx.t("update_ratio_min", "label_mismatch")
     hi = ctx.t("update_ratio_max", "label_mismatch")
