@@ -742,3 +742,87 @@ def test_a_dropout_after_dead_relus_leaves_the_blame_on_the_relus(run_dir):
     assert f["likely_cause"] == "dead_relu"
     assert all("drops every element" not in c["evidence"] for c in f["likely_causes"])
     assert "drops every element" not in f["fix_attempt"]
+
+
+# --- an output that cannot reach the targets ---------------------------------------------
+class _FunctionalRelu(nn.Module):
+    """`torch.relu` applied to the output at the end of forward: no layer says so."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def forward(self, x):
+        return torch.relu(self.body(x))
+
+
+def _bounded_regression(run_dir, head, targets="standardised", epochs=20):
+    """A small MLP regressing a linear function of its input, `head` after its output."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g)
+    y = (y - y.mean()) / y.std() if targets == "standardised" else y.abs()
+    torch.manual_seed(0)
+    if head == "functional":
+        model = _FunctionalRelu()
+    else:
+        layers = [nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1)]
+        model = nn.Sequential(*layers, *([head] if head is not None else []))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(epochs):
+            for i in range(0, 1024, 64):
+                loss = nn.functional.mse_loss(model(x[i : i + 64]), y[i : i + 64])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def test_a_relu_after_the_output_layer_stops_the_loss_at_the_negative_targets_cost(run_dir):
+    """About half of standardised targets are negative; a final ReLU predicts 0 for them.
+    The loss falls, then sits on what those targets cost: the drill names the ReLU, the
+    share of targets out of reach and that floor, and says to remove it."""
+    lens = _bounded_regression(run_dir, nn.ReLU())
+    f = flat_finding(lens, run_dir)
+    assert (f["severity"], f["likely_cause"], f["module"]) == ("error", "bounded_output", "3")
+    ev = f["likely_causes"][0]["evidence"]
+    assert "`3` (ReLU), only outputs values in [0, +inf)" in ev
+    assert re.search(r"(4\d|5\d)% of the regression targets lie below 0, the lowest output", ev)
+    assert "Remove the final ReLU" in f["fix_attempt"]
+    li = lens.records.loss_inputs
+    late = li[li["step"] >= 100]
+    # what the probe measured: the outputs never below 0, the targets' cost below them a
+    # floor the loss at the same steps cannot be under
+    assert (late["min"] == 0).all()
+    loss = lens.records.train_loss().reindex(late["step"])
+    assert (late["target_below_mse"].to_numpy() <= loss.to_numpy() + 1e-6).all()
+    assert late["target_below_mse"].median() > 0.2
+
+
+def test_a_tanh_head_on_standardised_targets_names_the_range_it_keeps_to(run_dir):
+    lens = _bounded_regression(run_dir, nn.Tanh())
+    f = flat_finding(lens, run_dir)
+    assert (f["likely_cause"], f["module"]) == ("bounded_output", "3")
+    assert "only outputs values in [-1, 1]" in f["likely_causes"][0]["evidence"]
+    assert "scale the targets into [-1, 1]" in f["fix_attempt"]
+
+
+def test_a_relu_applied_in_forward_is_seen_from_the_output_it_pins_at_0(run_dir):
+    lens = _bounded_regression(run_dir, "functional")
+    f = flat_finding(lens, run_dir)
+    assert (f["likely_cause"], f["module"]) == ("bounded_output", None)
+    assert "never went below 0 on the last sampled steps" in f["likely_causes"][0]["evidence"]
+    assert "`torch.relu`" in f["fix_attempt"]
+
+
+@pytest.mark.parametrize("head", [None, nn.ReLU()], ids=["linear", "relu_on_nonnegative"])
+def test_an_output_that_reaches_its_targets_stays_clean(run_dir, head):
+    """A plain Linear head on standardised targets, and a final ReLU on targets that are
+    never negative (a magnitude): nothing lies out of the output's reach."""
+    targets = "standardised" if head is None else "nonnegative"
+    lens = _bounded_regression(run_dir, head, targets=targets)
+    assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+    if head is not None:  # the ReLU's output is never pressed against its 0
+        li = lens.records.loss_inputs
+        assert (li[li["step"] >= 100]["min"] > 0.5).all()

@@ -74,7 +74,10 @@ TABLES: dict[str, tuple[str, ...]] = {
     # mean |logsumexp(row)|); baseline = loss of the best constant prediction; target_rms
     # = root mean square of the regression targets seen so far (NaN for classification);
     # the *_batch deviations are the same over the batch axis of a [N, C] input (columns
-    # normalised: a softmax over dim=0, each sample's loss depends on the others)
+    # normalised: a softmax over dim=0, each sample's loss depends on the others); target_below_* /
+    # target_above_* (regression): the share of the targets below the batch's lowest
+    # prediction (above its highest) and the mean over all targets of their squared
+    # distance to it: an output that cannot go below 0 (a final ReLU) leaves that much loss
     "loss_inputs": (
         "step",
         "split",
@@ -89,6 +92,10 @@ TABLES: dict[str, tuple[str, ...]] = {
         "target_rms",
         "prob_dev_batch",
         "logprob_dev_batch",
+        "target_below_share",
+        "target_below_mse",
+        "target_above_share",
+        "target_above_mse",
     ),
     # sampled optimizer steps: the norm of the optimizer's `.grad`s before the step's first
     # backward pass adds to them (carried, 0 after zero_grad) and at `optimizer.step()`

@@ -202,33 +202,39 @@ def _runs(steps: list[_Pending]) -> list[list[_Pending]]:
 class _RegressionRows:
     """Deferred sink: a regression loss has no row deviations (and, reduced otherwise than
     by "mean", no baseline): their NaN are put in on the host, not made on the device.
-    Its values: min, max, then (mean reduction) the target variance and the mean over
-    targets of their squared mean, whose sum is the targets' mean square."""
+    Its values: min, max, the targets beyond them (share and mean square below, above),
+    then (mean reduction) the target variance and the mean over targets of their squared
+    mean, whose sum is the targets' mean square."""
 
     def __init__(self, table: Any):
         self.table = table
 
     def append(self, *row: Any) -> None:
         prefix, v = row[:5], row[5:]
-        baseline = v[2] if len(v) > 2 else math.nan
-        square = v[2] + v[3] if len(v) > 3 else math.nan
+        baseline = v[6] if len(v) > 6 else math.nan
+        square = v[6] + v[7] if len(v) > 7 else math.nan
         rms = math.sqrt(square) if square >= 0 else math.nan  # NaN targets: NaN, not 0
         nan = math.nan
-        self.table.append(*prefix, v[0], v[1], nan, nan, baseline, rms, nan, nan)
+        self.table.append(*prefix, v[0], v[1], nan, nan, baseline, rms, nan, nan, *v[2:6])
+
+
+#: a classification row's regression-only columns, put in on the host
+_NO_TARGET_RANGE = (math.nan,) * 4
 
 
 class _ClassificationRows:
     """Deferred sink: a classification loss has no target scale (NaN, on the host), put
-    in before its two batch-axis deviations, the last of its values."""
+    in before its two batch-axis deviations, the last of its values, nor targets beyond
+    its inputs' range (NaN after them)."""
 
     def __init__(self, table: Any):
         self.table = table
 
     def append(self, *row: Any) -> None:
-        self.table.append(*row[:-2], math.nan, *row[-2:])
+        self.table.append(*row[:-2], math.nan, *row[-2:], *_NO_TARGET_RANGE)
 
     def extend(self, rows: list[tuple[Any, ...]]) -> None:
-        self.table.extend([(*row[:-2], math.nan, *row[-2:]) for row in rows])
+        self.table.extend([(*row[:-2], math.nan, *row[-2:], *_NO_TARGET_RANGE) for row in rows])
 
 
 def _deferred(x: torch.Tensor, t: torch.Tensor) -> bool:
@@ -375,19 +381,21 @@ def _binary_block(
 def _regression_block(
     look: _Look, xs: torch.Tensor, ts: torch.Tensor, updates: list[bool], running: dict[str, Any]
 ) -> torch.Tensor:
-    """[k, 2] (min, max) without a baseline, else [k, 4]: min, max, the variance of every
-    target seen up to each step, and the mean over targets of their squared mean."""
+    """[k, 6] without a baseline, else [k, 8]: min, max, the targets beyond them (`_beyond`),
+    then the variance of every target seen up to each step, and the mean over targets of
+    their squared mean."""
     k = xs.shape[0]
     flat = xs.reshape(k, -1)
     lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    range_ = torch.cat([lo, hi, _beyond(ts.reshape(k, -1), lo, hi)], 1)
     if not look.prior:
-        return torch.cat([lo, hi], 1)
+        return range_
     if look.reset:
         running.update(n=0, mean=None, m2=None)
     upd = [i for i, u in enumerate(updates) if u]
     if not upd:
         kept = running["kept"].expand(k, 2)
-        return torch.cat([lo, hi, kept], 1)
+        return torch.cat([range_, kept], 1)
     tu = ts if len(upd) == k else ts[upd]
     u, n = tu.shape[0], tu.shape[1]
     # each step's variance and mean per target, pooled with the earlier steps' (Chan et
@@ -422,4 +430,22 @@ def _regression_block(
             kept = torch.cat([previous, kept])
             last = [i + 1 for i in last]
         kept = kept[torch.tensor(last, device=kept.device)]
-    return torch.cat([lo, hi, kept], 1)
+    return torch.cat([range_, kept], 1)
+
+
+def _beyond(ts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """[k, 4]: the share of each step's targets below its lowest prediction and their
+    mean square distance to it (over all targets), the same above its highest. A model
+    whose output cannot cross a bound (0 after a final ReLU) keeps that loss however long
+    it trains."""
+    below = (lo - ts).clamp_min(0)
+    above = (ts - hi).clamp_min(0)
+    return torch.stack(
+        [
+            (below > 0).float().mean(1),
+            below.square().mean(1),
+            (above > 0).float().mean(1),
+            above.square().mean(1),
+        ],
+        1,
+    )

@@ -29,13 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from .._catalogue import Catalogue, fill
+from .._catalogue import Catalogue
 from .._finding import Cause, Finding
 from .._hookspecs import hookimpl
 from .._records import Records
-from .._resources import data_dir
 from . import flat_loss
 from ._common import exception_info, num
+from ._variants import HOME, unregistered_layers
+from ._variants import text as _text
+from ._variants import texts as _texts
+from ._variants import variant as _variant
 
 #: a cross-symptom rule: it files its causes under the symptom the run shows, so it owns no
 #: recipe of its own and borrows these causes from the symptoms' recipes
@@ -54,12 +57,10 @@ BORROWS = frozenset(
 )
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
-#: the symptom family of every cause found here (SPEC §3: they are flat_loss causes)
-HOME = "flat_loss"
 #: direct evidence outranks the generic causes of whatever symptom the run shows
 #: (divergence causes top out at 0.85)
 RANK = {
@@ -166,38 +167,6 @@ def direct_causes(view: _View, shown: str | None) -> list[Cause]:
     return causes
 
 
-def unregistered_layers(records: Records, catalogue: Catalogue) -> Cause | None:
-    """`params_not_in_optimizer`: layers with trainable weights that the model's forward
-    runs without owning them (a plain list or dict instead of `nn.ModuleList`, or a layer
-    made inside `forward()`), left out of the optimizer: they never train."""
-    found = [
-        m
-        for m in records.meta.get("unregistered_modules") or []
-        if m.get("params") and m.get("in_optimizer") is not True
-    ]
-    if not found:
-        return None
-    text = functools.partial(_text, "unregistered_layers")
-    named = [f"`{m['where']}` ({m['type']})" for m in found if m.get("where")]
-    made = [m for m in found if not m.get("where")]
-    names = ", ".join(named[:4])
-    if len(named) > 4:
-        names = text("more", names=names, more=len(named) - 4)
-    if made:
-        kinds = ", ".join(sorted({m["type"] for m in made}))
-        made_names = text("made_names", kinds=kinds, seen=len(made))
-        names = f"{names}, {made_names}" if names else made_names
-    evidence = text(
-        "evidence",
-        count=len(found),
-        names=names,
-        numel=sum(int(m["params"]) for m in found),
-        how=text("in_list") if named else text("made"),
-    )
-    key = "unregistered_layers" if named else "made_in_forward"
-    return _variant(catalogue, key, 0.9, evidence, names=names)
-
-
 class _View:
     """The records, and flat_loss's per-parameter view of them built once, on first use."""
 
@@ -212,22 +181,7 @@ class _View:
 
 def _ctx(records: Records, catalogue: Catalogue) -> Any:
     """flat_loss's per-parameter view, built without a flat curve (its checks need one)."""
-    loss = records.train_loss()
-    values = loss.to_numpy(dtype=float) if len(loss) else np.array([math.nan])
-    start, end = float(values[0]), float(values[-1])
-    baseline, what, kind = flat_loss._baseline(records, catalogue)
-    flat = flat_loss.Flatness(
-        n=len(values),
-        start=start,
-        end=end,
-        drop=(start - end) / abs(start) if start else 0.0,
-        by_progress=False,
-        baseline=baseline,
-        baseline_what=what,
-        by="steps",
-        baseline_kind=kind,
-    )
-    return flat_loss._Context.build(records, catalogue, flat)
+    return flat_loss._Context.unflat(records, catalogue)
 
 
 def rebuilt_optimizer(view: _View) -> Cause | None:
@@ -499,48 +453,3 @@ def _merge(a: list[Cause], b: list[Cause]) -> list[Cause]:
         if c.id not in best or c.confidence > best[c.id].confidence:
             best[c.id] = c
     return list(best.values())
-
-
-@functools.cache
-def _texts() -> dict[str, Any]:
-    """Every table of `recipes/direct_evidence/*.toml`, by name."""
-    tables: dict[str, Any] = {}
-    for path in sorted((data_dir("recipes") / "direct_evidence").glob("*.toml")):
-        tables.update(tomllib.loads(path.read_text(encoding="utf-8")))
-    return tables
-
-
-def _text(table: str, key: str, *, section: str = "texts", **fields: Any) -> str:
-    """`[<table>.<section>]`'s text `key`, filled in (spaces as in first_check)."""
-    return fill(" ".join(_texts()[table][section][key].split()), fields)
-
-
-def _variant(
-    catalogue: Catalogue,
-    key: str,
-    confidence: float,
-    evidence: str,
-    *,
-    step: Any = None,
-    module: str | None = None,
-    **fields: Any,
-) -> Cause | None:
-    """The catalogue cause of this evidence, with the evidence's own first check and fix."""
-    text = _texts()[key]
-    cause_id = text["cause"]
-    if cause_id not in catalogue[HOME].causes:
-        return None
-    cause = catalogue.cause(
-        HOME,
-        cause_id,
-        confidence=confidence,
-        evidence=evidence,
-        module=module,
-        step=None if step is None else int(step),
-    )
-    values = {"module": module or catalogue.text(HOME, None, "the_model"), "step": step, **fields}
-    return dataclasses.replace(
-        cause,
-        first_check=fill(" ".join(text["first_check"].split()), values),
-        fix_attempt=fill(" ".join(text["fix_attempt"].split()), values),
-    )

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .._catalogue import Catalogue
@@ -42,6 +43,7 @@ from ._common import (
     param_stats,
 )
 from ._common import names as _names
+from ._variants import unregistered_layers
 from .diverging import dynamics, scale_sensitive
 
 SYMPTOM = "flat_loss"
@@ -52,11 +54,23 @@ CAUSES = frozenset({
     "softmax_before_loss", "no_gradient_flow", "dead_relu", "vanishing_gradient",
     "lr_too_low", "lr_too_high", "unnormalized_input", "unnormalized_target",
     "label_mismatch", "bad_initial_loss", "unknown", "no_loss_recorded",
-    "gradient_clipped",
+    "gradient_clipped", "bounded_output",
 })  # fmt: skip
 
 #: activations that output exact zeros for negative inputs
 RELU_FAMILY = ("ReLU", "ReLU6", "Threshold", "Hardsigmoid")
+#: the range of a layer's output (lowest, highest): a model whose last layer is one of these
+#: cannot predict a value beyond it
+BOUNDED_OUTPUTS = {
+    "ReLU": (0.0, math.inf),
+    "ReLU6": (0.0, 6.0),
+    "Softplus": (0.0, math.inf),
+    "Sigmoid": (0.0, 1.0),
+    "Hardsigmoid": (0.0, 1.0),
+    "Tanh": (-1.0, 1.0),
+    "Hardtanh": (-1.0, 1.0),
+    "Softsign": (-1.0, 1.0),
+}
 #: modules that normalise a model's output into (log-)probabilities
 SOFTMAX_MODULES = ("Softmax", "LogSoftmax", "Softmax2d", "Softmin")
 #: losses whose input is checked for normalised rows: those that normalise raw logits
@@ -80,7 +94,10 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         return [*found, unseen]
     flat = _flatness(records, catalogue)
     if flat is None:
-        return found
+        # a loss that fell and then stopped at the floor the output's range sets: it will
+        # not move further, however long the run
+        stalled = _stalled_at_bound(records, catalogue)
+        return [*found, stalled] if stalled is not None else found
     ctx = _Context.build(records, catalogue, flat)
     checks = (
         _optimizer_not_stepping,
@@ -94,6 +111,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         _gradient_clipped,
         _lr_too_low,
         _lr_too_high,
+        _bounded_output,
         _unnormalized_target,
         _unnormalized_input,
         _label_mismatch,
@@ -342,6 +360,27 @@ class _Context:
             called=set(shapes["module"]),
         )
 
+    @classmethod
+    def unflat(cls, records: Records, catalogue: Catalogue) -> _Context:
+        """The same view of a run whose curve is not flat (its checks that need no flat
+        curve: direct evidence, a stall at the output's bound)."""
+        loss = records.train_loss()
+        values = loss.to_numpy(dtype=float) if len(loss) else np.array([math.nan])
+        start, end = float(values[0]), float(values[-1])
+        baseline, what, kind = _baseline(records, catalogue)
+        flat = Flatness(
+            n=len(values),
+            start=start,
+            end=end,
+            drop=(start - end) / abs(start) if start else 0.0,
+            by_progress=False,
+            baseline=baseline,
+            baseline_what=what,
+            by="steps",
+            baseline_kind=kind,
+        )
+        return cls.build(records, catalogue, flat)
+
     def cause(
         self, cause_id: str, confidence: float, evidence: str | None = None, **fields: Any
     ) -> Cause:
@@ -510,8 +549,6 @@ def _params_not_in_optimizer(ctx: _Context) -> Cause | None:
 def _unregistered(ctx: _Context) -> Cause | None:
     """Layers the forward runs without owning them (kept in a plain list, made in
     `forward()`): their weights are in no per-parameter row, and no optimizer has them."""
-    from .direct_evidence import unregistered_layers  # it builds on this module
-
     return unregistered_layers(ctx.records, ctx.catalogue)
 
 
@@ -630,10 +667,9 @@ def _squashed_after_last(ctx: _Context) -> bool:
     only its bias left) are no squashing: the flow is cut before it."""
     if any(m.get("type") in SQUASH_MODULES for m in ctx.modules.values()):
         return True
-    leaves = [n for n, m in ctx.modules.items() if m.get("leaf") and n in ctx.called]
-    if not leaves:
+    last = _last_leaf(ctx)
+    if last is None:
         return True  # nothing to tell by: as before
-    last = max(leaves, key=ctx.forward_pos)
     act = leaf_activations(ctx.records)
     rows = act[act["module"] == last]
     if rows.empty:
@@ -1422,6 +1458,115 @@ def _unnormalized_target(ctx: _Context) -> Cause | None:
         baseline=num(flat.baseline),
         ratio=num(flat.end / flat.baseline),
     )
+
+
+def _stalled_at_bound(records: Records, catalogue: Catalogue) -> Finding | None:
+    """The loss moved, then stopped at the floor `_bounded_output` measures."""
+    if not _has_target_range(records):
+        return None
+    ctx = _Context.unflat(records, catalogue)
+    cause = _bounded_output(ctx)
+    if cause is None:
+        return None
+    flat = ctx.flat
+    evidence = {
+        "loss_start": flat.start,
+        "loss_end": flat.end,
+        "relative_drop": flat.drop,
+        "steps": flat.n,
+        "baseline": flat.baseline,
+        "curve_by": flat.by,
+    }
+    return catalogue.finding(SYMPTOM, "error", [cause], evidence=evidence)
+
+
+def _has_target_range(records: Records) -> bool:
+    li = records.loss_inputs
+    return "target_below_mse" in li.columns and bool(li["target_below_mse"].notna().any())
+
+
+def _bounded_output(ctx: _Context) -> Cause | None:
+    """A regression model whose output cannot cross a bound (0 after a final ReLU, [0, 1]
+    after a sigmoid) while many targets lie beyond it: the squared distance of those
+    targets to the bound is a floor under the MSE, and the loss sits on it."""
+    if not _has_target_range(ctx.records):
+        return None  # no regression loss, or a run recorded before the targets' range was
+    li = ctx.records.loss_inputs
+    li = li[(li["split"] == "train") & li["target_below_mse"].notna()].sort_values("step")
+    if len(li) < ctx.t("min_looks", "bounded_output"):
+        return None
+    late = li.tail(len(li) // 2)
+    loss = ctx.records.train_loss().reindex(late["step"].unique())
+    level = float(loss.median())
+    baseline = float(late["baseline"].median())
+    rms = float(late["target_rms"].median())
+    if not (level > 0 and baseline > 0 and rms > 0):
+        return None
+    last = _last_leaf(ctx)
+    kind = ctx.modules.get(last, {}).get("type") if last is not None else None
+    bounds = BOUNDED_OUTPUTS.get(kind or "")
+    # an output pressed against its layer's bound stays a little short of it (a tanh's
+    # at 0.93): within a share of the range, or of the targets' scale when it is open
+    if bounds is not None and math.isfinite(bounds[1] - bounds[0]):
+        tol = ctx.t("range_tolerance", "bounded_output") * (bounds[1] - bounds[0])
+    else:
+        tol = ctx.t("scale_tolerance", "bounded_output") * rms
+    sides = []
+    for i, (side, edge_col) in enumerate((("below", "min"), ("above", "max"))):
+        share = float(late[f"target_{side}_share"].median())
+        floor = float(late[f"target_{side}_mse"].median())
+        edges = late[edge_col].astype(float)
+        edge = float(edges.median())
+        at_bound = bounds is not None and math.isfinite(bounds[i]) and abs(edge - bounds[i]) <= tol
+        # a functional `torch.relu` at the end: no layer says so, the output shows it
+        pinned = float(edges.max() - edges.min()) <= 1e-6 * max(1.0, abs(edge))
+        if (at_bound or pinned) and share >= ctx.t("target_share", "bounded_output"):
+            sides.append((side, share, floor, edge, at_bound))
+    if not sides:
+        return None
+    floor = sum(s[2] for s in sides)
+    if floor < ctx.t("floor_share", "bounded_output") * level:
+        return None
+    if floor < ctx.t("baseline_share", "bounded_output") * baseline:
+        return None
+    text = functools.partial(ctx.text, "bounded_output")
+    by_layer = all(s[4] for s in sides)
+    if by_layer:
+        lo, hi = bounds  # type: ignore[misc]
+        shown_range = f"[{num(lo)}, +inf)" if math.isinf(hi) else f"[{num(lo)}, {num(hi)}]"
+        seen = text("seen_module", module=last, type=kind, range=shown_range)
+        fix_key = "fix_unbounded" if math.isinf(hi) else "fix_bounded"
+        fix = text(fix_key, type=kind, range=shown_range)
+    else:
+        side, _, _, edge, _ = sides[0]
+        seen = text("seen_pinned", direction=text(side), edge=num(edge))
+        fix = text("fix_pinned")
+    if len(sides) == 2:
+        where = text("where_both", low=num(sides[0][3]), high=num(sides[1][3]))
+    else:
+        where = text(f"where_{sides[0][0]}", edge=num(sides[0][3]))
+    return ctx.cause(
+        "bounded_output",
+        0.9,
+        module=last if by_layer else None,
+        onset=int(late["step"].iloc[0]),
+        share=f"{sum(s[1] for s in sides):.0%}",
+        where=where,
+        seen=seen,
+        floor=num(floor),
+        loss=num(level),
+        looks=len(late),
+        floor_share=f"{floor / level:.0%}",
+        baseline=num(baseline),
+        baseline_share=f"{floor / baseline:.0%}",
+        fix=fix,
+    )
+
+
+def _last_leaf(ctx: _Context) -> str | None:
+    """The leaf module that ran last in the forward: what made the model's output."""
+    leaves = [n for n, m in ctx.modules.items() if m.get("leaf") and n in ctx.called]
+    return max(leaves, key=ctx.forward_pos) if leaves else None
 
 
 def _label_mismatch(ctx: _Context) -> Cause | None:
