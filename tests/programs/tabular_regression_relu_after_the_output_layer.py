@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import torch
+from _sibling import sibling
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -18,15 +19,10 @@ EXPECT = {"symptom": "flat_loss", "cause": "bounded_output", "module": "5"}
 LAST_RELU = True
 
 
-def make_data(n: int = 1500) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    area = torch.rand(n, 1, generator=g) * 200 + 40  # m^2
-    rooms = torch.randint(1, 7, (n, 1), generator=g).float()
-    age = torch.rand(n, 1, generator=g) * 80
-    price = 1500 * area + 8000 * rooms - 900 * age + 60000
-    price = price + 15000 * torch.randn(n, 1, generator=g)
-    x = torch.cat([area, rooms, age], dim=1)
-    return (x - x.mean(0)) / x.std(0), (price - price.mean()) / price.std()
+def make_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """The house prices of `tabular_regression_raw_prices.py`, standardised."""
+    x, price = sibling("tabular_regression_raw_prices.py").make_data()
+    return x, (price - price.mean()) / price.std()
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:

@@ -123,14 +123,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
             ctx.ruled_out.append(check.__name__.lstrip("_"))
         else:
             causes.append(cause)
-    evidence = {
-        "loss_start": flat.start,
-        "loss_end": flat.end,
-        "relative_drop": flat.drop,
-        "steps": flat.n,
-        "baseline": flat.baseline,
-        "curve_by": flat.by,
-    }
+    evidence = flat.evidence()
     if not causes:
         # flat, and nothing recorded explains it: say so, never guess a name; unless
         # another optimizer trains the other side of the loss (a GAN), where a level loss
@@ -219,6 +212,17 @@ class Flatness:
     by: str  # "step", or "backward pass" when no optimizer step ever ran
     #: the loss whose constant prediction `baseline` is (`MSELoss`: the mean target)
     baseline_kind: str | None = None
+
+    def evidence(self) -> dict[str, Any]:
+        """The curve in the finding's evidence."""
+        return {
+            "loss_start": self.start,
+            "loss_end": self.end,
+            "relative_drop": self.drop,
+            "steps": self.n,
+            "baseline": self.baseline,
+            "curve_by": self.by,
+        }
 
 
 def _flatness(records: Records, catalogue: Catalogue) -> Flatness | None:
@@ -1468,16 +1472,7 @@ def _stalled_at_bound(records: Records, catalogue: Catalogue) -> Finding | None:
     cause = _bounded_output(ctx)
     if cause is None:
         return None
-    flat = ctx.flat
-    evidence = {
-        "loss_start": flat.start,
-        "loss_end": flat.end,
-        "relative_drop": flat.drop,
-        "steps": flat.n,
-        "baseline": flat.baseline,
-        "curve_by": flat.by,
-    }
-    return catalogue.finding(SYMPTOM, "error", [cause], evidence=evidence)
+    return catalogue.finding(SYMPTOM, "error", [cause], evidence=ctx.flat.evidence())
 
 
 def _has_target_range(records: Records) -> bool:
@@ -1493,6 +1488,9 @@ def _bounded_output(ctx: _Context) -> Cause | None:
         return None  # no regression loss, or a run recorded before the targets' range was
     li = ctx.records.loss_inputs
     li = li[(li["split"] == "train") & li["target_below_mse"].notna()].sort_values("step")
+    if li.empty:
+        return None
+    li = li[li["loss"] == li["loss"].mode().iloc[0]]  # one regression loss: the main one
     if len(li) < ctx.t("min_looks", "bounded_output"):
         return None
     late = li.tail(len(li) // 2)
