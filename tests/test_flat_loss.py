@@ -325,10 +325,15 @@ def _house_prices(run_dir, *, standardise):
         y = (y - y.mean()) / y.std()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+    return _fit_mse(model, x, y, run_dir, epochs=10)
+
+
+def _fit_mse(model, x, y, run_dir, *, epochs):
+    """Adam on `F.mse_loss`, batches of 64 in order, under `watch`."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        for _ in range(10):
-            for i in range(0, 1024, 64):
+        for _ in range(epochs):
+            for i in range(0, len(x), 64):
                 loss = nn.functional.mse_loss(model(x[i : i + 64]), y[i : i + 64])
                 opt.zero_grad()
                 loss.backward()
@@ -768,15 +773,7 @@ def _bounded_regression(run_dir, head, targets="standardised", epochs=20):
     else:
         layers = [nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1)]
         model = nn.Sequential(*layers, *([head] if head is not None else []))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        for _ in range(epochs):
-            for i in range(0, 1024, 64):
-                loss = nn.functional.mse_loss(model(x[i : i + 64]), y[i : i + 64])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return lens
+    return _fit_mse(model, x, y, run_dir, epochs=epochs)
 
 
 def test_a_relu_after_the_output_layer_stops_the_loss_at_the_negative_targets_cost(run_dir):
