@@ -378,3 +378,107 @@ def test_an_iterator_that_raises_passes_through_and_the_loader_is_restored(run_d
             assert vars(DataLoader)["__iter__"] is not original
             next(iter(DataLoader(Broken(), batch_size=2)))
     assert vars(DataLoader)["__iter__"] is original
+
+
+# --- batches sorted by class -------------------------------------------------------------
+def _sorted_data(n=1024, classes=4):
+    """A classification set stored class by class, as an `ImageFolder` lists its files."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 20, generator=g)
+    y = (x @ torch.randn(20, classes, generator=g)).argmax(1)
+    order = y.argsort(stable=True)
+    return x[order], y[order]
+
+
+def _sorted_fit(run_dir, *, loader=None, slices=False, epochs=4, classes=4, sgd=False):
+    """Adam (or slow SGD) on the sorted set, batches of 64 from `loader` or (`slices`) in
+    stored order."""
+    x, y = _sorted_data(classes=classes)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, classes))
+    params = model.parameters()
+    opt = torch.optim.SGD(params, lr=0.01) if sgd else torch.optim.Adam(params, lr=1e-3)
+    ce = nn.CrossEntropyLoss()
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)] if slices else loader
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(epochs):
+            for xb, yb in batches:
+                loss = ce(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return lens
+
+
+def _loader(**kwargs):
+    x, y = _sorted_data()
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), **kwargs)
+
+
+def test_a_loader_without_shuffle_over_data_sorted_by_class_is_named(run_dir):
+    """Each batch of 64 holds one class of four (two at a change of class): the loss probe
+    counts each batch's classes, and the loader probe says the sampler reads in order."""
+    lens = _sorted_fit(run_dir, loader=_loader(batch_size=64))
+    f = finding(run_dir)
+    assert (f["symptom"], f["severity"], f["likely_cause"]) == (
+        "overfitting",
+        "warning",
+        "batches_sorted_by_class",
+    )
+    ev = f["likely_causes"][0]["evidence"]
+    assert "a training batch of 64 targets" in ev and "(median 0;" in ev
+    assert "`SequentialSampler`: `shuffle=False`" in ev
+    assert "shuffle=True" in f["fix_attempt"]
+    li = lens.records.loss_inputs
+    counted = li[li["batch_entropy"].notna() & (li["split"] == "train")]
+    assert (counted["batch_targets"] == 64).all()
+    assert (counted["batch_entropy"] == 0).mean() >= 0.75
+
+
+def test_slicing_sorted_tensors_in_order_is_named_too(run_dir):
+    _sorted_fit(run_dir, slices=True)
+    f = finding(run_dir)
+    assert f["likely_cause"] == "batches_sorted_by_class"
+    assert "the loop slices the data in its stored order" in f["likely_causes"][0]["evidence"]
+
+
+def test_the_same_sorted_data_shuffled_by_the_loader_is_clean(run_dir):
+    g = torch.Generator().manual_seed(0)
+    lens = _sorted_fit(run_dir, loader=_loader(batch_size=64, shuffle=True, generator=g))
+    assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+
+
+class _TwoClassBatches(torch.utils.data.Sampler):
+    """A batch sampler of the user's own that puts two classes in each batch on purpose
+    (as metric learning's P x K samplers do)."""
+
+    def __init__(self, y):
+        self.by_class = [torch.nonzero(y == c).flatten() for c in range(4)]
+
+    def __iter__(self):
+        for step in range(16):
+            a, b = self.by_class[step % 4], self.by_class[(step + 1) % 4]
+            yield torch.cat([a[:32], b[:32]]).tolist()
+
+    def __len__(self):
+        return 16
+
+
+def test_batches_a_batch_sampler_builds_on_purpose_are_not_this(run_dir):
+    _, y = _sorted_data()
+    lens = _sorted_fit(run_dir, loader=_loader(batch_sampler=_TwoClassBatches(y)))
+    assert lens.records.meta["loaders"][0]["batch_sampler"] == "_TwoClassBatches"
+    causes = {c.id for f in lens.findings for c in f.likely_causes}
+    assert "batches_sorted_by_class" not in causes
+
+
+def test_a_loss_flat_at_the_class_prior_from_sorted_batches_is_not_called_label_mismatch(
+    run_dir,
+):
+    """Slow SGD over ten classes in stored order sits near the class prior: the targets
+    are fine, the batches are not. No conclusion by elimination says the targets carry
+    nothing the inputs explain."""
+    lens = _sorted_fit(run_dir, slices=True, epochs=8, classes=10, sgd=True)
+    causes = {c.id for f in lens.findings for c in f.likely_causes}
+    assert "batches_sorted_by_class" in causes
+    assert not causes & {"label_mismatch", "unknown"}, [f.summary() for f in lens.findings]

@@ -77,7 +77,9 @@ TABLES: dict[str, tuple[str, ...]] = {
     # normalised: a softmax over dim=0, each sample's loss depends on the others); target_below_* /
     # target_above_* (regression): the share of the targets below the batch's lowest
     # prediction (above its highest) and the mean over all targets of their squared
-    # distance to it: an output that cannot go below 0 (a final ReLU) leaves that much loss
+    # distance to it: an output that cannot go below 0 (a final ReLU) leaves that much loss;
+    # batch_entropy (classification, on the steps that update the prior): the entropy of
+    # the batch's own class mix, over batch_targets targets (a batch of one class: 0)
     "loss_inputs": (
         "step",
         "split",
@@ -96,6 +98,8 @@ TABLES: dict[str, tuple[str, ...]] = {
         "target_below_mse",
         "target_above_share",
         "target_above_mse",
+        "batch_entropy",
+        "batch_targets",
     ),
     # sampled optimizer steps: the norm of the optimizer's `.grad`s before the step's first
     # backward pass adds to them (carried, 0 after zero_grad) and at `optimizer.step()`

@@ -79,6 +79,9 @@ def _describe(loader: Any) -> dict[str, Any]:
         "batches": batches,
         "batch_size": getattr(loader, "batch_size", None),
         "sampler": type(inner).__name__ if inner is not None else None,
+        # a batch sampler of the user's own decides the batches itself (an episodic or
+        # P x K sampler), whatever `sampler` says
+        "batch_sampler": type(sampler).__name__ if sampler is not None else None,
     }
 
 

@@ -215,7 +215,7 @@ class _RegressionRows:
         square = v[6] + v[7] if len(v) > 7 else math.nan
         rms = math.sqrt(square) if square >= 0 else math.nan  # NaN targets: NaN, not 0
         nan = math.nan
-        self.table.append(*prefix, v[0], v[1], nan, nan, baseline, rms, nan, nan, *v[2:6])
+        self.table.append(*prefix, v[0], v[1], nan, nan, baseline, rms, nan, nan, *v[2:6], nan, nan)
 
 
 #: a classification row's regression-only columns, put in on the host
@@ -224,17 +224,21 @@ _NO_TARGET_RANGE = (math.nan,) * 4
 
 class _ClassificationRows:
     """Deferred sink: a classification loss has no target scale (NaN, on the host), put
-    in before its two batch-axis deviations, the last of its values, nor targets beyond
-    its inputs' range (NaN after them)."""
+    in before its two batch-axis deviations, nor targets beyond its inputs' range (NaN
+    after them, before the batch's class mix, the last two of its values)."""
 
     def __init__(self, table: Any):
         self.table = table
 
     def append(self, *row: Any) -> None:
-        self.table.append(*row[:-2], math.nan, *row[-2:], *_NO_TARGET_RANGE)
+        self.table.append(*_arranged(row))
 
     def extend(self, rows: list[tuple[Any, ...]]) -> None:
-        self.table.extend([(*row[:-2], math.nan, *row[-2:], *_NO_TARGET_RANGE) for row in rows])
+        self.table.extend([_arranged(row) for row in rows])
+
+
+def _arranged(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (*row[:-4], math.nan, *row[-4:-2], *_NO_TARGET_RANGE, *row[-2:])
 
 
 def _deferred(x: torch.Tensor, t: torch.Tensor) -> bool:
@@ -304,7 +308,8 @@ def _regression_look(
 def _classification_block(
     look: _Look, xs: torch.Tensor, ts: torch.Tensor, updates: list[bool], running: dict[str, Any]
 ) -> torch.Tensor:
-    """[k, 7]: min, max, row deviations (sum - 1, logsumexp), baseline, batch deviations."""
+    """[k, 9]: min, max, row deviations (sum - 1, logsumexp), baseline, batch deviations,
+    the batch's class mix (entropy, targets)."""
     k = xs.shape[0]
     cdim = look.cdim + 1
     # few kernels: both row deviations in one stack, one |.| and one mean
@@ -316,19 +321,21 @@ def _classification_block(
         batch = xs.new_full((k, 2), math.nan)
     flat = xs.reshape(k, -1)
     lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    return torch.cat([lo, hi, devs, _class_prior(look, ts, updates, running, xs), batch], 1)
+    prior = _class_prior(look, ts, updates, running, xs)
+    return torch.cat([lo, hi, devs, prior[:, :1], batch, prior[:, 1:]], 1)
 
 
 def _class_prior(
     look: _Look, ts: torch.Tensor, updates: list[bool], running: dict[str, Any], xs: torch.Tensor
 ) -> torch.Tensor:
-    """[k, 1]: the entropy of the class prior of every target seen up to each step (the
-    loss of predicting the prior), NaN where the loss has none."""
+    """[k, 3]: the entropy of the class prior of every target seen up to each step (the
+    loss of predicting the prior), NaN where the loss has none; and on the steps whose
+    targets are counted, the entropy of each batch's own class mix and its targets."""
     k = ts.shape[0]
     if not look.prior or not running.get("primed"):
-        return xs.new_full((k, 1), math.nan)
+        return xs.new_full((k, 3), math.nan)
     if not any(updates):
-        return running["baseline"].expand(k, 1)
+        return torch.cat([running["baseline"].expand(k, 1), xs.new_full((k, 2), math.nan)], 1)
     classes = look.classes
     if not ts.is_floating_point():
         # class indices: counted without boolean indexing (no host sync)
@@ -342,6 +349,13 @@ def _class_prior(
     if not all(updates):
         keep = torch.tensor(updates, device=mass.device)[:, None]
         mass = torch.where(keep, mass, 0.0)
+    # each batch's own mix: a loader over data sorted by class gives batches of one class
+    targets = mass.sum(1, keepdim=True)
+    own = torch.special.entr(mass / targets.clamp_min(1e-12)).sum(1, keepdim=True)
+    counted = targets > 0
+    mix = torch.cat(
+        [torch.where(counted, own, math.nan), torch.where(counted, targets, math.nan)], 1
+    )
     total = mass.cumsum(0)
     before = running.get("mass")
     if before is not None and before.shape == total.shape[1:]:
@@ -352,13 +366,13 @@ def _class_prior(
         q = (1 - look.smoothing) * q + look.smoothing / classes
     baseline = torch.special.entr(q).sum(1, keepdim=True)
     running["baseline"] = baseline[-1:]
-    return baseline
+    return torch.cat([baseline, mix], 1)
 
 
 def _binary_block(
     look: _Look, xs: torch.Tensor, ts: torch.Tensor, updates: list[bool], running: dict[str, Any]
 ) -> torch.Tensor:
-    """[k, 7]: min, max, NaN, NaN, baseline (the binary entropy of the mean target), NaN, NaN."""
+    """[k, 9]: min, max, NaN, NaN, baseline (the binary entropy of the mean target), NaN x 4."""
     k = xs.shape[0]
     nan = xs.new_full((k, 1), math.nan)
     baseline = nan
@@ -374,7 +388,7 @@ def _binary_block(
         entropy = -(p * p.log() + (1 - p) * (1 - p).log())
         baseline = entropy.reshape(k, -1).mean(1, keepdim=True)
     return torch.cat(
-        [xs.amin(1, keepdim=True), xs.amax(1, keepdim=True), nan, nan, baseline, nan, nan], 1
+        [xs.amin(1, keepdim=True), xs.amax(1, keepdim=True), nan, nan, baseline, *[nan] * 4], 1
     )
 
 

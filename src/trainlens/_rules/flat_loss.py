@@ -45,6 +45,7 @@ from ._common import (
 from ._common import names as _names
 from ._variants import unregistered_layers
 from .diverging import dynamics, scale_sensitive
+from .overfitting import sorted_batches
 
 SYMPTOM = "flat_loss"
 #: the causes this rule decides (the catalogue test checks every recipe cause has a rule)
@@ -1584,6 +1585,9 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
         return None
     if _unregistered(ctx) is not None:
         return None  # layers of the forward that never train: the machinery is not healthy
+    if sorted_batches(ctx.records, ctx.catalogue) is not None:
+        return None  # batches of one class each: the model chases the latest, the overfitting
+        # rule's finding says so
     ratio = _update_ratio(ctx)
     lo = ctx.t("update_ratio_min", "label_mismatch")
     hi = ctx.t("update_ratio_max", "label_mismatch")
@@ -1650,6 +1654,8 @@ def _unknown(ctx: _Context) -> Cause | None:
     level, or (no level known) not clearly below its very first value. A run that fell
     fast in its first window and then settled learned something; it stays silent.
     """
+    if sorted_batches(ctx.records, ctx.catalogue) is not None:
+        return None  # explained: batches of one class each (the overfitting rule's finding)
     flat = ctx.flat
     curve = ctx.records.train_loss()
     first = float(curve.iloc[0]) if len(curve) else flat.start

@@ -28,7 +28,15 @@ from ._common import num
 
 SYMPTOM = "overfitting"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
-CAUSES = frozenset({"overfitting", "bad_split", "train_mode_missing", "same_batch_every_step"})
+CAUSES = frozenset(
+    {
+        "overfitting",
+        "bad_split",
+        "train_mode_missing",
+        "same_batch_every_step",
+        "batches_sorted_by_class",
+    }
+)
 #: a validation loss worse from its first evaluation on: two readings, neither sure
 NEVER_TRACKED_CONFIDENCE = 0.5
 FROM_FIRST_CONFIDENCE = 0.45
@@ -41,10 +49,13 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         # training losses filed under "val": the two curves are mixed, no verdict from them
         severity, cause = left_in_eval
         return [catalogue.finding(SYMPTOM, severity, [cause])]
+    # batches of one class each: read from the targets, whatever the curves show
+    ordered = _sorted_batches(records, catalogue)
+    alone = [_alone(catalogue, ordered)] if ordered is not None else []
     val = records.val_loss()
     train = records.train_loss()
     if len(val) < catalogue.threshold(SYMPTOM, "min_evals") or len(train) < 2:
-        return []
+        return alone
     if not (np.isfinite(val.to_numpy()).all() and np.isfinite(train.to_numpy()).all()):
         return []  # non_finite reports it
     # the train loss "at" an evaluation: the mean of the few steps before it (a single
@@ -75,11 +86,11 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
             # differently (raw features, other labels); the curves cannot tell which
             causes.insert(0, _never_tracked(catalogue, val, train_at, float(train.iloc[0])))
     if not causes:
-        return []
-    same = _same_batch(records, catalogue)
+        return alone
+    same = _same_batch(records, catalogue) or ordered
     if same is not None:
-        # the curves are what one memorised batch gives: the other readings of them stay
-        # listed, below it and unsure
+        # the curves are what one memorised batch gives, or batches of one class each:
+        # the other readings of them stay listed, below it and unsure
         causes = [
             same,
             *(dataclasses.replace(c, confidence=min(c.confidence, 0.3)) for c in causes),
@@ -156,6 +167,92 @@ def _same_batch(records: Records, catalogue: Catalogue) -> Cause | None:
         same=detail,
         seen=seen,
     )
+
+
+def _sorted_batches(records: Records, catalogue: Catalogue) -> Cause | None:
+    """Training batches that each hold a class or two of many (`sorted_batches`): data
+    sorted by label and read in order."""
+    seen = sorted_batches(records, catalogue)
+    if seen is None:
+        return None
+    return catalogue.cause(
+        SYMPTOM,
+        "batches_sorted_by_class",
+        confidence=0.9,
+        onset=seen["onset"],
+        low=seen["low"],
+        looks=seen["looks"],
+        targets=seen["targets"],
+        batch_h=num(seen["ceiling"]),
+        median_h=num(seen["median"]),
+        prior_h=num(seen["prior"]),
+        classes=seen["classes"],
+        order=catalogue.text(SYMPTOM, "batches_sorted_by_class", seen["order"]),
+    )
+
+
+def sorted_batches(records: Records, catalogue: Catalogue) -> dict[str, Any] | None:
+    """The numbers of training batches that each hold a class or two of many, from the
+    loss probe's count of each batch's classes (`loss_inputs.batch_entropy`) against the
+    class mix of every target counted, on batches large enough that a random one holds
+    every class, read in stored order (`read_in_order`). Also read by flat_loss: a loss
+    flat at the class prior is this, not targets that nothing explains."""
+    if SYMPTOM not in catalogue:
+        return None
+    th = lambda name: catalogue.threshold(SYMPTOM, name, "batches_sorted_by_class")  # noqa: E731
+    li = records.loss_inputs
+    if "batch_entropy" not in li.columns:
+        return None  # a run recorded before the batches' class mix was
+    li = li[(li["split"] == "train") & li["batch_entropy"].notna()].sort_values("step")
+    if li.empty:
+        return None
+    li = li[li["loss"] == li["loss"].mode().iloc[0]]
+    if len(li) < th("min_looks"):
+        return None
+    prior = float(li["baseline"].max())  # the class mix grows as the sorted data goes by
+    effective = float(np.exp(prior)) if np.isfinite(prior) else np.nan
+    targets = float(li["batch_targets"].median())
+    if not (prior >= th("min_prior_entropy") and targets >= th("targets_per_class") * effective):
+        return None
+    looks = li.iloc[1:]  # the first look's mix is the whole run's so far
+    ceiling = th("entropy_share") * prior
+    low = int((looks["batch_entropy"] <= ceiling).sum())
+    if low < th("low_share") * len(looks):
+        return None
+    order = read_in_order(records)
+    if order is None:
+        return None
+    return {
+        "onset": int(looks["step"].iloc[0]),
+        "low": low,
+        "looks": len(looks),
+        "targets": int(targets),
+        "ceiling": ceiling,
+        "median": float(looks["batch_entropy"].median()),
+        "prior": prior,
+        "classes": int(li["classes"].max()),
+        "order": order,
+    }
+
+
+def read_in_order(records: Records) -> str | None:
+    """How the loop read its training data, when in stored order: "sequential" (a
+    `DataLoader` whose sampler is a `SequentialSampler`), "sliced" (no loader at all);
+    None when the loop's loader shuffles or builds its batches its own way (a sampler or
+    batch sampler of the user's own: an episodic or P x K sampler, on purpose)."""
+    loaders = [e for e in records.meta.get("loaders") or [] if e.get("steps_started")]
+    if not loaders:
+        return "sliced"
+    loader = max(loaders, key=lambda e: e["steps_started"])
+    plain = loader.get("batch_sampler") in (None, "BatchSampler")
+    return "sequential" if loader.get("sampler") == "SequentialSampler" and plain else None
+
+
+def _alone(catalogue: Catalogue, cause: Cause) -> Finding:
+    """Sorted batches on a run whose curves look fine: a warning (it learns slower and
+    forgets the earlier classes), not an alarm."""
+    cause = dataclasses.replace(cause, confidence=min(cause.confidence, 0.8))
+    return catalogue.finding(SYMPTOM, "warning", [cause], evidence={"symptom_shown": None})
 
 
 def _train_mode_missing(records: Records, catalogue: Catalogue) -> tuple[str, Cause] | None:
