@@ -389,6 +389,8 @@ def test_the_same_targets_standardised_train_and_stay_clean(run_dir):
         ("no_grad_loss", "the loss itself (trainlens filed it under", "validation only"),
         ("frozen", "no parameter of the model has requires_grad=True", "requires_grad_(True)"),
         ("rebuilt", "cut from the graph", "use `.item()` just for logging"),
+        # the loss on the predicted class indices: argmax has no gradient
+        ("argmax", "a step that has no gradient (`argmax`", "keep `argmax` for accuracy"),
     ],
 )
 def test_a_backward_with_no_graph_is_no_gradient_flow_with_how_it_was_cut(case, said, fix, run_dir):
@@ -408,6 +410,8 @@ def test_a_backward_with_no_graph_is_no_gradient_flow_with_how_it_was_cut(case, 
                         out = model(x[i : i + 16])
                     with torch.set_grad_enabled(case != "no_grad_loss"):
                         loss = nn.functional.cross_entropy(out, y[i : i + 16])
+                    if case == "argmax":
+                        loss = nn.functional.mse_loss(out.argmax(1).float(), y[i : i + 16].float())
                 if case == "rebuilt":  # the loss rebuilt from its value: no graph left
                     loss = torch.tensor(loss.item(), requires_grad=False)
                 opt.zero_grad()
