@@ -397,3 +397,55 @@ def test_a_learning_rate_that_blows_the_weights_at_once_is_lr_too_high(run_dir):
 def test_the_same_stack_with_its_default_init_and_lr_has_no_nan(run_dir):
     lens = deep_classifier(run_dir)
     assert not [f for f in lens.findings if f.symptom == "non_finite"]
+
+
+# --- attention whose mask leaves a query no key ------------------------------------------
+class TinyCausalLM(nn.Module):
+    """One head of hand-written causal attention over 8 tokens; `inverted` builds the mask
+    the wrong way round (`== 1` where `== 0` was meant): the last query sees no key."""
+
+    def __init__(self, inverted: bool):
+        super().__init__()
+        self.inverted = inverted
+        self.emb = nn.Embedding(10, 16)
+        self.qkv = nn.Linear(16, 48)
+        self.head = nn.Linear(16, 10)
+        self.register_buffer("mask", torch.tril(torch.ones(8, 8)))
+
+    def forward(self, idx):
+        q, k, v = self.qkv(self.emb(idx)).split(16, dim=-1)
+        att = (q @ k.transpose(-2, -1)) / 4.0
+        hide = self.mask == 1 if self.inverted else self.mask == 0
+        att = torch.softmax(att.masked_fill(hide, float("-inf")), dim=-1)
+        return self.head(att @ v).reshape(-1, 10)
+
+
+def _lm_batch(step):
+    g = torch.Generator().manual_seed(step)
+    idx = torch.randint(0, 10, (4, 8), generator=g)
+    return idx, idx.roll(-1, dims=1).reshape(-1)
+
+
+def test_a_causal_mask_the_wrong_way_round_is_named_not_guarded_with_an_eps(run_dir):
+    """The last query row keeps no key: softmax over only -inf is NaN at step 0. The drill
+    names the mask, the rows it empties and that it is inverted, and says to fix the mask,
+    not to clamp a log."""
+    run(TinyCausalLM(inverted=True), run_dir, steps=3, batch=_lm_batch)
+    f = finding(run_dir)
+    # the attention runs in the model's own forward: no submodule to name
+    assert (f["likely_cause"], f["module"], f["step"]) == ("numerical_instability", None, 0)
+    ev = f["likely_causes"][0]["evidence"]
+    assert "the model's own forward (`model`) (TinyCausalLM) made NaN in its attention" in ev
+    assert "in a sequence of 8 positions, 1 query row(s) had every key masked out" in ev
+    assert "a causal mask the wrong way round" in ev
+    assert "allows no key at all in 1 of the 8 query rows" in f["first_check"]
+    assert "every query row keeps at least one key" in f["fix_attempt"]
+    assert "clamp_min" not in f["fix_attempt"]
+    meta = trainlens.load_run(run_dir).records.meta["attention_empty_rows"]
+    assert list(meta.values()) == [{"rows": 1, "of": 8, "inverted_causal": True, "step": 0}]
+
+
+def test_the_same_mask_the_right_way_round_leaves_every_row_a_key(run_dir):
+    lens = run(TinyCausalLM(inverted=False), run_dir, steps=3, batch=_lm_batch)
+    assert "attention_empty_rows" not in lens.records.meta
+    assert not [f for f in lens.findings if f.symptom == "non_finite"]

@@ -281,6 +281,9 @@ def _instability(
             value = _kind(fed.iloc[0]["value"])
             case = "forward"
         shown = f"{_shown(catalogue, name)}{_type(modules, name)}"
+        masked = _masked_rows(catalogue, records, name, shown, first)
+        if masked is not None:
+            return masked
         return catalogue.cause(
             SYMPTOM,
             "numerical_instability",
@@ -319,6 +322,39 @@ def _instability(
             where=text("update_where", param=row["param"]),
         )
     return _loss_instability(catalogue, records, train_nf, first)
+
+
+def _masked_rows(
+    catalogue: Catalogue, records: Records, name: str, shown: str, first: int
+) -> Cause | None:
+    """The NaN came out of an attention layer some of whose query rows had every key
+    masked (`meta["attention_empty_rows"]`, from the hand-written attention probe): the
+    softmax of a row of only -inf is NaN. The generic guards (clamp a log, add an eps)
+    are not the fix; the mask is."""
+    empty = (records.meta.get("attention_empty_rows") or {}).get(name)
+    if not isinstance(empty, dict) or empty.get("step", first) > first:
+        return None
+
+    def text(key: str) -> str:
+        return catalogue.text(
+            SYMPTOM, "numerical_instability", key, step=first, module=name, shown=shown,
+            rows=empty.get("rows"), of=empty.get("of"),
+            inverted=catalogue.text(SYMPTOM, "numerical_instability", "masked_inverted")
+            if empty.get("inverted_causal") else "",
+        )  # fmt: skip
+
+    cause = catalogue.cause(
+        SYMPTOM,
+        "numerical_instability",
+        confidence=0.9,
+        evidence=text("masked_evidence"),
+        module=name or None,
+        step=first,
+        where=text("masked_where"),
+    )
+    return dataclasses.replace(
+        cause, first_check=text("masked_check"), fix_attempt=text("masked_fix")
+    )
 
 
 def _loss_instability(
