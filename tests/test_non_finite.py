@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 from torch import nn
 
@@ -442,10 +443,58 @@ def test_a_causal_mask_the_wrong_way_round_is_named_not_guarded_with_an_eps(run_
     assert "every query row keeps at least one key" in f["fix_attempt"]
     assert "clamp_min" not in f["fix_attempt"]
     meta = trainlens.load_run(run_dir).records.meta["attention_empty_rows"]
-    assert list(meta.values()) == [{"rows": 1, "of": 8, "inverted_causal": True, "step": 0}]
+    assert list(meta.values()) == [
+        {"rows": 1, "of": 8, "inverted_causal": True, "step": 0, "source": "softmax(q @ k^T)"}
+    ]
 
 
 def test_the_same_mask_the_right_way_round_leaves_every_row_a_key(run_dir):
     lens = run(TinyCausalLM(inverted=False), run_dir, steps=3, batch=_lm_batch)
     assert "attention_empty_rows" not in lens.records.meta
     assert not [f for f in lens.findings if f.symptom == "non_finite"]
+
+
+class PaddedClassifier(nn.Module):
+    """`nn.MultiheadAttention` over padded token sequences, averaged into two classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, tokens, key_padding_mask):
+        h = self.emb(tokens)
+        out, _ = self.attn(h, h, h, key_padding_mask=key_padding_mask)
+        return self.head(out.mean(1))
+
+
+@pytest.mark.parametrize("inverted", [True, False], ids=["inverted", "right"])
+def test_a_key_padding_mask_true_at_the_real_tokens_hides_every_key_of_a_full_sequence(
+    run_dir, inverted
+):
+    """`key_padding_mask` is True at the keys to ignore; passed the other way round, a
+    sequence without padding has no key left and MultiheadAttention returns NaN."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, 20, (16, 6), generator=g)
+    lengths = torch.tensor([6] * 4 + [3] * 12)  # four sequences fill all six positions
+    padding = torch.arange(6)[None] >= lengths[:, None]
+    mask = ~padding if inverted else padding
+    y = (tokens[:, 0] > 10).long()
+    torch.manual_seed(0)
+    model = PaddedClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(2):
+            loss = nn.functional.cross_entropy(model(tokens, mask), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    if not inverted:
+        assert "attention_empty_rows" not in lens.records.meta
+        assert not [f for f in lens.findings if f.symptom == "non_finite"]
+        return
+    f = finding(run_dir)
+    assert (f["likely_cause"], f["module"]) == ("numerical_instability", "attn")
+    assert "6 query row(s) had every key masked out" in f["likely_causes"][0]["evidence"]
+    assert "True marks a key to ignore" in f["first_check"]

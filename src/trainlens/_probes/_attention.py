@@ -140,6 +140,26 @@ class AttentionProbe(Probe):
                     f"attention probe skipped: {type(err).__name__}: {err}",
                 )
 
+    def note_empty_rows(self, name: str, source: str, allowed: torch.Tensor) -> None:
+        """Query rows whose mask allows no key: their softmax over only -inf is NaN. Read
+        once per layer, at its first observation (one host read, as for the mask kind)."""
+        L, S = allowed.shape[-2:]
+        # per sequence and head, the query rows that see no key: the worst one is told
+        rows = ~allowed.any(-1)
+        empty = int(rows.reshape(-1, L).sum(1).max()) if L else 0
+        if not empty:
+            return
+        future = torch.ones(L, S, dtype=torch.bool, device=allowed.device).triu(S - L + 1)
+        seen = self.state.extra_meta.setdefault("attention_empty_rows", {})
+        seen[name] = {
+            "rows": empty,
+            "of": L,
+            # every row sees only the keys after it: a causal mask the wrong way round
+            "inverted_causal": bool((allowed == future).all()),
+            "step": self.state.step,
+            "source": source,
+        }
+
     # --- nn.MultiheadAttention -----------------------------------------------------------
     def _record_mha(
         self, name: str, m: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any
@@ -200,6 +220,10 @@ class AttentionProbe(Probe):
                 allowed = _combine(allowed, ok[:, None, None, :])
                 if p.dtype != torch.bool:
                     scores = scores + p.float()[:, None, None, :]
+            if allowed is not None and name not in self._layers_seen:
+                self.note_empty_rows(
+                    name, "MultiheadAttention", torch.broadcast_to(allowed, scores.shape)
+                )
             scores, allowed = _thin(scores, allowed)
             weights = _softmax(scores, allowed)
             self._summarise(name, "MultiheadAttention", weights, allowed)
@@ -249,6 +273,10 @@ class AttentionProbe(Probe):
                 else:
                     allowed = am > MASKED_BELOW
                     scores = scores + am.float()
+            if allowed is not None and name not in self._layers_seen:
+                self.note_empty_rows(
+                    name, "scaled_dot_product_attention", torch.broadcast_to(allowed, scores.shape)
+                )
             scores, allowed = _thin(scores, allowed)
             weights = _softmax(scores, allowed)
             self._summarise(name, "scaled_dot_product_attention", weights, allowed)

@@ -469,7 +469,7 @@ class ManualAttention:
             first = name not in self.probe._layers_seen and name not in self._pending
             mask_kind = _mask_kind(allowed) if first else None
             if first and allowed is not None:
-                self._note_empty_rows(name, allowed)
+                self.probe.note_empty_rows(name, SOURCE, allowed)
             w4, allowed = _thin(w4, allowed)
             self.probe._summarise(name, SOURCE, w4, allowed)
         if first:
@@ -483,25 +483,6 @@ class ManualAttention:
                 "scale": info.scale,
                 "mask": mask_kind,
             }
-
-    def _note_empty_rows(self, name: str, allowed: torch.Tensor) -> None:
-        """Query rows whose mask allows no key: their softmax over only -inf is NaN. Read
-        once per layer, at its first observation (where the mask kind is read too)."""
-        L, S = allowed.shape[-2:]
-        # per sequence and head, the query rows that see no key: the worst one is told
-        rows = ~allowed.any(-1)
-        empty = int(rows.reshape(-1, L).sum(1).max())
-        if not empty:
-            return
-        future = torch.ones(L, S, dtype=torch.bool, device=allowed.device).triu(S - L + 1)
-        seen = self.state.extra_meta.setdefault("attention_empty_rows", {})
-        seen[name] = {
-            "rows": empty,
-            "of": L,
-            # every row sees only the keys after it: a causal mask the wrong way round
-            "inverted_causal": bool((allowed == future).all()),
-            "step": self.state.step,
-        }
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, {}

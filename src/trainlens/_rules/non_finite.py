@@ -35,6 +35,11 @@ from .diverging import divergence_causes, dynamics
 SYMPTOM = "non_finite"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
 CAUSES = frozenset({"numerical_instability", "bad_input_data", "lr_too_high", "exploding_gradient"})
+#: the first check of a NaN from fully masked attention rows, by where the mask came in
+MASK_CHECKS = {
+    "MultiheadAttention": "masked_check_mha",
+    "scaled_dot_product_attention": "masked_check_sdpa",
+}
 
 
 @hookimpl
@@ -352,9 +357,9 @@ def _masked_rows(
         step=first,
         where=text("masked_where"),
     )
-    return dataclasses.replace(
-        cause, first_check=text("masked_check"), fix_attempt=text("masked_fix")
-    )
+    # where the mask is passed: a `masked_fill` of the user's own, or a module's argument
+    check = MASK_CHECKS.get(str(empty.get("source")), "masked_check")
+    return dataclasses.replace(cause, first_check=text(check), fix_attempt=text("masked_fix"))
 
 
 def _loss_instability(
