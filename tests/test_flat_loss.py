@@ -827,3 +827,33 @@ def test_an_output_that_reaches_its_targets_stays_clean(run_dir, head):
     if head is not None:  # the ReLU's output is never pressed against its 0
         li = lens.records.loss_inputs
         assert (li[li["step"] >= 100]["min"] > 0.5).all()
+
+
+# --- units that start equal ----------------------------------------------------------------
+@pytest.mark.parametrize("init", ["constant", "default"])
+def test_a_constant_weight_init_is_units_that_never_part(run_dir, init):
+    """Every hidden unit starts with the same weights, gets the same gradient and stays
+    the same: the drill names the weight, shows how to print its rows, and says to
+    initialise at random, not that the targets carry nothing (the loss sits at the prior)."""
+    x, y = classification_data(n=512)
+    torch.manual_seed(0)
+    model = mlp()
+    if init == "constant":
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.constant_(layer.weight, 0.05)
+                nn.init.zeros_(layer.bias)
+    lens = loop(model, torch.optim.SGD(model.parameters(), lr=0.1), (x, y), run_dir,
+                steps=120, batch=32)  # fmt: skip
+    same = lens.records.meta["identical_rows"]
+    if init == "default":
+        assert same == {}
+        assert "symmetric_init" not in {c.id for f in lens.findings for c in f.likely_causes}
+        return
+    first = next(iter(same))
+    assert same[first] == model[0].weight.shape[0]
+    f = flat_finding(lens, run_dir)
+    assert ranked(f) == ["symmetric_init"], ranked(f)
+    assert f"`{first}`" in f["likely_causes"][0]["evidence"]
+    assert f"Print `model[{first.split('.')[0]}].weight[:3]`" in f["first_check"]
+    assert "kaiming_uniform_" in f["fix_attempt"]

@@ -180,6 +180,44 @@ def frozen_weight_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     }
 
 
+#: weight matrices looked at for identical rows (the first ones, in model order)
+MAX_SYMMETRY_CHECKS = 256
+
+
+def identical_rows(model: nn.Module) -> dict[str, int]:
+    """Trainable weights (2-d or more) whose rows, one per unit, are all the same and not
+    all zero, at the end of the run: a constant initialisation (`nn.init.constant_`)
+    gives every unit the same output and the same gradient, so they never part. Random
+    weights never have two equal rows. Once per run, in bulk: one read-back. All-zero
+    weights are left to the gradient checks (behind a ReLU they get no gradient at all)."""
+    named = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if p.requires_grad and not is_lazy(p) and p.dim() >= 2 and p.shape[0] >= 2
+        and p.layout == torch.strided and p.device.type != "meta" and p.is_floating_point()
+    ][:MAX_SYMMETRY_CHECKS]  # fmt: skip
+    if not named:
+        return {}
+    try:
+        with torch.no_grad():
+            spreads, tops = [], []
+            for _, p in named:
+                rows = p.detach().flatten(1)
+                spreads.append((rows - rows[:1]).abs().amax())
+                tops.append(rows.abs().amax())
+            if len({t.device for t in spreads}) == 1:  # the usual case: one read-back
+                pairs = torch.stack([torch.stack(spreads), torch.stack(tops)]).float().T.tolist()
+            else:
+                pairs = [[float(a), float(b)] for a, b in zip(spreads, tops, strict=True)]
+    except Exception:  # a nicety: never break the user's run for it
+        return {}
+    return {
+        n: int(p.shape[0])
+        for (n, p), (spread, top) in zip(named, pairs, strict=True)
+        if top > 0 and spread <= 1e-6 * top
+    }
+
+
 def optimizer_param_ids(optimizer: Any) -> set[int]:
     if optimizer is None:
         return set()

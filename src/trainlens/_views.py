@@ -20,6 +20,7 @@ from ._records import Records
 
 __all__ = [
     "OOM_MESSAGE",
+    "attribute_path",
     "constant_baseline",
     "exception_info",
     "is_oom",
@@ -65,6 +66,16 @@ def names(items: list[str], limit: int = 4) -> str:
     """`a`, `b`, `c`, `d` and 3 more: a list of names short enough for one sentence."""
     shown = ", ".join(f"`{n}`" for n in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def attribute_path(name: str, root: str = "model") -> str:
+    """How Python reaches a parameter or module by its dotted name: `0.weight` ->
+    `model[0].weight` (an `nn.Sequential` or `nn.ModuleList` index is an item, not an
+    attribute)."""
+    out = root
+    for part in name.split(".") if name else []:
+        out += f"[{part}]" if part.isdigit() else f".{part}"
+    return out
 
 
 def json_float(x: float) -> float | None:

@@ -25,6 +25,7 @@ from ._meta import (
     describe_optimizer,
     describe_params,
     describe_unregistered,
+    identical_rows,
     tied_params,
 )
 from ._plugins import get_plugin_manager
@@ -390,6 +391,7 @@ class Lens:
             "modules": describe_modules(model),
             "params": describe_params(model, opt),
             "tied_params": tied_params(model),
+            "identical_rows": identical_rows(model),
             "unregistered_modules": describe_unregistered(model, state.foreign_modules),
             "optimizer": describe_optimizer(opt),
             "exception": _exception_meta(state, exc),

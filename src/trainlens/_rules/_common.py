@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .._format import num, shape_str
 from .._views import (
+    attribute_path,
     constant_baseline,
     exception_info,
     input_outliers,
@@ -16,6 +17,7 @@ from .._views import (
 )
 
 __all__ = [
+    "attribute_path",
     "constant_baseline",
     "exception_info",
     "input_outliers",

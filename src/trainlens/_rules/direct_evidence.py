@@ -2,10 +2,11 @@
 
 Gradients carried over from earlier steps (`zero_grad` missing), probabilities fed to a
 loss that expects logits, parameters the forward uses that never get a gradient, gradients
-cleared between `backward()` and `step()`, and a learning rate that collapsed before the
-loss ever fell. The symptom rules read most of these only once their trigger fires; here
-they are read on every run (issue 18 §6, §7), and on every overfit-one-batch run that did
-not memorise its batch (§5):
+cleared between `backward()` and `step()`, a learning rate that collapsed before the
+loss ever fell, and units of a layer that started equal and never parted. The symptom
+rules read most of these only once their trigger fires; here they are read on every run
+(issue 18 §6, §7), and on every overfit-one-batch run that did not memorise its batch
+(§5):
 
 - the run shows a symptom (it diverges, turns non-finite, stays flat, or overfit could not
   memorise its batch): the evidence becomes a cause of *that* symptom, ranked above its
@@ -53,6 +54,7 @@ BORROWS = frozenset(
         "optimizer_not_stepping",
         "lr_too_low",
         "params_not_in_optimizer",
+        "symmetric_init",
     }
 )
 
@@ -164,6 +166,11 @@ def direct_causes(view: _View, shown: str | None) -> list[Cause]:
         outside = unregistered_layers(records, catalogue) or params_outside_optimizer(view)
         if outside is not None:
             causes.append(outside)
+        # units that started equal never part: the layer is one unit wide, whatever the
+        # loss did with the rest of the model
+        symmetric = flat_loss._symmetric_init(view.ctx)
+        if symmetric is not None:
+            causes.append(symmetric)
     return causes
 
 

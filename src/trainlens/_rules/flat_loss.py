@@ -34,6 +34,7 @@ from .._hookspecs import hookimpl
 from .._records import Records
 from . import _initial_loss, _loss_seen
 from ._common import (
+    attribute_path,
     constant_baseline,
     exception_info,
     input_outliers,
@@ -55,7 +56,7 @@ CAUSES = frozenset({
     "softmax_before_loss", "no_gradient_flow", "dead_relu", "vanishing_gradient",
     "lr_too_low", "lr_too_high", "unnormalized_input", "unnormalized_target",
     "label_mismatch", "bad_initial_loss", "unknown", "no_loss_recorded",
-    "gradient_clipped", "bounded_output",
+    "gradient_clipped", "bounded_output", "symmetric_init",
 })  # fmt: skip
 
 #: activations that output exact zeros for negative inputs
@@ -107,6 +108,7 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
         _zero_grad_missing,
         _softmax_before_loss,
         _no_gradient_flow,
+        _symmetric_init,
         _dead_relu,
         _vanishing_gradient,
         _gradient_clipped,
@@ -548,6 +550,26 @@ def _params_not_in_optimizer(ctx: _Context) -> Cause | None:
         share=f"{share:.0%}",
         grad=num(float(outside["grad"].median())),
         optimizer=ctx.optimizer_class,
+    )
+
+
+def _symmetric_init(ctx: _Context) -> Cause | None:
+    """Weights whose rows (one per unit) are all the same at the end of the run
+    (`meta["identical_rows"]`): a constant initialisation; every unit computes the same
+    thing and gets the same gradient, so the layer trains as a single unit."""
+    same = ctx.records.meta.get("identical_rows") or {}
+    if not same:
+        return None
+    params = list(same)
+    first = params[0]
+    return ctx.cause(
+        "symmetric_init",
+        0.9,
+        module=_common_module([first.rpartition(".")[0]]),
+        names=_names(params),
+        units=same[first],
+        first=first,
+        param=attribute_path(first),
     )
 
 
@@ -1585,6 +1607,8 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
         return None
     if _unregistered(ctx) is not None:
         return None  # layers of the forward that never train: the machinery is not healthy
+    if ctx.records.meta.get("identical_rows"):
+        return None  # units that cannot part: the model is as good as one unit per layer
     if sorted_batches(ctx.records, ctx.catalogue) is not None:
         return None  # batches of one class each: the model chases the latest, the overfitting
         # rule's finding says so
