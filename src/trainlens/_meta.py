@@ -188,34 +188,50 @@ def identical_rows(model: nn.Module) -> dict[str, int]:
     """Trainable weights (2-d or more) whose rows, one per unit, are all the same and not
     all zero, at the end of the run: a constant initialisation (`nn.init.constant_`)
     gives every unit the same output and the same gradient, so they never part. Random
-    weights never have two equal rows. Once per run, in bulk: one read-back. All-zero
-    weights are left to the gradient checks (behind a ReLU they get no gradient at all)."""
+    weights never have two equal rows. Once per run, in bulk: the first rows of every
+    weight in one read-back, then all the rows of those that matched. All-zero weights are
+    left to the gradient checks (behind a ReLU they get no gradient at all)."""
     named = [
         (n, p)
         for n, p in model.named_parameters()
         if p.requires_grad and not is_lazy(p) and p.dim() >= 2 and p.shape[0] >= 2
         and p.layout == torch.strided and p.device.type != "meta" and p.is_floating_point()
     ][:MAX_SYMMETRY_CHECKS]  # fmt: skip
-    if not named:
-        return {}
     try:
-        with torch.no_grad():
-            spreads, tops = [], []
-            for _, p in named:
-                rows = p.detach().flatten(1)
-                spreads.append((rows - rows[:1]).abs().amax())
-                tops.append(rows.abs().amax())
-            if len({t.device for t in spreads}) == 1:  # the usual case: one read-back
-                pairs = torch.stack([torch.stack(spreads), torch.stack(tops)]).float().T.tolist()
-            else:
-                pairs = [[float(a), float(b)] for a, b in zip(spreads, tops, strict=True)]
+        # the first few rows first (random rows never match: this clears nearly every
+        # weight at a fraction of a full pass), then every row of those that matched
+        few = _rows_equal(named, SYMMETRY_PROBE_ROWS)
+        return {n: int(p.shape[0]) for n, p in _rows_equal(few, None)}
     except Exception:  # a nicety: never break the user's run for it
         return {}
-    return {
-        n: int(p.shape[0])
-        for (n, p), (spread, top) in zip(named, pairs, strict=True)
+
+
+#: rows compared first, in `identical_rows`
+SYMMETRY_PROBE_ROWS = 4
+
+
+def _rows_equal(
+    named: list[tuple[str, torch.Tensor]], rows: int | None
+) -> list[tuple[str, torch.Tensor]]:
+    """Those whose first `rows` rows (all of them: None) are one row, not all zero; one
+    read-back when they share a device."""
+    if not named:
+        return []
+    with torch.no_grad():
+        spreads, tops = [], []
+        for _, p in named:
+            w = p.detach().flatten(1)[:rows]
+            spreads.append((w - w[:1]).abs().amax().float())
+            tops.append(w.abs().amax().float())
+        if len({t.device for t in spreads}) == 1:
+            pairs = torch.stack([torch.stack(spreads), torch.stack(tops)]).T.tolist()
+        else:
+            pairs = [[float(a), float(b)] for a, b in zip(spreads, tops, strict=True)]
+    return [
+        item
+        for item, (spread, top) in zip(named, pairs, strict=True)
         if top > 0 and spread <= 1e-6 * top
-    }
+    ]
 
 
 def optimizer_param_ids(optimizer: Any) -> set[int]:
