@@ -857,3 +857,44 @@ def test_a_constant_weight_init_is_units_that_never_part(run_dir, init):
     assert f"`{first}`" in f["likely_causes"][0]["evidence"]
     assert f"Print `model[{first.split('.')[0]}].weight[:3]`" in f["first_check"]
     assert "kaiming_uniform_" in f["fix_attempt"]
+
+
+# --- a recurrent layer read at its first step ------------------------------------------------
+class _SequenceClassifier(nn.Module):
+    """An LSTM over 12 steps whose label depends on the last three; `step` is the output
+    step the head reads (0: the bug, -1: the last step)."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+        self.rnn = nn.LSTM(8, 32, batch_first=True)
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, self.step])
+
+
+@pytest.mark.parametrize("step", [0, -1], ids=["first_step", "last_step"])
+def test_an_rnn_read_at_its_first_step_is_named_by_its_recurrent_weights(run_dir, step):
+    """At the first step the previous hidden state is zero, so the hidden-to-hidden weights
+    get exactly zero gradient while the input weights learn: the drill says the model reads
+    the first step (`out[:, 0]`) and to read the last one, not to look for `.detach()`."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 12, 8, generator=g)
+    y = (x[:, -3:, 0].sum(1) > 0).long()
+    torch.manual_seed(0)
+    model = _SequenceClassifier(step)
+    lens = loop(model, torch.optim.Adam(model.parameters(), lr=3e-3), (x, y), run_dir,
+                steps=96, batch=32)  # fmt: skip
+    if step == -1:
+        assert lens.drill["findings"] == [], [f.summary() for f in lens.findings]
+        return
+    f = flat_finding(lens, run_dir)
+    assert (f["likely_cause"], f["module"]) == ("no_gradient_flow", "rnn")
+    assert (
+        "only the hidden-to-hidden weights of `rnn` (`rnn.weight_hh_l0`)"
+        in (f["likely_causes"][0]["evidence"])
+    )
+    assert "`out[:, 0]` is the first step" in f["first_check"]
+    assert "`out[:, -1]`" in f["fix_attempt"] and ".detach()" not in f["fix_attempt"]

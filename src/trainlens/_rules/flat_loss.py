@@ -951,6 +951,16 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
         module=module,
         module_type=ctx.modules.get(module, {}).get("type", "?"),
     )
+    first_step = _first_step_only(ctx, stopped, zero, module)
+    if first_step is not None:
+        cause = ctx.cause(
+            "no_gradient_flow", max(confidence, 0.85), f"{evidence}; {first_step}", module=module
+        )
+        return dataclasses.replace(
+            cause,
+            first_check=text("first_step_check", module=module),
+            fix_attempt=text("first_step_fix", module=module),
+        )
     silent = None if none or frozen or zeroed else _zero_output(ctx, module)
     if silent is None:
         return ctx.cause("no_gradient_flow", confidence, evidence, module=module or None)
@@ -972,6 +982,25 @@ def _gradient_cut(ctx: _Context) -> Cause | None:
         first_check=text("zero_output_check", **fields),
         fix_attempt=text("zero_output_dropout_fix" if dropout else "zero_output_fix", **fields),
     )
+
+
+#: an RNN's hidden-to-hidden weight of a forward direction (`weight_hh_l0`, not `_reverse`)
+_RECURRENT_WEIGHT = re.compile(r"(^|\.)weight_hh_l\d+$")
+RECURRENT_MODULES = ("LSTM", "GRU", "RNN")
+
+
+def _first_step_only(ctx: _Context, stopped: list[str], zero: list[str], module: str) -> str | None:
+    """The only weights without gradient are a recurrent layer's hidden-to-hidden ones,
+    with zero (not None) gradients: they multiply the previous step's hidden state, which
+    is zero at the first step, so the loss read the RNN's output at its first step only
+    (`out[:, 0]` for the last step), or its sequences have one step."""
+    if not stopped or set(stopped) != set(zero):
+        return None
+    if ctx.modules.get(module, {}).get("type") not in RECURRENT_MODULES:
+        return None
+    if not all(_RECURRENT_WEIGHT.search(n) for n in stopped):
+        return None
+    return ctx.text("no_gradient_flow", "first_step", module=module, names=_names(stopped))
 
 
 def _zero_output(ctx: _Context, before: str | None) -> tuple[str, int, int] | None:
