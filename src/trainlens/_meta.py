@@ -196,6 +196,7 @@ def identical_rows(model: nn.Module) -> dict[str, int]:
         for n, p in model.named_parameters()
         if p.requires_grad and not is_lazy(p) and p.dim() >= 2 and p.shape[0] >= 2
         and p.layout == torch.strided and p.device.type != "meta" and p.is_floating_point()
+        and type(p.detach()) is torch.Tensor  # a sharded DTensor would reduce across ranks
     ][:MAX_SYMMETRY_CHECKS]  # fmt: skip
     try:
         # the first few rows first (random rows never match: this clears nearly every
