@@ -465,9 +465,30 @@ class _TwoClassBatches(torch.utils.data.Sampler):
 
 
 def test_batches_a_batch_sampler_builds_on_purpose_are_not_this(run_dir):
+    """Two-class batches from a batch sampler of the user's own, beside a validation
+    loader that reads in order, run first each epoch (after `model.eval()`): the training
+    loader is the one started in train mode, and it builds its batches on purpose."""
     _, y = _sorted_data()
-    lens = _sorted_fit(run_dir, loader=_loader(batch_sampler=_TwoClassBatches(y)))
-    assert lens.records.meta["loaders"][0]["batch_sampler"] == "_TwoClassBatches"
+    train = _loader(batch_sampler=_TwoClassBatches(y))
+    val = _loader(batch_size=256)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(4):
+            model.eval()
+            with torch.no_grad():
+                for xb, yb in val:
+                    nn.functional.cross_entropy(model(xb), yb)
+            model.train()
+            for xb, yb in train:
+                loss = nn.functional.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    loaders = {e["batch_sampler"]: e for e in lens.records.meta["loaders"]}
+    assert loaders["_TwoClassBatches"]["train_iterators"] == 4
+    assert loaders["BatchSampler"]["train_iterators"] == 0
     causes = {c.id for f in lens.findings for c in f.likely_causes}
     assert "batches_sorted_by_class" not in causes
 

@@ -50,7 +50,9 @@ class LoaderProbe(Probe):
             if len(self._entries) >= MAX_LOADERS:
                 return
             entry = _describe(loader)
-            entry.update(iterators=0, steps_started=0, first_step=state.step, last_step=-1)
+            entry.update(
+                iterators=0, train_iterators=0, steps_started=0, first_step=state.step, last_step=-1
+            )
             try:
                 ref: Any = weakref.ref(loader)
             except TypeError:  # a subclass with __slots__ and no weak references
@@ -58,6 +60,8 @@ class LoaderProbe(Probe):
             self._entries[id(loader)] = (ref, entry)
             state.extra_meta["loaders"].append(entry)
         entry["iterators"] += 1
+        # started with the model in train mode: the training loader, not the validation one
+        entry["train_iterators"] += bool(state.model.training)
         if entry["last_step"] != state.step:
             entry["steps_started"] += 1
             entry["last_step"] = state.step

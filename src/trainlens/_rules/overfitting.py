@@ -243,7 +243,9 @@ def read_in_order(records: Records) -> str | None:
     loaders = [e for e in records.meta.get("loaders") or [] if e.get("steps_started")]
     if not loaders:
         return "sliced"
-    loader = max(loaders, key=lambda e: e["steps_started"])
+    # the training loader: the one most often started with the model in train mode (a
+    # validation loader is started after `model.eval()`)
+    loader = max(loaders, key=lambda e: (e.get("train_iterators", 0), e["steps_started"]))
     plain = loader.get("batch_sampler") in (None, "BatchSampler")
     return "sequential" if loader.get("sampler") == "SequentialSampler" and plain else None
 
