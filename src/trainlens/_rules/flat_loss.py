@@ -993,7 +993,7 @@ def _first_step_only(ctx: _Context, stopped: list[str], zero: list[str], module:
     """The only weights without gradient are a recurrent layer's hidden-to-hidden ones,
     with zero (not None) gradients: they multiply the previous step's hidden state, which
     is zero at the first step, so the loss read the RNN's output at its first step only
-    (`out[:, 0]` for the last step), or its sequences have one step."""
+    (`out[:, 0]` where the last step was meant), or its sequences have one step."""
     if not stopped or set(stopped) != set(zero):
         return None
     if ctx.modules.get(module, {}).get("type") not in RECURRENT_MODULES:
