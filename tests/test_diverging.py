@@ -95,8 +95,38 @@ def test_an_lr_raised_mid_run_is_a_rebound_warning_blaming_the_learning_rate(run
     assert f["likely_cause"] == "lr_too_high", f["likely_causes"]
     assert f["step"] >= 40
     assert "lr 5" in f["likely_causes"][0]["evidence"]
-    assert "(now 5)" in f["fix_attempt"]
+    # 100x the lr the optimizer was built with: the code that raised it is the fix
+    assert (
+        "The lr was 5 when the loss rose, 100x the 0.05 the optimizer was built with"
+        in (f["fix_attempt"])
+    )
+    assert 'the code that sets `param_group["lr"]` raised it' in f["fix_attempt"]
     assert lens.findings[0].symptom == "diverging"
+
+
+def test_a_warm_up_whose_multiplier_keeps_growing_names_the_schedule_not_a_smaller_lr(
+    run_dir,
+):
+    """`LambdaLR(opt, lambda s: s / warmup if s < warmup else s)`: after the warm-up the
+    multiplier is the step count, so the lr climbs past 100x the one Adam was built with
+    and the loss blows up. Dividing the built lr by 10 would only delay it."""
+    x, y = classification_data(n=1024, d_in=20, classes=4)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / 100 if s < 100 else s)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True):
+        for step in range(256):
+            i = (step * 32) % 1024
+            loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    f = finding(run_dir)
+    assert f["likely_cause"] == "lr_too_high", f["likely_causes"]
+    assert "the 0.001 the optimizer was built with: LambdaLR raised it" in f["fix_attempt"]
+    assert "Divide the learning rate by 10" not in f["fix_attempt"]
 
 
 # --- losses that go below zero: measured from their lowest value, not from zero ------------

@@ -67,6 +67,9 @@ class Dynamics:
     # an optimizer whose step grows with the gradient (SGD; a loop without an optimizer
     # steps by hand): for Adam and its kin the scale of the gradient washes out
     scale_sensitive: bool = False
+    # the lr the optimizer was built with, and the scheduler stepped most (None: none)
+    lr_built: float | None = None
+    scheduler: str | None = None
 
 
 def dynamics(
@@ -137,7 +140,25 @@ def dynamics(
         passes=_passes_per_step(records),
         summed=_summed_terms(records),
         scale_sensitive=scale_sensitive(records),
+        lr_built=_built_lr(records),
+        scheduler=_main_scheduler(records),
     )
+
+
+def _built_lr(records: Records) -> float | None:
+    """The lr the optimizer was built with (a scheduler keeps it as `initial_lr`)."""
+    info = records.meta.get("loop_order") or {}
+    for key in ("initial_lr", "optimizer_lr"):
+        value = info.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+            return float(value)
+    return None
+
+
+def _main_scheduler(records: Records) -> str | None:
+    schedulers = (records.meta.get("loop_order") or {}).get("schedulers") or {}
+    best = max(schedulers.items(), key=lambda kv: kv[1].get("calls", 0), default=None)
+    return best[0] if best is not None and best[1].get("calls", 0) else None
 
 
 #: optimizers whose step is the lr times the gradient (with momentum: its running sum)
@@ -271,6 +292,25 @@ def _sudden_jump(records: Records, total: pd.Series) -> tuple[float, bool]:
     return best, bool(before[-1] < first and before.max() <= FELL_MARGIN * first)
 
 
+#: schedulers that raise the lr far above the optimizer's on purpose, to a max_lr of
+#: their own
+RAMPING_SCHEDULERS = ("OneCycleLR", "CyclicLR")
+
+
+def _raised_by_schedule(catalogue: Catalogue, dyn: Dynamics) -> str | None:
+    """The fix when the lr at the divergence is many times the lr the optimizer was
+    built with: a schedule (or code setting `param_group["lr"]`) raised it."""
+    built = dyn.lr_built
+    factor = catalogue.threshold(SYMPTOM, "raised_factor", "lr_too_high")
+    if built is None or not math.isfinite(dyn.lr) or dyn.lr < factor * built:
+        return None
+    if dyn.scheduler in RAMPING_SCHEDULERS:
+        return None  # their peak is the max_lr the user chose: the generic fix holds
+    text = functools.partial(catalogue.text, SYMPTOM, "lr_too_high")
+    by = text("by_scheduler", name=dyn.scheduler) if dyn.scheduler else text("by_code")
+    return text("raised", lr=num(dyn.lr), built=num(built), times=num(dyn.lr / built), by=by)
+
+
 def divergence_causes(
     catalogue: Catalogue,
     symptom: str,
@@ -339,6 +379,11 @@ def divergence_causes(
             # a summed loss's gradient grows with the batch: the same scaling, in the loss
             extra = text("lr_too_high", "summed", terms=dyn.summed)
             cause = dataclasses.replace(cause, fix_attempt=f"{cause.fix_attempt} {extra}")
+        raised = _raised_by_schedule(catalogue, dyn)
+        if raised is not None:
+            # the lr the run diverged at is the schedule's doing, not the one the user chose:
+            # dividing that one by 10 leaves the schedule to raise it again
+            cause = dataclasses.replace(cause, fix_attempt=raised)
         causes.append(cause)
     grows = dyn.growth_orders >= growth_needed
     spikes = dyn.spike >= spike_needed
