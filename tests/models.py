@@ -113,3 +113,28 @@ def train(
                 with torch.no_grad():
                     loss_fn(model(val[0]), val[1])
     return lens
+
+
+def fit_epochs(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    data: tuple[torch.Tensor, torch.Tensor],
+    run_dir: Path,
+    *,
+    epochs: int,
+    batch: int = 32,
+    loss: str = "cross_entropy",
+) -> trainlens.Lens:
+    """The epoch loop of a course exercise under `watch`: batches in stored order, the
+    loss called as `F.<loss>(...)` inside the block, as users write it (a function bound
+    before the block is the unwrapped one)."""
+    x, y = data
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _ in range(epochs):
+            for i in range(0, len(x), batch):
+                loss_fn = getattr(nn.functional, loss)
+                out = loss_fn(model(x[i : i + batch]), y[i : i + batch])
+                opt.zero_grad()
+                out.backward()
+                opt.step()
+    return lens

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import trainlens
+from models import fit_epochs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from diagnosis import PROGRAMS, load_program
@@ -359,15 +360,8 @@ def _train_listed(kind: str, run_dir: Path):
     x = torch.randn(256, 8, generator=g)
     y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
     model = _Listed(kind)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        for _ in range(4):
-            for i in range(0, 256, 32):
-                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return lens
+    return fit_epochs(model, torch.optim.Adam(model.parameters(), lr=1e-3), (x, y), run_dir,
+                      epochs=4)  # fmt: skip
 
 
 def test_layers_in_a_plain_list_are_named_where_the_model_holds_them(run_dir):

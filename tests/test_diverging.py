@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import trainlens
-from models import classification_data, mlp, train
+from models import classification_data, fit_epochs, mlp, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from diagnosis import PROGRAMS, load_program
@@ -420,13 +420,7 @@ def test_a_few_input_rows_a_thousand_times_off_scale_are_named_above_the_gradien
     x[::97] *= 1000
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        for _ in range(5):
-            for i in range(0, 1024, 32):
-                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+    lens = fit_epochs(model, opt, (x, y), run_dir, epochs=5)
     (f,) = [f for f in lens.findings if f.symptom == "diverging"]
     assert f.likely_cause == "unnormalized_input"
     top = f.likely_causes[0]

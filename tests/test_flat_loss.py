@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import trainlens
-from models import classification_data, mlp, train
+from models import classification_data, fit_epochs, mlp, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from diagnosis import PROGRAMS, load_program
@@ -331,14 +331,7 @@ def _house_prices(run_dir, *, standardise):
 def _fit_mse(model, x, y, run_dir, *, epochs):
     """Adam on `F.mse_loss`, batches of 64 in order, under `watch`."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        for _ in range(epochs):
-            for i in range(0, len(x), 64):
-                loss = nn.functional.mse_loss(model(x[i : i + 64]), y[i : i + 64])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return lens
+    return fit_epochs(model, opt, (x, y), run_dir, epochs=epochs, batch=64, loss="mse_loss")
 
 
 def test_raw_regression_targets_of_3e5_are_unnormalized_target(run_dir):
@@ -720,15 +713,8 @@ def _dropout_net(run_dir, p, dead=False):
     if dead:
         with torch.no_grad():
             model[0].bias.fill_(-100.0)  # every ReLU unit dead before the dropout
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        for _ in range(8):
-            for i in range(0, 256, 32):
-                loss = nn.functional.cross_entropy(model(x[i : i + 32]), y[i : i + 32])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return lens
+    return fit_epochs(model, torch.optim.Adam(model.parameters(), lr=1e-3), (x, y), run_dir,
+                      epochs=8)  # fmt: skip
 
 
 def test_a_dropout_of_p_1_is_where_the_gradient_stops_with_p_explained(run_dir):

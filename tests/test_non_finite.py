@@ -498,3 +498,21 @@ def test_a_key_padding_mask_true_at_the_real_tokens_hides_every_key_of_a_full_se
     assert (f["likely_cause"], f["module"]) == ("numerical_instability", "attn")
     assert "6 query row(s) had every key masked out" in f["likely_causes"][0]["evidence"]
     assert "True marks a key to ignore" in f["first_check"]
+
+
+def test_a_mask_whose_rows_cannot_be_read_costs_the_note_not_the_attention_summary(
+    run_dir, monkeypatch
+):
+    """Reading the mask's empty rows is a nicety at a layer's first observation: if it
+    fails, the layer is still summarised and no probe error is reported."""
+    from trainlens._probes import _attention
+
+    def unreadable(allowed):
+        raise RuntimeError("mask not readable")
+
+    monkeypatch.setattr(_attention, "empty_rows", unreadable)
+    lens = run(TinyCausalLM(inverted=False), run_dir, steps=3, batch=_lm_batch)
+    assert "attention_empty_rows" not in lens.records.meta
+    assert len(lens.records.attention) > 0
+    events = lens.records.events
+    assert not (events["kind"] == "probe_error").any(), events.to_dict("records")

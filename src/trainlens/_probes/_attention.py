@@ -142,23 +142,22 @@ class AttentionProbe(Probe):
 
     def note_empty_rows(self, name: str, source: str, allowed: torch.Tensor) -> None:
         """Query rows whose mask allows no key: their softmax over only -inf is NaN. Read
-        once per layer, at its first observation (one host read, as for the mask kind)."""
-        L, S = allowed.shape[-2:]
-        # per sequence and head, the query rows that see no key: the worst one is told
-        rows = ~allowed.any(-1)
-        empty = int(rows.reshape(-1, L).sum(1).max()) if L else 0
-        if not empty:
+        once per layer, at its first observation (one host read, as for the mask kind).
+        A mask it cannot read costs this note only, never the layer's summary."""
+        try:
+            found = empty_rows(allowed)
+        except Exception:
             return
-        future = torch.ones(L, S, dtype=torch.bool, device=allowed.device).triu(S - L + 1)
-        seen = self.state.extra_meta.setdefault("attention_empty_rows", {})
-        seen[name] = {
-            "rows": empty,
-            "of": L,
-            # every row sees only the keys after it: a causal mask the wrong way round
-            "inverted_causal": bool((allowed == future).all()),
-            "step": self.state.step,
-            "source": source,
-        }
+        if found is not None:
+            rows, of, inverted = found
+            self.state.extra_meta.setdefault("attention_empty_rows", {})[name] = {
+                "rows": rows,
+                "of": of,
+                # every row sees only the keys after it: a causal mask the wrong way round
+                "inverted_causal": inverted,
+                "step": self.state.step,
+                "source": source,
+            }
 
     # --- nn.MultiheadAttention -----------------------------------------------------------
     def _record_mha(
@@ -420,3 +419,15 @@ def _patch_sdpa(probe: AttentionProbe) -> _SdpaHandle:
 
 def sdpa_is_patched() -> bool:
     return bool(getattr(F.scaled_dot_product_attention, "__trainlens_wrapper__", False))
+
+
+def empty_rows(allowed: torch.Tensor) -> tuple[int, int, bool] | None:
+    """(query rows of the worst sequence and head that see no key, rows per sequence,
+    whether every row sees only the keys after it), or None when every row sees one."""
+    L, S = allowed.shape[-2:]
+    rows = ~allowed.any(-1)
+    empty = int(rows.reshape(-1, L).sum(1).max()) if L else 0
+    if not empty:
+        return None
+    future = torch.ones(L, S, dtype=torch.bool, device=allowed.device).triu(S - L + 1)
+    return empty, L, bool((allowed == future).all())
