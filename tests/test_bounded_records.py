@@ -238,3 +238,33 @@ def test_sampling_and_thinning_do_not_change_any_diagnosis(program, tmp_path, mo
         m.setattr(_records, "DEFAULT_THINNING", Thinning(head_steps=5, max_rows=48))
         torch.manual_seed(0)
         assert findings_of(tmp_path / "sparse") == default
+
+
+def test_steady_state_flushes_bring_every_loss_and_leave_the_sampled_statistics_to_batch(run_dir):
+    # the losses reach the host at every flush (the NaN alarm and the checkpoint read
+    # them as the run goes); the statistics of the few steps sampled between two flushes
+    # of the steady state wait for a full one, and the block's end reads them all
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = classification_data()
+    sampling = Sampling()
+    seen: dict[int, tuple[int, set[int]]] = {}
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        tables = lens._state.tables
+        for step in range(420):
+            loss = nn.functional.cross_entropy(model(x[:16]), y[:16])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if (step + 1) % sampling.flush_every == 0:
+                seen[step + 1] = (tables["losses"].seen, set(tables["params"].frame()["step"]))
+    sampled = {s for s in range(420) if sampling(s)}
+    for at, (losses, params_steps) in seen.items():
+        assert losses == at  # every loss so far, at every flush
+        assert params_steps <= {s for s in sampled if s < at}
+    # the first flush reads back the first steps' statistics (22 steps sampled); the next
+    # ones bring the losses alone until 10 sampled steps wait (200 steps at one in 20)
+    assert seen[50][1] == seen[150][1] == {s for s in sampled if s < 50}
+    assert seen[200][1] == seen[350][1] == {s for s in sampled if s < 200}
+    assert seen[400][1] == {s for s in sampled if s < 400}
+    assert set(lens.records.params["step"]) == sampled  # the end reads back the rest

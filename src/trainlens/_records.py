@@ -352,6 +352,9 @@ class Deferred:
         # what a flush could not read back ("ExcType: message", at most a few): one bad
         # value costs its own rows, never the others' nor the run's drill
         self.errors: list[str] = []
+        # ids of the tables read while the run goes (the losses: the NaN alarm, the
+        # checkpoint): a partial flush reads back these alone
+        self._eager: set[int] = set()
 
     def _failed(self, err: BaseException) -> None:
         if len(self.errors) < 8:
@@ -385,10 +388,38 @@ class Deferred:
         """Run `fn()` at the end of every flush, once its rows are in their tables."""
         self._after_flush.append(fn)
 
-    def flush(self) -> None:
+    def eager(self, table: Any) -> None:
+        """Rows of `table` (written with `add_scalar`) reach the host at every flush, also a
+        partial one."""
+        self._eager.add(id(table))
+
+    def flush(self, *, partial: bool = False) -> None:
+        """Read everything back, or (`partial`) only the eager tables' scalars.
+
+        A partial flush is the steady state's usual one: it brings the losses to the host
+        for the probes that watch them as the run goes, and leaves the sampled statistics,
+        which nothing reads before the run ends or streams, to a later full flush. Most of
+        a full flush's cost is per flush, not per row (one `nn.Linear`: 1.0 ms with 10
+        sampled steps' rows, 1.4 ms with 25, against 0.13 ms for a partial one), and the
+        steady state samples one step in 20: it pays one full flush in four.
+        """
+        if partial:
+            self._read_eager()
+            self._run(self._after_flush)
+            return
         self._run(self._before_flush)
         self._read_back()
         self._run(self._after_flush)
+
+    def _read_eager(self) -> None:
+        eager = self._eager
+        if not self._scalars or not eager:
+            return
+        now = [s for s in self._scalars if id(s[0]) in eager]
+        if not now:
+            return
+        self._scalars = [s for s in self._scalars if id(s[0]) not in eager]
+        self._flush_scalars(now)
 
     def _run(self, callbacks: list[Any]) -> None:
         for fn in callbacks:
@@ -399,7 +430,8 @@ class Deferred:
 
     def _read_back(self) -> None:
         if self._scalars:
-            self._flush_scalars()
+            scalars, self._scalars = self._scalars, []
+            self._flush_scalars(scalars)
         if not self._items:
             return
         items, self._items = self._items, []
@@ -452,8 +484,7 @@ class Deferred:
                 pos += n_rows
         return host
 
-    def _flush_scalars(self) -> None:
-        scalars, self._scalars = self._scalars, []
+    def _flush_scalars(self, scalars: list[tuple[Table, tuple[Any, ...], torch.Tensor]]) -> None:
         host: list[float]
         try:  # one device (the usual case): one stack, dtypes promoted, one transfer
             host = torch.stack([v for _, _, v in scalars]).to(torch.float64).tolist()

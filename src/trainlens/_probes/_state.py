@@ -87,6 +87,12 @@ transformed = getattr(torch._C, "_are_functorch_transforms_active", lambda: Fals
 DEFAULT_SAMPLE_EVERY = 20
 
 
+#: a flush reads back the sampled statistics once this many sampled steps hold some (every
+#: flush of a run's first steps; every 4th of the steady state's, one step in 20 sampled),
+#: else the losses alone
+FULL_FLUSH_SAMPLED = 10
+
+
 @dataclass(frozen=True)
 class Sampling:
     """Which steps get the expensive statistics.
@@ -155,6 +161,9 @@ class WatchState:
             name: Table(cols, _records.policy_for(name)) for name, cols in TABLES.items()
         }
         self.deferred: Deferred = _Statistics()
+        self.deferred.eager(self.tables["losses"])
+        # sampled steps whose statistics have not been read back yet (`end_step`)
+        self.sampled_pending = 0
         self.t0 = time.perf_counter()
         self.step = 0
         self.sampled = sampling(0)
@@ -233,12 +242,19 @@ class WatchState:
             listener()
         now = time.perf_counter() - self.t0
         self.tables["steps"].append(self.step, now, lr, self.backward_in_step, self.sampled)
+        if self.sampled:
+            self.sampled_pending += 1
         self.step += 1
         self.backward_in_step = 0
         self.sampled = self.sampling(self.step) or self.step < self.alarm_until
-        if self.step % self.sampling.flush_every == 0 or now >= self.stream_due:
-            self.deferred.flush()
-            if now >= self.stream_due and self.on_stream is not None:
+        stream = now >= self.stream_due
+        if self.step % self.sampling.flush_every == 0 or stream:
+            if stream or self.sampled_pending >= FULL_FLUSH_SAMPLED:
+                self.sampled_pending = 0
+                self.deferred.flush()
+            else:  # the losses only: see `Deferred.flush`
+                self.deferred.flush(partial=True)
+            if stream and self.on_stream is not None:
                 self.on_stream(now)  # the run's records to disk, every few seconds
 
     def record_failure(
