@@ -157,9 +157,10 @@ def test_a_negative_loss_that_keeps_falling_is_not_diverging(run_dir):
     assert (f.symptom, f.likely_cause, f.module) == ("flat_loss", "softmax_before_loss", "3")
 
 
-def gaussian_nll(run_dir, lr):
+def gaussian_nll(run_dir, lr, raised_to=None):
     """A heteroscedastic regression (mean and variance heads, GaussianNLLLoss): its loss
-    goes below zero once the predicted variance is small, as it should."""
+    goes below zero once the predicted variance is small, as it should. With `raised_to`,
+    the lr is set to it after 10 of the 20 epochs."""
     torch.manual_seed(0)
     x = torch.rand(1024, 1) * 4 - 2
     y = torch.sin(2 * x) + 0.05 * torch.randn_like(x)
@@ -177,7 +178,10 @@ def gaussian_nll(run_dir, lr):
     model, criterion = Net(), nn.GaussianNLLLoss()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
-        for _ in range(20):
+        for epoch in range(20):
+            if epoch == 10 and raised_to is not None:
+                for group in opt.param_groups:
+                    group["lr"] = raised_to
             perm = torch.randperm(1024)
             for i in range(0, 1024, 64):
                 mu, var = model(x[perm[i : i + 64]])
@@ -195,11 +199,15 @@ def test_a_gaussian_likelihood_below_zero_is_healthy_at_a_good_lr(run_dir):
 
 
 def test_a_loss_below_zero_that_swings_up_is_still_diverging(run_dir):
-    lens = gaussian_nll(run_dir, 0.2)  # Adam at 0.2: the loss swings far above its start
+    # the loss reaches about -2.3 at Adam's 0.01, then swings far above its start at 0.08.
+    # How it swings (a rise, a rebound, swings) and whether the gradients or the lr come
+    # first vary with the last bits of the floats (8 seeds: the lr first in 7, second in 1)
+    lens = gaussian_nll(run_dir, 0.01, raised_to=0.08)
     f = finding(run_dir)
-    assert f["likely_cause"] == "lr_too_high"
-    assert "counted from its lowest value -" in f["likely_causes"][0]["evidence"]
-    assert lens.records.train_loss().min() < 0
+    assert "lr_too_high" in [c["id"] for c in f["likely_causes"][:2]]
+    assert lens.records.train_loss().min() < -1
+    # measured from the lowest value and told in the loss's own units, below zero
+    assert f["evidence"]["loss_best"] < -1
 
 
 def test_a_surrogate_loss_whose_first_value_was_its_lowest_settling_at_zero_is_not_diverging(
@@ -241,7 +249,7 @@ def test_accumulating_an_undivided_loss_over_16_passes_adds_the_division_to_the_
 
 
 def test_one_backward_pass_a_step_gets_no_accumulation_advice(run_dir):
-    lens = gaussian_nll(run_dir, 0.2)
+    lens = gaussian_nll(run_dir, 0.01, raised_to=0.08)
     (f,) = [f for f in lens.findings if f.symptom == "diverging"]
     assert "backward passes before each step" not in f.fix_attempt
 
