@@ -435,3 +435,54 @@ def test_a_few_input_rows_a_thousand_times_off_scale_are_named_above_the_gradien
     assert "a few rows are" in top.evidence and "x off the scale of the rest" in top.evidence
     assert "bad = (x.abs() > 100 *" in f.first_check
     assert all(c.confidence <= 0.5 for c in f.likely_causes[1:])
+
+
+# --- a loss with no floor: a log-likelihood without its minus ------------------------------
+def test_a_log_likelihood_without_its_minus_is_a_loss_with_no_floor(run_dir):
+    # below zero from the first step and falling faster and faster: it looks like learning
+    load_program(PROGRAMS / "mlp_hand_written_nll_minus_sign_missing.py").main(run_dir)
+    f = finding(run_dir)
+    assert f["severity"] == "error"
+    assert [c["id"] for c in f["likely_causes"]] == ["loss_unbounded_below"]
+    ev = f["evidence"]
+    assert ev["loss_end"] < 2 * ev["loss_start"] < 0
+    assert ev["drop_last_third"] > 1.5 * ev["drop_first_third"] > 0
+    assert "below zero from its first step" in f["likely_causes"][0]["evidence"]
+    assert "Put the minus back" in f["fix_attempt"]
+    assert (
+        "minus" in f["first_check"] and "Print the loss of the first step: -1." in f["first_check"]
+    )
+
+
+def test_a_gaussian_likelihood_that_crosses_zero_and_speeds_up_is_not_floorless(run_dir):
+    # at a small lr its fall speeds up once the mean fits and the variance shrinks, as a
+    # loss with no floor does; but it started above zero, which minus a log of
+    # probabilities never does
+    lens = gaussian_nll(run_dir, 3e-4)
+    loss = lens.records.train_loss()
+    assert loss.iloc[0] > 0 > loss.iloc[-20:].median()
+    assert lens.findings == [], lens.drill["findings"]
+
+
+def test_a_loss_below_zero_from_the_start_that_settles_is_healthy(run_dir):
+    # minus a cosine similarity: below zero throughout, and it ends twice as far below zero
+    # as it started (-0.45 -> -1), but it slows down as it nears -1
+    torch.manual_seed(0)
+    x = torch.randn(512, 16)
+    target = x @ torch.randn(16, 8)
+    model = nn.Linear(16, 8)
+    with torch.no_grad():  # started on the right side, so every loss is below zero
+        model.weight.copy_(0.1 * torch.linalg.lstsq(x, target).solution.T)
+        model.weight.add_(0.3 * torch.randn(8, 16))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _epoch in range(10):
+            for i in range(0, 512, 32):
+                cos = nn.functional.cosine_similarity(model(x[i : i + 32]), target[i : i + 32])
+                loss = -cos.mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    loss = lens.records.train_loss()
+    assert loss.max() < 0 and loss.iloc[-16:].median() < 2 * loss.iloc[:16].median()
+    assert lens.findings == [], lens.drill["findings"]

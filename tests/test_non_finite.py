@@ -516,3 +516,21 @@ def test_a_mask_whose_rows_cannot_be_read_costs_the_note_not_the_attention_summa
     assert len(lens.records.attention) > 0
     events = lens.records.events
     assert not (events["kind"] == "probe_error").any(), events.to_dict("records")
+
+
+def test_a_binary_cross_entropy_without_its_minus_overflows_for_want_of_a_floor(run_dir):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from diagnosis import PROGRAMS, load_program
+
+    name = "logistic_regression_hand_written_bce_minus_sign_missing.py"
+    load_program(PROGRAMS / name).main(run_dir)
+    drill = trainlens.load_run(run_dir).drill
+    (f,) = [f for f in drill["findings"] if f["symptom"] == "non_finite"]
+    ids = [c["id"] for c in f["likely_causes"]]
+    # the log(0) that overflowed is where the fall ended, not why it fell
+    assert ids[0] == "loss_unbounded_below" and "numerical_instability" in ids[1:]
+    assert "below zero at every step" in f["likely_causes"][0]["evidence"]
+    assert "Put the minus back" in f["fix_attempt"] and "clamp" not in f["fix_attempt"]

@@ -28,7 +28,15 @@ from ._common import input_outliers, num
 
 SYMPTOM = "diverging"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
-CAUSES = frozenset({"lr_too_high", "exploding_gradient", "gradient_ascent", "unnormalized_input"})
+CAUSES = frozenset(
+    {
+        "lr_too_high",
+        "exploding_gradient",
+        "gradient_ascent",
+        "unnormalized_input",
+        "loss_unbounded_below",
+    }
+)
 
 
 #: "the loss had been falling" before a gradient jump: no loss on the way above its start
@@ -428,6 +436,9 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     if len(loss) < t("min_steps") or not np.isfinite(loss.to_numpy()).all():
         return []  # too short to show a trend, or non-finite: `non_finite` reports it
     raw = loss.to_numpy(dtype=float)
+    fall = floorless(raw, catalogue, settled_check=True)
+    if fall is not None:
+        return [_floorless_finding(catalogue, fall, loss)]
     # the ratios below measure a loss from its floor, zero for the usual losses; a loss
     # that goes below zero (KL or NLL fed probabilities, a Gaussian likelihood, a GAN's)
     # has no zero floor, so it is measured from the lowest value it reached
@@ -547,6 +558,82 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
             },
         )
     ]
+
+
+@dataclass(frozen=True)
+class Floorless:
+    """A training loss never above zero that fell far below its start: the minus sign of
+    a hand-written log-likelihood left out (`(y * torch.log(p)).mean()`)."""
+
+    start: float  # median of the first `window` losses
+    end: float  # ... of the last
+    window: int
+    early: float  # drop over the first third of the run (with `settled_check`)
+    late: float  # ... over the last third
+
+
+def floorless(raw: np.ndarray, catalogue: Catalogue, *, settled_check: bool) -> Floorless | None:
+    """The loss has no floor: below zero at every step, ending `growth` times further below
+    zero than it started and, with `settled_check` (a finite run), still falling faster at
+    its end than at its start. A minus log of probabilities is never below zero; a loss
+    that legitimately goes negative (a Gaussian likelihood, a policy-gradient surrogate)
+    starts above it or settles, and a converging loss slows down near its floor.
+    `non_finite` asks without `settled_check`: there the NaN ended the fall."""
+    th = lambda name: catalogue.threshold(SYMPTOM, name, "loss_unbounded_below")  # noqa: E731
+    n = len(raw)
+    if n < th("min_steps") or not np.isfinite(raw).all() or float(raw.max()) >= 0:
+        return None
+    k = max(3, n // 10)
+    start, end = float(np.median(raw[:k])), float(np.median(raw[-k:]))
+    if end > th("growth") * start:  # both negative: `end` not far enough below zero
+        return None
+    early = late = math.nan
+    if settled_check:
+
+        def around(i: int) -> float:
+            return float(np.median(raw[max(0, i - k // 2) : i + (k + 1) // 2]))
+
+        early, late = start - around(n // 3), around(2 * n // 3) - end
+        tail = float(np.median(raw[-2 * k : -k])) - end
+        if not (
+            late > 0 and late >= th("acceleration") * max(early, 0.0) and tail >= th("tail") * late
+        ):
+            return None
+    return Floorless(start=start, end=end, window=k, early=early, late=late)
+
+
+def _floorless_finding(catalogue: Catalogue, fall: Floorless, loss: pd.Series) -> Finding:
+    evidence = catalogue.text(
+        SYMPTOM,
+        "loss_unbounded_below",
+        "falling",
+        start=num(fall.start),
+        end=num(fall.end),
+        window=fall.window,
+        early=num(fall.early),
+        late=num(fall.late),
+    )
+    cause = catalogue.cause(
+        SYMPTOM,
+        "loss_unbounded_below",
+        confidence=0.85,
+        evidence=evidence,
+        step=int(loss.index[0]),
+        loss_start=num(float(loss.iloc[0])),
+        loss_end=num(fall.end),
+    )
+    return catalogue.finding(
+        SYMPTOM,
+        "error",
+        [cause],
+        step=int(loss.index[0]),
+        evidence={
+            "loss_start": fall.start,
+            "loss_end": fall.end,
+            "drop_first_third": fall.early,
+            "drop_last_third": fall.late,
+        },
+    )
 
 
 def _first_large(dyn: Dynamics, ratio_high: float) -> int | None:

@@ -30,11 +30,19 @@ from .._hookspecs import hookimpl
 from .._records import Records
 from . import _initial_loss
 from ._common import num
-from .diverging import divergence_causes, dynamics
+from .diverging import divergence_causes, dynamics, floorless
 
 SYMPTOM = "non_finite"
 #: the causes this rule decides (checked by tests/test_catalogue.py)
-CAUSES = frozenset({"numerical_instability", "bad_input_data", "lr_too_high", "exploding_gradient"})
+CAUSES = frozenset(
+    {
+        "numerical_instability",
+        "bad_input_data",
+        "lr_too_high",
+        "exploding_gradient",
+        "loss_unbounded_below",
+    }
+)
 #: the first check of a NaN from fully masked attention rows, by where the mask came in
 MASK_CHECKS = {
     "MultiheadAttention": "masked_check_mha",
@@ -85,8 +93,12 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     if len(data_at):
         causes.append(_bad_input(catalogue, data_at, first))
     else:
-        diverged = _divergence(records, catalogue, train, first) or _blown_update(
-            records, catalogue, first
+        fell = _floorless(catalogue, train, first)
+        diverged = (
+            [fell]
+            if fell is not None
+            else _divergence(records, catalogue, train, first)
+            or _blown_update(records, catalogue, first)
         )
         causes.extend(diverged)
         instab = _instability(
@@ -133,6 +145,33 @@ def _bad_input(catalogue: Catalogue, rows: pd.DataFrame, step: int) -> Cause:
         where=text("where", row),
         value=_kind(row["value"]),
         parts="; ".join(text("part", r) for _, r in rows.iterrows()),
+    )
+
+
+def _floorless(catalogue: Catalogue, train: pd.DataFrame, first: int) -> Cause | None:
+    """The loss fell below zero, without a floor, until it overflowed: a log-likelihood
+    without its minus reaches `log(0)` by making the right answers ever less likely."""
+    before = train[train["step"] < first].groupby("step")["value"].mean()
+    fall = floorless(before.to_numpy(dtype=float), catalogue, settled_check=False)
+    if fall is None:
+        return None
+    evidence = catalogue.text(
+        SYMPTOM,
+        "loss_unbounded_below",
+        "fell",
+        step=first,
+        start=num(fall.start),
+        end=num(fall.end),
+        window=fall.window,
+    )
+    return catalogue.cause(
+        SYMPTOM,
+        "loss_unbounded_below",
+        confidence=0.9,
+        evidence=evidence,
+        step=first,
+        loss_start=num(float(before.iloc[0])),
+        loss_end=num(float(before.iloc[-1])),
     )
 
 
