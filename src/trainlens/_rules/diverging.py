@@ -440,9 +440,9 @@ def trainlens_diagnose(records: Records, catalogue: Catalogue) -> list[Finding]:
     if fall is not None:
         return [_floorless_finding(catalogue, fall, loss)]
     k = max(3, len(raw) // 10)
-    if float(raw.max()) <= 0 and abs(float(np.median(raw[-k:]))) <= t(
-        "ceiling_fraction"
-    ) * abs(float(np.median(raw[:k]))):
+    if float(raw.max()) <= 0 and abs(float(np.median(raw[-k:]))) <= t("ceiling_fraction") * abs(
+        float(np.median(raw[:k]))
+    ):
         # never above zero, and it rose to zero and stays there: a loss whose ceiling is
         # zero reached it (minus a log-probability times a negative reward, a policy-
         # gradient surrogate whose policy became sure of its action), not a divergence
