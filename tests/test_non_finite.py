@@ -534,3 +534,26 @@ def test_a_binary_cross_entropy_without_its_minus_overflows_for_want_of_a_floor(
     assert ids[0] == "loss_unbounded_below" and "numerical_instability" in ids[1:]
     assert "below zero at every step" in f["likely_causes"][0]["evidence"]
     assert "Put the minus back" in f["fix_attempt"] and "clamp" not in f["fix_attempt"]
+
+
+def test_a_minus_left_out_at_a_large_lr_is_named_from_a_handful_of_finite_steps(run_dir):
+    # at lr 1 the log-likelihood runs to log(0) within 5 or 6 steps: too few for a trend,
+    # but every one below zero and the last twice as far down as the first
+    torch.manual_seed(0)
+    x = torch.randn(1024, 10)
+    t = (x @ torch.randn(10) > 0).float()
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for i in range(0, 1024, 64):
+            p = torch.sigmoid(model(x[i : i + 64])).squeeze(1)
+            tb = t[i : i + 64]
+            loss = (tb * torch.log(p) + (1 - tb) * torch.log(1 - p)).mean()  # no minus
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    loss = lens.records.train_loss()
+    finite = loss[loss.notna() & (loss.abs() < float("inf"))]
+    assert len(finite) < 20 and finite.max() < 0
+    (f,) = [f for f in lens.findings if f.symptom == "non_finite"]
+    assert f.likely_causes[0].id == "loss_unbounded_below"

@@ -589,9 +589,11 @@ def floorless(raw: np.ndarray, catalogue: Catalogue, *, settled_check: bool) -> 
     `non_finite` asks without `settled_check`: there the NaN ended the fall."""
     th = lambda name: catalogue.threshold(SYMPTOM, name, "loss_unbounded_below")  # noqa: E731
     n = len(raw)
-    if n < th("min_steps") or not np.isfinite(raw).all() or float(raw.max()) >= 0:
+    least = th("min_steps") if settled_check else th("min_steps_before_nan")
+    if n < least or not np.isfinite(raw).all() or float(raw.max()) >= 0:
         return None
-    k = max(3, n // 10)
+    # before a NaN the fall is short and steep: its first and last values, not medians
+    k = max(3, n // 10) if settled_check else max(1, n // 10)
     start, end = float(np.median(raw[:k])), float(np.median(raw[-k:]))
     if end > th("growth") * start:  # both negative: `end` not far enough below zero
         return None

@@ -162,7 +162,7 @@ def _floorless(catalogue: Catalogue, train: pd.DataFrame, first: int) -> Cause |
         step=first,
         start=num(fall.start),
         end=num(fall.end),
-        window=fall.window,
+        steps=len(before),
     )
     return catalogue.cause(
         SYMPTOM,
