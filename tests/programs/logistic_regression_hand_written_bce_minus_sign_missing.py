@@ -11,6 +11,7 @@ import trainlens
 
 EXPECT = {"symptom": "non_finite", "cause": "loss_unbounded_below"}
 SIGN = 1.0  # the bug: the log-likelihood, not its negation
+LR = 0.1
 
 
 def main(run_dir):
@@ -18,7 +19,7 @@ def main(run_dir):
     x = torch.randn(1024, 10)
     t = (x @ torch.randn(10) > 0).float()
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     with trainlens.watch(model, optimizer, run_dir=run_dir, quiet=True):
         for _epoch in range(10):
             for i in range(0, len(x), 64):
