@@ -268,6 +268,34 @@ def test_labels_shuffled_apart_from_inputs_are_label_mismatch(run_dir):
     ev = f["likely_causes"][0]["evidence"]
     assert "class-prior entropy over 3 classes" in ev
     assert "gradients and updates look healthy" in ev
+    assert "the targets carry nothing the inputs explain" in ev  # within 2% of the prior
+
+
+def test_a_weak_but_real_signal_is_not_told_it_carries_nothing(run_dir):
+    # a risk score's one informative feature (log-odds 0.5 per std, 10% positives): the
+    # best possible loss is 3.4% under the class prior, and the model gets 3.3% under it.
+    # Labels apart from their inputs give the same picture: the drill says both
+    torch.manual_seed(0)
+    x = torch.randn(8192, 16)
+    y = torch.bernoulli(torch.sigmoid(0.5 * x[:, 0] + math.log(0.1 / 0.9)))
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+        for _epoch in range(3):
+            perm = torch.randperm(8192)
+            for i in range(0, 8192, 128):
+                j = perm[i : i + 128]
+                out = model(x[j]).squeeze(1)
+                loss = nn.functional.binary_cross_entropy_with_logits(out, y[j])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    f = flat_finding(lens, run_dir)
+    assert f["likely_cause"] == "label_mismatch" and f["severity"] == "warning"
+    ev = f["likely_causes"][0]["evidence"]
+    assert "below" in ev and "the inputs explain little of the targets" in ev
+    assert "weak signal" in ev and "carry nothing" not in ev
+    assert "fit a simple baseline" in f["first_check"]
 
 
 def test_label_mismatch_over_20_classes_uses_the_prior_of_all_batches_seen(run_dir):

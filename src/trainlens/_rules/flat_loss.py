@@ -1665,10 +1665,7 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
     if any(c is not None for c in (_softmax_before_loss(ctx), _zero_grad_missing(ctx))):
         return None
     text = functools.partial(ctx.text, "label_mismatch")
-    # a conclusion by elimination (`fallback` in the recipe): says what it ruled out
-    return ctx.cause(
-        "label_mismatch",
-        ctx.t("fallback_confidence", "label_mismatch"),
+    fields = dict(
         baseline=num(flat.baseline),
         baseline_what=ctx.baseline_what,
         constant=text("mean_target" if flat.baseline_kind == "MSELoss" else "class_prior"),
@@ -1679,6 +1676,20 @@ def _label_mismatch(ctx: _Context) -> Cause | None:
         depth_note=text("depth_note", ratio=num(depth[1])) if depth else "",
         ruled_out=_ids(ctx),
     )
+    gap = 1 - flat.end / flat.baseline
+    weak = gap >= ctx.t("weak_below", "label_mismatch")
+    # a conclusion by elimination (`fallback` in the recipe): says what it ruled out
+    cause = ctx.cause(
+        "label_mismatch",
+        ctx.t("fallback_confidence", "label_mismatch"),
+        evidence=text("weak", gap=f"{gap:.1%}", **fields) if weak else None,
+        **fields,
+    )
+    if weak:  # a little below the constant prediction: the inputs explain a little
+        cause = dataclasses.replace(
+            cause, first_check=text("weak_check", gap=f"{gap:.1%}", **fields)
+        )
+    return cause
 
 
 def _ids(ctx: _Context) -> str:
