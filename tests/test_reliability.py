@@ -4,6 +4,7 @@ work, and every mistake a user can make is caught at entry with what to do."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -300,3 +301,34 @@ def test_package_schema_is_no_looser_than_the_shared_contract():
     for key in ("symptom", "severity"):
         assert set(f_ours["properties"][key]["enum"]) <= set(f_theirs["properties"][key]["enum"])
     assert ours["properties"]["status"] == theirs["properties"]["status"]
+
+
+class _NoDetach(torch.Tensor):
+    """A weight type whose `detach()` raises once armed (a wrapper of a library's own)."""
+
+    armed = False
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.detach and cls.armed:
+            raise RuntimeError("this tensor type cannot be detached")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_a_weight_the_end_of_run_checks_cannot_read_costs_those_checks_not_the_drill(
+    run_dir, monkeypatch
+):
+    model = nn.Linear(4, 2)
+    model.weight = nn.Parameter(model.weight.detach().as_subclass(_NoDetach))
+    monkeypatch.setattr(_NoDetach, "armed", True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "could not write the drill" would fail the test
+        with trainlens.watch(model, opt, run_dir=run_dir, quiet=True) as lens:
+            for _ in range(5):
+                loss = nn.functional.mse_loss(model(torch.randn(8, 4)), torch.zeros(8, 2))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    assert (run_dir / "drill.json").exists()
+    assert lens.records.meta["identical_rows"] == {}  # the one check it could not make

@@ -191,19 +191,19 @@ def identical_rows(model: nn.Module) -> dict[str, int]:
     weights never have two equal rows. Once per run, in bulk: the first rows of every
     weight in one read-back, then all the rows of those that matched. All-zero weights are
     left to the gradient checks (behind a ReLU they get no gradient at all)."""
-    named = [
-        (n, p)
-        for n, p in model.named_parameters()
-        if p.requires_grad and not is_lazy(p) and p.dim() >= 2 and p.shape[0] >= 2
-        and p.layout == torch.strided and p.device.type != "meta" and p.is_floating_point()
-        and type(p.detach()) is torch.Tensor  # a sharded DTensor would reduce across ranks
-    ][:MAX_SYMMETRY_CHECKS]  # fmt: skip
-    try:
+    try:  # a nicety: an odd parameter costs this key of run.json, never the drill
+        named = [
+            (n, p)
+            for n, p in model.named_parameters()
+            if p.requires_grad and not is_lazy(p) and p.dim() >= 2 and p.shape[0] >= 2
+            and p.layout == torch.strided and p.device.type != "meta" and p.is_floating_point()
+            and type(p.detach()) is torch.Tensor  # a sharded DTensor would reduce across ranks
+        ][:MAX_SYMMETRY_CHECKS]  # fmt: skip
         # the first few rows first (random rows never match: this clears nearly every
         # weight at a fraction of a full pass), then every row of those that matched
         few = _rows_equal(named, SYMMETRY_PROBE_ROWS)
         return {n: int(p.shape[0]) for n, p in _rows_equal(few, None)}
-    except Exception:  # a nicety: never break the user's run for it
+    except Exception:
         return {}
 
 
